@@ -1,0 +1,1 @@
+"""Datasets, augmentations and test-set readers."""

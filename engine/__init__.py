@@ -1,0 +1,1 @@
+"""Training and evaluation engine: LazyConfig, trainer, hooks, checkpoints, metrics."""

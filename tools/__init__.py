@@ -1,0 +1,1 @@
+"""Command-line tools (dataset generation, evaluation, benchmarks)."""
