@@ -1,0 +1,5 @@
+"""Matting losses."""
+
+from .matting_criterion import MattingCriterion
+
+__all__ = ["MattingCriterion"]

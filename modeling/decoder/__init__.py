@@ -1,0 +1,5 @@
+"""Alpha decoders."""
+
+from .detail_capture import DetailCapture
+
+__all__ = ["DetailCapture"]

@@ -1,0 +1,111 @@
+"""ViTMatte detail-capture decoder: a conv stream of image details fused with ViT features.
+
+References: ViTMatte (Yao et al. 2024).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["BasicConv3x3", "ConvStream", "DetailCapture", "FusionBlock", "MattingHead"]
+
+
+class BasicConv3x3(nn.Module):
+    """Conv 3x3 (no bias), BatchNorm, ReLU."""
+
+    def __init__(self, in_chans: int, out_chans: int, stride: int = 2, padding: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, out_chans, 3, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_chans)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class ConvStream(nn.Module):
+    """Stride-2 conv stages over the input; returns ``{"D0": input, "D1": 1/2, "D2": 1/4, ...}``."""
+
+    def __init__(self, in_chans: int = 4, out_chans: Sequence[int] = (48, 96, 192)) -> None:
+        super().__init__()
+        self.conv_chans = [in_chans, *out_chans]
+        self.convs = nn.ModuleList(
+            BasicConv3x3(c_in, c_out) for c_in, c_out in zip(self.conv_chans, self.conv_chans[1:])
+        )
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out = {"D0": x}
+        for i, conv in enumerate(self.convs, start=1):
+            x = conv(x)
+            out[f"D{i}"] = x
+        return out
+
+
+class FusionBlock(nn.Module):
+    """Upsample features x2 (bilinear), concatenate detail features, BasicConv3x3 (stride 1)."""
+
+    def __init__(self, in_chans: int, out_chans: int) -> None:
+        super().__init__()
+        self.conv = BasicConv3x3(in_chans, out_chans, stride=1, padding=1)
+
+    def forward(self, x: Tensor, detail: Tensor) -> Tensor:
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([detail, up], dim=1))
+
+
+class MattingHead(nn.Module):
+    """Conv 3x3, BatchNorm, ReLU, conv 1x1 to one alpha logit channel."""
+
+    def __init__(self, in_chans: int = 32, mid_chans: int = 16) -> None:
+        super().__init__()
+        self.matting_convs = nn.Sequential(
+            nn.Conv2d(in_chans, mid_chans, 3, 1, 1),
+            nn.BatchNorm2d(mid_chans),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid_chans, 1, 1, 1, 0),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.matting_convs(x)
+
+
+class DetailCapture(nn.Module):
+    """Predicts alpha from ViT features ``[B, C, H/16, W/16]`` and the input ``[B, 4, H, W]``."""
+
+    def __init__(
+        self,
+        in_chans: int = 384,
+        img_chans: int = 4,
+        convstream_out: Sequence[int] = (48, 96, 192),
+        fusion_out: Sequence[int] = (256, 128, 64, 32),
+    ) -> None:
+        """
+        Args:
+            in_chans: ViT feature channels.
+            img_chans: input channels (RGB + trimap).
+            convstream_out: channels of the 1/2, 1/4, 1/8 detail stages.
+            fusion_out: channels of the four fusion stages (1/8 up to full resolution).
+        """
+        super().__init__()
+        if len(fusion_out) != len(convstream_out) + 1:
+            raise ValueError("fusion_out needs one stage more than convstream_out")
+        self.convstream = ConvStream(img_chans, convstream_out)
+        detail_chans = self.convstream.conv_chans
+        fusion_in = [in_chans, *fusion_out]
+        # Fusion stage i takes the previous stage and the detail map one scale finer.
+        self.fusion_blks = nn.ModuleList(
+            FusionBlock(fusion_in[i] + detail_chans[-(i + 1)], fusion_in[i + 1])
+            for i in range(len(fusion_out))
+        )
+        self.matting_head = MattingHead(fusion_out[-1])
+
+    def forward(self, features: Tensor, images: Tensor) -> dict[str, Tensor]:
+        """Returns ``{"phas": [B, 1, H, W]}`` in [0, 1]."""
+        details = self.convstream(images)
+        for i, fusion in enumerate(self.fusion_blks):
+            features = fusion(features, details[f"D{len(self.fusion_blks) - i - 1}"])
+        return {"phas": torch.sigmoid(self.matting_head(features))}

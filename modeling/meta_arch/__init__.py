@@ -1,0 +1,5 @@
+"""Meta-architectures."""
+
+from .mematte import MEMatte
+
+__all__ = ["MEMatte"]

@@ -1,0 +1,214 @@
+"""MEMatte meta-architecture: preprocessing, backbone, decoder and losses.
+
+References: ViTMatte (Yao et al. 2024), MEMatte (Lin et al. 2025).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MEMatte"]
+
+# 8-bit trimap thresholds of the official training pipeline: < 85 background, >= 170 foreground.
+TRIMAP_BG_BELOW = 85
+TRIMAP_FG_FROM = 170
+UNKNOWN = 0.5
+# Patch-wise decoding at inference: 512 px patches, each decoded with a 64 px context margin.
+DECODER_PATCH = 512
+DECODER_OVERLAP = 64
+
+
+class MEMatte(nn.Module):
+    """Trimap-based matting with adaptive token routing.
+
+    ``model(batch)`` in ``eval()`` mode takes ``{"image": [B, 3, H, W] in 0..1, "trimap":
+    [B, 1, H, W] in 0..1}`` and returns ``{"phas": [B, 1, H, W], "router_scores": [[B, h, w, 2]],
+    "keep": [[B, h, w, 1]]}``. In ``train()`` mode the batch also holds ``alpha`` [B, 1, H, W],
+    ``fg`` and ``bg``, its trimap in 0..255, and the forward returns the ``loss_*`` dict plus
+    ``phas`` and ``keep_ratios`` for logging.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        decoder: nn.Module,
+        criterion: nn.Module | None = None,
+        teacher_backbone: nn.Module | None = None,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+        distill: bool = True,
+        distill_loss_ratio: float = 1.0,
+        token_loss_ratio: float = 1.0,
+    ) -> None:
+        """
+        Args:
+            backbone: the routed ViT (student).
+            decoder: the detail-capture decoder.
+            criterion: matting losses (training only).
+            teacher_backbone: frozen ViTMatte backbone for feature distillation (training only;
+                None for inference).
+            pixel_mean, pixel_std: RGB normalisation, in 0..1 units.
+            size_divisibility: inputs are zero-padded (after normalisation) to a multiple of it.
+            distill: add the distillation loss (needs ``teacher_backbone``).
+            distill_loss_ratio: weight of the distillation loss.
+            token_loss_ratio: weight of the BATR routed-ratio loss.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.criterion = criterion
+        self.teacher_backbone = teacher_backbone
+        self.size_divisibility = size_divisibility
+        self.distill = distill
+        self.distill_loss_ratio = distill_loss_ratio
+        self.token_loss_ratio = token_loss_ratio
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: dict[str, Tensor], patch_decoder: bool = True) -> dict:
+        """Training losses in ``train()`` mode, predictions in ``eval()`` mode."""
+        if self.training:
+            return self.forward_train(batched_inputs)
+        return self.inference(batched_inputs, patch_decoder=patch_decoder)
+
+    def preprocess(self, batched_inputs: dict[str, Tensor]) -> tuple[Tensor, tuple[int, int]]:
+        """Normalise RGB, append the trimap and pad.
+
+        Training batches (they carry ``fg``) have 0..255 trimaps, quantised to {0, 0.5, 1}.
+        Padding follows the official code: when either side is not a multiple of
+        ``size_divisibility``, *both* sides grow to the next multiple strictly above them (so a
+        side that was already a multiple grows by a full step); padded pixels are zeros after
+        normalisation, with trimap 0.
+
+        Returns:
+            images ``[B, 4, Hp, Wp]`` and the original ``(H, W)``.
+        """
+        image = batched_inputs["image"].to(self.device)
+        trimap = batched_inputs["trimap"].to(self.device)
+        if "fg" in batched_inputs:
+            trimap = quantize_trimap(trimap)
+        image = (image - self.pixel_mean) / self.pixel_std
+        images = torch.cat((image, trimap.to(image.dtype)), dim=1)
+        H, W = images.shape[-2:]
+        step = self.size_divisibility
+        if H % step or W % step:
+            images = F.pad(images, (0, step - W % step, 0, step - H % step))
+        return images, (H, W)
+
+    def forward_train(self, batched_inputs: dict[str, Tensor]) -> dict:
+        """Matting losses, the distillation loss and the BATR routed-ratio loss.
+
+        Returns:
+            ``loss_*`` scalars, plus ``phas`` [B, 1, H, W] (detached) and ``keep_ratios`` (one
+            scalar per routed block: its routed-token ratio over the batch) for logging.
+        """
+        images, (H, W) = self.preprocess(batched_inputs)
+        out = self.backbone(images)
+        phas = self.decoder(out.features, images)["phas"][..., :H, :W]
+        alpha = batched_inputs["alpha"].to(self.device)
+        unknown = (images[:, 3:4, :H, :W] == UNKNOWN).to(phas.dtype)
+        losses = dict(self.criterion(phas, alpha, unknown))
+        if self.distill:
+            losses["loss_distill"] = self.distill_loss_ratio * self.distillation_loss(
+                out.features, images
+            )
+        keep_ratios = [keep.mean() for keep in out.keep]
+        losses["loss_token_ratio"] = self.token_loss_ratio * batr_loss(
+            keep_ratios, self.backbone.topk
+        )
+        return {
+            **losses,
+            "phas": phas.detach(),
+            "keep_ratios": [r.detach() for r in keep_ratios],
+        }
+
+    def distillation_loss(self, features: Tensor, images: Tensor) -> Tensor:
+        """MSE between the student features and the frozen teacher's ``[B, C, h, w]``."""
+        if self.teacher_backbone is None:
+            raise ValueError("distill=True needs a teacher_backbone")
+        self.teacher_backbone.eval()
+        with torch.no_grad():
+            teacher_features = self.teacher_backbone(images).features
+        return F.mse_loss(features, teacher_features)
+
+    def inference(self, batched_inputs: dict[str, Tensor], patch_decoder: bool = True) -> dict:
+        """Alpha matte and routing maps, cropped back to the input size."""
+        images, (H, W) = self.preprocess(batched_inputs)
+        out = self.backbone(images)
+        if patch_decoder:
+            phas = self.decode_patches(out.features, images)
+        else:
+            phas = self.decoder(out.features, images)["phas"]
+        return {"phas": phas[..., :H, :W], "router_scores": out.router_scores, "keep": out.keep}
+
+    def decode_patches(
+        self, features: Tensor, images: Tensor, patch: int = DECODER_PATCH
+    ) -> Tensor:
+        """Run the decoder on ``patch``-px tiles with a ``DECODER_OVERLAP`` margin.
+
+        The image is zero-padded to a multiple of ``patch``; each tile is decoded with up to
+        ``DECODER_OVERLAP`` px of context on every side (less at the borders) and only its central
+        ``patch x patch`` is kept, so peak decoder memory is bounded by the tile size.
+
+        Args:
+            features: ``[B, C, h, w]`` with ``h = Hp / stride``.
+            images: ``[B, 4, Hp, Wp]``.
+
+        Returns:
+            alpha ``[B, 1, Hp, Wp]``.
+        """
+        B, _, H, W = images.shape
+        stride = H // features.shape[-2]
+        pad_h, pad_w = (-H) % patch, (-W) % patch
+        images = F.pad(images, (0, pad_w, 0, pad_h))
+        features = F.pad(features, (0, pad_w // stride, 0, pad_h // stride))
+        out = images.new_empty(B, 1, H + pad_h, W + pad_w)
+        for top in range(0, H + pad_h, patch):
+            for left in range(0, W + pad_w, patch):
+                y0, y1 = _context_span(top, patch, H + pad_h)
+                x0, x1 = _context_span(left, patch, W + pad_w)
+                tile = self.decoder(
+                    features[..., y0 // stride : y1 // stride, x0 // stride : x1 // stride],
+                    images[..., y0:y1, x0:x1],
+                )["phas"]
+                out[..., top : top + patch, left : left + patch] = tile[
+                    ..., top - y0 : top - y0 + patch, left - x0 : left - x0 + patch
+                ]
+        return out[..., :H, :W]
+
+
+def _context_span(start: int, patch: int, size: int) -> tuple[int, int]:
+    """Pixel span of a tile with its context margin, as the official patch inference takes it:
+    the margin is dropped entirely (not clipped) on a side where it would leave the image."""
+    lo = start - DECODER_OVERLAP if start - DECODER_OVERLAP >= 0 else start
+    hi = start + patch + DECODER_OVERLAP
+    return lo, hi if hi <= size else start + patch
+
+
+def quantize_trimap(trimap: Tensor) -> Tensor:
+    """Map a 0..255 trimap to {0, 0.5, 1} with the official thresholds (returns a new tensor)."""
+    out = torch.full_like(trimap, UNKNOWN, dtype=torch.float32)
+    out[trimap < TRIMAP_BG_BELOW] = 0.0
+    out[trimap >= TRIMAP_FG_FROM] = 1.0
+    return out
+
+
+def batr_loss(keep_ratios: Sequence[Tensor], topk: float) -> Tensor:
+    """Batch-constrained routing loss: squared gap between the mean routed ratio and ``topk``.
+
+    Args:
+        keep_ratios: one scalar per routed block, its routed-token ratio over the whole batch.
+        topk: target ratio.
+    """
+    total = torch.stack(list(keep_ratios)).mean()
+    return (total - topk) ** 2
