@@ -1,0 +1,405 @@
+"""Evaluate predicted alpha mattes against ground truth: SAD, MSE, Grad, Conn in paper units.
+
+References: Deep Image Matting evaluation protocol (official MATLAB `evaluate.m`), see
+`engine/metrics.py`.
+
+Usage:
+    python tools/evaluate.py --pred-dir P --label-dir L --trimap-dir T \
+        [--region unknown|all] [--workers N] [--csv per_image.csv]
+
+Files are matched by stem: predictions are ``*.png``; labels and trimaps may be ``.png`` or
+``.jpg``/``.jpeg``. Missing and extra files are logged and the intersection is evaluated. An image
+that cannot be read, or whose pred/label/trimap sizes differ, is reported and skipped; the exit
+status is then non-zero (also when nothing can be evaluated).
+"""
+
+import argparse
+import csv
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+# Running as `python tools/evaluate.py` puts tools/ (not the repository root) on sys.path;
+# add the root so that the `engine` package imports.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from engine.metrics import METRIC_NAMES, Region, compute_metrics  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+PRED_SUFFIXES: tuple[str, ...] = (".png",)
+LABEL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")  # preferred first on a stem clash
+LOSSY_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
+UINT16_TO_UINT8 = 257.0  # 65535 / 255: 16-bit value v maps to round(v / 257)
+CSV_FLOAT_FORMAT = "{:.10g}"
+MAX_NAMES_LOGGED = 10  # longer lists of unmatched names are abbreviated in warnings
+TABLE_HEADER = f"{'SAD':>10} {'MSE(x1e-3)':>12} {'Grad(x1e3)':>12} {'Conn(x1e3)':>12}"
+TABLE_ROW = "{sad:>10.4f} {mse:>12.4f} {grad:>12.4f} {conn:>12.4f}"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+@dataclass(frozen=True)
+class ItemPaths:
+    """The three files of one evaluated image."""
+
+    pred: Path
+    label: Path
+    trimap: Path
+
+
+@dataclass
+class ItemResult:
+    """Outcome of evaluating one image: metrics (paper units) or an error, plus log notes."""
+
+    name: str
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_gray8(path: Path, notes: list[str]) -> np.ndarray:
+    """Read an image as a ``[H, W]`` uint8 array on the 0..255 scale.
+
+    Multi-channel images keep the R channel (``evaluate.m`` keeps ``(:, :, 1)`` of the RGB image
+    MATLAB reads; OpenCV reads BGR(A), where R is the third channel) and 16-bit images are
+    rescaled with ``round(v / 257)``; each conversion appends a note.
+
+    Args:
+        path: image file (PNG or JPEG).
+        notes: list that receives human-readable notes about conversions.
+
+    Returns:
+        The single-channel 8-bit image.
+
+    Raises:
+        ValueError: the file cannot be decoded or has an unsupported layout or depth.
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    if image.ndim == 3:
+        channels = image.shape[2]
+        if channels == 1:
+            image = image[:, :, 0]
+        elif channels in (3, 4):
+            blue, green, red = (image[:, :, c] for c in range(3))
+            gray = np.array_equal(blue, green) and np.array_equal(green, red)
+            how = "gray" if gray else "color channels differ"
+            notes.append(f"{path}: {channels}-channel image ({how}); using the R channel")
+            image = red
+        else:
+            raise ValueError(f"{path}: unsupported number of channels {channels}")
+    elif image.ndim != 2:
+        raise ValueError(f"{path}: unsupported image shape {image.shape}")
+    if image.dtype == np.uint16:
+        notes.append(f"{path}: 16-bit image converted to 8 bits (round(v / 257))")
+        image = np.round(image.astype(np.float64) / UINT16_TO_UINT8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"{path}: unsupported pixel type {image.dtype}")
+    return np.ascontiguousarray(image)
+
+
+def _index_dir(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, Path]:
+    """Map stem -> file for files in ``folder`` whose suffix is in ``suffixes``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{kind} directory not found: {folder}")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        suffix = path.suffix.lower()
+        if not path.is_file() or suffix not in suffixes:
+            continue
+        previous = found.get(path.stem)
+        if previous is None:
+            found[path.stem] = path
+            continue
+        keep = min(previous, path, key=lambda p: suffixes.index(p.suffix.lower()))
+        logger.warning(
+            "%s: several files for %r (%s, %s); using %s",
+            kind,
+            path.stem,
+            previous.name,
+            path.name,
+            keep.name,
+        )
+        found[path.stem] = keep
+    return found
+
+
+def _warn_unmatched(names: Iterable[str], message: str) -> None:
+    """Log one warning listing ``names`` (abbreviated) if there are any."""
+    names = sorted(names)
+    if names:
+        shown = ", ".join(names[:MAX_NAMES_LOGGED])
+        if len(names) > MAX_NAMES_LOGGED:
+            shown += ", ..."
+        logger.warning("%d %s: %s", len(names), message, shown)
+
+
+def match_files(pred_dir: Path, label_dir: Path, trimap_dir: Path) -> dict[str, ItemPaths]:
+    """Match predictions, labels and trimaps by file stem.
+
+    Missing predictions, predictions without label/trimap, and labels without trimap (or vice
+    versa) are logged as warnings; only names present in all three folders are returned.
+
+    Args:
+        pred_dir: folder of predicted alpha PNGs.
+        label_dir: folder of ground-truth alpha mattes (.png/.jpg).
+        trimap_dir: folder of trimaps (.png/.jpg).
+
+    Returns:
+        ``{name: ItemPaths}`` sorted by name.
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: no name is present in all three folders.
+    """
+    preds = _index_dir(Path(pred_dir), PRED_SUFFIXES, "predictions")
+    labels = _index_dir(Path(label_dir), LABEL_SUFFIXES, "labels")
+    trimaps = _index_dir(Path(trimap_dir), LABEL_SUFFIXES, "trimaps")
+    references = labels.keys() & trimaps.keys()
+    _warn_unmatched(references - preds.keys(), f"predictions missing in {pred_dir}")
+    _warn_unmatched(preds.keys() - references, "extra predictions without label and trimap")
+    _warn_unmatched(labels.keys() - trimaps.keys(), f"labels without trimap in {trimap_dir}")
+    _warn_unmatched(trimaps.keys() - labels.keys(), f"trimaps without label in {label_dir}")
+    names = sorted(references & preds.keys())
+    if not names:
+        raise ValueError(
+            f"nothing to evaluate: no common file stem in {pred_dir}, {label_dir}, {trimap_dir}"
+        )
+    lossy = [name for name in names if trimaps[name].suffix.lower() in LOSSY_SUFFIXES]
+    if lossy:
+        logger.warning(
+            "%d trimaps are JPEG: lossy values near 128 are not unknown pixels", len(lossy)
+        )
+    return {name: ItemPaths(preds[name], labels[name], trimaps[name]) for name in names}
+
+
+def evaluate_item(name: str, paths: ItemPaths, region: Region) -> ItemResult:
+    """Read one image triple and compute its metrics; errors are captured, not raised.
+
+    Args:
+        name: image name (file stem).
+        paths: its prediction, label and trimap files.
+        region: ``"unknown"`` or ``"all"`` (see `engine.metrics`).
+
+    Returns:
+        The result with paper-unit metrics, or with ``error`` set.
+    """
+    result = ItemResult(name)
+    try:
+        pred = read_gray8(paths.pred, result.notes)
+        label = read_gray8(paths.label, result.notes)
+        trimap = read_gray8(paths.trimap, result.notes)
+        shapes = {paths.pred: pred.shape, paths.label: label.shape, paths.trimap: trimap.shape}
+        if len(set(shapes.values())) > 1:
+            sizes = ", ".join(f"{path} {shape[1]}x{shape[0]}" for path, shape in shapes.items())
+            raise ValueError(f"size mismatch (WxH): {sizes}")
+        result.metrics = compute_metrics(pred, label, trimap, region=region)
+    except (ValueError, TypeError, OSError, cv2.error) as exc:
+        result.error = str(exc)
+    return result
+
+
+def evaluate_items(
+    items: dict[str, ItemPaths],
+    region: Region = "unknown",
+    workers: int = 1,
+    progress: bool = False,
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Compute the metrics of every item, in parallel processes when ``workers > 1``.
+
+    Args:
+        items: ``{name: ItemPaths}`` as `match_files` returns.
+        region: ``"unknown"`` or ``"all"``.
+        workers: number of processes; 1 runs in this process.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``(per_image, failures)``: ``{name: {"sad", "mse", "grad", "conn"}}`` in paper units
+        for the images that were evaluated, and ``{name: error message}`` for the others (also
+        logged as errors).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    names = list(items)
+    with ExitStack() as stack:
+        if workers == 1:
+            mapper = map
+        else:
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(names)))
+            mapper = stack.enter_context(pool).map
+        outcomes = mapper(evaluate_item, names, items.values(), [region] * len(names))
+        bar = tqdm(outcomes, total=len(names), desc="evaluate", unit="img", disable=not progress)
+        results = list(bar)
+
+    per_image: dict[str, dict[str, float]] = {}
+    failures: dict[str, str] = {}
+    for result in results:
+        for note in result.notes:
+            logger.info(note)
+        if result.error is not None:
+            logger.error("%s: skipped: %s", result.name, result.error)
+            failures[result.name] = result.error
+        else:
+            per_image[result.name] = result.metrics
+    return per_image, failures
+
+
+def mean_metrics(per_image: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Plain mean over images of each metric (paper units), as benchmark tables report.
+
+    An image with an empty region has MSE NaN (official 0 / 0), which makes the mean MSE NaN
+    as in ``evaluate.m``; such images are logged.
+
+    Args:
+        per_image: ``{name: {"sad", "mse", "grad", "conn"}}``.
+
+    Returns:
+        ``{"sad", "mse", "grad", "conn"}`` means (NaN for every key if ``per_image`` is empty).
+    """
+    nan_mse = [name for name, values in per_image.items() if math.isnan(values["mse"])]
+    _warn_unmatched(nan_mse, "images without unknown pixel (MSE is NaN, so is its mean)")
+    if not per_image:
+        return {name: math.nan for name in METRIC_NAMES}
+    return {
+        name: float(np.mean([values[name] for values in per_image.values()]))
+        for name in METRIC_NAMES
+    }
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    label_dir: str | Path,
+    trimap_dir: str | Path,
+    region: Region = "unknown",
+    workers: int = 1,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Evaluate a folder of predictions against labels and trimaps.
+
+    Images that cannot be evaluated (unreadable, size mismatch) are logged as errors and left
+    out of both results; use `match_files` + `evaluate_items` to get them.
+
+    Args:
+        pred_dir: folder of predicted alpha PNGs.
+        label_dir: folder of ground-truth alpha mattes (.png/.jpg).
+        trimap_dir: folder of trimaps (.png/.jpg).
+        region: ``"unknown"`` (trimap == 128, Composition-1k) or ``"all"`` (whole image).
+        workers: number of processes; 1 runs in this process.
+
+    Returns:
+        ``(per_image, mean)``: per-image metrics and their mean, in paper units.
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: nothing to evaluate.
+    """
+    items = match_files(Path(pred_dir), Path(label_dir), Path(trimap_dir))
+    per_image, _ = evaluate_items(items, region=region, workers=workers)
+    return per_image, mean_metrics(per_image)
+
+
+def write_csv(path: Path, per_image: dict[str, dict[str, float]]) -> None:
+    """Write per-image metrics (paper units) to a CSV file with a header row.
+
+    Args:
+        path: output file (parent folders are created).
+        per_image: ``{name: {"sad", "mse", "grad", "conn"}}``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", *METRIC_NAMES])
+        for name, values in per_image.items():
+            writer.writerow([name, *(CSV_FLOAT_FORMAT.format(values[m]) for m in METRIC_NAMES)])
+
+
+def format_table(mean: dict[str, float], num_images: int, region: Region) -> str:
+    """Mean metrics as a small text table with the units in the header.
+
+    Args:
+        mean: ``{"sad", "mse", "grad", "conn"}`` in paper units.
+        num_images: number of images averaged.
+        region: region the metrics were computed on.
+
+    Returns:
+        Multi-line string.
+    """
+    where = "unknown region (trimap == 128)" if region == "unknown" else "whole image"
+    lines = [
+        f"Mean over {num_images} images, {where}, paper units: SAD = sum|d_alpha| / 1e3, "
+        "MSE = mean(d_alpha^2) x 1e3, Grad = sum / 1e3, Conn = sum / 1e3",
+        TABLE_HEADER,
+        TABLE_ROW.format(**mean),
+    ]
+    return "\n".join(lines)
+
+
+def run(
+    pred_dir: Path,
+    label_dir: Path,
+    trimap_dir: Path,
+    region: Region,
+    workers: int,
+    csv_path: Path | None,
+) -> int:
+    """Evaluate, print the mean table, optionally write the CSV; return the exit status."""
+    try:
+        items = match_files(pred_dir, label_dir, trimap_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILURE
+    per_image, failures = evaluate_items(items, region=region, workers=workers, progress=True)
+    if csv_path is not None:
+        write_csv(csv_path, per_image)
+        logger.info("wrote per-image metrics to %s", csv_path)
+    if not per_image:
+        logger.error("no image could be evaluated")
+        return EXIT_FAILURE
+    print(format_table(mean_metrics(per_image), len(per_image), region))
+    if failures:
+        logger.error("%d of %d images failed (see errors above)", len(failures), len(items))
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pred-dir", type=Path, required=True, help="predicted alpha PNGs")
+    parser.add_argument("--label-dir", type=Path, required=True, help="ground-truth alphas")
+    parser.add_argument("--trimap-dir", type=Path, required=True, help="trimaps (128 = unknown)")
+    parser.add_argument(
+        "--region",
+        choices=("unknown", "all"),
+        default="unknown",
+        help="pixels summed: trimap == 128 (Composition-1k) or whole image",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="worker processes (1 = in-process)",
+    )
+    parser.add_argument("--csv", type=Path, default=None, help="write per-image metrics here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    sys.exit(
+        run(args.pred_dir, args.label_dir, args.trimap_dir, args.region, args.workers, args.csv)
+    )
+
+
+if __name__ == "__main__":
+    main()
