@@ -1,1 +1,41 @@
 """Datasets, augmentations and test-set readers."""
+
+from data.dim_dataset import DIMTrainDataset
+from data.eval_dataset import MattingEvalDataset
+from data.image_io import (
+    IMAGE_EXTENSIONS,
+    BadSampleError,
+    UnreadableImageError,
+    read_gray,
+    read_rgb,
+)
+from data.readers import (
+    FOLDER_LAYOUTS,
+    FolderLayout,
+    MattingItem,
+    MattingTestSet,
+    detect_layout,
+    scan_test_set,
+)
+from data.seeding import ReseedableDataset, make_generator, seed_worker
+from data.transforms import train_transforms
+
+__all__ = [
+    "FOLDER_LAYOUTS",
+    "IMAGE_EXTENSIONS",
+    "BadSampleError",
+    "DIMTrainDataset",
+    "FolderLayout",
+    "MattingEvalDataset",
+    "MattingItem",
+    "MattingTestSet",
+    "ReseedableDataset",
+    "UnreadableImageError",
+    "detect_layout",
+    "make_generator",
+    "read_gray",
+    "read_rgb",
+    "scan_test_set",
+    "seed_worker",
+    "train_transforms",
+]

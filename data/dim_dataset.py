@@ -1,0 +1,194 @@
+"""Training set: DIM foregrounds composited on the fly over backgrounds (COCO in the paper).
+
+References: ViTMatte (data/dim_dataset.py, ``ImageFileTrain`` + ``DataGenerator`` in phase
+``train``), from GCA-Matting; MEMatte trains on it unchanged.
+
+Folder layout (files matched by stem, any of ``IMAGE_EXTENSIONS``)::
+
+    fg_dir/     a.jpg  b.png ...   foreground colours
+    alpha_dir/  a.jpg  b.png ...   alpha mattes, same size as their foreground
+    bg_dir/     x.jpg  y.jpg ...   backgrounds (COCO train2014 in the official recipe)
+
+One epoch visits every background once: ``len(dataset) == number of backgrounds`` and sample
+``idx`` uses background ``idx`` and foreground ``idx % number of foregrounds`` (names sorted).
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.image_io import (
+    BadSampleError,
+    UnreadableImageError,
+    list_images,
+    list_images_by_stem,
+    read_gray,
+    read_rgb,
+)
+from data.seeding import ReseedableDataset
+from data.transforms import RandomResize, composite_two_foregrounds, train_transforms
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DIMTrainDataset"]
+
+# Probability of overlaying a second, random foreground (official `_composite_fg`).
+TWO_FOREGROUND_PROB = 0.5
+# Unreadable files met in a row by one __getitem__ before giving up.
+MAX_LOAD_ATTEMPTS = 10
+# Random redraws allowed to replace a sample that uses a file already known to be unreadable.
+MAX_REDRAWS = 100
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """``[H, W, C]`` float in [0, 1] -> uint8, the bit depth of the official pipeline."""
+    return np.round(image * 255).astype(np.uint8)
+
+
+class DIMTrainDataset(ReseedableDataset):
+    """On-the-fly composited training samples with the official augmentations.
+
+    Each sample is a dict with ``image``, ``fg``, ``bg`` ``[3, S, S]`` float32 in [0, 1] (RGB),
+    ``alpha`` ``[1, S, S]`` float32 in [0, 1], ``trimap`` ``[1, S, S]`` float32 in {0, 128, 255},
+    ``mask`` ``[1, S, S]`` float32 in {0, 1} (coarse mask, unused by MEMatte) and ``image_name``
+    (the foreground's file name), with ``S = crop_size``.
+
+    Randomness comes from the generator managed by ``ReseedableDataset``: pass
+    ``data.seeding.seed_worker`` as the DataLoader's ``worker_init_fn``. An unreadable file is
+    logged and another random sample is drawn instead; an alpha whose size differs from its
+    foreground raises ``BadSampleError``.
+
+    Args:
+        fg_dir: folder of foreground images.
+        alpha_dir: folder of alpha mattes, matched to ``fg_dir`` by stem.
+        bg_dir: folder of background images.
+        crop_size: side of the square training crop in pixels (official: 512).
+        seed: base seed of the augmentation stream.
+        rank: distributed rank; ``None`` reads it when the dataset is built.
+
+    Raises:
+        FileNotFoundError: a folder is missing, has no foreground/alpha pair or no background.
+    """
+
+    def __init__(
+        self,
+        *,
+        fg_dir: str | Path,
+        alpha_dir: str | Path,
+        bg_dir: str | Path,
+        crop_size: int = 512,
+        seed: int = 0,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(seed=seed, rank=rank)
+        for folder in (fg_dir, alpha_dir, bg_dir):
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"training data folder {folder} does not exist")
+        fgs, alphas = list_images_by_stem(fg_dir), list_images_by_stem(alpha_dir)
+        stems = sorted(fgs.keys() & alphas.keys())
+        if not stems:
+            raise FileNotFoundError(
+                f"no foreground/alpha pair in {fg_dir} and {alpha_dir}: {len(fgs)} foreground and "
+                f"{len(alphas)} alpha images, none sharing a file stem"
+            )
+        unmatched = sorted(fgs.keys() ^ alphas.keys())
+        if unmatched:
+            logger.warning(
+                "%d foreground/alpha files without a partner are ignored: %s",
+                len(unmatched),
+                ", ".join(unmatched[:10]),
+            )
+        self.fg_paths = [fgs[stem] for stem in stems]
+        self.alpha_paths = [alphas[stem] for stem in stems]
+        self.bg_paths = list_images(bg_dir)
+        if not self.bg_paths:
+            raise FileNotFoundError(f"no background image in {bg_dir}")
+        self.crop_size = crop_size
+        # Official `_composite_fg`: resize to 640 x 640 with probability 1/4 after the overlay.
+        self.resize = RandomResize(size=640, prob=0.25)
+        self.transform = train_transforms(crop_size)
+        self._unreadable: set[Path] = set()  # files that failed to decode, never read again
+
+    def __len__(self) -> int:
+        return len(self.bg_paths)
+
+    @property
+    def num_foregrounds(self) -> int:
+        return len(self.fg_paths)
+
+    def _read_foreground(self, fg_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``fg`` ``[H, W, 3]`` uint8 RGB and ``alpha`` ``[H, W]`` float32 of one pair."""
+        fg_path, alpha_path = self.fg_paths[fg_index], self.alpha_paths[fg_index]
+        fg, alpha = _to_uint8(read_rgb(fg_path)), read_gray(alpha_path)
+        if alpha.shape != fg.shape[:2]:
+            raise BadSampleError(
+                alpha_path,
+                f"alpha is {alpha.shape[1]}x{alpha.shape[0]} but its foreground {fg_path} is "
+                f"{fg.shape[1]}x{fg.shape[0]} (W x H)",
+            )
+        return fg, alpha
+
+    def load(self, idx: int, rng: np.random.Generator) -> dict[str, Any]:
+        """Build sample ``idx`` with the given generator (no retry on bad files).
+
+        Args:
+            idx: index in ``[0, len(self))``.
+            rng: source of all randomness of this sample.
+
+        Returns:
+            The sample dict described in the class docstring.
+
+        Raises:
+            UnreadableImageError: a file of this sample cannot be read.
+            BadSampleError: an alpha does not match its foreground's size.
+        """
+        fg_index = idx % self.num_foregrounds
+        fg, alpha = self._read_foreground(fg_index)
+        bg = _to_uint8(read_rgb(self.bg_paths[idx]))
+        if rng.random() < TWO_FOREGROUND_PROB:
+            # Official draw: a uniform offset added to idx, so the second may equal the first.
+            fg2_index = (idx + int(rng.integers(self.num_foregrounds))) % self.num_foregrounds
+            if not self._foreground_known_bad(fg2_index):
+                fg2, alpha2 = self._read_foreground(fg2_index)
+                fg, alpha = composite_two_foregrounds(fg, alpha, fg2, alpha2, rng)
+        sample = {"fg": fg, "alpha": alpha, "bg": bg, "image_name": self.fg_paths[fg_index].name}
+        return self.transform(self.resize(sample, rng), rng)
+
+    def _foreground_known_bad(self, fg_index: int) -> bool:
+        paths = (self.fg_paths[fg_index], self.alpha_paths[fg_index])
+        return any(path in self._unreadable for path in paths)
+
+    def _known_bad(self, idx: int) -> bool:
+        return (
+            self._foreground_known_bad(idx % self.num_foregrounds)
+            or self.bg_paths[idx] in self._unreadable
+        )
+
+    def _redraw_if_known_bad(self, idx: int, rng: np.random.Generator) -> int:
+        for _ in range(MAX_REDRAWS):
+            if not self._known_bad(idx):
+                return idx
+            idx = int(rng.integers(len(self)))
+        raise RuntimeError(
+            f"almost every sample has an unreadable file: {sorted(self._unreadable)}"
+        )
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        rng = self.rng
+        for _ in range(MAX_LOAD_ATTEMPTS):
+            idx = self._redraw_if_known_bad(idx, rng)
+            try:
+                return self.load(idx, rng)
+            except UnreadableImageError as error:
+                logger.warning(
+                    "skipping unreadable %s (%s); samples using it are replaced by others",
+                    error.path,
+                    error.reason,
+                )
+                self._unreadable.add(error.path)
+        raise RuntimeError(
+            f"{MAX_LOAD_ATTEMPTS} unreadable files in a row ({sorted(self._unreadable)}); check "
+            f"{self.fg_paths[0].parent}, {self.alpha_paths[0].parent} and {self.bg_paths[0].parent}"
+        )

@@ -1,0 +1,427 @@
+"""Training pipeline, augmentations, worker seeding, test-set readers and image reading."""
+
+import logging
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from data import (
+    BadSampleError,
+    DIMTrainDataset,
+    MattingEvalDataset,
+    UnreadableImageError,
+    detect_layout,
+    make_generator,
+    read_gray,
+    read_rgb,
+    scan_test_set,
+    seed_worker,
+)
+from data.image_io import list_images_by_stem
+from data.transforms import (
+    Composite,
+    CutMask,
+    GenMask,
+    RandomAffine,
+    RandomCrop,
+    RandomJitter,
+    affine_matrix,
+    composite_two_foregrounds,
+)
+from tools.make_synthetic_dataset import make_synthetic_dataset
+
+CROP = 64  # small training crop keeps the tests fast
+TRIMAP_LEVELS = {0.0, 128.0, 255.0}
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(root, seed=0, num_fg=3, num_bg=7, num_test=2, size=96)
+    return root
+
+
+def _train_set(root: Path, **kwargs) -> DIMTrainDataset:
+    train = root / "train"
+    return DIMTrainDataset(
+        fg_dir=train / "fg",
+        alpha_dir=train / "alpha",
+        bg_dir=train / "bg",
+        crop_size=CROP,
+        **kwargs,
+    )
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key]
+
+
+# --- training dataset ------------------------------------------------------------------------
+
+
+def test_sample_shapes_dtypes_and_ranges(synthetic_root: Path) -> None:
+    dataset = _train_set(synthetic_root)
+    for idx in range(len(dataset)):
+        sample = dataset[idx]
+        assert set(sample) == {"image", "fg", "bg", "alpha", "trimap", "mask", "image_name"}
+        for key in ("image", "fg", "bg"):
+            assert sample[key].shape == (3, CROP, CROP) and sample[key].dtype == torch.float32
+            assert sample[key].min() >= 0 and sample[key].max() <= 1
+        for key in ("alpha", "trimap", "mask"):
+            assert sample[key].shape == (1, CROP, CROP) and sample[key].dtype == torch.float32
+        assert sample["alpha"].min() >= 0 and sample["alpha"].max() <= 1
+        assert set(sample["trimap"].unique().tolist()) <= TRIMAP_LEVELS
+        assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
+        composite = sample["fg"] * sample["alpha"] + sample["bg"] * (1 - sample["alpha"])
+        torch.testing.assert_close(sample["image"], composite, atol=1e-5, rtol=0)
+
+
+def test_length_is_backgrounds_and_fg_index_wraps(synthetic_root: Path) -> None:
+    dataset = _train_set(synthetic_root)
+    assert len(dataset) == 7 and dataset.num_foregrounds == 3
+    for idx in range(len(dataset)):
+        assert dataset[idx]["image_name"] == f"fg_{idx % 3:03d}.png"
+
+
+def test_default_crop_is_official_512(synthetic_root: Path) -> None:
+    train = synthetic_root / "train"
+    dataset = DIMTrainDataset(fg_dir=train / "fg", alpha_dir=train / "alpha", bg_dir=train / "bg")
+    assert dataset[0]["image"].shape == (3, 512, 512)  # 96 px inputs are upscaled first
+
+
+def test_same_seed_reproduces_and_other_seed_differs(synthetic_root: Path) -> None:
+    first, again, other = (
+        [dataset[i] for i in (0, 1, 0)]
+        for dataset in (_train_set(synthetic_root, seed=s) for s in (3, 3, 4))
+    )
+    for a, b in zip(first, again):
+        _assert_same(a, b)
+    assert not torch.equal(first[0]["image"], first[2]["image"])  # the stream moves on
+    assert not all(torch.equal(a["image"], c["image"]) for a, c in zip(first, other))
+
+
+def test_streams_differ_across_workers_and_ranks(synthetic_root: Path) -> None:
+    dataset = _train_set(synthetic_root, seed=0, rank=0)
+    images = []
+    for rank, worker_id in ((0, 0), (0, 1), (1, 0)):
+        dataset.rank = rank
+        dataset.reseed(worker_id, torch_worker_seed=123)
+        images.append(dataset[0]["image"])
+    assert not torch.equal(images[0], images[1])
+    assert not torch.equal(images[0], images[2])
+    gen_a, gen_b = make_generator(0, 0, 1, 5), make_generator(0, 0, 1, 5)
+    assert gen_a.integers(1 << 60) == gen_b.integers(1 << 60)
+
+
+def _loader_images(dataset: DIMTrainDataset) -> list[torch.Tensor]:
+    torch.manual_seed(0)  # the trainer seeds torch; workers' seeds derive from it
+    loader = DataLoader(
+        dataset, batch_size=1, sampler=[0, 0], num_workers=2, worker_init_fn=seed_worker
+    )
+    return [batch["image"] for batch in loader]
+
+
+def test_dataloader_workers_reproducible_and_distinct(synthetic_root: Path) -> None:
+    dataset = _train_set(synthetic_root, seed=0, rank=0)
+    first, second = _loader_images(dataset), _loader_images(dataset)
+    # Both indices are 0; worker 0 serves the first, worker 1 the second: different augmentations.
+    assert not torch.equal(first[0], first[1])
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+# --- bad training input ----------------------------------------------------------------------
+
+
+def _write_pair(root: Path, stem: str, fg_size: tuple[int, int], alpha_size: tuple[int, int]):
+    for sub in ("fg", "alpha", "bg"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(root / "fg" / f"{stem}.jpg"), rng.integers(0, 255, (*fg_size, 3), np.uint8))
+    alpha = np.zeros(alpha_size, np.uint8)
+    alpha[
+        alpha_size[0] // 4 : alpha_size[0] * 3 // 4, alpha_size[1] // 4 : alpha_size[1] * 3 // 4
+    ] = 255
+    cv2.imwrite(str(root / "alpha" / f"{stem}.png"), cv2.GaussianBlur(alpha, (7, 7), 2))
+    cv2.imwrite(str(root / "bg" / f"{stem}.jpg"), rng.integers(0, 255, (*fg_size, 3), np.uint8))
+
+
+def _dirs(root: Path) -> dict[str, Path]:
+    return {"fg_dir": root / "fg", "alpha_dir": root / "alpha", "bg_dir": root / "bg"}
+
+
+def test_no_pairs_error_names_folder(tmp_path: Path) -> None:
+    _write_pair(tmp_path, "a", (40, 40), (40, 40))
+    (tmp_path / "alpha" / "a.png").rename(tmp_path / "alpha" / "b.png")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "fg")):
+        DIMTrainDataset(**_dirs(tmp_path), crop_size=16)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        DIMTrainDataset(fg_dir=tmp_path / "missing", alpha_dir=tmp_path, bg_dir=tmp_path)
+
+
+def test_alpha_size_mismatch_names_file(tmp_path: Path) -> None:
+    _write_pair(tmp_path, "a", (40, 50), (40, 40))
+    dataset = DIMTrainDataset(**_dirs(tmp_path), crop_size=16)
+    with pytest.raises(BadSampleError, match="a.png") as info:
+        dataset[0]
+    assert info.value.path == tmp_path / "alpha" / "a.png"
+
+
+def test_unreadable_image_is_logged_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_pair(tmp_path, "good", (40, 40), (40, 40))
+    _write_pair(tmp_path, "zbad", (40, 40), (40, 40))
+    (tmp_path / "fg" / "zbad.jpg").write_bytes(b"not an image")
+    dataset = DIMTrainDataset(**_dirs(tmp_path), crop_size=16, seed=1)
+    with caplog.at_level(logging.WARNING, logger="data.dim_dataset"):
+        samples = [dataset[1] for _ in range(5)]  # bg 1 pairs with the broken fg 1
+    assert all(s["image_name"] == "good.jpg" for s in samples)
+    assert "zbad.jpg" in caplog.text
+
+
+# --- augmentations -----------------------------------------------------------------------------
+
+
+def _soft_disc(size: int = 640) -> np.ndarray:
+    """``[size, size]`` float32 alpha: an opaque disc with a soft rim and a translucent patch."""
+    disc = np.zeros((size, size), np.float32)
+    cv2.circle(disc, (size // 2, size // 2), size // 4, 1.0, -1)
+    disc = cv2.GaussianBlur(disc, (0, 0), 6)
+    disc[10:60, 10:60] = 0.4
+    return disc
+
+
+def test_genmask_trimap_covers_every_fractional_alpha() -> None:
+    alpha = _soft_disc()  # already at the 640 working size: the resizes are identities
+    for seed in range(5):
+        sample = GenMask()({"alpha": alpha.copy()}, np.random.default_rng(seed))
+        trimap = sample["trimap"]
+        assert set(np.unique(trimap).tolist()) <= TRIMAP_LEVELS
+        assert np.all(trimap[(alpha > 1e-5) & (alpha < 1 - 1e-5)] == 128)
+        assert trimap[320, 320] == 255 and trimap[630, 630] == 0
+        assert set(np.unique(sample["mask"]).tolist()) <= {0, 1}
+
+
+def test_cutmask_skip_probability_semantics() -> None:
+    mask = (np.random.default_rng(0).random((64, 64)) < 0.5).astype(np.uint8)
+    skipped = CutMask(skip_prob=1.0)({"mask": mask.copy()}, np.random.default_rng(0))
+    assert np.array_equal(skipped["mask"], mask)
+    changed = [
+        not np.array_equal(CutMask(skip_prob=0.0)({"mask": mask.copy()}, rng)["mask"], mask)
+        for rng in map(np.random.default_rng, range(10))
+    ]
+    assert sum(changed) >= 8  # source and target boxes rarely coincide
+
+
+def _crop_sample(trimap: np.ndarray) -> dict:
+    height, width = trimap.shape
+    return {
+        "fg": np.zeros((height, width, 3), np.uint8),
+        "alpha": (trimap / 255).astype(np.float32),
+        "bg": np.zeros((30, 20, 3), np.uint8),
+        "trimap": trimap.astype(np.float32),
+        "mask": (trimap > 0).astype(np.uint8),
+        "image_name": "x",
+    }
+
+
+def test_random_crop_is_centred_on_unknown_pixels() -> None:
+    trimap = np.zeros((300, 400), np.float32)
+    trimap[100:120, 250:270] = 128
+    for seed in range(10):
+        out = RandomCrop(64)(_crop_sample(trimap), np.random.default_rng(seed))
+        assert all(out[k].shape[:2] == (64, 64) for k in ("fg", "alpha", "bg", "trimap", "mask"))
+        assert out["trimap"][28:36, 28:36].max() == 128  # an unknown pixel near the centre
+
+
+def test_random_crop_upscales_small_and_resizes_without_unknown() -> None:
+    small = np.full((40, 50), 128, np.float32)
+    out = RandomCrop(64)(_crop_sample(small), np.random.default_rng(0))
+    assert out["fg"].shape == (64, 64, 3) and out["bg"].shape == (64, 64, 3)
+    flat = np.full((200, 200), 255, np.float32)
+    out = RandomCrop(64)(_crop_sample(flat), np.random.default_rng(0))
+    assert out["trimap"].shape == (64, 64) and np.all(out["trimap"] == 255)
+
+
+def test_affine_matrix_flip_and_rotation() -> None:
+    center = (10.0, 20.0)
+    identity = affine_matrix(center, 0.0, (1.0, 1.0), 0.0, (1.0, 1.0))
+    np.testing.assert_allclose(identity, [[1, 0, 0], [0, 1, 0]], atol=1e-12)
+    mirror = affine_matrix(center, 0.0, (1.0, 1.0), 0.0, (-1.0, 1.0))
+    np.testing.assert_allclose(mirror @ [13.0, 5.0, 1.0], [7.0, 5.0], atol=1e-12)  # x -> 2cx - x
+    quarter = affine_matrix(center, 90.0, (2.0, 2.0), 0.0, (1.0, 1.0))
+    np.testing.assert_allclose(quarter @ [11.0, 20.0, 1.0], [10.0, 22.0], atol=1e-12)
+    # The official code builds the inverse; for shear s, angle a the linear part inverts to
+    # [[cos a, sin(a + s)], [-sin a, cos(a + s)]] / cos(s) (scale 1, no flip).
+    a, s = math.radians(12.0), math.radians(7.0)
+    inverse = cv2.invertAffineTransform(affine_matrix(center, 12.0, (1.0, 1.0), 7.0, (1.0, 1.0)))
+    expected = np.array([[math.cos(a), math.sin(a + s)], [-math.sin(a), math.cos(a + s)]])
+    np.testing.assert_allclose(inverse[:, :2], expected / math.cos(s), atol=1e-12)
+
+
+def test_random_affine_keeps_size_and_rotates_only_large_images() -> None:
+    rng = np.random.default_rng(0)
+    fg = rng.integers(0, 255, (50, 70, 3), np.uint8)
+    out = RandomAffine()({"fg": fg, "alpha": np.ones((50, 70), np.float32)}, rng)
+    assert out["fg"].shape == (50, 70, 3) and out["alpha"].shape == (50, 70)
+    # Without scale, shear or flip, a small image is left as is (no rotation below 1024 px).
+    still = RandomAffine(scale=(1.0, 1.0), shear=0.0, flip_prob=0.0)
+    alpha = _soft_disc(100)
+    out = still({"fg": fg[:, :50].copy(), "alpha": alpha.copy()}, rng)
+    np.testing.assert_allclose(out["alpha"][5:-5, 5:-5], alpha[5:-5, 5:-5], atol=0.05)
+
+
+def test_jitter_skips_empty_alpha_and_stays_in_range() -> None:
+    rng = np.random.default_rng(0)
+    fg = rng.integers(0, 255, (32, 32, 3), np.uint8)
+    empty = RandomJitter()({"fg": fg, "alpha": np.zeros((32, 32), np.float32)}, rng)
+    assert empty["fg"] is fg
+    out = RandomJitter()({"fg": fg, "alpha": np.ones((32, 32), np.float32)}, rng)
+    assert out["fg"].dtype == np.float32 and out["fg"].min() >= 0 and out["fg"].max() <= 255.01
+
+
+def test_two_foreground_alpha_rule_and_composite_clipping() -> None:
+    rng = np.random.default_rng(0)
+    fg = np.full((8, 8, 3), 200, np.uint8)
+    half = np.full((8, 8), 0.5, np.float32)
+    merged_fg, merged_alpha = composite_two_foregrounds(fg, half, fg // 2, half.copy(), rng)
+    np.testing.assert_allclose(merged_alpha, 0.75)  # two 50% layers make 75%
+    assert merged_fg.dtype == np.uint8 and np.all(merged_fg == 150)
+    sample = {"fg": fg, "bg": np.zeros_like(fg), "alpha": np.full((8, 8), 1.2, np.float32)}
+    out = Composite()(sample, rng)
+    assert out["alpha"].max() == 1.0 and np.allclose(out["image"], 200)
+
+
+# --- image reading -----------------------------------------------------------------------------
+
+
+def test_read_conversions(tmp_path: Path) -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    assert read_rgb(tmp_path / "gray.png").shape == (3, 4, 3)
+    np.testing.assert_allclose(read_rgb(tmp_path / "gray.png")[:, :, 1], gray / 255, atol=1e-6)
+    bgra = np.zeros((3, 4, 4), np.uint8)
+    bgra[..., 0], bgra[..., 3] = 255, 7  # blue, nearly transparent
+    cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
+    np.testing.assert_allclose(read_rgb(tmp_path / "rgba.png")[0, 0], [0, 0, 1])  # RGB order
+    deep = np.full((3, 4), 65535 // 2, np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    np.testing.assert_allclose(read_gray(tmp_path / "deep.png"), 0.5, atol=1e-4)
+    cv2.imwrite(str(tmp_path / "tri3.png"), np.repeat(gray[:, :, None], 3, axis=2))
+    np.testing.assert_allclose(read_gray(tmp_path / "tri3.png"), gray / 255, atol=1e-6)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(UnreadableImageError, match="broken.png"):
+        read_rgb(tmp_path / "broken.png")
+    with pytest.raises(UnreadableImageError, match="nothere.png"):
+        read_gray(tmp_path / "nothere.png")
+
+
+def test_duplicate_stems_are_rejected(tmp_path: Path) -> None:
+    for name in ("a.jpg", "a.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match="a.jpg and a.png"):
+        list_images_by_stem(tmp_path)
+
+
+# --- test-set readers --------------------------------------------------------------------------
+
+
+def _make_test_folder(
+    root: Path, image_dir: str, trimap_dir: str, alpha_dir: str | None, stems=("x", "y")
+) -> Path:
+    rng = np.random.default_rng(0)
+    for stem in stems:
+        (root / image_dir).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(
+            str(root / image_dir / f"{stem}.jpg"), rng.integers(0, 255, (12, 16, 3), np.uint8)
+        )
+        (root / trimap_dir).mkdir(parents=True, exist_ok=True)
+        trimap = np.zeros((12, 16), np.uint8)
+        trimap[:, 5:10], trimap[:, 10:] = 128, 255
+        cv2.imwrite(str(root / trimap_dir / f"{stem}.png"), trimap)
+        if alpha_dir is not None:
+            (root / alpha_dir).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / alpha_dir / f"{stem}.png"), trimap)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("dirs", "layout"),
+    [
+        (("merged", "trimaps", "alpha_copy"), "composition-1k"),
+        (("merged", "trimaps", "alpha"), "composition-1k"),
+        (("original", "trimap", "mask"), "aim-500"),
+        (("Image", "Trimap", "GT"), "distinctions-646"),
+        (("images", "trimaps", "alphas"), "generic"),
+        (("images", "trimaps", None), "generic"),
+    ],
+)
+def test_detect_each_layout(tmp_path: Path, dirs: tuple, layout: str) -> None:
+    root = _make_test_folder(tmp_path, *dirs)
+    assert detect_layout(root).name == layout
+    test_set = scan_test_set(root)
+    assert [item.name for item in test_set.items] == ["x", "y"]
+    has_alpha = dirs[2] is not None
+    assert all((item.alpha_path is not None) == has_alpha for item in test_set.items)
+    assert not test_set.missing_trimaps and not test_set.missing_alphas
+
+
+def test_uhrim_is_read_as_composition_layout(tmp_path: Path) -> None:
+    root = _make_test_folder(tmp_path, "merged", "trimaps", "alpha_copy")
+    assert scan_test_set(root, layout="uhrim").layout.name == "uhrim"
+    with pytest.raises(ValueError, match="unknown test-set layout"):
+        scan_test_set(root, layout="nope")
+
+
+def test_unknown_layout_lists_supported(tmp_path: Path) -> None:
+    (tmp_path / "pictures").mkdir()
+    with pytest.raises(ValueError, match="pictures/") as info:
+        detect_layout(tmp_path)
+    for name in ("composition-1k", "aim-500", "distinctions-646", "generic", "uhrim"):
+        assert name in str(info.value)
+
+
+def test_missing_trimap_and_alpha_are_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _make_test_folder(tmp_path, "merged", "trimaps", "alpha_copy", stems=("a", "b", "c"))
+    (root / "trimaps" / "b.png").unlink()
+    (root / "alpha_copy" / "c.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="data.readers"):
+        test_set = scan_test_set(root)
+    assert [item.name for item in test_set.items] == ["a", "c"]
+    assert test_set.missing_trimaps == [root / "merged" / "b.jpg"]
+    assert test_set.missing_alphas == [root / "merged" / "c.jpg"]
+    assert "b.jpg" in caplog.text and "c.jpg" in caplog.text
+
+
+def test_eval_dataset_values_and_bad_items(tmp_path: Path) -> None:
+    root = _make_test_folder(tmp_path, "images", "trimaps", "alphas")
+    dataset = MattingEvalDataset(root)
+    sample = dataset[0]
+    assert sample["image"].shape == (3, 12, 16) and sample["image"].dtype == torch.float32
+    assert sample["trimap"].shape == (1, 12, 16) and sample["alpha"].shape == (1, 12, 16)
+    levels = torch.tensor([0, 128, 255], dtype=torch.float32) / 255
+    assert torch.equal(sample["trimap"].unique(), levels)  # stored value / 255, not re-quantized
+    assert sample["image_name"] == "x.jpg"
+    batch = next(iter(DataLoader(dataset, batch_size=1)))
+    assert batch["image"].shape == (1, 3, 12, 16)
+
+    cv2.imwrite(str(root / "trimaps" / "y.png"), np.zeros((5, 5), np.uint8))
+    with pytest.raises(BadSampleError, match="y.png") as info:
+        dataset[1]
+    assert info.value.path == root / "trimaps" / "y.png"
+    (root / "images" / "x.jpg").write_bytes(b"")
+    with pytest.raises(UnreadableImageError, match="x.jpg"):
+        dataset[0]
