@@ -1,0 +1,279 @@
+"""The hooks a training run registers: timing, lr schedule, checkpoints, evaluation, writers,
+training images.
+
+Typical order (writers last, so that they see what the other hooks put in the storage)::
+
+    trainer.register_hooks([
+        IterationTimer(),
+        LRScheduler(scheduler=lr_multiplier),
+        PeriodicCheckpointer(checkpointer, period=2693) if comm.is_main_process() else None,
+        EvalHook(eval_period, lambda: do_test(cfg, model)),
+        ImageLogger(period=log_image_period),
+        PeriodicWriter(writers, period=20) if comm.is_main_process() else None,
+    ])
+
+References: detectron2 ``detectron2/engine/hooks.py`` (interface only).
+"""
+
+import datetime
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
+from fvcore.common.param_scheduler import ParamScheduler
+
+from engine import comm
+from engine.checkpoint import Checkpointer
+from engine.events import EventWriter
+from engine.lr_scheduler import LRMultiplier
+from engine.train_loop import HookBase
+
+__all__ = [
+    "EvalHook",
+    "ImageLogger",
+    "IterationTimer",
+    "LRScheduler",
+    "PeriodicCheckpointer",
+    "PeriodicWriter",
+]
+
+logger = logging.getLogger(__name__)
+
+# Trimaps arrive as 0 / 128 / 255 (or already as 0 / 0.5 / 1); images are shown in [0, 1].
+TRIMAP_MAX = 255.0
+PRED_ALPHA_KEY = "phas"
+
+
+class IterationTimer(HookBase):
+    """Put each iteration's wall time as ``time`` and log the total time at the end.
+
+    Args:
+        warmup_iter: the first iterations, slow from start-up, are not recorded.
+    """
+
+    def __init__(self, warmup_iter: int = 3) -> None:
+        self._warmup_iter = warmup_iter
+        self._train_start = 0.0
+        self._step_start = 0.0
+
+    def before_train(self) -> None:
+        """Start the total-time clock."""
+        self._train_start = time.perf_counter()
+
+    def before_step(self) -> None:
+        """Start the step clock."""
+        self._step_start = time.perf_counter()
+
+    def after_step(self) -> None:
+        """Record the step time (registered first, so it excludes the other hooks' after_step)."""
+        elapsed = time.perf_counter() - self._step_start
+        if self.trainer.iter - self.trainer.start_iter >= self._warmup_iter:
+            self.trainer.storage.put_scalar("time", elapsed)
+
+    def after_train(self) -> None:
+        """Log the total training time and the mean time per iteration."""
+        total = time.perf_counter() - self._train_start
+        num_iter = self.trainer.iter - self.trainer.start_iter
+        if num_iter > 0:
+            logger.info(
+                "Total training time: %s (%d iterations, %.4f s/it)",
+                datetime.timedelta(seconds=int(total)),
+                num_iter,
+                total / num_iter,
+            )
+
+
+class LRScheduler(HookBase):
+    """Step an lr scheduler after every iteration and put the lr used as ``lr``.
+
+    ``lr`` is the largest lr over the param groups: with layer-wise decay that is the base lr
+    times the schedule.
+
+    Args:
+        optimizer: defaults to ``trainer.optimizer``.
+        scheduler: a torch lr scheduler, or an fvcore ``ParamScheduler`` multiplier that is wrapped
+            in :class:`LRMultiplier` over ``trainer.max_iter`` when training starts (positioned at
+            the start iteration, so resuming needs no scheduler state).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | ParamScheduler | None = None,
+    ) -> None:
+        if scheduler is None:
+            raise ValueError("LRScheduler needs a scheduler")
+        self._optimizer = optimizer
+        self.scheduler = scheduler
+
+    def before_train(self) -> None:
+        """Wrap a ``ParamScheduler`` into an :class:`LRMultiplier` at the start iteration."""
+        if self._optimizer is None:
+            self._optimizer = self.trainer.optimizer
+        if isinstance(self.scheduler, ParamScheduler):
+            self.scheduler = LRMultiplier(
+                self._optimizer,
+                self.scheduler,
+                self.trainer.max_iter,
+                last_iter=self.trainer.iter - 1,
+            )
+
+    def after_step(self) -> None:
+        """Put the lr of this iteration, then move to the next one."""
+        lr = max(group["lr"] for group in self._optimizer.param_groups)
+        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
+        self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The torch scheduler's state (empty before a ``ParamScheduler`` is wrapped)."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler):
+            return self.scheduler.state_dict()
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a torch scheduler; an unwrapped multiplier is positioned in before_train."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler):
+            self.scheduler.load_state_dict(dict(state))
+
+
+class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
+    """Save ``{file_prefix}_{iter:07d}.pth`` every ``period`` iterations and
+    ``{file_prefix}_final.pth`` after the last one, on the main process only.
+
+    The saved ``iteration`` is the one just finished: resume with ``start_iter = iteration + 1``.
+
+    Args:
+        checkpointer: what to save (model, trainer state, ...).
+        period: save after iterations ``period - 1``, ``2 * period - 1``, ...
+        max_to_keep: keep only the newest periodic checkpoints (the final one is always kept).
+        file_prefix: file name prefix.
+    """
+
+    def __init__(
+        self,
+        checkpointer: Checkpointer,
+        period: int,
+        max_to_keep: int | None = None,
+        file_prefix: str = "model",
+    ) -> None:
+        super().__init__(checkpointer, period, max_to_keep=max_to_keep, file_prefix=file_prefix)
+
+    def before_train(self) -> None:
+        """Learn ``max_iter`` (for the final checkpoint) from the trainer."""
+        self.max_iter = self.trainer.max_iter
+
+    def after_step(self) -> None:
+        """Save when the period or the last iteration is reached."""
+        if comm.is_main_process():
+            self.step(self.trainer.iter)
+
+
+class EvalHook(HookBase):
+    """Run an evaluation every ``eval_period`` iterations and after the last one.
+
+    Runs on every rank (the function handles any distribution); ranks are synchronized after it.
+
+    Args:
+        eval_period: evaluate after iterations ``eval_period - 1``, ``2 * eval_period - 1``, ...;
+            0 evaluates only at the end.
+        eval_function: returns a flat mapping ``metric name -> number`` (or None); the numbers are
+            put into the storage, unsmoothed.
+    """
+
+    def __init__(
+        self, eval_period: int, eval_function: Callable[[], Mapping[str, Any] | None]
+    ) -> None:
+        self._period = eval_period
+        self._function = eval_function
+
+    def _do_eval(self) -> None:
+        results = self._function()
+        if results:
+            for name, value in results.items():
+                try:
+                    number = float(value)
+                except (TypeError, ValueError) as error:
+                    raise ValueError(
+                        f"eval_function must return a flat dict of numbers; {name!r} is {value!r}"
+                    ) from error
+                self.trainer.storage.put_scalar(name, number, smoothing_hint=False)
+        comm.synchronize()
+
+    def after_step(self) -> None:
+        """Evaluate at the period (the final evaluation is left to after_train)."""
+        next_iter = self.trainer.iter + 1
+        if (
+            self._period > 0
+            and next_iter % self._period == 0
+            and next_iter != self.trainer.max_iter
+        ):
+            self._do_eval()
+
+    def after_train(self) -> None:
+        """Evaluate once more if training finished."""
+        if self.trainer.iter >= self.trainer.max_iter:
+            self._do_eval()
+
+
+class PeriodicWriter(HookBase):
+    """Call the writers every ``period`` iterations, after the last one and at the end.
+
+    Args:
+        writers: e.g. ``[CommonMetricPrinter(max_iter), JSONWriter(...), TensorboardWriter(...)]``.
+        period: write after iterations ``period - 1``, ``2 * period - 1``, ...
+    """
+
+    def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
+        self._writers = list(writers)
+        self._period = period
+
+    def after_step(self) -> None:
+        """Write at the period and after the last iteration."""
+        iteration = self.trainer.iter
+        if (iteration + 1) % self._period == 0 or iteration == self.trainer.max_iter - 1:
+            for writer in self._writers:
+                writer.write()
+
+    def after_train(self) -> None:
+        """Write what later hooks added (e.g. the final evaluation), then close the writers."""
+        for writer in self._writers:
+            writer.write()
+            writer.close()
+
+
+def _as_image(tensor: torch.Tensor) -> torch.Tensor:
+    """``[C, H, W]`` float image clamped to [0, 1]."""
+    return tensor.detach().float().clamp(0.0, 1.0)
+
+
+class ImageLogger(HookBase):
+    """Every ``period`` iterations, put the first sample of the latest batch into the storage:
+    ``train/image``, ``train/trimap``, ``train/alpha_gt`` and, when the model returned ``phas``,
+    ``train/alpha_pred`` (main process only; a :class:`~engine.events.TensorboardWriter` writes
+    and drops them, so register one).
+
+    Args:
+        period: log after iterations ``period - 1``, ``2 * period - 1``, ...
+    """
+
+    def __init__(self, period: int) -> None:
+        self._period = period
+
+    def after_step(self) -> None:
+        """Queue the images of this iteration when the period is reached."""
+        if not comm.is_main_process() or (self.trainer.iter + 1) % self._period != 0:
+            return
+        batch = self.trainer.last_batch
+        storage = self.trainer.storage
+        trimap = batch["trimap"][0].float()
+        if trimap.max() > 1:
+            trimap = trimap / TRIMAP_MAX
+        storage.put_image("train/image", _as_image(batch["image"][0]))
+        storage.put_image("train/trimap", _as_image(trimap))
+        storage.put_image("train/alpha_gt", _as_image(batch["alpha"][0]))
+        pred = self.trainer.last_outputs.get(PRED_ALPHA_KEY)
+        if pred is not None:
+            storage.put_image("train/alpha_pred", _as_image(pred[0]))

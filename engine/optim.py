@@ -1,0 +1,209 @@
+"""Optimizer parameter groups: layer-wise lr decay for the ViT backbone, no weight decay on norms.
+
+The official MEMatte optimizer (from ViTMatte's ``configs/common/optimizer.py``) is AdamW, lr 5e-4,
+betas (0.9, 0.999), weight decay 0.1, except 0 on norm layers and ``pos_embed``, with backbone lrs
+scaled by ``0.65 ** (13 - layer_id)``. As a LazyConfig (``optimizer.params.model`` is set to the
+model before instantiating; ``base_lr`` follows ``optimizer.lr``)::
+
+    optimizer = L(torch.optim.AdamW)(
+        params=L(get_default_optimizer_params)(
+            base_lr="${..lr}",
+            weight_decay_norm=0.0,
+            overrides={"pos_embed": {"weight_decay": 0.0}},
+            lr_factor_func=partial(get_vit_lr_decay_rate, num_layers=12, lr_decay_rate=0.65),
+        ),
+        lr=5e-4,
+        betas=(0.9, 0.999),
+        weight_decay=0.1,
+    )
+
+References: ViTDet / ViTMatte ``get_vit_lr_decay_rate``; detectron2
+``detectron2/solver/build.py`` ``get_default_optimizer_params`` (interface only).
+"""
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "build_optimizer",
+    "freeze_teacher",
+    "get_default_optimizer_params",
+    "get_vit_lr_decay_rate",
+]
+
+# No weight decay on the positional embedding (matched by the parameter's own name).
+DEFAULT_OVERRIDES: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {"pos_embed": {"weight_decay": 0.0}}
+)
+NORM_MODULE_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+TEACHER_PREFIX = "teacher_backbone"
+
+_BACKBONE_PREFIX = "backbone"
+_BLOCKS = ".blocks."
+# A block's ResBottleneck (``backbone.blocks.{i}.residual.*``) is not decayed with its block.
+_RESIDUAL = ".residual."
+_EMBEDDINGS = (".pos_embed", ".patch_embed")
+
+
+def get_vit_lr_decay_rate(name: str, lr_decay_rate: float = 1.0, num_layers: int = 12) -> float:
+    """Layer-wise lr decay factor of one parameter.
+
+    ``layer_id`` is 0 for ``backbone.pos_embed`` / ``backbone.patch_embed.*``, ``i + 1`` for
+    ``backbone.blocks.{i}.*`` (not ``...residual.*``), and ``num_layers + 1`` for everything else:
+    the decoder, the ResBottleneck blocks and MEMatte's routers (``backbone.routers.{j}.*``),
+    which are outside the blocks in the official code.
+
+    Args:
+        name: parameter name, e.g. ``backbone.blocks.3.attn.qkv.weight``.
+        lr_decay_rate: decay per layer (0.65 for MEMatte).
+        num_layers: number of ViT blocks.
+
+    Returns:
+        ``lr_decay_rate ** (num_layers + 1 - layer_id)``.
+    """
+    layer_id = num_layers + 1
+    if name.startswith(_BACKBONE_PREFIX):
+        if any(embedding in name for embedding in _EMBEDDINGS):
+            layer_id = 0
+        elif _BLOCKS in name and _RESIDUAL not in name:
+            block_index = name.split(_BLOCKS, 1)[1].split(".", 1)[0]
+            layer_id = int(block_index) + 1
+    return lr_decay_rate ** (num_layers + 1 - layer_id)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """Norm layers, including channels-first LayerNorm classes defined by models."""
+    return isinstance(module, NORM_MODULE_TYPES) or "LayerNorm" in type(module).__name__
+
+
+def _merge_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge single-parameter groups with identical hyperparameters, keeping first-seen order."""
+    merged: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+    for group in groups:
+        hyperparams = tuple(sorted((key, value) for key, value in group.items() if key != "params"))
+        if hyperparams not in merged:
+            merged[hyperparams] = {**dict(hyperparams), "params": []}
+        merged[hyperparams]["params"].extend(group["params"])
+    return list(merged.values())
+
+
+def get_default_optimizer_params(
+    model: nn.Module,
+    base_lr: float | None = None,
+    weight_decay: float | None = None,
+    weight_decay_norm: float | None = 0.0,
+    overrides: Mapping[str, Mapping[str, float]] = DEFAULT_OVERRIDES,
+    lr_factor_func: Callable[[str], float] | None = None,
+) -> list[dict[str, Any]]:
+    """Parameter groups of the trainable parameters, with per-parameter hyperparameters.
+
+    Parameters with ``requires_grad=False`` (the frozen teacher) and repeated (shared) parameters
+    are skipped. Biases keep the regular weight decay. Groups with equal hyperparameters are merged.
+
+    Args:
+        model: the (unwrapped) model.
+        base_lr: lr of every group; required with ``lr_factor_func``. None leaves the lr to the
+            optimizer's default.
+        weight_decay: weight decay of every group; None leaves it to the optimizer's default.
+        weight_decay_norm: weight decay of norm-layer parameters (BatchNorm, LayerNorm, GroupNorm,
+            any class whose name contains "LayerNorm"); None treats them like the others.
+        overrides: hyperparameters by the parameter's own name (``pos_embed``, ``bias``, ...),
+            applied last; ``{}`` for none.
+        lr_factor_func: full parameter name -> lr factor, e.g. a partial of
+            :func:`get_vit_lr_decay_rate`.
+
+    Returns:
+        A list of ``{"params": [...], hyperparameter: value, ...}`` for a torch optimizer.
+
+    Raises:
+        ValueError: ``lr_factor_func`` without ``base_lr``.
+    """
+    if lr_factor_func is not None and base_lr is None:
+        raise ValueError("lr_factor_func needs base_lr (in a LazyConfig: base_lr='${..lr}')")
+    defaults: dict[str, float] = {}
+    if base_lr is not None:
+        defaults["lr"] = base_lr
+    if weight_decay is not None:
+        defaults["weight_decay"] = weight_decay
+
+    groups = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            hyperparams = dict(defaults)
+            if weight_decay_norm is not None and _is_norm(module):
+                hyperparams["weight_decay"] = weight_decay_norm
+            if lr_factor_func is not None:
+                full_name = f"{module_name}.{param_name}" if module_name else param_name
+                hyperparams["lr"] *= lr_factor_func(full_name)
+            hyperparams.update(overrides.get(param_name, {}))
+            groups.append({"params": [param], **hyperparams})
+    return _merge_param_groups(groups)
+
+
+def build_optimizer(
+    model: nn.Module,
+    optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
+    *,
+    lr: float,
+    weight_decay: float,
+    weight_decay_norm: float | None = 0.0,
+    overrides: Mapping[str, Mapping[str, float]] = DEFAULT_OVERRIDES,
+    lr_factor_func: Callable[[str], float] | None = None,
+    **optimizer_kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Build an optimizer over :func:`get_default_optimizer_params` groups in one call.
+
+    For configs that avoid the ``base_lr="${..lr}"`` interpolation::
+
+        optimizer = L(build_optimizer)(
+            optimizer_cls=torch.optim.AdamW, lr=5e-4, weight_decay=0.1, betas=(0.9, 0.999),
+            lr_factor_func=partial(get_vit_lr_decay_rate, num_layers=12, lr_decay_rate=0.65),
+        )  # then: cfg.optimizer.model = model; optim = instantiate(cfg.optimizer)
+
+    Args:
+        model: the (unwrapped) model.
+        optimizer_cls: optimizer class or factory taking ``(params, lr=, weight_decay=, ...)``.
+        lr: base lr.
+        weight_decay: weight decay outside norm layers and overrides.
+        weight_decay_norm: see :func:`get_default_optimizer_params`.
+        overrides: see :func:`get_default_optimizer_params`.
+        lr_factor_func: see :func:`get_default_optimizer_params`.
+        **optimizer_kwargs: other optimizer arguments (``betas``, ``eps``, ...).
+    """
+    params = get_default_optimizer_params(
+        model,
+        base_lr=lr,
+        weight_decay=weight_decay,
+        weight_decay_norm=weight_decay_norm,
+        overrides=overrides,
+        lr_factor_func=lr_factor_func,
+    )
+    return optimizer_cls(params, lr=lr, weight_decay=weight_decay, **optimizer_kwargs)
+
+
+def freeze_teacher(model: nn.Module, prefix: str = TEACHER_PREFIX) -> int:
+    """Set ``requires_grad=False`` on every parameter under a ``teacher_backbone`` module.
+
+    Call it before building the optimizer and the DDP wrapper.
+
+    Args:
+        model: the model (a ``module.`` DDP prefix is fine).
+        prefix: name of the teacher sub-module.
+
+    Returns:
+        The number of parameter tensors frozen.
+    """
+    frozen = 0
+    for name, param in model.named_parameters():
+        if prefix in name.split("."):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen

@@ -1,0 +1,652 @@
+"""Tests for the training engine on a toy model: trainer, hooks, writers, lr schedule, optimizer
+groups, checkpoints and resume (CPU, a few seconds)."""
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import engine.checkpoint
+from engine.checkpoint import Checkpointer
+from engine.events import (
+    CommonMetricPrinter,
+    EventStorage,
+    JSONWriter,
+    TensorboardWriter,
+    get_event_storage,
+)
+from engine.hooks import (
+    EvalHook,
+    ImageLogger,
+    IterationTimer,
+    LRScheduler,
+    PeriodicCheckpointer,
+    PeriodicWriter,
+)
+from engine.lr_scheduler import LRMultiplier, WarmupParamScheduler
+from engine.optim import (
+    build_optimizer,
+    freeze_teacher,
+    get_default_optimizer_params,
+    get_vit_lr_decay_rate,
+)
+from engine.train_loop import AMPTrainer, HookBase, SimpleTrainer
+
+IMG = 8  # toy image side
+NUM_SAMPLES = 4
+BATCH = 2
+BATCHES_PER_EPOCH = NUM_SAMPLES // BATCH
+NUM_ROUTERS = 2
+LR = 1e-2
+
+# MEMatte-S schedule (official config): 43100 DIM pairs / (batch 16 x 2 GPUs) iterations per epoch.
+ITERS_PER_EPOCH_S = 43100 / 16 / 2
+MAX_ITER_S = int(ITERS_PER_EPOCH_S * 30)
+MILESTONES_S = (int(ITERS_PER_EPOCH_S * 6), int(ITERS_PER_EPOCH_S * 26))
+VALUES_S = (1.0, 0.1, 0.05)
+WARMUP_ITERS = 250
+WARMUP_FACTOR = 0.001
+VIT_DEPTH = 12
+LR_DECAY = 0.65
+
+
+class LayerNorm2d(nn.Module):
+    """Channels-first LayerNorm, as in the ResBottleneck blocks (detected by class name)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        std = (x - mean).pow(2).mean(1, keepdim=True).add(1e-6).sqrt()
+        return self.weight[:, None, None] * (x - mean) / std + self.bias[:, None, None]
+
+
+class ToyMatting(nn.Module):
+    """Stand-in for MEMatte with the same train-mode contract: ``loss_*`` scalars, ``phas``
+    and ``keep_ratios`` (one per router)."""
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        self.backbone = nn.Conv2d(4, hidden, 1)
+        self.routers = nn.ModuleList(nn.Conv2d(hidden, 1, 1) for _ in range(NUM_ROUTERS))
+        self.norm = LayerNorm2d(hidden)
+        self.head = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
+        x = torch.cat([batch["image"], batch["trimap"] / 255.0], dim=1)
+        features = torch.relu(self.norm(self.backbone(x)))
+        phas = torch.sigmoid(self.head(features))
+        keep_ratios = [torch.sigmoid(router(features)).mean() for router in self.routers]
+        return {
+            "loss_l1": (phas - batch["alpha"]).abs().mean(),
+            "loss_mse": (phas - batch["alpha"]).pow(2).mean(),
+            "phas": phas,
+            "keep_ratios": keep_ratios,
+        }
+
+
+class ToyDataset(Dataset):
+    """Fixed samples whose alpha is a smooth function of the image (learnable by the toy)."""
+
+    def __init__(self, num_samples: int = NUM_SAMPLES, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(num_samples, 3, IMG, IMG, generator=gen)
+        self.alphas = self.images.mean(dim=1, keepdim=True).pow(2)
+        self.trimaps = torch.full_like(self.alphas, 128.0)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image = self.images[index]
+        return {
+            "image": image,
+            "alpha": self.alphas[index],
+            "trimap": self.trimaps[index],
+            "fg": image,
+            "bg": torch.zeros_like(image),
+        }
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Permutation that depends only on the epoch (like DistributedSampler); records set_epoch."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.set_epoch_calls: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.set_epoch_calls.append(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_loader(dataset: Dataset | None = None) -> DataLoader:
+    dataset = ToyDataset() if dataset is None else dataset
+    return DataLoader(dataset, batch_size=BATCH, sampler=EpochShuffleSampler(len(dataset)))
+
+
+def make_model(seed: int = 0) -> ToyMatting:
+    torch.manual_seed(seed)
+    return ToyMatting()
+
+
+def make_trainer(model: nn.Module, loader: DataLoader | None = None) -> SimpleTrainer:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    return SimpleTrainer(model, make_loader() if loader is None else loader, optimizer)
+
+
+def full_loss(model: nn.Module) -> float:
+    dataset = ToyDataset()
+    batch = {
+        name: torch.stack([dataset[i][name] for i in range(len(dataset))])
+        for name in ("image", "alpha", "trimap")
+    }
+    with torch.no_grad():
+        outputs = model(batch)
+    return float(outputs["loss_l1"] + outputs["loss_mse"])
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def test_simple_trainer_lowers_loss() -> None:
+    model = make_model()
+    before = full_loss(model)
+    trainer = make_trainer(model)
+    trainer.train(0, 30)
+    assert full_loss(model) < 0.5 * before
+    assert trainer.iter == 30
+    history = trainer.storage.history("total_loss").values()
+    assert len(history) == 30 and history[-1][1] == 29
+
+
+def test_amp_trainer_bf16_on_cpu() -> None:
+    model = make_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    trainer = AMPTrainer(model, make_loader(), optimizer, precision="bf16")
+    trainer.train(0, 3)
+    assert math.isfinite(trainer.storage.history("total_loss").latest())
+    assert "grad_scaler" not in trainer.state_dict()
+
+
+def test_amp_trainer_rejects_fp16_on_cpu_and_stray_scaler() -> None:
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA model"):
+        AMPTrainer(model, make_loader(), optimizer, precision="fp16")
+    with pytest.raises(ValueError, match="only used with fp16"):
+        AMPTrainer(model, make_loader(), optimizer, precision="bf16", grad_scaler=object())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        AMPTrainer(model, make_loader(), optimizer, precision="int8")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_trainer_fp16_on_cuda() -> None:
+    model = make_model().to("cuda")
+    loader = [{k: v.to("cuda") for k, v in batch.items()} for batch in make_loader()]
+    trainer = AMPTrainer(model, loader, torch.optim.AdamW(model.parameters(), lr=LR))
+    trainer.train(0, 3)
+    assert "grad_scaler" in trainer.state_dict()
+    assert math.isfinite(trainer.storage.history("total_loss").latest())
+
+
+def test_infinite_loader_calls_set_epoch() -> None:
+    loader = make_loader()
+    trainer = make_trainer(make_model(), loader)
+    trainer.train(0, 2 * BATCHES_PER_EPOCH + 1)
+    assert loader.sampler.set_epoch_calls == [0, 1, 2]
+    assert trainer.state_dict()["data_epoch"] == 2
+
+
+def test_empty_loader_raises() -> None:
+    trainer = make_trainer(make_model(), DataLoader(ToyDataset(num_samples=0), batch_size=BATCH))
+    with pytest.raises(RuntimeError, match="no batch"):
+        trainer.train(0, 1)
+
+
+def test_non_finite_loss_stops_before_the_update() -> None:
+    model = make_model()
+    dataset = ToyDataset()
+    dataset.alphas[:] = float("nan")
+    trainer = make_trainer(model, make_loader(dataset))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="iteration 0"):
+        trainer.train(0, 2)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_trainer_logs_losses_and_token_ratios() -> None:
+    trainer = make_trainer(make_model())
+    trainer.train(0, 2)
+    latest = trainer.storage.latest()
+    ratio_names = [f"token_ratio/block{i}" for i in range(NUM_ROUTERS)]
+    for name in [
+        "loss_l1",
+        "loss_mse",
+        "total_loss",
+        "data_time",
+        "token_ratio/mean",
+        *ratio_names,
+    ]:
+        assert latest[name][1] == 1, name
+    mean_ratio = sum(latest[name][0] for name in ratio_names) / NUM_ROUTERS
+    assert latest["token_ratio/mean"][0] == pytest.approx(mean_ratio)
+    total = latest["loss_l1"][0] + latest["loss_mse"][0]
+    assert latest["total_loss"][0] == pytest.approx(total)
+    assert trainer.last_outputs["phas"].shape == (BATCH, 1, IMG, IMG)
+    assert not trainer.last_outputs["phas"].requires_grad
+
+
+class RecordingHook(HookBase):
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+
+    def before_train(self) -> None:
+        self.log.append(f"{self.name}.before_train")
+
+    def before_step(self) -> None:
+        self.log.append(f"{self.name}.before_step{self.trainer.iter}")
+
+    def after_step(self) -> None:
+        self.log.append(f"{self.name}.after_step{self.trainer.iter}")
+
+    def after_train(self) -> None:
+        self.log.append(f"{self.name}.after_train{self.trainer.iter}")
+
+
+def test_hooks_fire_in_order() -> None:
+    log: list[str] = []
+    trainer = make_trainer(make_model())
+    trainer.register_hooks([RecordingHook("a", log), None, RecordingHook("b", log)])
+    trainer.train(3, 5)
+    assert log == [
+        "a.before_train",
+        "b.before_train",
+        "a.before_step3",
+        "b.before_step3",
+        "a.after_step3",
+        "b.after_step3",
+        "a.before_step4",
+        "b.before_step4",
+        "a.after_step4",
+        "b.after_step4",
+        "a.after_train5",
+        "b.after_train5",
+    ]
+
+
+# ---------------------------------------------------------------- events and writers
+
+
+def test_event_storage_smoothing_and_context() -> None:
+    with pytest.raises(RuntimeError):
+        get_event_storage()
+    with EventStorage(start_iter=5) as storage:
+        assert get_event_storage() is storage
+        for value in (1.0, 100.0, 2.0):
+            storage.put_scalar("loss", value)
+            storage.put_scalar("lr", value, smoothing_hint=False)
+            storage.iter += 1
+        smoothed = storage.latest_with_smoothing_hint(window=3)
+        assert smoothed["loss"] == (2.0, 7)  # median of 1, 100, 2
+        assert smoothed["lr"] == (2.0, 7)
+        with pytest.raises(ValueError, match="smoothing_hint"):
+            storage.put_scalar("lr", 1.0)
+    with pytest.raises(RuntimeError):
+        get_event_storage()
+
+
+def test_writers_metrics_json_tensorboard_and_checkpoints(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    max_iter, period = 4, 2
+    model = make_model()
+    trainer = make_trainer(model)
+    # Warmup over the first half (0.001 -> 1), then 0.1 from iteration 3.
+    multiplier = WarmupParamScheduler(
+        MultiStepParamScheduler([1.0, 0.1], milestones=[3], num_updates=max_iter),
+        warmup_factor=WARMUP_FACTOR,
+        warmup_length=2 / max_iter,
+    )
+    expected_lr = [LR * WARMUP_FACTOR, LR * (WARMUP_FACTOR + (1 - WARMUP_FACTOR) / 2), LR, LR * 0.1]
+    evaluations = []
+
+    def evaluate() -> dict[str, float]:
+        evaluations.append(trainer.iter)
+        return {"eval/sad": 1.5}
+
+    checkpointer = Checkpointer(model, str(tmp_path), trainer=trainer)
+    writers = [
+        CommonMetricPrinter(max_iter),
+        JSONWriter(tmp_path / "metrics.json"),
+        TensorboardWriter(tmp_path),
+    ]
+    trainer.register_hooks(
+        [
+            IterationTimer(warmup_iter=1),
+            LRScheduler(scheduler=multiplier),
+            PeriodicCheckpointer(checkpointer, period, max_to_keep=1),
+            EvalHook(period, evaluate),
+            ImageLogger(period),
+            PeriodicWriter(writers, period),
+        ]
+    )
+    with caplog.at_level(logging.INFO, logger="engine"):
+        trainer.train(0, max_iter)
+
+    lr_history = [value for value, _ in trainer.storage.history("lr").values()]
+    assert lr_history == pytest.approx(expected_lr, rel=1e-9)
+    assert evaluations == [1, max_iter]  # at the period, then in after_train
+
+    lines = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    by_iter: dict[int, dict] = {}
+    for line in lines:
+        by_iter.setdefault(line["iteration"], {}).update(line)
+    assert sorted(by_iter) == [1, 3]
+    for iteration in (1, 3):
+        record = by_iter[iteration]
+        for name in ["loss_l1", "loss_mse", "total_loss", "lr", "data_time", "time", "eval/sad"]:
+            assert name in record, (iteration, name)
+        assert {f"token_ratio/block{i}" for i in range(NUM_ROUTERS)} <= set(record)
+        assert "token_ratio/mean" in record
+        assert record["lr"] == pytest.approx(expected_lr[iteration])
+
+    event_files = list(tmp_path.glob("events.out.tfevents.*"))
+    assert event_files
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    scalar_tags = set(accumulator.Tags()["scalars"])
+    assert {
+        "loss_l1",
+        "loss_mse",
+        "total_loss",
+        "lr",
+        "token_ratio/mean",
+        "eval/sad",
+    } <= scalar_tags
+    assert [event.step for event in accumulator.Scalars("total_loss")] == [1, 3]
+    image_tags = set(accumulator.Tags()["images"])
+    assert image_tags == {"train/image", "train/trimap", "train/alpha_gt", "train/alpha_pred"}
+
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        "model_0000003.pth",
+        "model_final.pth",
+    ]
+    final = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert final["iteration"] == max_iter - 1
+    assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == max_iter
+
+    printed = [r.getMessage() for r in caplog.records if r.name == "engine.events"]
+    assert len(printed) == 2 and printed[-1].startswith("eta: ")
+    assert "iter: 3" in printed[-1] and "total_loss" in printed[-1] and "lr: " in printed[-1]
+
+
+def test_eval_hook_rejects_non_numbers() -> None:
+    trainer = make_trainer(make_model())
+    trainer.register_hooks([EvalHook(0, lambda: {"eval/sad": "n/a"})])
+    with pytest.raises(ValueError, match="flat dict of numbers"):
+        trainer.train(0, 1)
+
+
+# ---------------------------------------------------------------- lr schedule
+
+
+def expected_multiplier_s(iteration: int) -> float:
+    """The MEMatte-S lr multiplier from its definition: linear warmup 0.001 -> 1 over 250
+    iterations, then 1 / 0.1 / 0.05 split at the milestones."""
+    if iteration < WARMUP_ITERS:
+        return WARMUP_FACTOR + (1 - WARMUP_FACTOR) * iteration / WARMUP_ITERS
+    return VALUES_S[sum(iteration >= milestone for milestone in MILESTONES_S)]
+
+
+def test_lr_schedule_matches_mematte_s() -> None:
+    assert (MAX_ITER_S, *MILESTONES_S) == (40406, 8081, 35018)
+    base_lr = 5e-4
+    multiplier = WarmupParamScheduler(
+        MultiStepParamScheduler(
+            list(VALUES_S), milestones=list(MILESTONES_S), num_updates=MAX_ITER_S
+        ),
+        warmup_factor=WARMUP_FACTOR,
+        warmup_length=WARMUP_ITERS / MAX_ITER_S,
+    )
+    checked = [0, 1, 125, 249, 250, 251, 8080, 8081, 20000, 35017, 35018, MAX_ITER_S - 1]
+    for iteration in checked:
+        assert multiplier(iteration / MAX_ITER_S) == pytest.approx(
+            expected_multiplier_s(iteration), rel=1e-9
+        ), iteration
+
+    # The torch adapter, stepped once per iteration as the LRScheduler hook does.
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [param], "lr": base_lr}], lr=base_lr)
+    scheduler = LRMultiplier(optimizer, multiplier, MAX_ITER_S)
+    lrs = {}
+    for iteration in range(MAX_ITER_S):
+        lrs[iteration] = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+    for iteration in checked:
+        assert lrs[iteration] == pytest.approx(base_lr * expected_multiplier_s(iteration), rel=1e-9)
+
+    # Resuming at iteration i (last_iter = i - 1) lands on the same lr.
+    resumed = LRMultiplier(optimizer, multiplier, MAX_ITER_S, last_iter=8081 - 1)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lrs[8081], rel=1e-12)
+    assert resumed.state_dict() == {"base_lrs": [base_lr], "last_epoch": 8081}
+
+
+# ---------------------------------------------------------------- optimizer groups
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, residual: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.Linear(dim, dim)
+        self.residual = LayerNorm2d(dim) if residual else None
+
+
+class TinyViT(nn.Module):
+    def __init__(self, dim: int = 4, depth: int = VIT_DEPTH, routed: bool = True) -> None:
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, 2, dim))
+        self.patch_embed = nn.Conv2d(4, dim, 1)
+        self.blocks = nn.ModuleList(Block(dim, residual=i % 3 == 2) for i in range(depth))
+        if routed:
+            self.routers = nn.ModuleList(
+                nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim)) for _ in range(depth // 3)
+            )
+
+
+class NamedLikeMEMatte(nn.Module):
+    """Parameter names as in the official checkpoints (backbone / teacher_backbone / decoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = TinyViT()
+        self.teacher_backbone = TinyViT(routed=False)
+        self.decoder = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.GroupNorm(2, 4))
+
+
+def expected_layer_id(name: str) -> int:
+    parts = name.split(".")
+    if parts[1] in ("pos_embed", "patch_embed"):
+        return 0
+    if parts[1] == "blocks" and parts[3] != "residual":
+        return int(parts[2]) + 1
+    return VIT_DEPTH + 1
+
+
+def test_get_vit_lr_decay_rate() -> None:
+    rate = LR_DECAY
+    assert get_vit_lr_decay_rate("backbone.pos_embed", rate) == pytest.approx(rate**13)
+    assert get_vit_lr_decay_rate("backbone.patch_embed.proj.weight", rate) == pytest.approx(
+        rate**13
+    )
+    assert get_vit_lr_decay_rate("backbone.blocks.0.attn.qkv.weight", rate) == pytest.approx(
+        rate**12
+    )
+    assert get_vit_lr_decay_rate("backbone.blocks.11.efficient_block.fc1.weight", rate) == rate
+    assert get_vit_lr_decay_rate("backbone.blocks.2.residual.norm1.weight", rate) == 1.0
+    assert get_vit_lr_decay_rate("backbone.routers.3.out_conv.4.weight", rate) == 1.0
+    assert get_vit_lr_decay_rate("decoder.matting_head.matting_convs.3.weight", rate) == 1.0
+    assert get_vit_lr_decay_rate("teacher_backbone.blocks.0.norm1.weight", rate) == 1.0
+
+
+def test_param_groups_lr_decay_weight_decay_and_frozen_teacher() -> None:
+    model = NamedLikeMEMatte()
+    num_teacher = len(list(model.teacher_backbone.parameters()))
+    assert freeze_teacher(model) == num_teacher
+    base_lr, weight_decay = 5e-4, 0.1
+
+    def lr_factor(name: str) -> float:
+        return get_vit_lr_decay_rate(name, lr_decay_rate=LR_DECAY, num_layers=VIT_DEPTH)
+
+    groups = get_default_optimizer_params(
+        model, base_lr=base_lr, weight_decay=weight_decay, lr_factor_func=lr_factor
+    )
+    group_of = {id(p): group for group in groups for p in group["params"]}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(group_of) == {id(p) for p in trainable.values()}  # frozen teacher excluded
+    assert len(groups) < len(trainable)  # equal hyperparameters are merged
+    norm_names = ("norm1.", "residual.", "routers.0.0.", "routers.1.0.", "routers.2.0.")
+    norm_names += ("routers.3.0.", "decoder.1.", "decoder.2.")
+    for name, param in trainable.items():
+        group = group_of[id(param)]
+        factor = LR_DECAY ** (VIT_DEPTH + 1 - expected_layer_id(name))
+        assert group["lr"] == pytest.approx(base_lr * factor), name
+        is_norm = any(part in name for part in norm_names)
+        no_decay = is_norm or name == "backbone.pos_embed"
+        assert group["weight_decay"] == (0.0 if no_decay else weight_decay), name
+
+    optimizer = build_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=base_lr,
+        weight_decay=weight_decay,
+        betas=(0.9, 0.999),
+        lr_factor_func=lr_factor,
+    )
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in groups]
+    with pytest.raises(ValueError, match="base_lr"):
+        get_default_optimizer_params(model, lr_factor_func=lr_factor)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model()
+    checkpointer = Checkpointer(model, str(tmp_path))
+    checkpointer.save("model_a")
+    good_bytes = (tmp_path / "model_a.pth").read_bytes()
+    saved_weight = model.head.weight.detach().clone()
+    real_save = torch.save
+
+    def save_then_crash(obj: object, file: object) -> None:
+        real_save(obj, file)
+        file.truncate(len(good_bytes) // 2)  # half-written file, then the process dies
+        raise OSError("disk full")
+
+    monkeypatch.setattr(engine.checkpoint.torch, "save", save_then_crash)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    for name in ("model_b", "model_a"):  # a new file, and overwriting the current one
+        with pytest.raises(OSError, match="disk full"):
+            checkpointer.save(name)
+        assert (tmp_path / "last_checkpoint").read_text() == "model_a.pth"
+        assert (tmp_path / "model_a.pth").read_bytes() == good_bytes
+        assert not (tmp_path / "model_b.pth").exists()
+        assert not list(tmp_path.glob("*.tmp"))
+
+    monkeypatch.undo()
+    reloaded = make_model(seed=1)
+    Checkpointer(reloaded, str(tmp_path)).resume_or_load("", resume=True)
+    assert torch.equal(reloaded.head.weight, saved_weight)
+
+
+def test_checkpoint_loads_bare_and_wrapped_state_dicts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = make_model(seed=1)
+    state = dict(source.state_dict())
+    del state["head.bias"]
+    state["teacher_backbone.extra"] = torch.zeros(1)
+    for index, payload in enumerate([state, {"model": state, "trainer": {}}]):
+        path = tmp_path / f"weights{index}.pth"
+        torch.save(payload, path)
+        target = make_model(seed=2)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+            Checkpointer(target, str(tmp_path / "out")).resume_or_load(str(path), resume=True)
+        assert torch.equal(target.head.weight, source.head.weight)
+        assert not torch.equal(target.head.bias, source.head.bias)
+        messages = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        assert "1 model keys are not in the checkpoint" in messages and "head.bias" in messages
+        assert "1 checkpoint keys are not used" in messages and "teacher_backbone.extra" in messages
+
+
+def test_resume_gives_identical_weights(tmp_path: Path) -> None:
+    k = 2 * BATCHES_PER_EPOCH  # interrupt at an epoch boundary: the data order then matches
+    max_iter = 2 * k
+
+    class InterruptError(Exception):
+        pass
+
+    class InterruptAt(HookBase):
+        def before_step(self) -> None:
+            if self.trainer.iter == k:
+                raise InterruptError
+
+    def run(output_dir: Path, seed: int, resume: bool, interrupt: bool) -> nn.Module:
+        model = make_model(seed)
+        trainer = make_trainer(model)
+        checkpointer = Checkpointer(model, str(output_dir), trainer=trainer)
+        multiplier = WarmupParamScheduler(
+            MultiStepParamScheduler([1.0, 0.1], milestones=[k + 1], num_updates=max_iter),
+            warmup_factor=WARMUP_FACTOR,
+            warmup_length=1 / max_iter,
+        )
+        trainer.register_hooks(
+            [
+                LRScheduler(scheduler=multiplier),
+                PeriodicCheckpointer(checkpointer, period=k),
+                InterruptAt() if interrupt else None,
+            ]
+        )
+        checkpointer.resume_or_load("", resume=resume)
+        start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+        trainer.train(start_iter, max_iter)
+        return model
+
+    straight = run(tmp_path / "straight", seed=0, resume=False, interrupt=False)
+    with pytest.raises(InterruptError):
+        run(tmp_path / "resumed", seed=0, resume=False, interrupt=True)
+    assert (tmp_path / "resumed" / "last_checkpoint").read_text() == f"model_{k - 1:07d}.pth"
+    resumed = run(tmp_path / "resumed", seed=123, resume=True, interrupt=False)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    assert os.path.exists(tmp_path / "resumed" / "model_final.pth")
