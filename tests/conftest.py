@@ -71,7 +71,9 @@ def build_tiny_mematte(with_teacher: bool = False, seed: int = 0) -> MEMatte:
     model = MEMatte(
         backbone=tiny_vit(),
         teacher_backbone=tiny_vit(use_routing=False) if with_teacher else None,
-        decoder=DetailCapture(in_chans=TINY_DIM),
+        decoder=DetailCapture(
+            in_chans=TINY_DIM, convstream_out=(8, 16, 32), fusion_out=(32, 16, 16, 8)
+        ),
         criterion=MattingCriterion(),
         pixel_mean=[0.485, 0.456, 0.406],
         pixel_std=[0.229, 0.224, 0.225],
