@@ -1,0 +1,295 @@
+"""main.py end to end on the tiny config (CPU subprocesses), and the training data loader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+import main
+from data.build import TrainSampler, build_train_loader, epoch_seed
+from data.dim_dataset import DIMTrainDataset
+from engine.checkpoint import Checkpointer
+from engine.config import LazyConfig, instantiate
+from tools.make_synthetic_dataset import make_synthetic_dataset
+
+MAIN = REPO_ROOT / "main.py"
+TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "MEMatte_tiny_synthetic.py"
+NUM_BG = 4  # training samples per epoch
+BATCH = 2
+ITERS_PER_EPOCH = NUM_BG // BATCH  # single process
+TIMEOUT_S = 120
+# Small and quick: one-thread processes (two of them share the CPU in the DDP test).
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+LOSS_KEYS = {"loss_unknown_l1", "loss_known_l1", "loss_pha_laplacian", "loss_gradient_penalty"}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("main") / "synthetic"
+    make_synthetic_dataset(root, 0, num_fg=2, num_bg=NUM_BG, num_test=2, size=96)
+    return root
+
+
+def _data(root: Path, evaluate: bool = False) -> list[str]:
+    """Overrides pointing the tiny config at ``root``; a quick schedule, no loader workers."""
+    train = root / "train"
+    overrides = [
+        f"dataloader.train.dataset.fg_dir={train / 'fg'}",
+        f"dataloader.train.dataset.alpha_dir={train / 'alpha'}",
+        f"dataloader.train.dataset.bg_dir={train / 'bg'}",
+        f"dataloader.train.batch_size={BATCH}",
+        "dataloader.train.num_workers=0",
+        "train.log_period=1",
+    ]
+    evaluator = f"dataloader.evaluator.data_dir={root / 'test'}"
+    return [*overrides, evaluator if evaluate else "dataloader.evaluator=None"]
+
+
+def _run_main(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(MAIN), "--config-file", str(TINY_CONFIG), *args],
+        cwd=REPO_ROOT,
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def _ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def _metrics(output_dir: Path) -> list[dict]:
+    lines = (output_dir / "metrics.json").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def continuous_run(synthetic, tmp_path_factory) -> Path:
+    """Two epochs in one go, checkpointing after each epoch."""
+    out = tmp_path_factory.mktemp("continuous")
+    _ok(
+        _run_main(
+            f"train.output_dir={out}",
+            f"train.max_iter={2 * ITERS_PER_EPOCH}",
+            f"train.checkpointer.period={ITERS_PER_EPOCH}",
+            *_data(synthetic),
+        )
+    )
+    return out
+
+
+def test_ddp_training_writes_logs_metrics_events_and_checkpoints(synthetic, tmp_path):
+    max_iter = 3
+    result = _run_main(
+        "--num-gpus",
+        "2",
+        f"train.output_dir={tmp_path}",
+        f"train.max_iter={max_iter}",
+        "train.checkpointer.period=2",
+        "train.eval_period=2",
+        "train.log_image_period=2",
+        *_data(synthetic, evaluate=True),
+    )
+    _ok(result)
+    for name in ("config.yaml", "log.txt", "metrics.json", "last_checkpoint"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "model_0000001.pth").is_file()
+    assert (tmp_path / "model_final.pth").is_file()
+    events = list(tmp_path.glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    assert "Rank 0 of 2" in (tmp_path / "log.txt").read_text()
+
+    saved = LazyConfig.load(tmp_path / "config.yaml")
+    assert saved.train.max_iter == max_iter
+    assert saved.dataloader.train.batch_size == BATCH
+
+    records = _metrics(tmp_path)
+    keys = set().union(*records)
+    assert LOSS_KEYS | {"total_loss", "lr", "token_ratio/mean", "token_ratio/block0"} <= keys
+    assert {"eval/sad", "eval/mse", "eval/grad", "eval/conn"} <= keys
+    assert max(r["iteration"] for r in records) == max_iter - 1
+    # Checkpoints hold the unwrapped model (no DDP "module." prefix), teacher included.
+    weights = _weights(tmp_path / "model_final.pth")
+    assert not any(k.startswith("module.") for k in weights)
+    assert any(k.startswith("teacher_backbone.") for k in weights)
+
+
+def test_resume_at_an_epoch_boundary_replays_the_uninterrupted_run(
+    synthetic, continuous_run, tmp_path
+):
+    # The state after the first epoch, as a stopped run would have left it.
+    first = f"model_{ITERS_PER_EPOCH - 1:07d}.pth"
+    (tmp_path / first).write_bytes((continuous_run / first).read_bytes())
+    (tmp_path / "last_checkpoint").write_text(first)
+    result = _run_main(
+        "--resume",
+        f"train.output_dir={tmp_path}",
+        f"train.max_iter={2 * ITERS_PER_EPOCH}",
+        f"train.checkpointer.period={ITERS_PER_EPOCH}",
+        *_data(synthetic),
+    )
+    _ok(result)
+    assert f"Starting training from iteration {ITERS_PER_EPOCH}" in result.stdout
+    assert min(r["iteration"] for r in _metrics(tmp_path)) == ITERS_PER_EPOCH
+
+    resumed = _weights(tmp_path / "model_final.pth")
+    uninterrupted = _weights(continuous_run / "model_final.pth")
+    halfway = _weights(continuous_run / first)
+    assert resumed.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, msg=name)
+    assert not torch.equal(halfway["backbone.pos_embed"], uninterrupted["backbone.pos_embed"])
+
+
+def test_eval_only_reports_metrics(synthetic, continuous_run, tmp_path):
+    result = _run_main(
+        "--eval-only",
+        f"train.init_checkpoint={continuous_run / 'model_final.pth'}",
+        f"train.output_dir={tmp_path}",
+        *_data(synthetic, evaluate=True),
+    )
+    _ok(result)
+    reported = {
+        line.rsplit("]: ", 1)[1].split(": ")[0]: float(line.rsplit(": ", 1)[1])
+        for line in result.stdout.splitlines()
+        if "]: eval/" in line
+    }
+    assert set(reported) == {"eval/sad", "eval/mse", "eval/grad", "eval/conn"}
+    assert all(np.isfinite(v) and v >= 0 for v in reported.values())
+
+
+def test_eval_only_without_evaluator_fails_clearly(synthetic, tmp_path):
+    args = main.default_argument_parser().parse_args(
+        ["--config-file", str(TINY_CONFIG), "--eval-only", f"train.output_dir={tmp_path}"]
+        + _data(synthetic)
+    )
+    with pytest.raises(ValueError, match="has no dataloader.evaluator"):
+        main.main(args)
+    assert not any(tmp_path.iterdir())  # failed before writing anything
+
+
+def test_bad_dataset_folder_fails_with_its_name(synthetic, tmp_path):
+    fg_dir, alpha_dir = tmp_path / "fg", tmp_path / "alpha"
+    fg_dir.mkdir()
+    alpha_dir.mkdir()
+    cv2.imwrite(str(fg_dir / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(alpha_dir / "b.png"), np.zeros((8, 8), np.uint8))
+    result = _run_main(
+        f"train.output_dir={tmp_path / 'out'}",
+        *_data(synthetic),
+        f"dataloader.train.dataset.fg_dir={fg_dir}",
+        f"dataloader.train.dataset.alpha_dir={alpha_dir}",
+    )
+    assert result.returncode != 0
+    assert "no foreground/alpha pair" in result.stderr
+    assert str(fg_dir) in result.stderr and str(alpha_dir) in result.stderr
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as the subprocesses get (threads that wait on each other are slow
+    on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_teacher_stays_frozen_while_the_student_learns(synthetic, tmp_path, one_thread):
+    cfg = LazyConfig.load(TINY_CONFIG)
+    out = tmp_path / "out"
+    cfg = LazyConfig.apply_overrides(
+        cfg,
+        [
+            *_data(synthetic),
+            "model.distill=True",
+            "train.max_iter=2",
+            f"train.output_dir={out}",
+        ],
+    )
+    torch.manual_seed(0)
+    init_model = instantiate(cfg.model)
+    with torch.no_grad():  # a teacher that differs from the student's initialisation
+        for param in init_model.teacher_backbone.parameters():
+            param.normal_(0.0, 0.02)
+    Checkpointer(init_model, str(tmp_path)).save("init")
+    cfg.train.init_checkpoint = str(tmp_path / "init.pth")
+    out.mkdir()
+
+    main.do_train(argparse.Namespace(resume=False), cfg)
+
+    before = _weights(tmp_path / "init.pth")
+    checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    after = checkpoint["model"]
+    teacher = [k for k in before if k.startswith("teacher_backbone.")]
+    student = [k for k in before if k.startswith("backbone.")]
+    assert teacher and student
+    for name in teacher:
+        assert torch.equal(before[name], after[name]), name
+    assert any(not torch.equal(before[name], after[name]) for name in student)
+    # The optimizer holds exactly the student and decoder parameters.
+    groups = checkpoint["trainer"]["optimizer"]["param_groups"]
+    student_params = [
+        n for n, _ in init_model.named_parameters() if n.startswith(("backbone.", "decoder."))
+    ]
+    assert sum(len(g["params"]) for g in groups) == len(student_params)
+    assert "loss_distill" in set().union(*_metrics(out))
+
+
+def _first_batches(loader, epoch: int, count: int = 2) -> list[torch.Tensor]:
+    loader.sampler.set_epoch(epoch)
+    batches = []
+    for batch in loader:
+        batches.append(batch["image"])
+        if len(batches) == count:
+            break
+    return batches
+
+
+def test_train_loader_streams_depend_only_on_seed_and_epoch(synthetic):
+    def build(seed: int):
+        dataset = DIMTrainDataset(
+            fg_dir=synthetic / "train" / "fg",
+            alpha_dir=synthetic / "train" / "alpha",
+            bg_dir=synthetic / "train" / "bg",
+            crop_size=64,
+            seed=seed,
+        )
+        return build_train_loader(dataset, batch_size=BATCH, num_workers=0, seed=seed)
+
+    loader = build(seed=3)
+    assert isinstance(loader.sampler, TrainSampler) and loader.drop_last
+    epoch1 = _first_batches(loader, 1)
+    _first_batches(loader, 0)
+    again = _first_batches(loader, 1)  # after another epoch: the same samples and crops
+    other = _first_batches(build(seed=3), 2)
+    for a, b in zip(epoch1, again):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(epoch1[0], other[0])
+    assert epoch_seed(3, 0, 1) != epoch_seed(3, 1, 0)
+
+
+def test_train_loader_rejects_a_dataset_smaller_than_a_batch(synthetic):
+    dataset = DIMTrainDataset(
+        fg_dir=synthetic / "train" / "fg",
+        alpha_dir=synthetic / "train" / "alpha",
+        bg_dir=synthetic / "train" / "bg",
+    )
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        build_train_loader(dataset, batch_size=NUM_BG + 1, num_workers=0)
