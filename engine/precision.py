@@ -1,41 +1,68 @@
-"""Device and numeric-precision selection for inference and benchmarks."""
+"""Device and numeric-precision selection for inference (benchmark and inference.py).
+
+``autocast(device, "bf16")`` runs the matmul-heavy ops that ``torch.autocast`` covers (linear,
+conv, matmul/einsum, scaled_dot_product_attention) in bfloat16, which uses the CPU's bf16 units
+(AMX / AVX512-BF16) where present; norms, softmax and the residual stream stay float32, and
+``MEMatte.inference`` returns float32 alpha. On a CPU without native bf16 support oneDNN
+emulates bf16 and is slower than float32: :func:`autocast` logs a warning then.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "resolve_device"]
+__all__ = ["PRECISIONS", "autocast", "cpu_has_native_bf16", "resolve_device"]
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+logger = logging.getLogger(__name__)
+
+PRECISIONS: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU; anything else is checked and returned.
+
+    Raises:
+        ValueError: a CUDA device is requested but none is available.
+    """
+    if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA device is available")
-    return device
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA device is available")
+    return resolved
 
 
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
-    """Run the enclosed forward in ``precision`` (``fp32``, ``bf16`` or ``fp16``).
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls/convs natively on this CPU (AVX512-BF16 or AMX)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
-    bf16 and fp16 use ``torch.autocast`` (matmuls and convolutions in half precision, reductions
-    and softmax in float32); fp16 needs CUDA.
+
+def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
+    """Context manager that runs a forward pass in ``precision`` on ``device``.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
+        precision: ``"fp32"`` (no autocast), ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA only).
+
+    Raises:
+        ValueError: unknown precision, or fp16 on a CPU.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {sorted(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        yield
-        return
-    if dtype == torch.float16 and device.type != "cuda":
-        raise ValueError("fp16 inference needs a CUDA device; use bf16 on the CPU")
-    with torch.autocast(device_type=device.type, dtype=dtype):
-        yield
+    device_type = torch.device(device).type
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device_type != "cuda":
+        raise ValueError("fp16 inference needs a CUDA device; use bf16 (or fp32) on the CPU")
+    if precision == "bf16" and device_type == "cpu" and not cpu_has_native_bf16():
+        logger.warning("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 is emulated and slow")
+    return torch.autocast(device_type=device_type, dtype=PRECISIONS[precision])

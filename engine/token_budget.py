@@ -1,93 +1,192 @@
-"""``--max-number-token auto``: a routed-token cap derived from the device's free memory.
+"""Pick MEMatte's token cap (``max_number_token``) from the free memory of the device.
 
-The rule (conservative, so it holds even where attention falls back to the math kernel that
-materializes the scores):
+Memory model of one inference forward (batch 1, patch decoder on), from the peak-RSS
+increments that ``tools/benchmark.py`` measured on the CPU for ViT-S in float32 (1024^2 to
+4872x6017 with 16-25 % of the tokens routed: 265 to 1156 MiB, a straight line in the pixels to
+within 3 %), scaled by the embedding width C:
 
-1. budget = ``MEMORY_FRACTION`` x free memory (CUDA: ``torch.cuda.mem_get_info``; CPU:
-   ``MemAvailable`` of ``/proc/meminfo``);
-2. minus what the forward needs regardless of routing: the normalized input (4 float32 channels
-   per pixel), ``ACTIVATION_COPIES`` float32 copies of the token map (``N x C``, the blocks' live
-   activations: residual stream, MLP hidden, LTRM hidden), and one decoder tile;
-3. the rest pays for one global attention over ``n`` routed tokens: per head a float32 ``n x n``
-   score matrix and its softmax, ``heads x n^2 x 4 x 2`` bytes, so
-   ``n = floor(sqrt(rest / (heads x 8)))``.
+    peak(H, W, n) = FIXED_BYTES                                   (decoder tile, workspaces)
+                  + INPUT_BYTES * H * W                           (the float32 image + trimap)
+                  + PIXEL_BYTES * Hp * Wp                         (padded input, float32 alpha)
+                  + TOKEN_FLOATS_PER_CHANNEL * 4 * C * N          (token maps, LTRM/MLP chunks)
+                  + ROUTED_FLOATS_PER_CHANNEL * 4 * C * n         (global attention, n tokens)
 
-The cap is then clamped to at least ``MIN_TOKENS``; ``None`` (no cap) when it would not bind.
+with ``Hp x Wp`` the padded input, ``N`` its tokens and ``n`` the routed tokens of one global
+block. With the fused ``scaled_dot_product_attention`` kernels (CPU flash attention; CUDA flash
+or memory-efficient attention) global attention needs memory linear in ``n`` and no ``n x n``
+matrix: the routed term counts the tensors alive around one attention call (gathered and
+normalised tokens, the qkv projection, q/k/v, output, projection) on top of the fitted line. It
+is a safe-side bound: at 2048x2048 the measured peak was the same with 4096 and with 11597
+routed tokens, since other stages peak higher, and the whole model over-estimates the measured
+increments (plus the inputs) by 15-45 %. Where no fused kernel is enabled, the ``n x n``
+float32 logits and weights of every head are added: ``2 * heads * 4 * n**2``. bf16/fp16
+autocast is planned as float32 (the residual stream stays float32 and autocast adds cast
+copies: on the CPU the bf16 peak was higher).
+
+The rule: ``cap = largest n with peak(H, W, n) <= SAFETY * free_bytes``; ``None`` (no cap) when
+every token fits, 0 when even ``n = 0`` does not fit (a warning is logged: the forward will
+probably run out of memory anyway).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
-import math
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["auto_max_number_token", "free_memory_bytes"]
+from modeling.meta_arch.mematte import padded_size
+
+__all__ = [
+    "auto_max_number_token",
+    "free_memory_bytes",
+    "peak_bytes",
+    "return_large_buffers_to_os",
+]
 
 logger = logging.getLogger(__name__)
 
-MEMORY_FRACTION = 0.5  # of the free memory, leaving room for the allocator and other processes
-ACTIVATION_COPIES = 16  # live N x C float32 maps in a block (stream, 4C MLP hidden, 2C LTRM hidden)
-INPUT_CHANNELS = 4  # normalized RGB + trimap, float32
-FLOAT32_BYTES = 4
-SCORE_COPIES = 2  # attention scores and their softmax
-DECODER_TILE_BYTES = 512 * 1024**2  # one 640 px decoder tile of MEMatte-B, rounded up
-MIN_TOKENS = 1024  # never cap below one 512 x 512 crop's worth of tokens
+# Least-squares fit of the measured increments (ViT-S, fp32, random weights, patch decoder,
+# glibc mmap threshold pinned): 232 MiB + 32.7 bytes per padded pixel; the per-pixel slope is
+# split into the known pixel buffers (20 bytes) and the token maps (the rest, per channel).
+FIXED_BYTES = 232 * 2**20
+INPUT_BYTES = 16  # float32 RGB + trimap given to the model
+PIXEL_BYTES = 20  # padded 4-channel float32 input (16) + float32 alpha (4)
+TOKEN_FLOATS_PER_CHANNEL = 2.2  # (32.7 - 20) bytes/px * 256 px/token / (4 bytes * 384 channels)
+ROUTED_FLOATS_PER_CHANNEL = 12  # 2 C gathered/normed, 3 C qkv, 3 C q/k/v, 2 C output, 2 C proj
+FLOAT_BYTES = 4
+# Fraction of the free memory the forward may plan to use (allocator slack, other processes).
+SAFETY = 0.8
 MEMINFO = Path("/proc/meminfo")
-KIB = 1024
+# glibc mallopt parameter, and the size from which buffers get their own mmap (128 KiB, glibc's
+# initial default, which glibc otherwise raises up to 32 MiB after the first large free).
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 2**10
 
 
-def free_memory_bytes(device: torch.device) -> int:
-    """Free memory of ``device`` in bytes (CUDA: driver's free memory; CPU: MemAvailable)."""
+def return_large_buffers_to_os() -> bool:
+    """Pin glibc's mmap threshold so that every large CPU buffer is unmapped when freed.
+
+    By default glibc raises the threshold after the first large free, so later activations of up
+    to 32 MiB come from a fragmenting heap and stay resident after use: on a 2048x2048 ViT-S
+    forward that adds 150-220 MiB of peak RSS. The price is page faults on every fresh buffer:
+    that forward took about 30 % longer (20 s instead of 15 s on 2 CPU cores). This is a
+    process-wide allocator setting, so only entry-point scripts call it, explicitly (the
+    benchmark does unless ``--default-malloc``). Returns False where it does not apply (no
+    glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
+def free_memory_bytes(device: torch.device | str) -> int:
+    """Free memory of ``device``: CUDA ``mem_get_info``; CPU ``MemAvailable`` of /proc/meminfo
+    (psutil, then ``sysconf`` available pages, where /proc is missing)."""
+    device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    for line in MEMINFO.read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * KIB
-    raise RuntimeError(f"cannot read MemAvailable from {MEMINFO}")
+    if MEMINFO.exists():
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _fused_attention(device: torch.device) -> bool:
+    """Whether SDPA has a kernel with memory linear in the sequence length on ``device``."""
+    if device.type != "cuda":
+        return True  # the CPU flash-attention kernel handles every dtype
+    backends = torch.backends.cuda
+    return backends.flash_sdp_enabled() or backends.mem_efficient_sdp_enabled()
+
+
+def peak_bytes(
+    image_hw: tuple[int, int],
+    routed: int,
+    embed_dim: int,
+    num_heads: int,
+    patch_size: int = 16,
+    size_divisibility: int = 32,
+    fused_attention: bool = True,
+) -> int:
+    """The memory model above: peak bytes of one forward with ``routed`` global tokens."""
+    H, W = image_hw
+    Hp, Wp = padded_size(image_hw, size_divisibility)
+    tokens = (Hp // patch_size) * (Wp // patch_size)
+    width = embed_dim * FLOAT_BYTES
+    total = FIXED_BYTES + INPUT_BYTES * H * W + PIXEL_BYTES * Hp * Wp
+    total += TOKEN_FLOATS_PER_CHANNEL * width * tokens + ROUTED_FLOATS_PER_CHANNEL * width * routed
+    if not fused_attention:
+        total += 2 * num_heads * FLOAT_BYTES * routed**2
+    return int(total)
 
 
 def auto_max_number_token(
     model: nn.Module,
     image_hw: tuple[int, int],
-    device: torch.device,
+    device: torch.device | str,
     free_bytes: int | None = None,
 ) -> int | None:
-    """Largest routed-token count per image and block that fits the memory budget.
+    """Largest token cap whose forward fits the free memory (see the module docstring).
 
     Args:
-        model: MEMatte (reads ``backbone.embed_dim`` and the attention heads).
-        image_hw: input ``(H, W)`` in pixels.
-        device: where inference runs.
-        free_bytes: free memory to plan with; read from the device when None.
+        model: a :class:`MEMatte` (reads ``backbone.embed_dim``, the attention heads, the patch
+            size and ``size_divisibility``).
+        image_hw: input ``(H, W)`` before padding.
+        device: where the forward runs.
+        free_bytes: free memory to plan for; default: :func:`free_memory_bytes` of ``device``.
 
     Returns:
-        the cap, or None when every token fits.
+        the cap, or None when every token of the image fits.
     """
+    device = torch.device(device)
+    backbone = model.backbone
+    patch = backbone.patch_embed.proj.kernel_size[0]
+    heads = backbone.blocks[0].attn.num_heads
+    Hp, Wp = padded_size(image_hw, model.size_divisibility)
+    tokens = (Hp // patch) * (Wp // patch)
     if free_bytes is None:
         free_bytes = free_memory_bytes(device)
-    backbone = model.backbone
-    patch = backbone.patch_embed.proj.stride[0]
-    heads = backbone.blocks[0].attn.num_heads
-    H, W = image_hw
-    tokens = math.ceil(H / patch) * math.ceil(W / patch)
-    fixed = (
-        INPUT_CHANNELS * H * W * FLOAT32_BYTES
-        + ACTIVATION_COPIES * tokens * backbone.embed_dim * FLOAT32_BYTES
-        + DECODER_TILE_BYTES
-    )
-    rest = MEMORY_FRACTION * free_bytes - fixed
-    per_square_token = heads * FLOAT32_BYTES * SCORE_COPIES
-    cap = max(MIN_TOKENS, math.floor(math.sqrt(max(rest, 0) / per_square_token)))
+    budget = SAFETY * free_bytes
+    fused = _fused_attention(device)
+
+    def fits(n: int) -> bool:
+        peak = peak_bytes(
+            image_hw, n, backbone.embed_dim, heads, patch, model.size_divisibility, fused
+        )
+        return peak <= budget
+
+    if fits(tokens):
+        return None
+    if not fits(0):
+        logger.warning(
+            "%.1f GiB free is not enough for a %dx%d input even without global attention",
+            free_bytes / 2**30,
+            *image_hw,
+        )
+        return 0
+    # fits() is monotone in n: bisect for the largest n that fits.
+    lo, hi = 0, tokens
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     logger.info(
-        "auto token cap for %dx%d (%d tokens) with %.1f GiB free: %s",
-        H,
-        W,
+        "auto token cap: %d of %d tokens (%.1f GiB free, %s attention memory)",
+        lo,
         tokens,
-        free_bytes / KIB**3,
-        cap if cap < tokens else "none",
+        free_bytes / 2**30,
+        "linear" if fused else "quadratic",
     )
-    return cap if cap < tokens else None
+    return lo

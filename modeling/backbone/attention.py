@@ -210,8 +210,9 @@ def _rel_pos_attention(
     rel_h, rel_w = decomposed_rel_pos_terms(
         q.reshape(B * nh, N, d), rel_pos_h, rel_pos_w, (H, W), (H, W)
     )
-    rel_h = rel_h.view(B, nh, H, W, H)
-    rel_w = rel_w.view(B, nh, H, W, W)
+    # Contiguous terms make the broadcast sum below contiguous, so the bias needs no copy.
+    rel_h = rel_h.contiguous().view(B, nh, H, W, H)
+    rel_w = rel_w.contiguous().view(B, nh, H, W, W)
     per_query_row = nh * W * N  # bias elements of one query row of one image
     rows = max(1, min(H, MAX_BIAS_ELEMENTS // per_query_row))
     images = max(1, min(B, MAX_BIAS_ELEMENTS // (per_query_row * rows)))
@@ -222,7 +223,7 @@ def _rel_pos_attention(
             r1 = min(H, r0 + rows)
             # bias [b, heads, rows, W, H, W] -> [b, heads, rows * W, N]
             bias = rel_h[b0:b1, :, r0:r1, :, :, None] + rel_w[b0:b1, :, r0:r1, :, None, :]
-            bias = bias.reshape(b1 - b0, nh, (r1 - r0) * W, N)
+            bias = bias.view(b1 - b0, nh, (r1 - r0) * W, N)
             out[b0:b1, :, r0 * W : r1 * W] = F.scaled_dot_product_attention(
                 q[b0:b1, :, r0 * W : r1 * W], k[b0:b1], v[b0:b1], attn_mask=bias
             )

@@ -22,7 +22,7 @@ from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
 
 from .attention import Attention, window_partition, window_unpartition
-from .ltrm import LTRM
+from .ltrm import LTRM, map_row_strips
 from .router import GLOBAL_ROUTE, Router
 
 __all__ = [
@@ -39,6 +39,14 @@ logger = logging.getLogger(__name__)
 
 # The official default cap on tokens in one global attention (ViT and inference.py).
 DEFAULT_MAX_NUMBER_TOKEN = 18500
+# Inference chunking (eval mode without autograd); the results do not depend on these sizes.
+# Tokens per MLP chunk: its 4C-wide hidden state is 1024 x 1536 floats (6 MiB) for ViT-S.
+# Small, equal-sized chunk buffers are reused by the allocator instead of fragmenting it.
+MLP_CHUNK_TOKENS = 1024
+# Tokens (incl. window padding) per strip of window rows in window attention.
+WINDOW_CHUNK_TOKENS = 2**12
+# Receptive-field radius, in tokens, of the conv residual block (one 3x3 conv).
+RESIDUAL_HALO = 1
 
 
 class BackboneOutput(NamedTuple):
@@ -249,14 +257,29 @@ class Block(nn.Module):
         return self.forward_masked(x, policy) if self.training else self.forward_sparse(x, policy)
 
     def attention(self, x: Tensor) -> Tensor:
-        """Normalised window or global attention of ``[B, H, W, C]`` tokens (no residual)."""
-        x = self.norm1(x)
-        if self.window_size > 0:
-            H, W = x.shape[1], x.shape[2]
-            x, pad_hw = window_partition(x, self.window_size)
-            x = self.attn(x)
-            return window_unpartition(x, self.window_size, pad_hw, (H, W))
-        return self.attn(x)
+        """Normalised window or global attention of ``[B, H, W, C]`` tokens (no residual).
+
+        Window attention runs over strips of window rows (about ``WINDOW_CHUNK_TOKENS`` tokens
+        each), so its q/k/v and rel-pos bias stay bounded on large images.
+        """
+        if self.window_size == 0:
+            return self.attn(self.norm1(x))
+        H, W = x.shape[1], x.shape[2]
+        ws = self.window_size
+        windows_per_row = -(-W // ws)
+        rows = ws * max(1, WINDOW_CHUNK_TOKENS // (ws * ws * windows_per_row))
+        if rows >= H:
+            return self._window_strip_attention(x)
+        out = torch.empty_like(x)
+        for r0 in range(0, H, rows):
+            out[:, r0 : r0 + rows] = self._window_strip_attention(x[:, r0 : r0 + rows])
+        return out
+
+    def _window_strip_attention(self, x: Tensor) -> Tensor:
+        """Norm, window partition (zero padding after the norm), attention, unpartition."""
+        H, W = x.shape[1], x.shape[2]
+        windows, pad_hw = window_partition(self.norm1(x), self.window_size)
+        return window_unpartition(self.attn(windows), self.window_size, pad_hw, (H, W))
 
     def forward_dense(self, x: Tensor) -> Tensor:
         """Unrouted block: every token through (window or global) attention."""
@@ -292,14 +315,33 @@ class Block(nn.Module):
                 continue
             routed = tokens[b, index].unsqueeze(0)  # [1, n_b, C]
             update[b, index] = self.drop_path(self.attn(self.norm1(routed)))[0]
-        return self._mlp_and_residual(x + update.reshape(B, H, W, C))
+        if self.training or torch.is_grad_enabled() or update.dtype != x.dtype:
+            return self._mlp_and_residual(x + update.reshape(B, H, W, C))
+        return self._mlp_and_residual(update.add_(tokens).reshape(B, H, W, C))
 
     def _mlp_and_residual(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        """MLP residual, then the optional conv residual block, on ``[B, H, W, C]``.
+
+        At inference (eval mode without autograd) ``x`` is a fresh tensor owned by the block: the
+        MLP runs over chunks of ``MLP_CHUNK_TOKENS`` tokens and adds into ``x`` in place, and the
+        conv block runs in row strips, so neither the 4C-wide MLP hidden state nor the conv
+        block's activations exist for the whole image.
+        """
+        if self.training or torch.is_grad_enabled():
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            if self.use_residual_block:
+                x = self._residual_channels_last(x)
+            return x
+        x = x.contiguous()
+        for chunk in x.view(-1, x.shape[-1]).split(MLP_CHUNK_TOKENS):
+            chunk.add_(self.mlp(self.norm2(chunk)))
         if self.use_residual_block:
-            # channels-last -> channels-first for the conv block, and back
-            x = self.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            x = map_row_strips(self._residual_channels_last, x, halo=RESIDUAL_HALO)
         return x
+
+    def _residual_channels_last(self, x: Tensor) -> Tensor:
+        # channels-last -> channels-first for the conv block, and back
+        return self.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class ViT(nn.Module):
@@ -438,7 +480,7 @@ class ViT(nn.Module):
         Returns:
             :class:`BackboneOutput` with features ``[B, C, H/16, W/16]``.
         """
-        x = self.patch_embed(x)
+        x = self.patch_embed(x).contiguous()  # channels-last tokens, contiguous from here on
         if self.pos_embed is not None:
             x = x + get_abs_pos(self.pos_embed, self.pretrain_use_cls_token, x.shape[1:3])
         B, H, W, C = x.shape
@@ -448,7 +490,10 @@ class ViT(nn.Module):
             if not blk.use_efficient_block:
                 x = blk(x)
                 continue
-            score = next(routers)(x.reshape(B, H * W, C))  # [B, N, 2]
+            # Routing is discrete and its margins can be tiny: score in float32 even under
+            # autocast, or bf16 rounding turns many decisions into ties (no global attention).
+            with torch.autocast(x.device.type, enabled=False):
+                score = next(routers)(x.reshape(B, H * W, C).float())  # [B, N, 2]
             keep = route_tokens(score, self.training, self.max_number_token)  # [B, N, 1]
             x = blk(x, keep)
             scores.append(score.reshape(B, H, W, 2))

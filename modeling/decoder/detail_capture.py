@@ -1,17 +1,76 @@
 """ViTMatte detail-capture decoder: a conv stream of image details fused with ViT features.
 
 References: ViTMatte (Yao et al. 2024).
+
+At inference the decoder can compute only a region of its output (the kept centre of a patch in
+patch-wise decoding): every stage is then evaluated only on the part of its map that the region
+depends on (its dependency cone, clipped to the map), which gives exactly the values a whole-map
+evaluation gives there. Inference also runs channels-last with BatchNorm folded into the convs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["BasicConv3x3", "ConvStream", "DetailCapture", "FusionBlock", "MattingHead"]
+
+# A half-open pixel span ``(lo, hi)`` along one axis, and a 2-d region ``(rows, cols)``.
+Span = tuple[int, int]
+Region = tuple[Span, Span]
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one conv, with the BatchNorm's running statistics."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # [C_out]
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.view(-1, 1, 1, 1), bias
+
+
+def _conv_need(span: Span, size: int) -> Span:
+    """Input span that a 3x3, stride-1, padding-1 conv needs for the output ``span``."""
+    return max(span[0] - 1, 0), min(span[1] + 1, size)
+
+
+def _down_need(span: Span, size: int) -> Span:
+    """Input span that a 3x3, stride-2, padding-1 conv needs for the output ``span``.
+
+    The span starts on an even pixel so that the conv's stride grid stays aligned; output pixel
+    ``j`` reads input pixels ``2j - 1 .. 2j + 1``.
+    """
+    return max(2 * span[0] - 2, 0), min(2 * span[1], size)
+
+
+def _up_need(span: Span, size: int) -> Span:
+    """Input span that a x2 bilinear upsampling (``align_corners=False``) needs for ``span``.
+
+    Output pixel ``x`` samples the input at ``max((x + 0.5) / 2 - 0.5, 0)``, i.e. pixels
+    ``floor`` and ``floor + 1`` (clamped to the map) of that coordinate.
+    """
+    lo = max(math.floor((span[0] + 0.5) / 2 - 0.5), 0)
+    hi = min(math.floor((span[1] - 1 + 0.5) / 2 - 0.5) + 2, size)
+    return lo, hi
+
+
+def _hull(a: Span | None, b: Span) -> Span:
+    return b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def _crop(x: Tensor, region: Region, origin: tuple[int, int] = (0, 0)) -> Tensor:
+    """``x[..., rows, cols]`` for a region given in coordinates where ``x`` starts at ``origin``."""
+    (y0, y1), (x0, x1) = region
+    return x[..., y0 - origin[0] : y1 - origin[0], x0 - origin[1] : x1 - origin[1]]
+
+
+def _map2(fn: Callable[[Span, int], Span], region: Region, size: tuple[int, int]) -> Region:
+    """Apply a per-axis span rule to both axes of a region."""
+    return fn(region[0], size[0]), fn(region[1], size[1])
 
 
 class BasicConv3x3(nn.Module):
@@ -24,7 +83,10 @@ class BasicConv3x3(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        if self.training:
+            return self.relu(self.bn(self.conv(x)))
+        weight, bias = _fold_bn(self.conv, self.bn)
+        return F.conv2d(x, weight, bias, self.conv.stride, self.conv.padding).relu_()
 
 
 class ConvStream(nn.Module):
@@ -52,9 +114,19 @@ class FusionBlock(nn.Module):
         super().__init__()
         self.conv = BasicConv3x3(in_chans, out_chans, stride=1, padding=1)
 
-    def forward(self, x: Tensor, detail: Tensor) -> Tensor:
+    def forward(self, x: Tensor, detail: Tensor, up_region: Region | None = None) -> Tensor:
+        """
+        Args:
+            x: coarse features ``[B, C, h, w]``.
+            detail: detail features ``[B, C_d, 2h, 2w]``, or their ``up_region`` crop.
+            up_region: crop of the upsampled features (in their own coordinates) to fuse.
+        """
         up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.conv(torch.cat([detail, up], dim=1))
+        if up_region is not None:
+            up = _crop(up, up_region)
+        fused = torch.cat([detail, up], dim=1)
+        del up  # not alive during the conv: the largest map of a decoder tile at inference
+        return self.conv(fused)
 
 
 class MattingHead(nn.Module):
@@ -70,7 +142,12 @@ class MattingHead(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.matting_convs(x)
+        if self.training:
+            return self.matting_convs(x)
+        conv, bn, _, out_conv = self.matting_convs
+        weight, bias = _fold_bn(conv, bn)
+        x = F.conv2d(x, weight, bias, conv.stride, conv.padding).relu_()
+        return out_conv(x)
 
 
 class DetailCapture(nn.Module):
@@ -103,9 +180,79 @@ class DetailCapture(nn.Module):
         )
         self.matting_head = MattingHead(fusion_out[-1])
 
-    def forward(self, features: Tensor, images: Tensor) -> dict[str, Tensor]:
-        """Returns ``{"phas": [B, 1, H, W]}`` in [0, 1]."""
-        details = self.convstream(images)
+    def forward(
+        self, features: Tensor, images: Tensor, region: Region | None = None
+    ) -> dict[str, Tensor]:
+        """
+        Args:
+            features: ``[B, C, H/16, W/16]``.
+            images: ``[B, 4, H, W]``.
+            region: ``((y0, y1), (x0, x1))`` output pixels to compute (eval mode only); None for
+                the whole map.
+
+        Returns:
+            ``{"phas": [B, 1, H, W]}`` (or the region's ``[B, 1, y1 - y0, x1 - x0]``) in [0, 1].
+        """
+        if self.training:
+            if region is not None:
+                raise ValueError("region decoding is an inference path")
+            details = self.convstream(images)
+            for i, fusion in enumerate(self.fusion_blks):
+                features = fusion(features, details[f"D{len(self.fusion_blks) - i - 1}"])
+            return {"phas": torch.sigmoid(self.matting_head(features))}
+        return {"phas": self._forward_region(features, images, region)}
+
+    def _forward_region(self, features: Tensor, images: Tensor, region: Region | None) -> Tensor:
+        """Inference on the dependency cone of ``region`` only, channels-last."""
+        H, W = images.shape[-2:]
+        num_fusions = len(self.fusion_blks)
+        if region is None:
+            region = ((0, H), (0, W))
+        # Map sizes per scale: scale k is 1 / 2**k of the input (k = num_fusions: the features).
+        sizes = [(-(-H // 2**k), -(-W // 2**k)) for k in range(num_fusions)]
+        sizes.append(tuple(features.shape[-2:]))
+
+        # Backward pass over the graph: the region of every map that the output depends on.
+        head_in = _map2(_conv_need, region, sizes[0])
+        fusion_out = [None] * num_fusions  # region of fusion stage i's output (scale 3 - i)
+        fusion_in = [None] * num_fusions  # region of its (detail, upsampled) input
+        detail_need: list[Region | None] = [None] * num_fusions  # D0..D3
+        need = head_in
+        for i in reversed(range(num_fusions)):
+            scale = num_fusions - 1 - i
+            fusion_out[i] = need
+            fusion_in[i] = _map2(_conv_need, need, sizes[scale])
+            detail_need[scale] = fusion_in[i]
+            need = _map2(_up_need, fusion_in[i], sizes[scale + 1])
+        feature_need = need
+        for k in reversed(range(1, num_fusions)):
+            down = _map2(_down_need, detail_need[k], sizes[k - 1])
+            prev = detail_need[k - 1]
+            detail_need[k - 1] = (_hull(prev[0], down[0]), _hull(prev[1], down[1]))
+
+        # Forward pass on those regions only.
+        cl = torch.channels_last
+        details = [_crop(images, detail_need[0]).contiguous(memory_format=cl)]
+        for k, conv in enumerate(self.convstream.convs, start=1):
+            down = _map2(_down_need, detail_need[k], sizes[k - 1])
+            start = (down[0][0] // 2, down[1][0] // 2)  # output origin of the stride-2 conv
+            out = conv(_crop(details[-1], down, _origin(detail_need[k - 1])))
+            details.append(_crop(out, detail_need[k], start))
+        x = _crop(features, feature_need).contiguous(memory_format=cl)
+        x_origin = _origin(feature_need)
         for i, fusion in enumerate(self.fusion_blks):
-            features = fusion(features, details[f"D{len(self.fusion_blks) - i - 1}"])
-        return {"phas": torch.sigmoid(self.matting_head(features))}
+            scale = num_fusions - 1 - i
+            up_origin = (2 * x_origin[0], 2 * x_origin[1])
+            up_region = (
+                (fusion_in[i][0][0] - up_origin[0], fusion_in[i][0][1] - up_origin[0]),
+                (fusion_in[i][1][0] - up_origin[1], fusion_in[i][1][1] - up_origin[1]),
+            )
+            detail = _crop(details[scale], fusion_in[i], _origin(detail_need[scale]))
+            x = _crop(fusion(x, detail, up_region), fusion_out[i], _origin(fusion_in[i]))
+            x_origin = _origin(fusion_out[i])
+        alpha = _crop(self.matting_head(_crop(x, head_in, x_origin)), region, _origin(head_in))
+        return torch.sigmoid(alpha)
+
+
+def _origin(region: Region) -> tuple[int, int]:
+    return region[0][0], region[1][0]

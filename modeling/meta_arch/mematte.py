@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MEMatte"]
+__all__ = ["MEMatte", "padded_size"]
 
 # 8-bit trimap thresholds of the official training pipeline: < 85 background, >= 170 foreground.
 TRIMAP_BG_BELOW = 85
@@ -97,12 +97,13 @@ class MEMatte(nn.Module):
         trimap = batched_inputs["trimap"].to(self.device)
         if "fg" in batched_inputs:
             trimap = quantize_trimap(trimap)
-        image = (image - self.pixel_mean) / self.pixel_std
-        images = torch.cat((image, trimap.to(image.dtype)), dim=1)
-        H, W = images.shape[-2:]
-        step = self.size_divisibility
-        if H % step or W % step:
-            images = F.pad(images, (0, step - W % step, 0, step - H % step))
+        B, _, H, W = image.shape
+        Hp, Wp = padded_size((H, W), self.size_divisibility)
+        # One padded buffer, filled in place: no full-resolution intermediate copies.
+        images = image.new_zeros(B, image.shape[1] + trimap.shape[1], Hp, Wp)
+        rgb = images[:, : image.shape[1], :H, :W]
+        torch.sub(image, self.pixel_mean, out=rgb).div_(self.pixel_std)
+        images[:, image.shape[1] :, :H, :W] = trimap
         return images, (H, W)
 
     def forward_train(self, batched_inputs: dict[str, Tensor]) -> dict:
@@ -142,49 +143,82 @@ class MEMatte(nn.Module):
         return F.mse_loss(features, teacher_features)
 
     def inference(self, batched_inputs: dict[str, Tensor], patch_decoder: bool = True) -> dict:
-        """Alpha matte and routing maps, cropped back to the input size."""
+        """Alpha matte (float32) and routing maps, cropped back to the input size."""
         images, (H, W) = self.preprocess(batched_inputs)
         out = self.backbone(images)
         if patch_decoder:
-            phas = self.decode_patches(out.features, images)
+            phas = self.decode_patches(out.features, images, out_hw=(H, W))
         else:
-            phas = self.decoder(out.features, images)["phas"]
-        return {"phas": phas[..., :H, :W], "router_scores": out.router_scores, "keep": out.keep}
+            phas = self.decoder(out.features, images)["phas"][..., :H, :W]
+        return {
+            "phas": phas.to(torch.float32),
+            "router_scores": out.router_scores,
+            "keep": out.keep,
+        }
 
     def decode_patches(
-        self, features: Tensor, images: Tensor, patch: int = DECODER_PATCH
+        self,
+        features: Tensor,
+        images: Tensor,
+        patch: int = DECODER_PATCH,
+        out_hw: tuple[int, int] | None = None,
     ) -> Tensor:
         """Run the decoder on ``patch``-px tiles with a ``DECODER_OVERLAP`` margin.
 
-        The image is zero-padded to a multiple of ``patch``; each tile is decoded with up to
-        ``DECODER_OVERLAP`` px of context on every side (less at the borders) and only its central
-        ``patch x patch`` is kept, so peak decoder memory is bounded by the tile size.
+        The image is (virtually) zero-padded to a multiple of ``patch``; each tile is decoded
+        with up to ``DECODER_OVERLAP`` px of context on every side (less at the borders) and only
+        its central ``patch x patch`` is kept, so peak decoder memory is bounded by the tile size.
+        Tiles are cropped from the unpadded tensors (zero-filled only where a tile crosses the
+        border), and the decoder computes only the kept pixels (and their dependency cone).
 
         Args:
             features: ``[B, C, h, w]`` with ``h = Hp / stride``.
             images: ``[B, 4, Hp, Wp]``.
+            patch: tile side in pixels.
+            out_hw: compute only the top-left ``(H, W)`` of the output (default: all of it).
 
         Returns:
-            alpha ``[B, 1, Hp, Wp]``.
+            alpha ``[B, 1, H, W]`` (``[B, 1, Hp, Wp]`` without ``out_hw``).
         """
         B, _, H, W = images.shape
         stride = H // features.shape[-2]
-        pad_h, pad_w = (-H) % patch, (-W) % patch
-        images = F.pad(images, (0, pad_w, 0, pad_h))
-        features = F.pad(features, (0, pad_w // stride, 0, pad_h // stride))
-        out = images.new_empty(B, 1, H + pad_h, W + pad_w)
-        for top in range(0, H + pad_h, patch):
-            for left in range(0, W + pad_w, patch):
-                y0, y1 = _context_span(top, patch, H + pad_h)
-                x0, x1 = _context_span(left, patch, W + pad_w)
-                tile = self.decoder(
-                    features[..., y0 // stride : y1 // stride, x0 // stride : x1 // stride],
-                    images[..., y0:y1, x0:x1],
+        out_h, out_w = out_hw if out_hw is not None else (H, W)
+        padded_h, padded_w = H + (-H) % patch, W + (-W) % patch
+        out = images.new_empty(B, 1, out_h, out_w, dtype=torch.float32)
+        for top in range(0, out_h, patch):
+            for left in range(0, out_w, patch):
+                y0, y1 = _context_span(top, patch, padded_h)
+                x0, x1 = _context_span(left, patch, padded_w)
+                bottom, right = min(top + patch, out_h), min(left + patch, out_w)
+                region = ((top - y0, bottom - y0), (left - x0, right - x0))
+                tile_features = _zero_padded_crop(
+                    features, y0 // stride, y1 // stride, x0 // stride, x1 // stride
+                )
+                tile_images = _zero_padded_crop(images, y0, y1, x0, x1)
+                out[..., top:bottom, left:right] = self.decoder(
+                    tile_features, tile_images, region=region
                 )["phas"]
-                out[..., top : top + patch, left : left + patch] = tile[
-                    ..., top - y0 : top - y0 + patch, left - x0 : left - x0 + patch
-                ]
-        return out[..., :H, :W]
+        return out
+
+
+def padded_size(hw: tuple[int, int], step: int) -> tuple[int, int]:
+    """Size after :meth:`MEMatte.preprocess` padding (the official rule, quirk included: when
+    either side is not a multiple of ``step``, both sides grow to the next multiple strictly
+    above them)."""
+    H, W = hw
+    if H % step or W % step:
+        return H + step - H % step, W + step - W % step
+    return H, W
+
+
+def _zero_padded_crop(x: Tensor, y0: int, y1: int, x0: int, x1: int) -> Tensor:
+    """``x[..., y0:y1, x0:x1]`` of ``x`` zero-extended beyond its bottom/right border (a view
+    when the crop lies inside)."""
+    H, W = x.shape[-2:]
+    crop = x[..., y0 : min(y1, H), x0 : min(x1, W)]
+    if y1 <= H and x1 <= W:
+        return crop
+    return F.pad(crop, (0, x1 - min(x1, W), 0, y1 - min(y1, H)))
 
 
 def _context_span(start: int, patch: int, size: int) -> tuple[int, int]:

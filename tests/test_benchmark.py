@@ -1,0 +1,120 @@
+"""tools/benchmark.py: inputs, FLOP counting, and the JSON/markdown output of one real run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO_ROOT, build_tiny_mematte
+from torch import nn
+
+from tools import benchmark
+
+# fvcore imports torch.jit.script, which this torch deprecates.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+
+TINY_OVERRIDES = [
+    "model.backbone.embed_dim=64",
+    "model.backbone.num_heads=2",
+    "model.decoder.in_chans=64",
+]
+RESULT_KEYS = {
+    "model",
+    "variant",
+    "size",
+    "device",
+    "device_name",
+    "precision",
+    "torch",
+    "threads",
+    "repeats",
+    "warmup",
+    "tokens",
+    "max_number_token",
+    "routed_tokens",
+    "time_s",
+    "memory_mib",
+    "gflops",
+    "vs_fp32",
+    "load_avg",
+    "malloc_pinned",
+    "status",
+    "error",
+}
+
+
+def test_parse_size():
+    assert benchmark.parse_size("2048") == (2048, 2048)
+    assert benchmark.parse_size("4872x6017") == (4872, 6017)
+
+
+def test_inputs_are_seeded_with_a_five_percent_unknown_band():
+    batch = benchmark.make_inputs(300, 420, seed=3)
+    assert batch["image"].shape == (1, 3, 300, 420)
+    assert batch["trimap"].shape == (1, 1, 300, 420)
+    assert batch["image"].min() >= 0 and batch["image"].max() <= 1
+    assert set(batch["trimap"].unique().tolist()) == {0.0, 0.5, 1.0}
+    unknown = (batch["trimap"] == 0.5).float().mean().item()
+    assert unknown == pytest.approx(benchmark.UNKNOWN_FRACTION, rel=0.1)
+    again = benchmark.make_inputs(300, 420, seed=3)
+    assert torch.equal(batch["image"], again["image"])
+
+
+class _SDPA(nn.Module):
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def test_sdpa_flops_are_counted():
+    q = torch.randn(2, 3, 10, 8)
+    k = torch.randn(2, 3, 12, 8)
+    v = torch.randn(2, 3, 12, 5)
+    gflops = benchmark._gflops(_SDPA(), (q, k, v))
+    assert gflops * 1e9 == pytest.approx(2 * 3 * 10 * 12 * (8 + 5))
+
+
+def test_count_gflops_splits_backbone_and_decoder():
+    model = build_tiny_mematte().eval()
+    model.backbone.max_number_token = 3
+    flops = benchmark.count_gflops(model, benchmark.make_inputs(96, 160))
+    assert flops["backbone"] > 0 and flops["decoder"] > 0
+    assert flops["total"] == pytest.approx(flops["backbone"] + flops["decoder"])
+
+
+def test_tool_writes_json_and_markdown(tmp_path):
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "tools" / "benchmark.py"),
+        "--sizes",
+        "128",
+        "--repeats",
+        "1",
+        "--json",
+        str(out_json),
+        "--markdown",
+        str(out_md),
+        "--override",
+        *TINY_OVERRIDES,
+    ]
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=600)
+    report = json.loads(out_json.read_text())
+    assert report["schema"] == benchmark.SCHEMA
+    (result,) = report["results"]
+    assert set(result) == RESULT_KEYS
+    assert result["status"] == "ok", result["error"]
+    assert result["size"] == [128, 128] and result["tokens"] == 64
+    assert result["max_number_token"] == 16  # --cap-ratio 0.25 of 8 x 8 tokens
+    assert len(result["routed_tokens"]) == 4
+    assert all(0 <= n <= 16 for n in result["routed_tokens"])
+    assert set(result["time_s"]) == {"median", "runs", "backbone", "decoder", "cpu"}
+    assert len(result["time_s"]["runs"]) == 1
+    assert set(result["memory_mib"]) == {"peak", "before", "increment"}
+    assert result["memory_mib"]["peak"] >= result["memory_mib"]["before"] > 0
+    assert set(result["gflops"]) == {"total", "backbone", "decoder"}
+    table = out_md.read_text().splitlines()
+    assert table[0].startswith("| model | variant |") and len(table) == 3

@@ -1,0 +1,90 @@
+"""Inference precision helpers and the memory-lean inference path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny_mematte, make_batch
+
+from engine.precision import autocast, resolve_device
+from modeling.backbone import ltrm as ltrm_module
+from modeling.backbone import vit as vit_module
+
+# bf16 keeps 8 mantissa bits: alpha of the tiny random model moves by a few 1e-2 at most.
+BF16_ALPHA_ATOL = 0.1
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+
+
+def test_autocast_choices():
+    with autocast("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="CUDA"):
+        autocast("cpu", "fp16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        autocast("cpu", "fp8")
+
+
+def test_bf16_inference_is_close_and_float32():
+    model = build_tiny_mematte().eval()
+    batch = make_batch(1, 96, 128, seed=2)
+    with torch.inference_mode():
+        reference = model(batch)
+        with autocast("cpu", "bf16"):
+            out = model(batch)
+    assert out["phas"].dtype == torch.float32
+    assert out["phas"].min() >= 0 and out["phas"].max() <= 1
+    assert (out["phas"] - reference["phas"]).abs().max() < BF16_ALPHA_ATOL
+
+
+def test_bf16_uses_bf16_matmuls():
+    model = build_tiny_mematte().eval()
+    seen = set()
+    hook = model.backbone.blocks[1].mlp.fc1.register_forward_hook(
+        lambda m, args, out: seen.add(out.dtype)
+    )
+    with torch.inference_mode(), autocast("cpu", "bf16"):
+        model(make_batch(1, 64, 64))
+    hook.remove()
+    assert seen == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("cap", [None, 5])
+def test_lean_inference_path_equals_plain_path(monkeypatch, cap):
+    """Chunked/strip-wise inference (no autograd) gives the plain eval forward's outputs."""
+    model = build_tiny_mematte(seed=1).eval()
+    model.backbone.max_number_token = cap
+    batch = make_batch(1, 160, 224, seed=4)
+    with torch.enable_grad():  # autograd on: the plain (unchunked, out-of-place) path
+        plain = model(batch)
+    # Tiny chunks so that every strip/chunk loop runs several times with halos.
+    monkeypatch.setattr(vit_module, "MLP_CHUNK_TOKENS", 7)
+    monkeypatch.setattr(vit_module, "WINDOW_CHUNK_TOKENS", 16)
+    monkeypatch.setattr(ltrm_module, "STRIP_TOKENS", 20)
+    with torch.inference_mode():
+        lean = model(batch)
+    for a, b in zip(plain["keep"], lean["keep"]):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(lean["phas"], plain["phas"].detach(), atol=1e-5, rtol=0)
+
+
+def test_decoder_region_equals_full_decoding():
+    model = build_tiny_mematte().eval()
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 64, 6, 5, generator=gen)
+    images = torch.randn(1, 4, 96, 80, generator=gen)
+    with torch.no_grad():
+        full = model.decoder(features, images)["phas"]
+        region = ((17, 70), (3, 41))
+        part = model.decoder(features, images, region=region)["phas"]
+    torch.testing.assert_close(part, full[..., 17:70, 3:41], atol=1e-6, rtol=0)

@@ -1,0 +1,464 @@
+"""Speed, memory and FLOPs of MEMatte inference (and of the ViTMatte variant) on large images.
+
+Every measurement runs in a fresh subprocess (``benchmark.py --worker SPEC``), so peak memory is
+that of one configuration only. A worker builds the model with seeded random weights, generates a
+seeded image and trimap (an ellipse with a ~5 % unknown ring), runs ``--warmup`` untimed and
+``--repeats`` timed forwards (patch decoder on, batch 1, ``torch.inference_mode``), and reports:
+
+- wall time: the median over the timed runs, split into backbone and decoder (forward hooks);
+- peak memory: CPU: peak RSS (``ru_maxrss``) and its increment over the RSS of the idle process
+  right before the first forward (model and inputs already built), with glibc's mmap threshold
+  pinned unless ``--default-malloc`` (``engine.token_budget.return_large_buffers_to_os``); CUDA:
+  ``torch.cuda.max_memory_allocated`` and its increment over the allocation before the forward;
+- tokens in global attention per routed block (from the ``keep`` maps);
+- GFLOPs from fvcore ``FlopCountAnalysis`` (1 fused multiply-add = 1 flop, fvcore's convention),
+  traced with the real input so the actual routed tokens are counted, with a handle for
+  ``aten::scaled_dot_product_attention``; the decoder is counted per distinct tile.
+
+JSON schema (``--json``)::
+
+    {"schema": "mematte-benchmark/1", "created": ISO-8601, "argv": [...],
+     "results": [{
+        "model": "S", "variant": "mematte" | "vitmatte", "size": [H, W],
+        "device": "cpu" | "cuda", "device_name": str, "precision": "fp32" | "bf16" | "fp16",
+        "torch": str, "threads": int, "repeats": int, "warmup": int, "tokens": int (per image),
+        "max_number_token": int | null, "routed_tokens": [int per routed block],
+        "time_s": {"median": float, "runs": [float], "backbone": float, "decoder": float,
+                   "cpu": float (process CPU seconds per run, median)},
+        "memory_mib": {"peak": float, "before": float, "increment": float},
+        "gflops": {"total": float, "backbone": float, "decoder": float} | null,
+        "vs_fp32": {"alpha_max_abs_diff": float, "alpha_mean_abs_diff": float,
+                    "flipped_decisions": [int per routed block]} | null (fp32 runs),
+        "load_avg": [1 min, 5 min, 15 min] before the run (CPU contention),
+        "malloc_pinned": bool (glibc mmap threshold pinned, see return_large_buffers_to_os),
+        "status": "ok" | "error", "error": str | null}]}
+
+Usage::
+
+    python tools/benchmark.py --sizes 1024 2048 4872x6017 --variants mematte vitmatte \\
+        --repeats 3 --json bench.json --markdown bench.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from engine.config import LazyConfig, instantiate  # noqa: E402
+from engine.precision import autocast, resolve_device  # noqa: E402
+from engine.token_budget import (  # noqa: E402
+    auto_max_number_token,
+    return_large_buffers_to_os,
+)
+from modeling.meta_arch.mematte import padded_size  # noqa: E402
+
+SCHEMA = "mematte-benchmark/1"
+CONFIGS = {
+    "S": "configs/MEMatte_S_topk0.25_win_global_long.py",
+    "B": "configs/MEMatte_B_topk0.25_win_global_long.py",
+}
+VARIANTS = ("mematte", "vitmatte")
+MIB = 2**20
+KIB = 2**10
+# Synthetic trimap: an ellipse with semi-axes 0.35 H x 0.30 W and an unknown ring of this area.
+ELLIPSE_AXES = (0.35, 0.30)
+UNKNOWN_FRACTION = 0.05
+ROWS_PER_CHUNK = 256  # input generation works on row chunks to keep the idle RSS low
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"2048"`` -> (2048, 2048); ``"4872x6017"`` -> (4872, 6017) (height x width)."""
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not N or HxW")
+    return int(parts[0]), int(parts[1])
+
+
+def make_inputs(height: int, width: int, seed: int = 0) -> dict[str, Tensor]:
+    """Seeded image ``[1, 3, H, W]`` in 0..1 and trimap ``[1, 1, H, W]`` in {0, 0.5, 1}.
+
+    The image is smooth ramps plus uniform noise; the trimap is a foreground ellipse whose
+    boundary ring of normalised half-width ``delta`` is unknown, with ``delta`` chosen so the
+    ring covers ``UNKNOWN_FRACTION`` of the image (ring area ``4 pi a b delta``).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, height, width, generator=gen).mul_(0.5)
+    ramp_y = torch.linspace(0, 0.25, height).view(height, 1)
+    ramp_x = torch.linspace(0, 0.25, width).view(1, width)
+    for c in range(3):
+        image[0, c].add_(ramp_y if c != 1 else ramp_x).add_(ramp_x if c != 2 else ramp_y)
+    a, b = ELLIPSE_AXES[0] * height, ELLIPSE_AXES[1] * width
+    delta = UNKNOWN_FRACTION * height * width / (4 * math.pi * a * b)
+    trimap = torch.empty(1, 1, height, width)
+    xs = ((torch.arange(width) - width / 2) / b).square_()  # [W]
+    for r0 in range(0, height, ROWS_PER_CHUNK):
+        ys = ((torch.arange(r0, min(height, r0 + ROWS_PER_CHUNK)) - height / 2) / a).square_()
+        radius = (ys[:, None] + xs[None, :]).sqrt_()  # normalised elliptic radius, rows x W
+        rows = trimap[0, 0, r0 : r0 + ROWS_PER_CHUNK]
+        rows.copy_((radius < 1).to(rows.dtype))
+        rows[(radius - 1).abs_() < delta] = 0.5
+    return {"image": image, "trimap": trimap}
+
+
+def build_model(model_size: str, variant: str, overrides: list[str], seed: int) -> nn.Module:
+    """MEMatte (or the ViTMatte variant: routing off) in eval mode with seeded random weights."""
+    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[model_size]))
+    all_overrides = ["model.teacher_backbone=None", *overrides]
+    if variant == "vitmatte":
+        all_overrides.append("model.backbone.use_routing=False")
+    LazyConfig.apply_overrides(cfg, all_overrides)
+    torch.manual_seed(seed)
+    return instantiate(cfg.model).eval()
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * KIB / MIB
+    return float("nan")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / MIB  # Linux: KiB
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, with the core count (else the platform's name)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    return platform.processor() or platform.machine()
+
+
+def _sdpa_flop(inputs: list, outputs: list) -> int:
+    """fvcore handle: ``q @ k^T`` and ``attn @ v`` multiply-adds of one SDPA call."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    batch = math.prod(q[:-2])
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+class _Features(nn.Module):
+    """Backbone wrapper returning only the features (for tracing)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backbone(images).features
+
+
+class _Tile(nn.Module):
+    """Decoder wrapper for one tile shape and output region (for tracing)."""
+
+    def __init__(self, decoder: nn.Module, region: tuple) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.region = region
+
+    def forward(self, features: Tensor, images: Tensor) -> Tensor:
+        return self.decoder(features, images, region=self.region)["phas"]
+
+
+def _gflops(module: nn.Module, inputs: tuple[Tensor, ...]) -> float:
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return analysis.total() / 1e9
+
+
+def count_gflops(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+    """fvcore GFLOPs of one forward: the backbone traced on the real input, the decoder once per
+    distinct tile (shape, region), weighted by how often that tile occurs."""
+    tiles: dict[tuple, int] = {}
+
+    def record(module, args, kwargs):
+        key = (tuple(args[0].shape), tuple(args[1].shape), kwargs.get("region"))
+        tiles[key] = tiles.get(key, 0) + 1
+
+    handle = model.decoder.register_forward_pre_hook(record, with_kwargs=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about data-dependent routing
+        images, _ = model.preprocess(batch)
+        backbone = _gflops(_Features(model.backbone), (images,))
+        features = model.backbone(images).features
+        model.decode_patches(features, images, out_hw=tuple(batch["image"].shape[-2:]))
+        handle.remove()
+        decoder = 0.0
+        for (f_shape, i_shape, region), count in tiles.items():
+            f = features.new_zeros(f_shape)
+            im = images.new_zeros(i_shape)
+            decoder += count * _gflops(_Tile(model.decoder, region), (f, im))
+    return {"total": backbone + decoder, "backbone": backbone, "decoder": decoder}
+
+
+def compare_with_fp32(model: nn.Module, batch: dict[str, Tensor], out: dict) -> dict:
+    """Alpha difference and routing flips of a reduced-precision output against float32."""
+    with torch.inference_mode():
+        reference = model(batch, patch_decoder=True)
+    diff = (out["phas"] - reference["phas"]).abs()
+    return {
+        "alpha_max_abs_diff": diff.max().item(),
+        "alpha_mean_abs_diff": diff.mean().item(),
+        "flipped_decisions": [
+            int((a != b).sum()) for a, b in zip(out["keep"], reference["keep"], strict=True)
+        ],
+    }
+
+
+class _StageTimer:
+    """Accumulates the wall time spent inside the backbone and the decoder (forward hooks)."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.seconds = {"backbone": 0.0, "decoder": 0.0}
+        self._start: dict[str, float] = {}
+        self.handles = []
+        for name in self.seconds:
+            module = getattr(model, name)
+            self.handles.append(module.register_forward_pre_hook(self._enter(name)))
+            self.handles.append(module.register_forward_hook(self._leave(name)))
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _enter(self, name: str):
+        def hook(module, args):
+            self._sync()
+            self._start[name] = time.perf_counter()
+
+        return hook
+
+    def _leave(self, name: str):
+        def hook(module, args, out):
+            self._sync()
+            self.seconds[name] += time.perf_counter() - self._start[name]
+
+        return hook
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+
+
+def run_worker(spec: dict) -> dict:
+    """One measurement, in this (fresh) process. ``spec`` holds the keys of a JSON result."""
+    malloc_pinned = spec["pin_malloc"] and return_large_buffers_to_os()
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = resolve_device(spec["device"])
+    H, W = spec["size"]
+    model = build_model(spec["model"], spec["variant"], spec["overrides"], spec["seed"])
+    model.to(device)
+    backbone = model.backbone
+    patch = backbone.patch_embed.proj.kernel_size[0]
+    Hp, Wp = padded_size((H, W), model.size_divisibility)
+    tokens = (Hp // patch) * (Wp // patch)
+    cap = None
+    if spec["variant"] == "mematte":
+        if spec["max_number_token"] == "auto":
+            cap = auto_max_number_token(model, (H, W), device)
+        elif spec["max_number_token"] is not None:
+            cap = int(spec["max_number_token"])
+        else:
+            cap = int(spec["cap_ratio"] * tokens)
+    backbone.max_number_token = cap
+    batch = {k: v.to(device) for k, v in make_inputs(H, W, spec["seed"]).items()}
+    timer = _StageTimer(model, device)
+    runs, cpu, stages = [], [], []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device) / MIB
+    else:
+        before = _current_rss_mib()
+    load_avg = list(os.getloadavg())
+    with torch.inference_mode(), autocast(device, spec["precision"]):
+        for i in range(spec["warmup"] + spec["repeats"]):
+            timer.reset()
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = model(batch, patch_decoder=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= spec["warmup"]:
+                runs.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+                stages.append(dict(timer.seconds))
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / MIB
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        peak = _peak_rss_mib()
+        device_name = _cpu_name()
+    routed = [int(k[0].sum()) for k in out["keep"]]
+    for handle in timer.handles:
+        handle.remove()
+    vs_fp32 = None if spec["precision"] == "fp32" else compare_with_fp32(model, batch, out)
+    del out
+    gflops = count_gflops(model, batch) if spec["flops"] else None
+    return {
+        **{k: spec[k] for k in ("model", "variant", "size", "device", "precision")},
+        **{k: spec[k] for k in ("repeats", "warmup")},
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "tokens": tokens,
+        "max_number_token": cap,
+        "routed_tokens": routed,
+        "time_s": {
+            "median": statistics.median(runs),
+            "runs": runs,
+            "backbone": statistics.median(s["backbone"] for s in stages),
+            "decoder": statistics.median(s["decoder"] for s in stages),
+            "cpu": statistics.median(cpu),
+        },
+        "memory_mib": {"peak": peak, "before": before, "increment": peak - before},
+        "gflops": gflops,
+        "vs_fp32": vs_fp32,
+        "load_avg": load_avg,
+        "malloc_pinned": malloc_pinned,
+        "status": "ok",
+        "error": None,
+    }
+
+
+def run_in_subprocess(spec: dict, timeout: float | None) -> dict:
+    """Run :func:`run_worker` in a fresh interpreter; failures become ``status: error``."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "status": "error", "error": f"timeout after {timeout} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        reason = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        return {**spec, "status": "error", "error": reason[0]}
+    return json.loads(lines[-1])
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One row per result: configuration, routed tokens, times, memory, GFLOPs, allocator."""
+    header = (
+        "| model | variant | input (HxW) | device | precision | cap | routed tokens per block "
+        "| wall s (median) | backbone s | decoder s | peak MiB | increment MiB | GFLOPs | malloc |"
+    )
+    lines = [header, "|" + " --- |" * 14]
+    for r in results:
+        size = "x".join(str(s) for s in r["size"])
+        head = f"| {r['model']} | {r['variant']} | {size} | {r['device']} | {r['precision']} "
+        if r["status"] != "ok":
+            lines.append(head + f"| error: {r['error']} |" + " |" * 9)
+            continue
+        t, m = r["time_s"], r["memory_mib"]
+        cap = r["max_number_token"] if r["max_number_token"] is not None else "-"
+        routed = " / ".join(str(n) for n in r["routed_tokens"]) or f"all {r['tokens']}"
+        gflops = f"{r['gflops']['total']:.0f}" if r["gflops"] else "-"
+        lines.append(
+            head + f"| {cap} | {routed} | {t['median']:.2f} | {t['backbone']:.2f} "
+            f"| {t['decoder']:.2f} | {m['peak']:.0f} | {m['increment']:.0f} | {gflops} "
+            f"| {'pinned' if r['malloc_pinned'] else 'default'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(1024, 1024)])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["mematte"])
+    parser.add_argument("--model", choices=sorted(CONFIGS), default="S")
+    parser.add_argument("--devices", nargs="+", default=["cpu"])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--cap-ratio", type=float, default=0.25, help="cap / tokens (mematte)")
+    parser.add_argument(
+        "--max-number-token", help="absolute cap (e.g. 18500) or 'auto'; overrides --cap-ratio"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's adaptive mmap threshold (see return_large_buffers_to_os)",
+    )
+    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides")
+    parser.add_argument("--timeout", type=float, help="seconds per measurement")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--markdown", type=Path, help="write the markdown table here")
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return
+    cap = args.max_number_token
+    if cap is not None and cap != "auto":
+        cap = int(cap)
+    results = []
+    for size in args.sizes:
+        for variant in args.variants:
+            for device in args.devices:
+                for precision in args.precisions or ["fp32"]:
+                    spec = {
+                        "model": args.model,
+                        "variant": variant,
+                        "size": list(size),
+                        "device": device,
+                        "precision": precision,
+                        "repeats": args.repeats,
+                        "warmup": args.warmup,
+                        "threads": args.threads,
+                        "seed": args.seed,
+                        "cap_ratio": args.cap_ratio,
+                        "max_number_token": cap,
+                        "flops": not args.no_flops,
+                        "pin_malloc": not args.default_malloc,
+                        "overrides": args.override,
+                    }
+                    result = run_in_subprocess(spec, args.timeout)
+                    results.append(result)
+                    print(markdown_table([result]).splitlines()[-1], flush=True)
+    report = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(),
+        "argv": sys.argv,
+        "results": results,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_table(results)
+    if args.markdown:
+        args.markdown.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
