@@ -36,6 +36,7 @@ from engine.precision import resolve_device
 from engine.predictor import alpha_to_uint8, build_inference_model, load_inference_weights, predict
 from engine.token_budget import auto_max_number_token
 from engine.visualize import routing_figure
+from modeling.backbone.router import GLOBAL_ROUTE
 
 logger = logging.getLogger("inference")
 
@@ -141,7 +142,12 @@ def _run_batch(samples: list[dict], model, args, device, output_dir: Path, summa
         for index, keep in zip(blocks, keeps):
             summary.routed_ratio_sums[index] += float(keep.mean())
         if args.save_routing:
-            figure = routing_figure(sample["image"].permute(1, 2, 0).numpy(), keeps, blocks)
+            # router log-probabilities [B, h, w, 2] -> p(global) [h, w]
+            probs = [
+                s[i, ..., GLOBAL_ROUTE].float().exp().cpu().numpy() for s in out["router_scores"]
+            ]
+            image = sample["image"].permute(1, 2, 0).numpy()
+            figure = routing_figure(image, keeps, blocks, probabilities=probs)
             cv2.imwrite(str(output_dir / ROUTING_DIR / f"{sample['stem']}.jpg"), figure)
         summary.done += 1
 

@@ -1,0 +1,40 @@
+"""Routing pictures: layout of the panels and where the tint and the heat map land."""
+
+import numpy as np
+
+from engine.visualize import GAP, PANEL_MAX_SIDE, TITLE_HEIGHT, routing_figure
+
+PATCH = 16
+
+
+def _inputs():
+    image = np.full((64, 96, 3), 0.5, np.float32)  # 4 x 6 tokens
+    keep = np.zeros((4, 6), np.float32)
+    keep[0, 0] = 1  # top-left token goes to global attention
+    probability = np.zeros((4, 6), np.float32)
+    probability[3, 5] = 1.0  # bottom-right token: p(global) = 1
+    return image, keep, probability
+
+
+def test_one_row_per_map_kind_and_one_column_per_block():
+    image, keep, probability = _inputs()
+    width = PANEL_MAX_SIDE  # the longer side (96 px) is scaled to the panel size
+    height = round(64 * PANEL_MAX_SIDE / 96)
+    decisions = routing_figure(image, [keep, keep], [2, 5])
+    assert decisions.shape == (TITLE_HEIGHT + height, 2 * width + GAP, 3)
+    both = routing_figure(image, [keep, keep], [2, 5], probabilities=[probability] * 2)
+    assert both.shape == (2 * (TITLE_HEIGHT + height) + GAP, 2 * width + GAP, 3)
+
+
+def test_global_tokens_are_tinted_and_probabilities_coloured_blue_to_red():
+    image, keep, probability = _inputs()
+    figure = routing_figure(image, [keep], [2], probabilities=[probability])  # BGR
+    token = PANEL_MAX_SIDE // 6  # one token in panel pixels
+    top = figure[TITLE_HEIGHT : TITLE_HEIGHT + 4 * token]
+    routed, refined = top[token // 2, token // 2], top[token // 2, 3 * token]
+    assert routed[2] > routed[0] + 50  # orange: red over blue
+    assert refined.max() < 128  # LTRM tokens dimmed below the grey input
+    bottom = figure[2 * TITLE_HEIGHT + 4 * token + GAP :]
+    sure, unsure = bottom[-token // 2, -token // 2], bottom[token // 2, token // 2]
+    assert sure[2] > sure[0] + 50  # p = 1: red
+    assert unsure[0] > unsure[2] + 50  # p = 0: blue
