@@ -2,20 +2,8 @@
 
 The official MEMatte optimizer (from ViTMatte's ``configs/common/optimizer.py``) is AdamW, lr 5e-4,
 betas (0.9, 0.999), weight decay 0.1, except 0 on norm layers and ``pos_embed``, with backbone lrs
-scaled by ``0.65 ** (13 - layer_id)``. As a LazyConfig (``optimizer.params.model`` is set to the
-model before instantiating; ``base_lr`` follows ``optimizer.lr``)::
-
-    optimizer = L(torch.optim.AdamW)(
-        params=L(get_default_optimizer_params)(
-            base_lr="${..lr}",
-            weight_decay_norm=0.0,
-            overrides={"pos_embed": {"weight_decay": 0.0}},
-            lr_factor_func=partial(get_vit_lr_decay_rate, num_layers=12, lr_decay_rate=0.65),
-        ),
-        lr=5e-4,
-        betas=(0.9, 0.999),
-        weight_decay=0.1,
-    )
+scaled by ``0.65 ** (13 - layer_id)``. ``configs/common/optimizer.py`` builds it from the
+functions here (``optimizer.params.model`` is set to the model before instantiating).
 
 References: ViTDet / ViTMatte ``get_vit_lr_decay_rate``; detectron2
 ``detectron2/solver/build.py`` ``get_default_optimizer_params`` (interface only).

@@ -13,41 +13,30 @@ from modeling import DetailCapture, MattingCriterion, MEMatte, ViT
 
 embed_dim, num_heads = 384, 6  # ViT-S
 
+# The student and the teacher are the same ViT; only routing (and with it rel-pos in the global
+# blocks) differs. Variant files set each one's window layout.
+_vit_kwargs = dict(
+    in_chans=4,  # RGB + trimap
+    img_size=512,
+    patch_size=16,
+    embed_dim=embed_dim,
+    depth=12,
+    num_heads=num_heads,
+    drop_path_rate=0,
+    window_size=14,
+    mlp_ratio=4,
+    qkv_bias=True,
+    norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    window_block_indexes=[],
+    residual_block_indexes=[2, 5, 8, 11],
+    use_rel_pos=True,
+    out_feature="last_feat",
+)
+
 model = L(MEMatte)(
-    teacher_backbone=L(ViT)(
-        in_chans=4,  # RGB + trimap
-        img_size=512,
-        patch_size=16,
-        embed_dim=embed_dim,
-        depth=12,
-        num_heads=num_heads,
-        drop_path_rate=0,
-        window_size=14,
-        mlp_ratio=4,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        window_block_indexes=[],
-        residual_block_indexes=[2, 5, 8, 11],
-        use_rel_pos=True,
-        out_feature="last_feat",
-        use_routing=False,
-    ),
+    teacher_backbone=L(ViT)(**_vit_kwargs, use_routing=False),
     backbone=L(ViT)(
-        in_chans=4,
-        img_size=512,
-        patch_size=16,
-        embed_dim=embed_dim,
-        depth=12,
-        num_heads=num_heads,
-        drop_path_rate=0,
-        window_size=14,
-        mlp_ratio=4,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        window_block_indexes=[],
-        residual_block_indexes=[2, 5, 8, 11],
-        use_rel_pos=True,
-        out_feature="last_feat",
+        **_vit_kwargs,
         use_routing=True,
         topk=1.0,
         max_number_token=18500,  # official default cap of tokens per global attention
