@@ -85,6 +85,28 @@ def test_count_gflops_splits_backbone_and_decoder():
     assert flops["total"] == pytest.approx(flops["backbone"] + flops["decoder"])
 
 
+class _Features(nn.Module):
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images):
+        return self.backbone(images).features
+
+
+def test_module_by_module_backbone_count_equals_one_whole_trace():
+    model = build_tiny_mematte().eval()
+    model.backbone.max_number_token = 5
+    with torch.no_grad():
+        images, _ = model.preprocess(benchmark.make_inputs(96, 160))
+        reference = model.backbone(images).features
+        whole = benchmark._gflops(_Features(model.backbone), (images,))
+        gflops, features = benchmark.backbone_gflops(model.backbone, images)
+    assert gflops == pytest.approx(whole, rel=1e-3)
+    assert torch.equal(features, reference)
+    assert "forward" not in vars(model.backbone.blocks[0])  # the modules are restored
+
+
 def test_tool_writes_json_and_markdown(tmp_path):
     out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
     command = [

@@ -8,7 +8,7 @@ seeded image and trimap (an ellipse with a ~5 % unknown ring), runs ``--warmup``
 - wall time: the median over the timed runs, split into backbone and decoder (forward hooks);
 - peak memory: CPU: peak RSS (``ru_maxrss``) and its increment over the RSS of the idle process
   right before the first forward (model and inputs already built), with glibc's mmap threshold
-  pinned unless ``--default-malloc`` (``engine.token_budget.return_large_buffers_to_os``); CUDA:
+  pinned unless ``--default-malloc`` (``engine.token_budget.configure_malloc``); CUDA:
   ``torch.cuda.max_memory_allocated`` and its increment over the allocation before the forward;
 - tokens in global attention per routed block (from the ``keep`` maps);
 - GFLOPs from fvcore ``FlopCountAnalysis`` (1 fused multiply-add = 1 flop, fvcore's convention),
@@ -30,7 +30,7 @@ JSON schema (``--json``)::
         "vs_fp32": {"alpha_max_abs_diff": float, "alpha_mean_abs_diff": float,
                     "flipped_decisions": [int per routed block]} | null (fp32 runs),
         "load_avg": [1 min, 5 min, 15 min] before the run (CPU contention),
-        "malloc_pinned": bool (glibc mmap threshold pinned, see return_large_buffers_to_os),
+        "malloc_pinned": bool (glibc mmap threshold pinned, see configure_malloc),
         "status": "ok" | "error", "error": str | null}]}
 
 Usage::
@@ -66,7 +66,7 @@ from engine.config import LazyConfig, instantiate  # noqa: E402
 from engine.precision import autocast, resolve_device  # noqa: E402
 from engine.token_budget import (  # noqa: E402
     auto_max_number_token,
-    return_large_buffers_to_os,
+    configure_malloc,
 )
 from modeling.meta_arch.mematte import padded_size  # noqa: E402
 
@@ -162,17 +162,6 @@ def _sdpa_flop(inputs: list, outputs: list) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
-class _Features(nn.Module):
-    """Backbone wrapper returning only the features (for tracing)."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.backbone(images).features
-
-
 class _Tile(nn.Module):
     """Decoder wrapper for one tile shape and output region (for tracing)."""
 
@@ -194,23 +183,69 @@ def _gflops(module: nn.Module, inputs: tuple[Tensor, ...]) -> float:
     return analysis.total() / 1e9
 
 
+def _traced_modules(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's compute modules, each traced on its own (see :func:`backbone_gflops`)."""
+    return [backbone.patch_embed, *backbone.routers, *backbone.blocks]
+
+
+def backbone_gflops(backbone: nn.Module, images: Tensor) -> tuple[float, Tensor]:
+    """fvcore GFLOPs of the backbone on ``images``, and its features.
+
+    The JIT tracer keeps every intermediate of a trace alive (at 1024x1024 one whole-backbone
+    trace needed twice the memory of the forward, and for the ViTMatte variant at 2048x2048
+    it ran out of 24 GB), so the
+    backbone runs its own forward and each of its patch embedding, routers and blocks is traced
+    on its real input when it is called; the traced call's output is what the forward goes on
+    with, so every module runs once. The glue between them (pos-embed interpolation, reshapes)
+    is not counted.
+    """
+    total = 0.0
+
+    def traced_call(module: nn.Module):
+        def call(*args):
+            nonlocal total
+            captured = []
+            del module.forward  # the tracer calls the module's own forward
+            handle = module.register_forward_hook(lambda m, a, out: captured.append(out))
+            try:
+                total += _gflops(module, args)
+            finally:
+                handle.remove()
+                module.forward = call
+            return captured[0]
+
+        return call
+
+    modules = _traced_modules(backbone)
+    for module in modules:
+        module.forward = traced_call(module)
+    try:
+        features = backbone(images).features
+    finally:
+        for module in modules:
+            del module.forward
+    return total, features
+
+
 def count_gflops(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
-    """fvcore GFLOPs of one forward: the backbone traced on the real input, the decoder once per
-    distinct tile (shape, region), weighted by how often that tile occurs."""
+    """fvcore GFLOPs of one forward: the backbone module by module on the real input
+    (:func:`backbone_gflops`), the decoder once per distinct tile (shape, region), weighted by
+    how often that tile occurs."""
     tiles: dict[tuple, int] = {}
 
     def record(module, args, kwargs):
         key = (tuple(args[0].shape), tuple(args[1].shape), kwargs.get("region"))
         tiles[key] = tiles.get(key, 0) + 1
 
-    handle = model.decoder.register_forward_pre_hook(record, with_kwargs=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about data-dependent routing
         images, _ = model.preprocess(batch)
-        backbone = _gflops(_Features(model.backbone), (images,))
-        features = model.backbone(images).features
-        model.decode_patches(features, images, out_hw=tuple(batch["image"].shape[-2:]))
-        handle.remove()
+        backbone, features = backbone_gflops(model.backbone, images)
+        handle = model.decoder.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            model.decode_patches(features, images, out_hw=tuple(batch["image"].shape[-2:]))
+        finally:
+            handle.remove()
         decoder = 0.0
         for (f_shape, i_shape, region), count in tiles.items():
             f = features.new_zeros(f_shape)
@@ -270,7 +305,7 @@ class _StageTimer:
 
 def run_worker(spec: dict) -> dict:
     """One measurement, in this (fresh) process. ``spec`` holds the keys of a JSON result."""
-    malloc_pinned = spec["pin_malloc"] and return_large_buffers_to_os()
+    malloc_pinned = spec["pin_malloc"] and configure_malloc()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = resolve_device(spec["device"])
@@ -408,7 +443,7 @@ def main() -> None:
     parser.add_argument(
         "--default-malloc",
         action="store_true",
-        help="keep glibc's adaptive mmap threshold (see return_large_buffers_to_os)",
+        help="keep glibc's adaptive mmap threshold (see configure_malloc)",
     )
     parser.add_argument("--override", nargs="*", default=[], help="extra config overrides")
     parser.add_argument("--timeout", type=float, help="seconds per measurement")
