@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,11 @@ from torch import Tensor, nn
 
 __all__ = ["BasicConv3x3", "ConvStream", "DetailCapture", "FusionBlock", "MattingHead"]
 
+# At inference the last fusion stages (1/2 and full resolution) and the matting head, whose maps
+# are the largest of the decoder (up to 176 channels at 1/2, 68 at full resolution), run in row
+# strips of this many output rows: a 512 px tile's maps then hold 128 rows instead of 512+.
+STRIP_STAGES = 2
+STRIP_ROWS = 128
 # A half-open pixel span ``(lo, hi)`` along one axis, and a 2-d region ``(rows, cols)``.
 Span = tuple[int, int]
 Region = tuple[Span, Span]
@@ -203,7 +209,12 @@ class DetailCapture(nn.Module):
         return {"phas": self._forward_region(features, images, region)}
 
     def _forward_region(self, features: Tensor, images: Tensor, region: Region | None) -> Tensor:
-        """Inference on the dependency cone of ``region`` only, channels-last."""
+        """Inference on the dependency cone of ``region`` only, channels-last.
+
+        The conv stream and the coarse fusion stages run once on the cone of the whole region;
+        the last ``STRIP_STAGES`` fusion stages and the head (the largest maps of the decoder)
+        run on the cones of row strips of ``STRIP_ROWS`` output rows.
+        """
         H, W = images.shape[-2:]
         num_fusions = len(self.fusion_blks)
         if region is None:
@@ -211,48 +222,103 @@ class DetailCapture(nn.Module):
         # Map sizes per scale: scale k is 1 / 2**k of the input (k = num_fusions: the features).
         sizes = [(-(-H // 2**k), -(-W // 2**k)) for k in range(num_fusions)]
         sizes.append(tuple(features.shape[-2:]))
+        cone = _Cone.of(region, sizes, num_fusions)
 
-        # Backward pass over the graph: the region of every map that the output depends on.
+        cl = torch.channels_last
+        details = [_crop(images, cone.detail[0]).contiguous(memory_format=cl)]
+        for k, conv in enumerate(self.convstream.convs, start=1):
+            down = _map2(_down_need, cone.detail[k], sizes[k - 1])
+            start = (down[0][0] // 2, down[1][0] // 2)  # output origin of the stride-2 conv
+            out = conv(_crop(details[-1], down, _origin(cone.detail[k - 1])))
+            details.append(_crop(out, cone.detail[k], start))
+        detail_origins = [_origin(need) for need in cone.detail]
+
+        first_strip_stage = max(0, num_fusions - STRIP_STAGES)
+        x = _crop(features, cone.inputs[0]).contiguous(memory_format=cl)
+        x = self._fuse(x, details, detail_origins, cone, range(first_strip_stage))
+        x_origin = _origin(cone.inputs[first_strip_stage])
+        (y0, y1), cols = region
+        logits = []
+        for r0 in range(y0, y1, STRIP_ROWS):
+            strip = ((r0, min(y1, r0 + STRIP_ROWS)), cols)
+            sub = _Cone.of(strip, sizes, num_fusions)
+            y = _crop(x, sub.inputs[first_strip_stage], x_origin)
+            y = self._fuse(y, details, detail_origins, sub, range(first_strip_stage, num_fusions))
+            logits.append(_crop(self.matting_head(y), strip, _origin(sub.head_in)))
+        return torch.sigmoid(torch.cat(logits, dim=-2))
+
+    def _fuse(
+        self,
+        x: Tensor,
+        details: Sequence[Tensor],
+        detail_origins: Sequence[tuple[int, int]],
+        cone: _Cone,
+        stages: range,
+    ) -> Tensor:
+        """Run fusion ``stages`` on the regions of ``cone``.
+
+        Args:
+            x: the first stage's coarse input, cropped to ``cone.inputs[stages.start]``.
+            details: detail maps D0, D1, ... (crops starting at ``detail_origins``).
+            detail_origins: where each detail crop starts in its map.
+            cone: the regions to compute.
+            stages: consecutive fusion stage indexes.
+
+        Returns:
+            the last stage's output, cropped to ``cone.inputs[stages.stop]``.
+        """
+        num_fusions = len(self.fusion_blks)
+        for i in stages:
+            scale = num_fusions - 1 - i
+            detail = _crop(details[scale], cone.fusion_in[i], detail_origins[scale])
+            in_origin = _origin(cone.inputs[i])
+            up_region = _shift(cone.fusion_in[i], (2 * in_origin[0], 2 * in_origin[1]))
+            fused = self.fusion_blks[i](x, detail, up_region)
+            x = _crop(fused, cone.inputs[i + 1], _origin(cone.fusion_in[i]))
+        return x
+
+
+class _Cone(NamedTuple):
+    """Regions of every decoder map that one output region depends on (inference).
+
+    Attributes:
+        head_in: input region of the matting head (full resolution).
+        fusion_in: per fusion stage, the region of its (detail, upsampled) conv input.
+        inputs: per fusion stage, the region of its coarse input (``inputs[0]``: the ViT
+            features); ``inputs[num_fusions]`` is the last stage's output region, ``head_in``.
+        detail: per scale k, the region of the detail map Dk (D0 = the input image) that the
+            fusion stages and the finer conv-stream stages need.
+    """
+
+    head_in: Region
+    fusion_in: list[Region]
+    inputs: list[Region]
+    detail: list[Region]
+
+    @classmethod
+    def of(cls, region: Region, sizes: Sequence[tuple[int, int]], num_fusions: int) -> _Cone:
+        """Walk the graph backwards from ``region``; ``sizes[k]`` is the map size at scale k."""
         head_in = _map2(_conv_need, region, sizes[0])
-        fusion_out = [None] * num_fusions  # region of fusion stage i's output (scale 3 - i)
-        fusion_in = [None] * num_fusions  # region of its (detail, upsampled) input
-        detail_need: list[Region | None] = [None] * num_fusions  # D0..D3
-        need = head_in
+        fusion_in: list[Region] = [None] * num_fusions
+        inputs: list[Region] = [None] * num_fusions + [head_in]
+        detail: list[Region] = [None] * num_fusions
         for i in reversed(range(num_fusions)):
             scale = num_fusions - 1 - i
-            fusion_out[i] = need
-            fusion_in[i] = _map2(_conv_need, need, sizes[scale])
-            detail_need[scale] = fusion_in[i]
-            need = _map2(_up_need, fusion_in[i], sizes[scale + 1])
-        feature_need = need
+            fusion_in[i] = _map2(_conv_need, inputs[i + 1], sizes[scale])
+            detail[scale] = fusion_in[i]
+            inputs[i] = _map2(_up_need, fusion_in[i], sizes[scale + 1])
         for k in reversed(range(1, num_fusions)):
-            down = _map2(_down_need, detail_need[k], sizes[k - 1])
-            prev = detail_need[k - 1]
-            detail_need[k - 1] = (_hull(prev[0], down[0]), _hull(prev[1], down[1]))
-
-        # Forward pass on those regions only.
-        cl = torch.channels_last
-        details = [_crop(images, detail_need[0]).contiguous(memory_format=cl)]
-        for k, conv in enumerate(self.convstream.convs, start=1):
-            down = _map2(_down_need, detail_need[k], sizes[k - 1])
-            start = (down[0][0] // 2, down[1][0] // 2)  # output origin of the stride-2 conv
-            out = conv(_crop(details[-1], down, _origin(detail_need[k - 1])))
-            details.append(_crop(out, detail_need[k], start))
-        x = _crop(features, feature_need).contiguous(memory_format=cl)
-        x_origin = _origin(feature_need)
-        for i, fusion in enumerate(self.fusion_blks):
-            scale = num_fusions - 1 - i
-            up_origin = (2 * x_origin[0], 2 * x_origin[1])
-            up_region = (
-                (fusion_in[i][0][0] - up_origin[0], fusion_in[i][0][1] - up_origin[0]),
-                (fusion_in[i][1][0] - up_origin[1], fusion_in[i][1][1] - up_origin[1]),
-            )
-            detail = _crop(details[scale], fusion_in[i], _origin(detail_need[scale]))
-            x = _crop(fusion(x, detail, up_region), fusion_out[i], _origin(fusion_in[i]))
-            x_origin = _origin(fusion_out[i])
-        alpha = _crop(self.matting_head(_crop(x, head_in, x_origin)), region, _origin(head_in))
-        return torch.sigmoid(alpha)
+            down = _map2(_down_need, detail[k], sizes[k - 1])
+            prev = detail[k - 1]
+            detail[k - 1] = (_hull(prev[0], down[0]), _hull(prev[1], down[1]))
+        return cls(head_in, fusion_in, inputs, detail)
 
 
 def _origin(region: Region) -> tuple[int, int]:
     return region[0][0], region[1][0]
+
+
+def _shift(region: Region, origin: tuple[int, int]) -> Region:
+    """``region`` in coordinates where ``origin`` is (0, 0)."""
+    (y0, y1), (x0, x1) = region
+    return (y0 - origin[0], y1 - origin[0]), (x0 - origin[1], x1 - origin[1])
