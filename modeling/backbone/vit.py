@@ -283,7 +283,7 @@ class Block(nn.Module):
 
     def forward_dense(self, x: Tensor) -> Tensor:
         """Unrouted block: every token through (window or global) attention."""
-        return self._mlp_and_residual(x + self.drop_path(self.attention(x)))
+        return self._mlp_and_residual(self._add_residual(x, self.drop_path(self.attention(x))))
 
     def forward_masked(self, x: Tensor, policy: Tensor) -> Tensor:
         """Training path: attention over all tokens with a policy-masked softmax, mixed with LTRM.
@@ -315,9 +315,14 @@ class Block(nn.Module):
                 continue
             routed = tokens[b, index].unsqueeze(0)  # [1, n_b, C]
             update[b, index] = self.drop_path(self.attn(self.norm1(routed)))[0]
-        if self.training or torch.is_grad_enabled() or update.dtype != x.dtype:
-            return self._mlp_and_residual(x + update.reshape(B, H, W, C))
-        return self._mlp_and_residual(update.add_(tokens).reshape(B, H, W, C))
+        return self._mlp_and_residual(self._add_residual(x, update.reshape(B, H, W, C)))
+
+    def _add_residual(self, x: Tensor, branch: Tensor) -> Tensor:
+        """``x + branch``; at inference (eval without autograd, same dtype) added in place into
+        ``branch``, a fresh tensor of the block's, so no further token map is allocated."""
+        if self.training or torch.is_grad_enabled() or branch.dtype != x.dtype:
+            return x + branch
+        return branch.add_(x)
 
     def _mlp_and_residual(self, x: Tensor) -> Tensor:
         """MLP residual, then the optional conv residual block, on ``[B, H, W, C]``.
