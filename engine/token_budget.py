@@ -1,9 +1,10 @@
 """Pick MEMatte's token cap (``max_number_token``) from the free memory of the device.
 
-Memory model of one inference forward (batch 1, patch decoder on), from the peak-RSS
+Memory model of one inference forward (batch 1, patch decoder on), fitted to the peak-RSS
 increments that ``tools/benchmark.py`` measured on the CPU for ViT-S in float32 (1024^2 to
 4872x6017 with 16-25 % of the tokens routed: 265 to 1156 MiB, a straight line in the pixels to
-within 3 %), scaled by the embedding width C:
+within 3 %) before the routers and the last decoder stages ran in chunks, scaled by the
+embedding width C:
 
     peak(H, W, n) = FIXED_BYTES                                   (decoder tile, workspaces)
                   + INPUT_BYTES * H * W                           (the float32 image + trimap)
@@ -17,8 +18,9 @@ or memory-efficient attention) global attention needs memory linear in ``n`` and
 matrix: the routed term counts the tensors alive around one attention call (gathered and
 normalised tokens, the qkv projection, q/k/v, output, projection) on top of the fitted line. It
 is a safe-side bound: at 2048x2048 the measured peak was the same with 4096 and with 11597
-routed tokens, since other stages peak higher, and the whole model over-estimates the measured
-increments (plus the inputs) by 15-45 %. Where no fused kernel is enabled, the ``n x n``
+routed tokens, since other stages peak higher, and with the chunked routers and decoder strips
+the model over-estimates the measured increments (plus the inputs) by 6-37 % (the README's
+benchmark table: 1024^2, 2048^2, 4096^2, 4872x6017). Where no fused kernel is enabled, the ``n x n``
 float32 logits and weights of every head are added: ``2 * heads * 4 * n**2``. bf16/fp16
 autocast is planned as float32 (the residual stream stays float32 and autocast adds cast
 copies: on the CPU the bf16 peak was higher).
