@@ -286,8 +286,8 @@ class _Cone(NamedTuple):
         fusion_in: per fusion stage, the region of its (detail, upsampled) conv input.
         inputs: per fusion stage, the region of its coarse input (``inputs[0]``: the ViT
             features); ``inputs[num_fusions]`` is the last stage's output region, ``head_in``.
-        detail: per scale k, the region of the detail map Dk (D0 = the input image) that the
-            fusion stages and the finer conv-stream stages need.
+        detail: per scale k, the region of the detail map Dk (D0 = the input image) that its
+            fusion stage and the next (stride-2) conv-stream stage need.
     """
 
     head_in: Region
