@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import TINY_DIM, build_tiny_mematte, make_batch, randomize_, tiny_vit
 
 from modeling.backbone import attention as attention_module
+from modeling.backbone import vit as vit_module
 from modeling.backbone.attention import (
     Attention,
     add_decomposed_rel_pos,
@@ -106,6 +107,28 @@ def test_padding_quirk_grows_a_divisible_side(tiny_model):
     assert images.shape[-2:] == (544, 704)
     images, _ = tiny_model.preprocess(make_batch(1, 64, 96))
     assert images.shape[-2:] == (64, 96)
+
+
+def test_network_input_crops_equal_the_padded_input(tiny_model):
+    batch = make_batch(2, 70, 90, seed=5)
+    images, _ = tiny_model.preprocess(batch)  # padded to 96 x 96
+    source = tiny_model.network_input(batch)
+    assert source.shape == images.shape and source.hw == (70, 90)
+    padded = F.pad(images, (0, 20, 0, 20))  # zeros beyond the padded input too
+    for y0, y1, x0, x1 in [(0, 96, 0, 96), (10, 50, 60, 96), (64, 116, 80, 116), (90, 96, 0, 7)]:
+        assert torch.equal(source.crop(y0, y1, x0, x1), padded[..., y0:y1, x0:x1])
+
+
+def test_backbone_embeds_a_cropped_input_in_strips(tiny_model, monkeypatch):
+    monkeypatch.setattr(vit_module, "EMBED_STRIP_PATCH_ROWS", 1)
+    tiny_model.eval()
+    batch = make_batch(1, 100, 60, seed=6)
+    with torch.no_grad():
+        whole = tiny_model.backbone(tiny_model.preprocess(batch)[0])
+        strips = tiny_model.backbone(tiny_model.network_input(batch))
+    torch.testing.assert_close(strips.features, whole.features, atol=1e-5, rtol=0)
+    for a, b in zip(strips.keep, whole.keep, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("cap", [None, 7])

@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from .router import GLOBAL_ROUTE, Router
 __all__ = [
     "BackboneOutput",
     "Block",
+    "CroppedInput",
     "PatchEmbed",
     "ResBottleneckBlock",
     "ViT",
@@ -45,8 +46,20 @@ DEFAULT_MAX_NUMBER_TOKEN = 18500
 MLP_CHUNK_TOKENS = 1024
 # Tokens (incl. window padding) per strip of window rows in window attention.
 WINDOW_CHUNK_TOKENS = 2**12
+# Patch rows per strip when the patch embedding reads a CroppedInput (256 px rows at patch 16).
+EMBED_STRIP_PATCH_ROWS = 16
 # Receptive-field radius, in tokens, of the conv residual block (one 3x3 conv).
 RESIDUAL_HALO = 1
+
+
+class CroppedInput(Protocol):
+    """An input ``[B, C, H, W]`` that is built crop by crop (``MEMatte``'s ``NormalizedInput``)."""
+
+    shape: torch.Size
+
+    def crop(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
+        """``input[..., y0:y1, x0:x1]``."""
+        ...
 
 
 class BackboneOutput(NamedTuple):
@@ -472,20 +485,37 @@ class ViT(nn.Module):
             if isinstance(m, ResBottleneckBlock):
                 m.init_weights()
 
+    def _embed_strips(self, source: CroppedInput) -> Tensor:
+        """Patch embeddings ``[B, h, w, C]`` of ``source``, computed strip by strip."""
+        patch = self.patch_embed.proj.stride[0]
+        Hp, Wp = source.shape[-2:]
+        rows = patch * EMBED_STRIP_PATCH_ROWS
+        tokens = None
+        for r0 in range(0, Hp, rows):
+            strip = self.patch_embed(source.crop(r0, min(Hp, r0 + rows), 0, Wp))  # [B, r, w, C]
+            if tokens is None:
+                tokens = strip.new_empty(strip.shape[0], Hp // patch, Wp // patch, strip.shape[-1])
+            tokens[:, r0 // patch : r0 // patch + strip.shape[1]] = strip
+        return tokens
+
     @property
     def routed_block_indexes(self) -> list[int]:
         """Indexes of the blocks that take a routing policy."""
         return [i for i, blk in enumerate(self.blocks) if blk.use_efficient_block]
 
-    def forward(self, x: Tensor) -> BackboneOutput:
+    def forward(self, x: Tensor | CroppedInput) -> BackboneOutput:
         """
         Args:
-            x: normalised image + trimap ``[B, in_chans, H, W]``, H and W multiples of the patch.
+            x: normalised image + trimap ``[B, in_chans, H, W]``, H and W multiples of the patch;
+                or a :class:`CroppedInput` of that shape, embedded in row strips of
+                ``EMBED_STRIP_PATCH_ROWS`` patch rows (the projection's stride is its kernel, so
+                the strips give the whole-input result without the input existing as a whole).
 
         Returns:
             :class:`BackboneOutput` with features ``[B, C, H/16, W/16]``.
         """
-        x = self.patch_embed(x).contiguous()  # channels-last tokens, contiguous from here on
+        x = self.patch_embed(x) if isinstance(x, Tensor) else self._embed_strips(x)
+        x = x.contiguous()  # channels-last tokens, contiguous from here on
         if self.pos_embed is not None:
             x = x + get_abs_pos(self.pos_embed, self.pretrain_use_cls_token, x.shape[1:3])
         B, H, W, C = x.shape

@@ -5,13 +5,14 @@ References: ViTMatte (Yao et al. 2024), MEMatte (Lin et al. 2025).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MEMatte", "padded_size"]
+__all__ = ["MEMatte", "NormalizedInput", "padded_size"]
 
 # 8-bit trimap thresholds of the official training pipeline: < 85 background, >= 170 foreground.
 TRIMAP_BG_BELOW = 85
@@ -82,29 +83,29 @@ class MEMatte(nn.Module):
         return self.inference(batched_inputs, patch_decoder=patch_decoder)
 
     def preprocess(self, batched_inputs: dict[str, Tensor]) -> tuple[Tensor, tuple[int, int]]:
-        """Normalise RGB, append the trimap and pad.
+        """Normalise RGB, append the trimap and pad (see :meth:`network_input`).
+
+        Returns:
+            images ``[B, 4, Hp, Wp]`` and the original ``(H, W)``.
+        """
+        source = self.network_input(batched_inputs)
+        return source.crop(0, source.shape[-2], 0, source.shape[-1]), source.hw
+
+    def network_input(self, batched_inputs: dict[str, Tensor]) -> NormalizedInput:
+        """The padded network input of a batch, built crop by crop on demand.
 
         Training batches (they carry ``fg``) have 0..255 trimaps, quantised to {0, 0.5, 1}.
         Padding follows the official code: when either side is not a multiple of
         ``size_divisibility``, *both* sides grow to the next multiple strictly above them (so a
         side that was already a multiple grows by a full step); padded pixels are zeros after
         normalisation, with trimap 0.
-
-        Returns:
-            images ``[B, 4, Hp, Wp]`` and the original ``(H, W)``.
         """
         image = batched_inputs["image"].to(self.device)
         trimap = batched_inputs["trimap"].to(self.device)
         if "fg" in batched_inputs:
             trimap = quantize_trimap(trimap)
-        B, _, H, W = image.shape
-        Hp, Wp = padded_size((H, W), self.size_divisibility)
-        # One padded buffer, filled in place: no full-resolution intermediate copies.
-        images = image.new_zeros(B, image.shape[1] + trimap.shape[1], Hp, Wp)
-        rgb = images[:, : image.shape[1], :H, :W]
-        torch.sub(image, self.pixel_mean, out=rgb).div_(self.pixel_std)
-        images[:, image.shape[1] :, :H, :W] = trimap
-        return images, (H, W)
+        padded_hw = padded_size(tuple(image.shape[-2:]), self.size_divisibility)
+        return NormalizedInput(image, trimap, self.pixel_mean, self.pixel_std, padded_hw)
 
     def forward_train(self, batched_inputs: dict[str, Tensor]) -> dict:
         """Matting losses, the distillation loss and the BATR routed-ratio loss.
@@ -143,12 +144,19 @@ class MEMatte(nn.Module):
         return F.mse_loss(features, teacher_features)
 
     def inference(self, batched_inputs: dict[str, Tensor], patch_decoder: bool = True) -> dict:
-        """Alpha matte (float32) and routing maps, cropped back to the input size."""
-        images, (H, W) = self.preprocess(batched_inputs)
-        out = self.backbone(images)
+        """Alpha matte (float32) and routing maps, cropped back to the input size.
+
+        With the patch decoder the padded network input never exists as a whole: the backbone's
+        patch embedding and every decoder tile build their own crops of it.
+        """
+        source = self.network_input(batched_inputs)
+        H, W = source.hw
         if patch_decoder:
-            phas = self.decode_patches(out.features, images, out_hw=(H, W))
+            out = self.backbone(source)
+            phas = self.decode_patches(out.features, source, out_hw=(H, W))
         else:
+            images, _ = self.preprocess(batched_inputs)
+            out = self.backbone(images)
             phas = self.decoder(out.features, images)["phas"][..., :H, :W]
         return {
             "phas": phas.to(torch.float32),
@@ -159,7 +167,7 @@ class MEMatte(nn.Module):
     def decode_patches(
         self,
         features: Tensor,
-        images: Tensor,
+        images: Tensor | NormalizedInput,
         patch: int = DECODER_PATCH,
         out_hw: tuple[int, int] | None = None,
     ) -> Tensor:
@@ -173,7 +181,7 @@ class MEMatte(nn.Module):
 
         Args:
             features: ``[B, C, h, w]`` with ``h = Hp / stride``.
-            images: ``[B, 4, Hp, Wp]``.
+            images: ``[B, 4, Hp, Wp]``, or a :class:`NormalizedInput` of that shape.
             patch: tile side in pixels.
             out_hw: compute only the top-left ``(H, W)`` of the output (default: all of it).
 
@@ -184,7 +192,12 @@ class MEMatte(nn.Module):
         stride = H // features.shape[-2]
         out_h, out_w = out_hw if out_hw is not None else (H, W)
         padded_h, padded_w = H + (-H) % patch, W + (-W) % patch
-        out = images.new_empty(B, 1, out_h, out_w, dtype=torch.float32)
+        crop_images = (
+            images.crop
+            if isinstance(images, NormalizedInput)
+            else functools.partial(_zero_padded_crop, images)
+        )
+        out = features.new_empty(B, 1, out_h, out_w, dtype=torch.float32)
         for top in range(0, out_h, patch):
             for left in range(0, out_w, patch):
                 y0, y1 = _context_span(top, patch, padded_h)
@@ -194,10 +207,51 @@ class MEMatte(nn.Module):
                 tile_features = _zero_padded_crop(
                     features, y0 // stride, y1 // stride, x0 // stride, x1 // stride
                 )
-                tile_images = _zero_padded_crop(images, y0, y1, x0, x1)
+                tile_images = crop_images(y0, y1, x0, x1)
                 out[..., top:bottom, left:right] = self.decoder(
                     tile_features, tile_images, region=region
                 )["phas"]
+        return out
+
+
+class NormalizedInput:
+    """The network input ``[B, 4, Hp, Wp]``: normalised RGB and the trimap, zero-padded.
+
+    Crops are built on demand (:meth:`crop`), so that inference with the patch decoder never
+    holds the whole padded 4-channel float input (64 MiB at 2048x2048, 450 MiB at 4872x6017).
+
+    Args:
+        image: RGB ``[B, 3, H, W]`` in 0..1.
+        trimap: ``[B, 1, H, W]`` in 0..1.
+        pixel_mean, pixel_std: ``[3, 1, 1]`` normalisation.
+        padded_hw: ``(Hp, Wp)``, at least ``(H, W)``.
+    """
+
+    def __init__(
+        self,
+        image: Tensor,
+        trimap: Tensor,
+        pixel_mean: Tensor,
+        pixel_std: Tensor,
+        padded_hw: tuple[int, int],
+    ) -> None:
+        self.image, self.trimap = image, trimap
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+        self.hw = tuple(image.shape[-2:])
+        channels = image.shape[1] + trimap.shape[1]
+        self.shape = torch.Size((image.shape[0], channels, *padded_hw))
+
+    def crop(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
+        """``input[..., y0:y1, x0:x1]``, zeros wherever it lies beyond the image ``(H, W)``."""
+        H, W = self.hw
+        rgb_chans = self.image.shape[1]
+        out = self.image.new_zeros(self.shape[0], self.shape[1], y1 - y0, x1 - x0)
+        h, w = min(y1, H) - y0, min(x1, W) - x0
+        if h > 0 and w > 0:
+            image = self.image[..., y0 : y0 + h, x0 : x0 + w]
+            rgb = out[:, :rgb_chans, :h, :w]
+            torch.sub(image, self.pixel_mean, out=rgb).div_(self.pixel_std)
+            out[:, rgb_chans:, :h, :w] = self.trimap[..., y0 : y0 + h, x0 : x0 + w]
         return out
 
 
