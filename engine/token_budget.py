@@ -3,12 +3,13 @@
 Memory model of one inference forward (batch 1, patch decoder on), fitted to the peak-RSS
 increments that ``tools/benchmark.py`` measured on the CPU for ViT-S in float32 (1024^2 to
 4872x6017 with 16-25 % of the tokens routed: 265 to 1156 MiB, a straight line in the pixels to
-within 3 %) before the routers and the last decoder stages ran in chunks, scaled by the
-embedding width C:
+within 3 %; then 20 of the 32.7 bytes per pixel were the padded input and the alpha) before the
+routers, the last decoder stages and the input crops ran in chunks, scaled by the embedding
+width C:
 
     peak(H, W, n) = FIXED_BYTES                                   (decoder tile, workspaces)
                   + INPUT_BYTES * H * W                           (the float32 image + trimap)
-                  + PIXEL_BYTES * Hp * Wp                         (padded input, float32 alpha)
+                  + PIXEL_BYTES * Hp * Wp                         (the float32 alpha)
                   + TOKEN_FLOATS_PER_CHANNEL * 4 * C * N          (token maps, LTRM/MLP chunks)
                   + ROUTED_FLOATS_PER_CHANNEL * 4 * C * n         (global attention, n tokens)
 
@@ -18,9 +19,9 @@ or memory-efficient attention) global attention needs memory linear in ``n`` and
 matrix: the routed term counts the tensors alive around one attention call (gathered and
 normalised tokens, the qkv projection, q/k/v, output, projection) on top of the fitted line. It
 is a safe-side bound: at 2048x2048 the measured peak was the same with 4096 and with 11597
-routed tokens, since other stages peak higher, and with the chunked routers and decoder strips
-the model over-estimates the measured increments (plus the inputs) by 6-37 % (the README's
-benchmark table: 1024^2, 2048^2, 4096^2, 4872x6017). Where no fused kernel is enabled, the ``n x n``
+routed tokens, since other stages peak higher, and with the chunked routers, decoder strips
+and input crops the model over-estimates the measured increments (plus the inputs) by 12-37 %
+(the README's benchmark table: 1024^2, 2048^2, 4096^2, 4872x6017). Where no fused kernel is enabled, the ``n x n``
 float32 logits and weights of every head are added: ``2 * heads * 4 * n**2``. bf16/fp16
 autocast is planned as float32 (the residual stream stays float32 and autocast adds cast
 copies: on the CPU the bf16 peak was higher).
@@ -53,10 +54,11 @@ logger = logging.getLogger(__name__)
 
 # Least-squares fit of the measured increments (ViT-S, fp32, random weights, patch decoder,
 # glibc mmap threshold pinned): 232 MiB + 32.7 bytes per padded pixel; the per-pixel slope is
-# split into the known pixel buffers (20 bytes) and the token maps (the rest, per channel).
+# split into the known pixel buffers (then 20 bytes: the padded input, now built crop by crop,
+# and the alpha) and the token maps (the rest, per channel).
 FIXED_BYTES = 232 * 2**20
 INPUT_BYTES = 16  # float32 RGB + trimap given to the model
-PIXEL_BYTES = 20  # padded 4-channel float32 input (16) + float32 alpha (4)
+PIXEL_BYTES = 4  # the float32 alpha (the padded input is built crop by crop, never whole)
 TOKEN_FLOATS_PER_CHANNEL = 2.2  # (32.7 - 20) bytes/px * 256 px/token / (4 bytes * 384 channels)
 ROUTED_FLOATS_PER_CHANNEL = 12  # 2 C gathered/normed, 3 C qkv, 3 C q/k/v, 2 C output, 2 C proj
 FLOAT_BYTES = 4
