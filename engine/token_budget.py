@@ -21,10 +21,10 @@ normalised tokens, the qkv projection, q/k/v, output, projection) on top of the 
 is a safe-side bound: at 2048x2048 the measured peak was the same with 4096 and with 11597
 routed tokens, since other stages peak higher, and with the chunked routers, decoder strips
 and input crops the model over-estimates the measured increments (plus the inputs) by 12-37 %
-(the README's benchmark table: 1024^2, 2048^2, 4096^2, 4872x6017). Where no fused kernel is enabled, the ``n x n``
-float32 logits and weights of every head are added: ``2 * heads * 4 * n**2``. bf16/fp16
-autocast is planned as float32 (the residual stream stays float32 and autocast adds cast
-copies: on the CPU the bf16 peak was higher).
+(the README's benchmark table: 1024^2, 2048^2, 4096^2, 4872x6017). Where no fused kernel is
+enabled, the ``n x n`` float32 logits and weights of every head are added:
+``2 * heads * 4 * n**2``. bf16/fp16 autocast is planned as float32 (the residual stream stays
+float32 and autocast adds cast copies; on the CPU the bf16 peak was within 3 % of fp32).
 
 The rule: ``cap = largest n with peak(H, W, n) <= SAFETY * free_bytes``; ``None`` (no cap) when
 every token fits, 0 when even ``n = 0`` does not fit (a warning is logged: the forward will
