@@ -89,7 +89,7 @@ class MEMatte(nn.Module):
             images ``[B, 4, Hp, Wp]`` and the original ``(H, W)``.
         """
         source = self.network_input(batched_inputs)
-        return source.crop(0, source.shape[-2], 0, source.shape[-1]), source.hw
+        return source.whole(), source.hw
 
     def network_input(self, batched_inputs: dict[str, Tensor]) -> NormalizedInput:
         """The padded network input of a batch, built crop by crop on demand.
@@ -155,7 +155,7 @@ class MEMatte(nn.Module):
             out = self.backbone(source)
             phas = self.decode_patches(out.features, source, out_hw=(H, W))
         else:
-            images, _ = self.preprocess(batched_inputs)
+            images = source.whole()
             out = self.backbone(images)
             phas = self.decoder(out.features, images)["phas"][..., :H, :W]
         return {
@@ -240,6 +240,10 @@ class NormalizedInput:
         self.hw = tuple(image.shape[-2:])
         channels = image.shape[1] + trimap.shape[1]
         self.shape = torch.Size((image.shape[0], channels, *padded_hw))
+
+    def whole(self) -> Tensor:
+        """The whole input ``[B, 4, Hp, Wp]``."""
+        return self.crop(0, self.shape[-2], 0, self.shape[-1])
 
     def crop(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
         """``input[..., y0:y1, x0:x1]``, zeros wherever it lies beyond the image ``(H, W)``."""
