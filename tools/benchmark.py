@@ -68,7 +68,7 @@ from engine.token_budget import (  # noqa: E402
     auto_max_number_token,
     configure_malloc,
 )
-from modeling.meta_arch.mematte import padded_size  # noqa: E402
+from modeling.meta_arch.mematte import NormalizedInput, padded_size  # noqa: E402
 
 SCHEMA = "mematte-benchmark/1"
 CONFIGS = {
@@ -183,21 +183,15 @@ def _gflops(module: nn.Module, inputs: tuple[Tensor, ...]) -> float:
     return analysis.total() / 1e9
 
 
-def _traced_modules(backbone: nn.Module) -> list[nn.Module]:
-    """The backbone's compute modules, each traced on its own (see :func:`backbone_gflops`)."""
-    return [backbone.patch_embed, *backbone.routers, *backbone.blocks]
-
-
-def backbone_gflops(backbone: nn.Module, images: Tensor) -> tuple[float, Tensor]:
+def backbone_gflops(backbone: nn.Module, images: Tensor | NormalizedInput) -> tuple[float, Tensor]:
     """fvcore GFLOPs of the backbone on ``images``, and its features.
 
     The JIT tracer keeps every intermediate of a trace alive (at 1024x1024 one whole-backbone
-    trace needed twice the memory of the forward, and for the ViTMatte variant at 2048x2048
-    it ran out of 24 GB), so the
-    backbone runs its own forward and each of its patch embedding, routers and blocks is traced
-    on its real input when it is called; the traced call's output is what the forward goes on
-    with, so every module runs once. The glue between them (pos-embed interpolation, reshapes)
-    is not counted.
+    trace needed twice the memory of the forward, and for the ViTMatte variant at 2048x2048 it
+    ran out of 24 GB), so the backbone runs its own forward and each call of its patch
+    embedding, routers and blocks is traced on its real input; the traced call's output is what
+    the forward goes on with, so every module runs once. The glue between them (pos-embed
+    interpolation, reshapes) is not counted.
     """
     total = 0.0
 
@@ -216,7 +210,7 @@ def backbone_gflops(backbone: nn.Module, images: Tensor) -> tuple[float, Tensor]
 
         return call
 
-    modules = _traced_modules(backbone)
+    modules = [backbone.patch_embed, *backbone.routers, *backbone.blocks]
     for module in modules:
         module.forward = traced_call(module)
     try:
@@ -239,17 +233,17 @@ def count_gflops(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about data-dependent routing
-        images, _ = model.preprocess(batch)
-        backbone, features = backbone_gflops(model.backbone, images)
+        source = model.network_input(batch)  # crops on demand, as the inference forward
+        backbone, features = backbone_gflops(model.backbone, source)
         handle = model.decoder.register_forward_pre_hook(record, with_kwargs=True)
         try:
-            model.decode_patches(features, images, out_hw=tuple(batch["image"].shape[-2:]))
+            model.decode_patches(features, source, out_hw=source.hw)
         finally:
             handle.remove()
         decoder = 0.0
         for (f_shape, i_shape, region), count in tiles.items():
             f = features.new_zeros(f_shape)
-            im = images.new_zeros(i_shape)
+            im = features.new_zeros(i_shape)
             decoder += count * _gflops(_Tile(model.decoder, region), (f, im))
     return {"total": backbone + decoder, "backbone": backbone, "decoder": decoder}
 
