@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MEMatte", "NormalizedInput", "padded_size"]
+__all__ = ["BACKBONE_PREFIX", "TEACHER_PREFIX", "MEMatte", "NormalizedInput", "padded_size"]
 
+# State-dict prefixes of the student backbone and of the frozen distillation teacher.
+BACKBONE_PREFIX = "backbone."
+TEACHER_PREFIX = "teacher_backbone."
 # 8-bit trimap thresholds of the official training pipeline: < 85 background, >= 170 foreground.
 TRIMAP_BG_BELOW = 85
 TRIMAP_FG_FROM = 170
