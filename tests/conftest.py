@@ -91,7 +91,7 @@ def tiny_model() -> MEMatte:
 
 
 def make_batch(batch: int, height: int, width: int, seed: int = 0, train: bool = False) -> dict:
-    """Random image-like inputs with a trimap band; training batches carry 0..255 trimaps."""
+    """Random image-like inputs with a {0, 0.5, 1} trimap band; training batches add alpha/fg/bg."""
     gen = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, 3, height, width, generator=gen)
     yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
@@ -105,7 +105,7 @@ def make_batch(batch: int, height: int, width: int, seed: int = 0, train: bool =
         return {"image": image, "trimap": trimap}
     return {
         "image": image,
-        "trimap": trimap * 255,
+        "trimap": trimap,
         "alpha": alpha.contiguous(),
         "fg": image.clone(),
         "bg": torch.rand(batch, 3, height, width, generator=gen),

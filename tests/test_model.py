@@ -7,16 +7,10 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_DIM, build_tiny_mematte, make_batch, randomize_, tiny_vit
 
-from modeling.backbone import attention as attention_module
-from modeling.backbone import vit as vit_module
-from modeling.backbone.attention import (
-    Attention,
-    add_decomposed_rel_pos,
-    window_partition,
-    window_unpartition,
-)
+from modeling.backbone.attention import Attention, window_partition, window_unpartition
 from modeling.backbone.vit import route_tokens
 from modeling.criterion.matting_criterion import MattingCriterion
+from modeling.lean import to_reference
 from modeling.meta_arch.mematte import DECODER_OVERLAP, DECODER_PATCH
 
 
@@ -28,31 +22,37 @@ def test_window_partition_round_trip():
     assert torch.equal(window_unpartition(windows, 4, pad_hw, (11, 9)), x)
 
 
-def test_rel_pos_attention_matches_dense_and_chunking(monkeypatch):
+def _dense_rel_pos_attention(attn, x):
+    """Independent oracle: explicit logits with the rel-pos bias of every (query, key) pair."""
+    B, H, W, C = x.shape
+    nh, d = attn.num_heads, C // attn.num_heads
+    # [B, N, 3C] -> [3, B, heads, N, d]
+    q, k, v = attn.qkv(x.reshape(B, H * W, C)).reshape(B, H * W, 3, nh, d).permute(2, 0, 3, 1, 4)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)  # [B, heads, N, N]
+    qh = q.reshape(B, nh, H, W, d)
+    for i in range(H):
+        for j in range(W):
+            for m in range(H):
+                for n in range(W):
+                    # table rows: offset + (size - 1), as in MViTv2 / ViTDet
+                    bias = qh[:, :, i, j] @ attn.rel_pos_h[i - m + H - 1]
+                    bias = bias + qh[:, :, i, j] @ attn.rel_pos_w[j - n + W - 1]
+                    logits[:, :, i * W + j, m * W + n] += bias
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(B, H, W, C)
+    return attn.proj(out)
+
+
+def test_rel_pos_attention_matches_explicit_bias():
     torch.manual_seed(0)
     attn = Attention(32, num_heads=2, use_rel_pos=True, input_size=(6, 5))
     with torch.no_grad():
         attn.rel_pos_h.normal_()
         attn.rel_pos_w.normal_()
-    x = torch.randn(3, 6, 5, 32)
-    # Dense reference: explicit logits + decomposed bias + softmax.
-    B, N = 3, 30
-    qkv = attn.qkv(x).reshape(B, N, 3, 2, 16).permute(2, 0, 3, 1, 4).reshape(3, B * 2, N, 16)
-    q, k, v = qkv.unbind(0)
-    logits = add_decomposed_rel_pos(
-        (q * attn.scale) @ k.transpose(-2, -1), q, attn.rel_pos_h, attn.rel_pos_w, (6, 5), (6, 5)
-    )
-    dense = (
-        (logits.softmax(-1) @ v).view(B, 2, 6, 5, 16).permute(0, 2, 3, 1, 4).reshape(B, 6, 5, 32)
-    )
-    dense = attn.proj(dense)
-    torch.testing.assert_close(attn(x), dense, atol=1e-5, rtol=1e-5)
-    # A tiny bias budget forces chunking over images and query rows: same result.
-    monkeypatch.setattr(attention_module, "MAX_BIAS_ELEMENTS", 2 * 5 * 30)
-    torch.testing.assert_close(attn(x), dense, atol=1e-5, rtol=1e-5)
+        x = torch.randn(3, 6, 5, 32)
+        torch.testing.assert_close(attn(x), _dense_rel_pos_attention(attn, x), atol=1e-5, rtol=1e-5)
 
 
-def test_masked_and_sparse_paths_agree_for_a_fixed_policy():
+def test_masked_and_sparse_branches_agree_for_a_fixed_policy():
     vit = randomize_(tiny_vit())
     block = vit.blocks[1]
     assert block.use_efficient_block
@@ -109,30 +109,11 @@ def test_padding_quirk_grows_a_divisible_side(tiny_model):
     assert images.shape[-2:] == (64, 96)
 
 
-def test_network_input_crops_equal_the_padded_input(tiny_model):
-    batch = make_batch(2, 70, 90, seed=5)
-    images, _ = tiny_model.preprocess(batch)  # padded to 96 x 96
-    source = tiny_model.network_input(batch)
-    assert source.shape == images.shape and source.hw == (70, 90)
-    padded = F.pad(images, (0, 20, 0, 20))  # zeros beyond the padded input too
-    for y0, y1, x0, x1 in [(0, 96, 0, 96), (10, 50, 60, 96), (64, 116, 80, 116), (90, 96, 0, 7)]:
-        assert torch.equal(source.crop(y0, y1, x0, x1), padded[..., y0:y1, x0:x1])
-
-
-def test_backbone_embeds_a_cropped_input_in_strips(tiny_model, monkeypatch):
-    monkeypatch.setattr(vit_module, "EMBED_STRIP_PATCH_ROWS", 1)
-    tiny_model.eval()
-    batch = make_batch(1, 100, 60, seed=6)
-    with torch.no_grad():
-        whole = tiny_model.backbone(tiny_model.preprocess(batch)[0])
-        strips = tiny_model.backbone(tiny_model.network_input(batch))
-    torch.testing.assert_close(strips.features, whole.features, atol=1e-5, rtol=0)
-    for a, b in zip(strips.keep, whole.keep, strict=True):
-        assert torch.equal(a, b)
-
-
 @pytest.mark.parametrize("cap", [None, 7])
-def test_batch_equals_single_images(tiny_model, cap):
+@pytest.mark.parametrize("lean", [True, False])
+def test_batch_equals_single_images(tiny_model, cap, lean):
+    if not lean:
+        to_reference(tiny_model)
     tiny_model.eval()
     tiny_model.backbone.max_number_token = cap
     batch = make_batch(2, 96, 80, seed=3)
@@ -184,7 +165,10 @@ def _official_style_patch_decoding(decoder, features, images):
 
 
 @pytest.mark.parametrize("size", [(96, 64), (608, 1056)])
-def test_patch_decoder_matches_official_tiling(tiny_model, size):
+@pytest.mark.parametrize("lean", [True, False])
+def test_patch_decoder_matches_official_tiling(tiny_model, size, lean):
+    if not lean:
+        to_reference(tiny_model)
     tiny_model.eval()
     H, W = size
     gen = torch.Generator().manual_seed(1)
@@ -238,6 +222,13 @@ def test_training_losses_finite_without_unknown_or_known_pixels(trimap_value):
     assert torch.isfinite(total)
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_teacher_stays_in_eval_mode():
+    model = build_tiny_mematte(with_teacher=True)
+    model.train()
+    assert model.backbone.training and not model.teacher_backbone.training
+    assert not any(m.training for m in model.teacher_backbone.modules())
 
 
 def test_training_does_not_modify_the_callers_trimap(tiny_model):

@@ -68,7 +68,8 @@ from engine.token_budget import (  # noqa: E402
     auto_max_number_token,
     configure_malloc,
 )
-from modeling.meta_arch.mematte import NormalizedInput, padded_size  # noqa: E402
+from modeling.lean.input import NormalizedInput  # noqa: E402
+from modeling.meta_arch.mematte import padded_size  # noqa: E402
 
 SCHEMA = "mematte-benchmark/1"
 CONFIGS = {
@@ -210,7 +211,7 @@ def backbone_gflops(backbone: nn.Module, images: Tensor | NormalizedInput) -> tu
 
         return call
 
-    modules = [backbone.patch_embed, *backbone.routers, *backbone.blocks]
+    modules = [backbone.patch_embed.proj, *backbone.routers, *backbone.blocks]
     for module in modules:
         module.forward = traced_call(module)
     try:
@@ -233,7 +234,14 @@ def count_gflops(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about data-dependent routing
-        source = model.network_input(batch)  # crops on demand, as the inference forward
+        # crops on demand, as the inference forward
+        source = NormalizedInput(
+            batch["image"],
+            batch["trimap"],
+            model.pixel_mean,
+            model.pixel_std,
+            padded_size(tuple(batch["image"].shape[-2:]), model.size_divisibility),
+        )
         backbone, features = backbone_gflops(model.backbone, source)
         handle = model.decoder.register_forward_pre_hook(record, with_kwargs=True)
         try:

@@ -15,16 +15,14 @@ from torch import Tensor, nn
 
 __all__ = [
     "Attention",
-    "add_decomposed_rel_pos",
+    "decomposed_rel_pos_terms",
     "get_rel_pos",
+    "rel_pos_bias",
     "softmax_with_policy",
     "window_partition",
     "window_unpartition",
 ]
 
-# Largest additive rel-pos bias (in elements) built at once: 2**25 floats = 128 MiB in fp32.
-# Larger attention problems are split over (batch, query rows) so memory stays bounded.
-MAX_BIAS_ELEMENTS = 2**25
 # Numerical guard of the policy-masked softmax, as in the official code.
 POLICY_SOFTMAX_EPS = 1e-6
 
@@ -135,34 +133,6 @@ def decomposed_rel_pos_terms(
     return rel_h, rel_w
 
 
-def add_decomposed_rel_pos(
-    attn: Tensor,
-    q: Tensor,
-    rel_pos_h: Tensor,
-    rel_pos_w: Tensor,
-    q_size: tuple[int, int],
-    k_size: tuple[int, int],
-) -> Tensor:
-    """Add the decomposed relative-position bias to attention logits (dense form).
-
-    Args:
-        attn: logits ``[B, q_h * q_w, k_h * k_w]``.
-        q: unscaled queries ``[B, q_h * q_w, C]``.
-        rel_pos_h, rel_pos_w: tables ``[Lh, C]``, ``[Lw, C]``.
-        q_size, k_size: ``(h, w)`` of queries and keys.
-
-    Returns:
-        logits with the bias, ``[B, q_h * q_w, k_h * k_w]``.
-    """
-    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
-    B = attn.shape[0]
-    q_h, q_w = q_size
-    k_h, k_w = k_size
-    # [B, q_h, q_w, k_h, k_w] broadcast sum, flattened back to [B, Nq, Nk]
-    attn = attn.view(B, q_h, q_w, k_h, k_w) + rel_h[..., :, None] + rel_w[..., None, :]
-    return attn.view(B, q_h * q_w, k_h * k_w)
-
-
 def softmax_with_policy(attn: Tensor, policy: Tensor, eps: float = POLICY_SOFTMAX_EPS) -> Tensor:
     """Softmax over keys that only lets routed keys (and each token itself) receive weight.
 
@@ -187,57 +157,30 @@ def softmax_with_policy(attn: Tensor, policy: Tensor, eps: float = POLICY_SOFTMA
     return weights.to(attn.dtype)
 
 
-def _rel_pos_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    rel_pos_h: Tensor,
-    rel_pos_w: Tensor,
-    hw: tuple[int, int],
-) -> Tensor:
-    """SDPA with the decomposed rel-pos bias, chunked so no bias exceeds MAX_BIAS_ELEMENTS.
+def rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, hw: tuple[int, int]) -> Tensor:
+    """The decomposed relative-position bias of self-attention on an ``H x W`` token grid.
 
     Args:
-        q, k, v: ``[B, heads, N, d]`` with ``N = H * W``.
-        rel_pos_h, rel_pos_w: rel-pos tables.
-        hw: ``(H, W)`` of the token grid.
+        q: unscaled queries ``[B, heads, N, d]`` with ``N = H * W``.
+        rel_pos_h, rel_pos_w: tables ``[Lh, d]``, ``[Lw, d]``.
+        hw: ``(H, W)``.
 
     Returns:
-        ``[B, heads, N, d]``.
+        additive bias ``[B, heads, N, N]``.
     """
     B, nh, N, d = q.shape
     H, W = hw
-    rel_h, rel_w = decomposed_rel_pos_terms(
-        q.reshape(B * nh, N, d), rel_pos_h, rel_pos_w, (H, W), (H, W)
-    )
-    # Contiguous terms make the broadcast sum below contiguous, so the bias needs no copy.
-    rel_h = rel_h.contiguous().view(B, nh, H, W, H)
-    rel_w = rel_w.contiguous().view(B, nh, H, W, W)
-    per_query_row = nh * W * N  # bias elements of one query row of one image
-    rows = max(1, min(H, MAX_BIAS_ELEMENTS // per_query_row))
-    images = max(1, min(B, MAX_BIAS_ELEMENTS // (per_query_row * rows)))
-    out = torch.empty_like(q)
-    for b0 in range(0, B, images):
-        b1 = min(B, b0 + images)
-        for r0 in range(0, H, rows):
-            r1 = min(H, r0 + rows)
-            # bias [b, heads, rows, W, H, W] -> [b, heads, rows * W, N]
-            bias = rel_h[b0:b1, :, r0:r1, :, :, None] + rel_w[b0:b1, :, r0:r1, :, None, :]
-            bias = bias.view(b1 - b0, nh, (r1 - r0) * W, N)
-            out[b0:b1, :, r0 * W : r1 * W] = F.scaled_dot_product_attention(
-                q[b0:b1, :, r0 * W : r1 * W], k[b0:b1], v[b0:b1], attn_mask=bias
-            )
-    return out
+    rel_h, rel_w = decomposed_rel_pos_terms(q.reshape(B * nh, N, d), rel_pos_h, rel_pos_w, hw, hw)
+    # [B*heads, H, W, H, 1] + [B*heads, H, W, 1, W] -> [B, heads, N, N]
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, N, N)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with optional decomposed relative position embeddings.
 
-    Three modes, all on the same weights:
-    - plain (``policy is None``, no rel-pos): ``scaled_dot_product_attention``;
-    - rel-pos (window blocks, and every block of the teacher): SDPA with the rel-pos terms as an
-      additive bias, built in bounded chunks, never the full ``N x N`` logits at once;
-    - policy-masked (training of routed blocks): the dense policy softmax of DynamicViT.
+    Three modes on the same weights: plain ``scaled_dot_product_attention``; with the rel-pos
+    bias as an additive mask (window blocks, and every block of the teacher); and, given a
+    routing policy, the dense policy-masked softmax of DynamicViT (training of routed blocks).
     """
 
     def __init__(
@@ -274,13 +217,6 @@ class Attention(nn.Module):
                 nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
                 nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
 
-    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Project ``[B, N, C]`` tokens to q, k, v, each ``[B, heads, N, d]``."""
-        B, N, _ = x.shape
-        # [B, N, 3 * C] -> [B, N, 3, heads, d] -> [3, B, heads, N, d]
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        return qkv.unbind(0)
-
     def forward(self, x: Tensor, policy: Tensor | None = None) -> Tensor:
         """Attend among all tokens of each batch item.
 
@@ -293,35 +229,32 @@ class Attention(nn.Module):
         """
         shape = x.shape
         hw = (shape[1], shape[2]) if x.ndim == 4 else None
+        if self.use_rel_pos and hw is None:
+            raise ValueError("relative position attention needs [B, H, W, C] tokens")
         tokens = x.reshape(shape[0], -1, shape[-1])  # [B, N, C]
-        q, k, v = self._qkv(tokens)
+        # [B, N, 3 * C] -> [B, N, 3, heads, d] -> 3 x [B, heads, N, d]
+        qkv = self.qkv(tokens).reshape(*tokens.shape[:2], 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if policy is not None:
-            out = self._masked_attention(q, k, v, policy, hw)
+            out = self.masked_attention(q, k, v, policy, hw)
         elif self.use_rel_pos:
-            if hw is None:
-                raise ValueError("relative position attention needs [B, H, W, C] tokens")
-            out = _rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, hw)
+            out = self.rel_pos_attention(q, k, v, hw)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        # [B, heads, N, d] -> [B, N, heads * d]
-        out = out.transpose(1, 2).reshape(tokens.shape)
+        out = out.transpose(1, 2).reshape(tokens.shape)  # [B, heads, N, d] -> [B, N, C]
         return self.proj(out).reshape(shape)
 
-    def _masked_attention(
+    def rel_pos_attention(self, q: Tensor, k: Tensor, v: Tensor, hw: tuple[int, int]) -> Tensor:
+        """SDPA with the rel-pos bias as an additive mask; q, k, v, output ``[B, heads, N, d]``."""
+        bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+    def masked_attention(
         self, q: Tensor, k: Tensor, v: Tensor, policy: Tensor, hw: tuple[int, int] | None
     ) -> Tensor:
         """Dense attention with the policy-masked softmax (training path), ``[B, heads, N, d]``."""
         B, nh, N, d = q.shape
         attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, heads, N, N]
         if self.use_rel_pos:
-            if hw is None:
-                raise ValueError("relative position attention needs [B, H, W, C] tokens")
-            attn = add_decomposed_rel_pos(
-                attn.reshape(B * nh, N, N),
-                q.reshape(B * nh, N, d),
-                self.rel_pos_h,
-                self.rel_pos_w,
-                hw,
-                hw,
-            ).view(B, nh, N, N)
+            attn = attn + rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw)
         return softmax_with_policy(attn, policy) @ v

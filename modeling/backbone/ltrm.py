@@ -6,52 +6,10 @@ References: MEMatte (Lin et al. 2025); ECA-Net (Wang et al. 2020).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 
-__all__ = ["ECA", "LTRM", "map_row_strips"]
-
-# Tokens per row strip when a spatially local op runs in strips at inference: the LTRM hidden
-# activations of one strip are 2**12 x 2C floats (12 MiB for ViT-S), whatever the image size.
-STRIP_TOKENS = 2**12
-
-
-def map_row_strips(
-    fn: Callable[[Tensor], Tensor], x: Tensor, halo: int, max_tokens: int | None = None
-) -> Tensor:
-    """Apply a spatially local ``fn`` to horizontal strips of ``x`` and stitch the results.
-
-    ``fn`` must be per-token ops and zero-padded convolutions whose receptive-field radius is at
-    most ``halo`` tokens: each strip is then given ``halo`` extra rows of real neighbours on both
-    sides (none beyond the image, where the convolutions' zero padding applies as on the whole
-    map), so the stitched result equals ``fn(x)`` while the intermediates of ``fn`` only ever
-    hold one strip.
-
-    Args:
-        fn: ``[B, h, W, C]`` -> ``[B, h, W, C']``.
-        x: tokens ``[B, H, W, C]``.
-        halo: receptive-field radius of ``fn`` in rows.
-        max_tokens: tokens per image in one strip (without the halo); default
-            ``STRIP_TOKENS``.
-
-    Returns:
-        ``[B, H, W, C']``.
-    """
-    B, H, W, _ = x.shape
-    rows = max(1, (max_tokens or STRIP_TOKENS) // W)
-    if rows >= H:
-        return fn(x)
-    out = None
-    for r0 in range(0, H, rows):
-        r1 = min(H, r0 + rows)
-        lo, hi = max(0, r0 - halo), min(H, r1 + halo)
-        y = fn(x[:, lo:hi])
-        if out is None:
-            out = y.new_empty(B, H, W, y.shape[-1])
-        out[:, r0:r1] = y[:, r0 - lo : r1 - lo]
-    return out
+__all__ = ["ECA", "LTRM"]
 
 
 class ECA(nn.Module):
@@ -86,9 +44,7 @@ class LTRM(nn.Module):
     """fc (x2 expansion), GELU, depthwise 5x5 conv, GELU, fc, then ``y + ECA(y)``.
 
     It refines the tokens that the router does not send to global attention and runs on the
-    un-normalised block input. At inference (eval mode without autograd) the local part runs in
-    row strips (:func:`map_row_strips`) and the ECA residual is added in place, so the 2C-wide
-    hidden activations never exist for the whole image.
+    un-normalised block input.
     """
 
     def __init__(self, dim: int, expand_ratio: int = 2, kernel_size: int = 5) -> None:
@@ -118,10 +74,6 @@ class LTRM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, H, W, C]`` -> ``[B, H, W, C]``."""
-        if self.training or torch.is_grad_enabled():
-            y = self.forward_local(x)
-            return y + self.eca(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        y = map_row_strips(self.forward_local, x, halo=self.dwconv.padding[0])
-        gate = self.eca.gate(y.permute(0, 3, 1, 2))  # [B, C, 1, 1]
-        # y + y * gate, in place: [B, C, 1, 1] -> [B, 1, 1, C] to broadcast over channels-last y
-        return y.addcmul_(y, gate.permute(0, 2, 3, 1))
+        y = self.forward_local(x)
+        # channels-last -> channels-first for the channel attention, and back
+        return y + self.eca(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +22,13 @@ from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
 
 from .attention import Attention, window_partition, window_unpartition
-from .ltrm import LTRM, map_row_strips
+from .ltrm import LTRM
 from .router import GLOBAL_ROUTE, Router
 
 __all__ = [
+    "DEFAULT_MAX_NUMBER_TOKEN",
     "BackboneOutput",
     "Block",
-    "CroppedInput",
     "PatchEmbed",
     "ResBottleneckBlock",
     "ViT",
@@ -40,26 +40,6 @@ logger = logging.getLogger(__name__)
 
 # The official default cap on tokens in one global attention (ViT and inference.py).
 DEFAULT_MAX_NUMBER_TOKEN = 18500
-# Inference chunking (eval mode without autograd); the results do not depend on these sizes.
-# Tokens per MLP chunk: its 4C-wide hidden state is 1024 x 1536 floats (6 MiB) for ViT-S.
-# Small, equal-sized chunk buffers are reused by the allocator instead of fragmenting it.
-MLP_CHUNK_TOKENS = 1024
-# Tokens (incl. window padding) per strip of window rows in window attention.
-WINDOW_CHUNK_TOKENS = 2**12
-# Patch rows per strip when the patch embedding reads a CroppedInput (256 px rows at patch 16).
-EMBED_STRIP_PATCH_ROWS = 16
-# Receptive-field radius, in tokens, of the conv residual block (one 3x3 conv).
-RESIDUAL_HALO = 1
-
-
-class CroppedInput(Protocol):
-    """An input ``[B, C, H, W]`` that is built crop by crop (``MEMatte``'s ``NormalizedInput``)."""
-
-    shape: torch.Size
-
-    def crop(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
-        """``input[..., y0:y1, x0:x1]``."""
-        ...
 
 
 class BackboneOutput(NamedTuple):
@@ -263,43 +243,36 @@ class Block(nn.Module):
         Returns:
             ``[B, H, W, C]``.
         """
+        x = x + self.attention_branch(x, policy)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.use_residual_block:
+            # channels-last -> channels-first for the conv block, and back
+            x = self.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x
+
+    def attention_branch(self, x: Tensor, policy: Tensor | None) -> Tensor:
+        """What the block adds to ``x`` before its MLP: (window or global) attention, or for a
+        routed block the mix of global attention and the LTRM given by the policy."""
         if not self.use_efficient_block:
-            return self.forward_dense(x)
+            return self.drop_path(self.attend(self.norm1(x)))
         if policy is None:
             raise ValueError("a routed block needs a routing policy")
         return self.forward_masked(x, policy) if self.training else self.forward_sparse(x, policy)
 
-    def attention(self, x: Tensor) -> Tensor:
-        """Normalised window or global attention of ``[B, H, W, C]`` tokens (no residual).
+    def attend(self, x: Tensor) -> Tensor:
+        """Window or global attention of normalised tokens ``[B, H, W, C]``.
 
-        Window attention runs over strips of window rows (about ``WINDOW_CHUNK_TOKENS`` tokens
-        each), so its q/k/v and rel-pos bias stay bounded on large images.
+        Windows are cut after the norm, so window padding is zeros as in ViTDet.
         """
         if self.window_size == 0:
-            return self.attn(self.norm1(x))
+            return self.attn(x)
         H, W = x.shape[1], x.shape[2]
-        ws = self.window_size
-        windows_per_row = -(-W // ws)
-        rows = ws * max(1, WINDOW_CHUNK_TOKENS // (ws * ws * windows_per_row))
-        if rows >= H:
-            return self._window_strip_attention(x)
-        out = torch.empty_like(x)
-        for r0 in range(0, H, rows):
-            out[:, r0 : r0 + rows] = self._window_strip_attention(x[:, r0 : r0 + rows])
-        return out
-
-    def _window_strip_attention(self, x: Tensor) -> Tensor:
-        """Norm, window partition (zero padding after the norm), attention, unpartition."""
-        H, W = x.shape[1], x.shape[2]
-        windows, pad_hw = window_partition(self.norm1(x), self.window_size)
+        windows, pad_hw = window_partition(x, self.window_size)
         return window_unpartition(self.attn(windows), self.window_size, pad_hw, (H, W))
 
-    def forward_dense(self, x: Tensor) -> Tensor:
-        """Unrouted block: every token through (window or global) attention."""
-        return self._mlp_and_residual(self._add_residual(x, self.drop_path(self.attention(x))))
-
     def forward_masked(self, x: Tensor, policy: Tensor) -> Tensor:
-        """Training path: attention over all tokens with a policy-masked softmax, mixed with LTRM.
+        """Training branch: attention over all tokens with a policy-masked softmax, mixed with the
+        LTRM by the policy.
 
         Args:
             x: ``[B, H, W, C]``.
@@ -309,10 +282,11 @@ class Block(nn.Module):
         slow = self.drop_path(self.attn(self.norm1(x), policy.reshape(B, H * W, 1)))
         fast = self.efficient_block(x)
         mix = policy.reshape(B, H, W, 1)
-        return self._mlp_and_residual(x + slow * mix + fast * (1 - mix))
+        return slow * mix + fast * (1 - mix)
 
     def forward_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
-        """Inference path: routed tokens attend only among the routed tokens of their own image.
+        """Inference branch: routed tokens attend only among the routed tokens of their own
+        image; every other token gets the LTRM.
 
         Args:
             x: ``[B, H, W, C]``.
@@ -327,39 +301,8 @@ class Block(nn.Module):
             if index.numel() == 0:
                 continue
             routed = tokens[b, index].unsqueeze(0)  # [1, n_b, C]
-            update[b, index] = self.drop_path(self.attn(self.norm1(routed)))[0]
-        return self._mlp_and_residual(self._add_residual(x, update.reshape(B, H, W, C)))
-
-    def _add_residual(self, x: Tensor, branch: Tensor) -> Tensor:
-        """``x + branch``; at inference (eval without autograd, same dtype) added in place into
-        ``branch``, a fresh tensor of the block's, so no further token map is allocated."""
-        if self.training or torch.is_grad_enabled() or branch.dtype != x.dtype:
-            return x + branch
-        return branch.add_(x)
-
-    def _mlp_and_residual(self, x: Tensor) -> Tensor:
-        """MLP residual, then the optional conv residual block, on ``[B, H, W, C]``.
-
-        At inference (eval mode without autograd) ``x`` is a fresh tensor owned by the block: the
-        MLP runs over chunks of ``MLP_CHUNK_TOKENS`` tokens and adds into ``x`` in place, and the
-        conv block runs in row strips, so neither the 4C-wide MLP hidden state nor the conv
-        block's activations exist for the whole image.
-        """
-        if self.training or torch.is_grad_enabled():
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
-            if self.use_residual_block:
-                x = self._residual_channels_last(x)
-            return x
-        x = x.contiguous()
-        for chunk in x.view(-1, x.shape[-1]).split(MLP_CHUNK_TOKENS):
-            chunk.add_(self.mlp(self.norm2(chunk)))
-        if self.use_residual_block:
-            x = map_row_strips(self._residual_channels_last, x, halo=RESIDUAL_HALO)
-        return x
-
-    def _residual_channels_last(self, x: Tensor) -> Tensor:
-        # channels-last -> channels-first for the conv block, and back
-        return self.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            update[b, index] = self.drop_path(self.attn(self.norm1(routed)))[0].to(update.dtype)
+        return update.reshape(B, H, W, C)
 
 
 class ViT(nn.Module):
@@ -391,7 +334,6 @@ class ViT(nn.Module):
         residual_block_indexes: Sequence[int] = (),
         pretrain_img_size: int = 224,
         pretrain_use_cls_token: bool = True,
-        out_feature: str = "last_feat",
         use_routing: bool = True,
         topk: float = 1.0,
         max_number_token: int | None = DEFAULT_MAX_NUMBER_TOKEN,
@@ -417,7 +359,6 @@ class ViT(nn.Module):
             residual_block_indexes: blocks followed by a conv residual block.
             pretrain_img_size: image size of the pretrained abs pos-embed grid.
             pretrain_use_cls_token: the pos-embed has a leading cls position.
-            out_feature: name of the output feature (kept for checkpoint/config compatibility).
             use_routing: MEMatte student (True) or plain ViTMatte teacher (False).
             topk: target routed-token ratio of the BATR loss (read by the meta-arch).
             max_number_token: inference cap on routed tokens per image and block (None: no cap).
@@ -428,7 +369,6 @@ class ViT(nn.Module):
         self.use_routing = use_routing
         self.topk = topk
         self.max_number_token = max_number_token
-        self.out_feature = out_feature
         self.embed_dim = embed_dim
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         if use_abs_pos:
@@ -485,51 +425,53 @@ class ViT(nn.Module):
             if isinstance(m, ResBottleneckBlock):
                 m.init_weights()
 
-    def _embed_strips(self, source: CroppedInput) -> Tensor:
-        """Patch embeddings ``[B, h, w, C]`` of ``source``, computed strip by strip."""
-        patch = self.patch_embed.proj.stride[0]
-        Hp, Wp = source.shape[-2:]
-        rows = patch * EMBED_STRIP_PATCH_ROWS
-        tokens = None
-        for r0 in range(0, Hp, rows):
-            strip = self.patch_embed(source.crop(r0, min(Hp, r0 + rows), 0, Wp))  # [B, r, w, C]
-            if tokens is None:
-                tokens = strip.new_empty(strip.shape[0], Hp // patch, Wp // patch, strip.shape[-1])
-            tokens[:, r0 // patch : r0 // patch + strip.shape[1]] = strip
-        return tokens
-
     @property
     def routed_block_indexes(self) -> list[int]:
         """Indexes of the blocks that take a routing policy."""
         return [i for i, blk in enumerate(self.blocks) if blk.use_efficient_block]
 
-    def forward(self, x: Tensor | CroppedInput) -> BackboneOutput:
-        """
+    def embed(self, x: Tensor) -> Tensor:
+        """Patch embedding plus the resized absolute position embedding.
+
         Args:
-            x: normalised image + trimap ``[B, in_chans, H, W]``, H and W multiples of the patch;
-                or a :class:`CroppedInput` of that shape, embedded in row strips of
-                ``EMBED_STRIP_PATCH_ROWS`` patch rows (the projection's stride is its kernel, so
-                the strips give the whole-input result without the input existing as a whole).
+            x: normalised image + trimap ``[B, in_chans, H, W]``, H and W multiples of the patch.
 
         Returns:
-            :class:`BackboneOutput` with features ``[B, C, H/16, W/16]``.
+            tokens ``[B, H / patch, W / patch, C]``.
         """
-        x = self.patch_embed(x) if isinstance(x, Tensor) else self._embed_strips(x)
-        x = x.contiguous()  # channels-last tokens, contiguous from here on
+        x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + get_abs_pos(self.pos_embed, self.pretrain_use_cls_token, x.shape[1:3])
+        return x
+
+    def route(self, router: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Router scores ``[B, N, 2]`` and decisions ``[B, N, 1]`` of tokens ``[B, H, W, C]``.
+
+        Routing is discrete and its margins can be tiny: the router scores in float32 even under
+        autocast, or bf16 rounding turns many decisions into ties.
+        """
         B, H, W, C = x.shape
+        with torch.autocast(x.device.type, enabled=False):
+            score = router(x.reshape(B, H * W, C).float())
+        return score, route_tokens(score, self.training, self.max_number_token)
+
+    def forward(self, x: Tensor) -> BackboneOutput:
+        """
+        Args:
+            x: normalised image + trimap ``[B, in_chans, H, W]``, H and W multiples of the patch.
+
+        Returns:
+            :class:`BackboneOutput` with features ``[B, C, H / patch, W / patch]``.
+        """
+        x = self.embed(x)
+        B, H, W, _ = x.shape
         scores, keeps = [], []
         routers = iter(self.routers)
         for blk in self.blocks:
             if not blk.use_efficient_block:
                 x = blk(x)
                 continue
-            # Routing is discrete and its margins can be tiny: score in float32 even under
-            # autocast, or bf16 rounding turns many decisions into ties (no global attention).
-            with torch.autocast(x.device.type, enabled=False):
-                score = next(routers)(x.reshape(B, H * W, C).float())  # [B, N, 2]
-            keep = route_tokens(score, self.training, self.max_number_token)  # [B, N, 1]
+            score, keep = self.route(next(routers), x)
             x = blk(x, keep)
             scores.append(score.reshape(B, H, W, 2))
             keeps.append(keep.reshape(B, H, W, 1))
