@@ -304,6 +304,14 @@ class LazyConfig:
         return cfg[keys] if isinstance(keys, str) else tuple(cfg[key] for key in wanted)
 
     @staticmethod
+    def load_rel(filename: str, keys: str | Sequence[str] | None = None) -> Any:
+        """:meth:`load` a file named relative to the calling file (for config files that derive
+        from a sibling whose name is no valid module name, e.g. ``MEMatte_S_topk0.25_...py``).
+        """
+        caller = inspect.stack()[1].filename
+        return LazyConfig.load(Path(caller).parent / filename, keys)
+
+    @staticmethod
     def save(cfg: DictConfig, path: str | os.PathLike) -> None:
         """Write ``cfg`` as readable YAML that :meth:`load` turns back into the same objects.
 

@@ -5,7 +5,7 @@ overridden on the command line, e.g. ``dataloader.train.dataset.bg_dir=/data/coc
 ``dataloader.evaluator`` is None as in the official recipe (no evaluation during training); set
 it to a ``MattingEvaluator`` node to evaluate every ``train.eval_period`` iterations.
 
-Holds the MEMatte-S recipe: 16 crops per GPU, 2 loading workers per GPU.
+The crop is the model's ``img_size`` (512 px); recipes set the batch size per GPU.
 """
 
 from omegaconf import OmegaConf
@@ -20,10 +20,10 @@ dataloader.train = L(build_train_loader)(
         fg_dir="datasets/Adobe-train/fg",
         alpha_dir="datasets/Adobe-train/alpha",
         bg_dir="datasets/coco/train2014",
-        crop_size=512,
+        crop_size="${model.backbone.img_size}",  # the training crop sizes the rel-pos tables
         seed="${train.seed}",
     ),
-    batch_size=16,  # per GPU
+    batch_size="???",  # per GPU, set by a recipe
     num_workers=2,  # per GPU
     seed="${train.seed}",
 )

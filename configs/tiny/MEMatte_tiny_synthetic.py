@@ -14,24 +14,17 @@ from engine.evaluator import MattingEvaluator
 from ..common.dataloader import dataloader
 from ..common.model import model
 from ..common.optimizer import optimizer
-from ..common.scheduler import lr_multiplier
+from ..common.scheduler import lr_multiplier, set_schedule
 from ..common.train import train
 
-TINY_DIM, TINY_HEADS, TINY_DEPTH = 48, 2, 4
-TINY_CROP = 128  # px, training crop and the size that sizes the rel-pos tables
-WINDOW_BLOCKS = [0, 2]  # blocks 1 and 3 are global (and routed)
-RESIDUAL_BLOCKS = [1, 3]
-
-for vit in (model.backbone, model.teacher_backbone):
-    vit.embed_dim = TINY_DIM
-    vit.num_heads = TINY_HEADS
-    vit.depth = TINY_DEPTH
-    vit.img_size = TINY_CROP
-    vit.window_size = 4
-    vit.window_block_indexes = WINDOW_BLOCKS
-    vit.residual_block_indexes = RESIDUAL_BLOCKS
+model.backbone.embed_dim = 48
+model.backbone.num_heads = 2
+model.backbone.depth = 4
+model.backbone.img_size = 128  # px, the training crop (sizes the rel-pos tables)
+model.backbone.window_size = 4
+model.backbone.window_block_indexes = [0, 2]  # blocks 1 and 3 are global (and routed)
+model.backbone.residual_block_indexes = [1, 3]
 model.backbone.topk = 0.25
-model.decoder.in_chans = TINY_DIM
 model.decoder.convstream_out = [16, 32, 64]
 model.decoder.fusion_out = [64, 32, 16, 16]
 # No trained tiny ViTMatte exists to serve as teacher: distilling towards a random one would only
@@ -39,22 +32,23 @@ model.decoder.fusion_out = [64, 32, 16, 16]
 # keep the official layout and `model.distill=True` exercises distillation on CPU.
 model.distill = False
 
-# Schedule: the official shape (warmup, then 0.1x and 0.05x steps) scaled to a few CPU minutes.
+# The official shape (warmup, then 0.1x and 0.05x steps) scaled to a few CPU minutes: warmup is
+# 5% of training (the official 250 iterations would be half of it), steps after 60% and 90%.
 MAX_ITER = 500
-WARMUP_ITERS = 25  # 5% of training (the official 250 iterations would be half of it)
-LR_STEPS = (0.6, 0.9)  # fractions of training after which the lr steps down
-train.max_iter = MAX_ITER
-lr_multiplier.scheduler.milestones = [int(MAX_ITER * f) for f in LR_STEPS]  # 300, 450
-lr_multiplier.scheduler.num_updates = MAX_ITER
-lr_multiplier.warmup_length = WARMUP_ITERS / MAX_ITER
-optimizer.params.lr_factor_func.num_layers = TINY_DEPTH
+set_schedule(
+    train,
+    lr_multiplier,
+    max_iter=MAX_ITER,
+    milestones=[int(MAX_ITER * 0.6), int(MAX_ITER * 0.9)],  # 300, 450
+    checkpoint_period=100,
+    warmup_iters=25,
+)
 
 train.device = "cpu"
 train.amp.enabled = False  # fp32; train.amp.enabled=True train.amp.precision=bf16 for bf16
 train.ddp.fp16_compression = False
 train.init_checkpoint = ""  # from scratch
 train.output_dir = "output/tiny_synthetic"
-train.checkpointer.period = 100
 train.checkpointer.max_to_keep = 2
 train.eval_period = 100
 train.log_period = 10
@@ -63,7 +57,8 @@ train.log_image_period = 100
 dataloader.train.dataset.fg_dir = "datasets/synthetic/train/fg"
 dataloader.train.dataset.alpha_dir = "datasets/synthetic/train/alpha"
 dataloader.train.dataset.bg_dir = "datasets/synthetic/train/bg"
-dataloader.train.dataset.crop_size = TINY_CROP
 dataloader.train.batch_size = 8
 dataloader.train.num_workers = 2
 dataloader.evaluator = L(MattingEvaluator)(data_dir="datasets/synthetic/test")
+
+__all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]
