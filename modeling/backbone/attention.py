@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .policy_attention import POLICY_SOFTMAX_EPS, policy_attention
+
 __all__ = [
     "Attention",
     "decomposed_rel_pos_terms",
@@ -22,9 +24,6 @@ __all__ = [
     "window_partition",
     "window_unpartition",
 ]
-
-# Numerical guard of the policy-masked softmax, as in the official code.
-POLICY_SOFTMAX_EPS = 1e-6
 
 
 def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
@@ -252,9 +251,14 @@ class Attention(nn.Module):
     def masked_attention(
         self, q: Tensor, k: Tensor, v: Tensor, policy: Tensor, hw: tuple[int, int] | None
     ) -> Tensor:
-        """Dense attention with the policy-masked softmax (training path), ``[B, heads, N, d]``."""
-        B, nh, N, d = q.shape
+        """Attention with the policy-masked softmax (training path), ``[B, heads, N, d]``.
+
+        Without rel-pos (the student's routed blocks) it runs in query chunks
+        (:func:`policy_attention`, the same values and gradients without the ``N x N``
+        probabilities); with rel-pos it is the dense official formula.
+        """
+        if not self.use_rel_pos:
+            return policy_attention(q, k, v, policy, self.scale)
         attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, heads, N, N]
-        if self.use_rel_pos:
-            attn = attn + rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw)
+        attn = attn + rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw)
         return softmax_with_policy(attn, policy) @ v

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention, window_partition, window_unpartition
 from .ltrm import LTRM
@@ -337,6 +338,7 @@ class ViT(nn.Module):
         use_routing: bool = True,
         topk: float = 1.0,
         max_number_token: int | None = DEFAULT_MAX_NUMBER_TOKEN,
+        use_act_checkpoint: bool = False,
     ) -> None:
         """
         Args:
@@ -362,6 +364,9 @@ class ViT(nn.Module):
             use_routing: MEMatte student (True) or plain ViTMatte teacher (False).
             topk: target routed-token ratio of the BATR loss (read by the meta-arch).
             max_number_token: inference cap on routed tokens per image and block (None: no cap).
+            use_act_checkpoint: with autograd on, recompute each block's activations in the
+                backward pass instead of keeping them (``torch.utils.checkpoint``, RNG state
+                replayed, so drop path gives the same result).
         """
         super().__init__()
         self.pretrain_use_cls_token = pretrain_use_cls_token
@@ -369,6 +374,7 @@ class ViT(nn.Module):
         self.use_routing = use_routing
         self.topk = topk
         self.max_number_token = max_number_token
+        self.use_act_checkpoint = use_act_checkpoint
         self.embed_dim = embed_dim
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         if use_abs_pos:
@@ -469,10 +475,16 @@ class ViT(nn.Module):
         routers = iter(self.routers)
         for blk in self.blocks:
             if not blk.use_efficient_block:
-                x = blk(x)
+                x = self.run_block(blk, x)
                 continue
             score, keep = self.route(next(routers), x)
-            x = blk(x, keep)
+            x = self.run_block(blk, x, keep)
             scores.append(score.reshape(B, H, W, 2))
             keeps.append(keep.reshape(B, H, W, 1))
         return BackboneOutput(x.permute(0, 3, 1, 2), scores, keeps)
+
+    def run_block(self, blk: Block, x: Tensor, policy: Tensor | None = None) -> Tensor:
+        """``blk(x, policy)``, activation-checkpointed when ``use_act_checkpoint`` and autograd."""
+        if self.use_act_checkpoint and torch.is_grad_enabled():
+            return checkpoint(blk, x, policy, use_reentrant=False)
+        return blk(x, policy)

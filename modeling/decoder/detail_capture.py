@@ -5,11 +5,15 @@ References: ViTMatte (Yao et al. 2024).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["BasicConv3x3", "ConvStream", "DetailCapture", "FusionBlock", "MattingHead", "Region"]
 
@@ -90,6 +94,7 @@ class DetailCapture(nn.Module):
         img_chans: int = 4,
         convstream_out: Sequence[int] = (48, 96, 192),
         fusion_out: Sequence[int] = (256, 128, 64, 32),
+        use_act_checkpoint: bool = False,
     ) -> None:
         """
         Args:
@@ -97,6 +102,9 @@ class DetailCapture(nn.Module):
             img_chans: input channels (RGB + trimap).
             convstream_out: channels of the 1/2, 1/4, 1/8 detail stages.
             fusion_out: channels of the four fusion stages (1/8 up to full resolution).
+            use_act_checkpoint: with autograd on, recompute the activations of each stage (the
+                conv stream, every fusion block, the head) in the backward pass instead of
+                keeping them; BatchNorm statistics are updated once, in the forward pass.
         """
         super().__init__()
         if len(fusion_out) != len(convstream_out) + 1:
@@ -110,6 +118,7 @@ class DetailCapture(nn.Module):
             for i in range(len(fusion_out))
         )
         self.matting_head = MattingHead(fusion_out[-1])
+        self.use_act_checkpoint = use_act_checkpoint
 
     def forward(
         self, features: Tensor, images: Tensor, region: Region | None = None
@@ -124,11 +133,42 @@ class DetailCapture(nn.Module):
         Returns:
             ``{"phas": [B, 1, H, W]}`` (or the region's ``[B, 1, y1 - y0, x1 - x0]``) in [0, 1].
         """
-        details = self.convstream(images)
+        details = self.run_stage(self.convstream, images)
         for i, fusion in enumerate(self.fusion_blks):
-            features = fusion(features, details[f"D{len(self.fusion_blks) - i - 1}"])
-        phas = torch.sigmoid(self.matting_head(features))
+            features = self.run_stage(
+                fusion, features, details[f"D{len(self.fusion_blks) - i - 1}"]
+            )
+        phas = torch.sigmoid(self.run_stage(self.matting_head, features))
         if region is not None:
             (y0, y1), (x0, x1) = region
             phas = phas[..., y0:y1, x0:x1]
         return {"phas": phas}
+
+    def run_stage(self, stage: nn.Module, *args: Tensor) -> Any:
+        """``stage(*args)``, activation-checkpointed when ``use_act_checkpoint`` and autograd."""
+        if self.use_act_checkpoint and torch.is_grad_enabled():
+            contexts = functools.partial(_recompute_contexts, stage)
+            return checkpoint(stage, *args, use_reentrant=False, context_fn=contexts)
+        return stage(*args)
+
+
+def _recompute_contexts(stage: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
+    """Forward and recomputation contexts of a checkpointed decoder stage: the recomputation uses
+    the batch statistics again but must not update the BatchNorm running statistics twice."""
+    return contextlib.nullcontext(), _frozen_running_stats(stage)
+
+
+@contextlib.contextmanager
+def _frozen_running_stats(stage: nn.Module) -> Iterator[None]:
+    """BatchNorm of ``stage`` with momentum 0 (running statistics kept exactly) and its batch
+    counter restored: the recomputation saves the same tensors as the forward pass did."""
+    norms = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+            norm.num_batches_tracked.sub_(1)
