@@ -32,11 +32,11 @@ from tqdm import tqdm
 from data.eval_dataset import MattingEvalDataset
 from data.image_io import BadSampleError
 from data.readers import FOLDER_LAYOUTS, MattingItem, scan_test_set
-from engine.precision import resolve_device
 from engine.predictor import alpha_to_uint8, build_inference_model, load_inference_weights, predict
-from engine.token_budget import auto_max_number_token
-from engine.visualize import routing_figure
 from modeling.backbone.router import GLOBAL_ROUTE
+from utils.device import resolve_device
+from utils.token_budget import auto_max_number_token
+from utils.visualizer import routing_figure
 
 logger = logging.getLogger("inference")
 

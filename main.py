@@ -34,7 +34,6 @@ from torch import nn
 from engine import comm
 from engine.checkpoint import Checkpointer
 from engine.config import LazyConfig, instantiate
-from engine.evaluator import MattingEvaluator
 from engine.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
 from engine.hooks import (
     EvalHook,
@@ -47,6 +46,7 @@ from engine.hooks import (
 from engine.launch import create_ddp_model, launch
 from engine.optim import freeze_teacher
 from engine.train_loop import AMPTrainer
+from evaluation.evaluator import MattingEvaluator
 
 logger = logging.getLogger("main")
 
@@ -280,7 +280,7 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
         raise ValueError(
             f"{args.config_file} has no dataloader.evaluator, so --eval-only has nothing to "
             "evaluate on; add one, e.g. \"dataloader.evaluator={'_target_': "
-            "'engine.evaluator.MattingEvaluator', 'data_dir': 'datasets/Composition-1k'}\""
+            "'evaluation.evaluator.MattingEvaluator', 'data_dir': 'datasets/Composition-1k'}\""
         )
     default_setup(cfg, args)
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.config import LazyConfig, instantiate
-from engine.precision import autocast
+from utils.device import autocast
 
 __all__ = [
     "alpha_to_uint8",

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.metrics import compute_metrics
+from evaluation.metrics import compute_metrics
 from tools.evaluate import evaluate_folders, evaluate_items, match_files, read_gray8, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ from conftest import REPO_ROOT, randomize_
 import inference
 from engine.checkpoint import Checkpointer
 from engine.config import LazyConfig, instantiate
-from engine.evaluator import MattingEvaluator
-from engine.metrics import compute_metrics
 from engine.predictor import alpha_to_uint8, build_inference_model, load_inference_weights
+from evaluation.evaluator import MattingEvaluator
+from evaluation.metrics import compute_metrics
 from tools.evaluate import evaluate_folders
 from tools.make_synthetic_dataset import make_synthetic_dataset
 

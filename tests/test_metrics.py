@@ -1,4 +1,4 @@
-"""Tests for engine.metrics: official goldens, hand-computed toys, a naive reference, errors."""
+"""Tests for evaluation.metrics: official goldens, hand-computed toys, a naive reference, errors."""
 
 import json
 import math
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.metrics import (
+from evaluation.metrics import (
     compute_connectivity_loss,
     compute_gradient_loss,
     compute_metrics,

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import build_tiny_mematte, make_batch
 
-from engine.precision import autocast, resolve_device
 from modeling.backbone import ltrm as ltrm_module
 from modeling.backbone import router as router_module
 from modeling.backbone import vit as vit_module
 from modeling.decoder import detail_capture
+from utils.device import autocast, resolve_device
 
 # bf16 keeps 8 mantissa bits: alpha of the tiny random model moves by a few 1e-2 at most.
 BF16_ALPHA_ATOL = 0.1

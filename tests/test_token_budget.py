@@ -1,12 +1,13 @@
-"""The auto token cap rule of engine/token_budget.py (memory model with SDPA attention)."""
+"""The auto token cap rule of utils/token_budget.py (memory model with SDPA attention)."""
 
 from __future__ import annotations
 
 import torch
 from conftest import tiny_vit
 
-from engine import token_budget
-from engine.token_budget import auto_max_number_token, free_memory_bytes, peak_bytes
+from utils import token_budget
+from utils.memory import free_memory_bytes
+from utils.token_budget import auto_max_number_token, peak_bytes
 
 
 class _Model(torch.nn.Module):

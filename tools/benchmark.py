@@ -8,7 +8,7 @@ seeded image and trimap (an ellipse with a ~5 % unknown ring), runs ``--warmup``
 - wall time: the median over the timed runs, split into backbone and decoder (forward hooks);
 - peak memory: CPU: peak RSS (``ru_maxrss``) and its increment over the RSS of the idle process
   right before the first forward (model and inputs already built), with glibc's mmap threshold
-  pinned unless ``--default-malloc`` (``engine.token_budget.configure_malloc``); CUDA:
+  pinned unless ``--default-malloc`` (``utils.memory.configure_malloc``); CUDA:
   ``torch.cuda.max_memory_allocated`` and its increment over the allocation before the forward;
 - tokens in global attention per routed block (from the ``keep`` maps);
 - GFLOPs from fvcore ``FlopCountAnalysis`` (1 fused multiply-add = 1 flop, fvcore's convention),
@@ -63,12 +63,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from engine.config import LazyConfig, instantiate  # noqa: E402
-from engine.precision import autocast, resolve_device  # noqa: E402
-from engine.token_budget import (  # noqa: E402
-    auto_max_number_token,
-    configure_malloc,
-)
 from modeling.meta_arch.mematte import NormalizedInput, padded_size  # noqa: E402
+from utils.device import autocast, resolve_device  # noqa: E402
+from utils.memory import configure_malloc  # noqa: E402
+from utils.token_budget import auto_max_number_token  # noqa: E402
 
 SCHEMA = "mematte-benchmark/1"
 CONFIGS = {

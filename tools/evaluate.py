@@ -1,7 +1,7 @@
 """Evaluate predicted alpha mattes against ground truth: SAD, MSE, Grad, Conn in paper units.
 
 References: Deep Image Matting evaluation protocol (official MATLAB `evaluate.m`), see
-`engine/metrics.py`.
+`evaluation/metrics.py`.
 
 Usage:
     python tools/evaluate.py --pred-dir P --label-dir L --trimap-dir T \
@@ -30,12 +30,12 @@ import numpy as np
 from tqdm import tqdm
 
 # Running as `python tools/evaluate.py` puts tools/ (not the repository root) on sys.path;
-# add the root so that the `engine` package imports.
+# add the root so that the `evaluation` package imports.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from engine.metrics import METRIC_NAMES, Region, compute_metrics  # noqa: E402
+from evaluation.metrics import METRIC_NAMES, Region, compute_metrics  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def evaluate_item(name: str, paths: ItemPaths, region: Region) -> ItemResult:
     Args:
         name: image name (file stem).
         paths: its prediction, label and trimap files.
-        region: ``"unknown"`` or ``"all"`` (see `engine.metrics`).
+        region: ``"unknown"`` or ``"all"`` (see `evaluation.metrics`).
 
     Returns:
         The result with paper-unit metrics, or with ``error`` set.
