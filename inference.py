@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import resource
 import sys
 import time
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.eval_dataset import MattingEvalDataset
-from data.image_io import BadSampleError
+from data.image_io import BadSampleError, write_image
 from data.readers import FOLDER_LAYOUTS, MattingItem, scan_test_set
 from engine.predictor import alpha_to_uint8, build_inference_model, load_inference_weights, predict
 from modeling.backbone.router import GLOBAL_ROUTE
@@ -113,16 +112,6 @@ class _SafeSamples(Dataset):
         return sample
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write a PNG atomically, so an interrupted run never leaves a truncated file behind."""
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
-
-
 def _run_batch(samples: list[dict], model, args, device, output_dir: Path, summary: Summary):
     batch = {k: torch.stack([s[k] for s in samples]) for k in ("image", "trimap")}
     if args.max_number_token == AUTO:
@@ -137,7 +126,7 @@ def _run_batch(samples: list[dict], model, args, device, output_dir: Path, summa
     blocks = model.backbone.routed_block_indexes
     for i, sample in enumerate(samples):
         alpha = alpha_to_uint8(out["phas"][i, 0], sample["trimap"][0], rounding=args.round)
-        write_png(output_dir / f"{sample['stem']}.png", alpha)
+        write_image(output_dir / f"{sample['stem']}.png", alpha)
         keeps = [k[i, ..., 0].float().cpu().numpy() for k in out["keep"]]
         for index, keep in zip(blocks, keeps):
             summary.routed_ratio_sums[index] += float(keep.mean())
@@ -148,7 +137,7 @@ def _run_batch(samples: list[dict], model, args, device, output_dir: Path, summa
             ]
             image = sample["image"].permute(1, 2, 0).numpy()
             figure = routing_figure(image, keeps, blocks, probabilities=probs)
-            cv2.imwrite(str(output_dir / ROUTING_DIR / f"{sample['stem']}.jpg"), figure)
+            write_image(output_dir / ROUTING_DIR / f"{sample['stem']}.jpg", figure)
         summary.done += 1
 
 

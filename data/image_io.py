@@ -1,4 +1,5 @@
-"""Reading images and single-channel maps from disk, with explicit format conversions.
+"""Reading images and single-channel maps from disk, with explicit format conversions, and
+writing images atomically.
 
 Every reader returns float32 arrays in [0, 1]:
 
@@ -15,12 +16,17 @@ Every reader returns float32 arrays in [0, 1]:
 
 Problems with one file raise ``BadSampleError`` (or its subclass ``UnreadableImageError``), which
 carries the path, so callers can report the file and skip it.
+
+``write_image`` encodes by the file suffix and writes through ``utils.file_io.atomic_write``, so an
+interrupted run never leaves a truncated image behind.
 """
 
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from utils.file_io import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -30,6 +36,7 @@ __all__ = [
     "list_images_by_stem",
     "read_gray",
     "read_rgb",
+    "write_image",
 ]
 
 # File suffixes (lower case) treated as images when listing a folder.
@@ -171,3 +178,21 @@ def read_gray(path: str | Path) -> np.ndarray:
     if image.ndim != 2:
         raise BadSampleError(path, f"unsupported map shape {image.shape}")
     return _to_unit_float(image, path)
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Encode ``image`` in the format of the file suffix (OpenCV's defaults) and write it
+    atomically.
+
+    Args:
+        path: output file; ``.png``, ``.jpg`` or another suffix OpenCV encodes.
+        image: ``[H, W]`` gray or ``[H, W, 3]`` BGR array, uint8 (or uint16 for PNG).
+
+    Raises:
+        OSError: OpenCV cannot encode the image in that format.
+    """
+    path = Path(path)
+    ok, encoded = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OSError(f"cannot encode {path} ({image.dtype} {image.shape})")
+    atomic_write(path, lambda file: file.write(encoded.tobytes()))

@@ -3,11 +3,10 @@
 References: fvcore ``fvcore/common/checkpoint.py``; detectron2 ``DetectionCheckpointer``.
 """
 
-import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
@@ -15,29 +14,13 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from torch import nn
 
 from engine import comm
+from utils.file_io import atomic_write
 
 __all__ = ["Checkpointer"]
 
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT_FILE = "last_checkpoint"
-TMP_SUFFIX = ".tmp"
-
-
-def _atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write ``path`` through ``path + ".tmp"`` and a rename, so that ``path`` is always either
-    the old file or the complete new one; the temporary file is removed on failure."""
-    tmp_path = path + TMP_SUFFIX
-    try:
-        with open(tmp_path, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
 
 
 def _format_keys(keys: list[str]) -> str:
@@ -85,13 +68,13 @@ class Checkpointer(_FvcoreCheckpointer):
         path = os.path.join(self.save_dir, basename)
         os.makedirs(self.save_dir, exist_ok=True)
         logger.info("Saving checkpoint to %s", path)
-        _atomic_write(path, lambda file: torch.save(data, file))
+        atomic_write(path, lambda file: torch.save(data, file))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Atomically point ``last_checkpoint`` at ``last_filename_basename``."""
         path = os.path.join(self.save_dir, LAST_CHECKPOINT_FILE)
-        _atomic_write(path, lambda file: file.write(last_filename_basename.encode()))
+        atomic_write(path, lambda file: file.write(last_filename_basename.encode()))
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` in ``save_dir`` if ``resume`` and it exists (model and

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 import torch
+
+# Running as `python pretrained/preprocess.py` puts pretrained/ (not the repository root) on
+# sys.path; add the root so that the repository's packages import.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from utils.file_io import atomic_write  # noqa: E402
 
 logger = logging.getLogger("preprocess")
 
@@ -69,9 +76,7 @@ def convert(input_path: Path, output_path: Path) -> int:
     except CheckpointFormatError as exc:
         raise CheckpointFormatError(f"{input_path}: {exc}") from exc
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_path.with_name(output_path.name + ".tmp")
-    torch.save({**checkpoint, "model": model}, tmp)
-    os.replace(tmp, output_path)
+    atomic_write(output_path, lambda file: torch.save({**checkpoint, "model": model}, file))
     return len(model) - len(checkpoint["model"])
 
 

@@ -15,6 +15,7 @@ status is then non-zero (also when nothing can be evaluated).
 
 import argparse
 import csv
+import io
 import logging
 import math
 import os
@@ -30,12 +31,13 @@ import numpy as np
 from tqdm import tqdm
 
 # Running as `python tools/evaluate.py` puts tools/ (not the repository root) on sys.path;
-# add the root so that the `evaluation` package imports.
+# add the root so that the repository's packages import.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from evaluation.metrics import METRIC_NAMES, Region, compute_metrics  # noqa: E402
+from utils.file_io import atomic_write  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -312,18 +314,19 @@ def evaluate_folders(
 
 
 def write_csv(path: Path, per_image: dict[str, dict[str, float]]) -> None:
-    """Write per-image metrics (paper units) to a CSV file with a header row.
+    """Write per-image metrics (paper units) to a CSV file with a header row, atomically.
 
     Args:
         path: output file (parent folders are created).
         per_image: ``{name: {"sad", "mse", "grad", "conn"}}``.
     """
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["name", *METRIC_NAMES])
+    for name, values in per_image.items():
+        writer.writerow([name, *(CSV_FLOAT_FORMAT.format(values[m]) for m in METRIC_NAMES)])
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["name", *METRIC_NAMES])
-        for name, values in per_image.items():
-            writer.writerow([name, *(CSV_FLOAT_FORMAT.format(values[m]) for m in METRIC_NAMES)])
+    atomic_write(path, lambda file: file.write(text.getvalue().encode("utf-8")))
 
 
 def format_table(mean: dict[str, float], num_images: int, region: Region) -> str:
