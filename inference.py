@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
 import time
 from collections import defaultdict
@@ -34,13 +33,13 @@ from data.readers import FOLDER_LAYOUTS, MattingItem, scan_test_set
 from engine.predictor import alpha_to_uint8, build_inference_model, load_inference_weights, predict
 from modeling.backbone.router import GLOBAL_ROUTE
 from utils.device import resolve_device
+from utils.memory import peak_memory_bytes
 from utils.token_budget import auto_max_number_token
 from utils.visualizer import routing_figure
 
 logger = logging.getLogger("inference")
 
 ROUTING_DIR = "routing"
-KIB = 1024
 MIB = 1024**2
 AUTO = "auto"
 
@@ -71,14 +70,8 @@ class Summary:
                 for i, s in sorted(self.routed_ratio_sums.items())
             )
             logger.info("mean share of tokens in global attention: %s", ratios)
-        logger.info("peak memory: %s", peak_memory(device))
-
-
-def peak_memory(device: torch.device) -> str:
-    """Peak GPU memory allocated by torch, or the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / MIB:.0f} MiB (CUDA allocated)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / MIB:.0f} MiB (RSS)"
+        kind = "CUDA allocated" if device.type == "cuda" else "RSS"
+        logger.info("peak memory: %.0f MiB (%s)", peak_memory_bytes(device) / MIB, kind)
 
 
 def _check_trimap_file(path: Path) -> None:

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -65,7 +64,11 @@ if str(REPO_ROOT) not in sys.path:
 from engine.config import LazyConfig, instantiate  # noqa: E402
 from modeling.meta_arch.mematte import NormalizedInput, padded_size  # noqa: E402
 from utils.device import autocast, resolve_device  # noqa: E402
-from utils.memory import configure_malloc  # noqa: E402
+from utils.memory import (  # noqa: E402
+    configure_malloc,
+    current_memory_bytes,
+    peak_memory_bytes,
+)
 from utils.token_budget import auto_max_number_token  # noqa: E402
 
 SCHEMA = "mematte-benchmark/1"
@@ -75,7 +78,6 @@ CONFIGS = {
 }
 VARIANTS = ("mematte", "vitmatte")
 MIB = 2**20
-KIB = 2**10
 # Synthetic trimap: an ellipse with semi-axes 0.35 H x 0.30 W and an unknown ring of this area.
 ELLIPSE_AXES = (0.35, 0.30)
 UNKNOWN_FRACTION = 0.05
@@ -127,18 +129,6 @@ def build_model(model_size: str, variant: str, overrides: list[str], seed: int) 
     LazyConfig.apply_overrides(cfg, all_overrides)
     torch.manual_seed(seed)
     return instantiate(cfg.model).eval()
-
-
-def _current_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * KIB / MIB
-    return float("nan")
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / MIB  # Linux: KiB
 
 
 def _cpu_name() -> str:
@@ -323,9 +313,7 @@ def run_worker(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device) / MIB
-    else:
-        before = _current_rss_mib()
+    before = current_memory_bytes(device) / MIB
     load_avg = list(os.getloadavg())
     with torch.inference_mode(), autocast(device, spec["precision"]):
         for i in range(spec["warmup"] + spec["repeats"]):
@@ -338,12 +326,8 @@ def run_worker(spec: dict) -> dict:
                 runs.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
                 stages.append(dict(timer.seconds))
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / MIB
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        peak = _peak_rss_mib()
-        device_name = _cpu_name()
+    peak = peak_memory_bytes(device) / MIB
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     routed = [int(k[0].sum()) for k in out["keep"]]
     for handle in timer.handles:
         handle.remove()
