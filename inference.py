@@ -4,6 +4,9 @@
         --checkpoint MEMatte_ViTS_DIM.pth --data-dir datasets/Composition-1k \
         --output-dir output/predictions [--batch-size 2] [--save-routing] [key=value ...]
 
+The checkpoint is read with ``weights_only=True``; one that also pickles other objects is refused
+unless ``--trust-checkpoint`` (unpickling runs code stored in the file).
+
 The official spellings (``--config-dir``, ``--checkpoint-dir``, ``--inference-dir``) work too.
 Images are grouped by size into batches; each image's result equals its batch-1 result. Files
 already in the output folder are skipped unless ``--overwrite``, so an interrupted run resumes.
@@ -30,6 +33,7 @@ from tqdm import tqdm
 from data.eval_dataset import MattingEvalDataset
 from data.image_io import BadSampleError, write_image
 from data.readers import FOLDER_LAYOUTS, MattingItem, scan_test_set
+from engine.checkpoint import add_trust_checkpoint_argument
 from engine.predictor import alpha_to_uint8, build_inference_model, load_inference_weights, predict
 from modeling.backbone.router import GLOBAL_ROUTE
 from utils.device import resolve_device
@@ -160,7 +164,7 @@ def run(args: argparse.Namespace) -> Summary:
         return summary
 
     model = build_inference_model(args.config_file, args.opts)
-    load_inference_weights(model, args.checkpoint)
+    load_inference_weights(model, args.checkpoint, trusted=args.trust_checkpoint)
     model.to(device).eval()
     if args.max_number_token not in (None, AUTO):
         model.backbone.max_number_token = int(args.max_number_token)
@@ -192,6 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config-file", "--config-dir", dest="config_file", required=True)
     parser.add_argument("--checkpoint", "--checkpoint-dir", dest="checkpoint", required=True)
+    add_trust_checkpoint_argument(parser)
     parser.add_argument("--data-dir", required=True, help="test-set folder")
     parser.add_argument("--output-dir", "--inference-dir", dest="output_dir", required=True)
     parser.add_argument(

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX
+
 __all__ = [
     "build_optimizer",
     "freeze_teacher",
@@ -28,9 +30,7 @@ DEFAULT_OVERRIDES: Mapping[str, Mapping[str, float]] = MappingProxyType(
     {"pos_embed": {"weight_decay": 0.0}}
 )
 NORM_MODULE_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-TEACHER_PREFIX = "teacher_backbone"
 
-_BACKBONE_PREFIX = "backbone"
 _BLOCKS = ".blocks."
 # A block's ResBottleneck (``backbone.blocks.{i}.residual.*``) is not decayed with its block.
 _RESIDUAL = ".residual."
@@ -54,7 +54,7 @@ def get_vit_lr_decay_rate(name: str, lr_decay_rate: float = 1.0, num_layers: int
         ``lr_decay_rate ** (num_layers + 1 - layer_id)``.
     """
     layer_id = num_layers + 1
-    if name.startswith(_BACKBONE_PREFIX):
+    if name.startswith(BACKBONE_PREFIX):
         if any(embedding in name for embedding in _EMBEDDINGS):
             layer_id = 0
         elif _BLOCKS in name and _RESIDUAL not in name:
@@ -177,21 +177,21 @@ def build_optimizer(
     return optimizer_cls(params, lr=lr, weight_decay=weight_decay, **optimizer_kwargs)
 
 
-def freeze_teacher(model: nn.Module, prefix: str = TEACHER_PREFIX) -> int:
-    """Set ``requires_grad=False`` on every parameter under a ``teacher_backbone`` module.
+def freeze_teacher(model: nn.Module) -> int:
+    """Set ``requires_grad=False`` on every parameter of the distillation teacher
+    (``teacher_backbone.*``).
 
     Call it before building the optimizer and the DDP wrapper.
 
     Args:
-        model: the model (a ``module.`` DDP prefix is fine).
-        prefix: name of the teacher sub-module.
+        model: the unwrapped model.
 
     Returns:
         The number of parameter tensors frozen.
     """
     frozen = 0
     for name, param in model.named_parameters():
-        if prefix in name.split("."):
+        if name.startswith(TEACHER_PREFIX):
             param.requires_grad_(False)
             frozen += 1
     return frozen

@@ -232,7 +232,7 @@ def test_teacher_stays_frozen_while_the_student_learns(synthetic, tmp_path, one_
     cfg.train.init_checkpoint = str(tmp_path / "init.pth")
     out.mkdir()
 
-    main.do_train(argparse.Namespace(resume=False), cfg)
+    main.do_train(argparse.Namespace(resume=False, trust_checkpoint=False), cfg)
 
     before = _weights(tmp_path / "init.pth")
     checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
