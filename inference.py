@@ -24,8 +24,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -78,17 +76,6 @@ class Summary:
         logger.info("peak memory: %.0f MiB (%s)", peak_memory_bytes(device) / MIB, kind)
 
 
-def _check_trimap_file(path: Path) -> None:
-    """A trimap must be an 8-bit single-channel map (or gray saved as RGB)."""
-    raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise BadSampleError(path, "cannot decode trimap")
-    if raw.dtype != np.uint8:
-        raise BadSampleError(path, f"trimap must be 8-bit (0..255), got {raw.dtype}")
-    if raw.ndim == 3 and not all(np.array_equal(raw[..., 0], raw[..., c]) for c in range(1, 3)):
-        raise BadSampleError(path, "trimap must be single-channel, got a colour image")
-
-
 class _SafeSamples(Dataset):
     """Loads test items; a bad item becomes ``{"error": ..., "path": ...}`` instead of raising."""
 
@@ -101,7 +88,6 @@ class _SafeSamples(Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         try:
-            _check_trimap_file(self.items[idx].trimap_path)
             sample = self.dataset[idx]
         except BadSampleError as exc:
             return {"error": exc.reason, "path": exc.path}

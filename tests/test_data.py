@@ -18,9 +18,12 @@ from data import (
     detect_layout,
     make_generator,
     read_gray,
+    read_map_u8,
     read_rgb,
+    read_trimap,
     scan_test_set,
     seed_worker,
+    write_image,
 )
 from data.image_io import list_images_by_stem
 from data.transforms import (
@@ -325,6 +328,40 @@ def test_read_conversions(tmp_path: Path) -> None:
         read_rgb(tmp_path / "broken.png")
     with pytest.raises(UnreadableImageError, match="nothere.png"):
         read_gray(tmp_path / "nothere.png")
+
+
+def test_read_map_u8_gives_the_8bit_levels_of_16bit_and_colour_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    levels = np.array([[0, 1, 127, 128], [129, 200, 254, 255]], np.uint8)
+    cv2.imwrite(str(tmp_path / "gray.png"), levels)
+    cv2.imwrite(str(tmp_path / "gray_as_rgb.png"), np.dstack([levels] * 3))
+    # 257 v + 128 lies just below the midpoint to the next level: round((257 v + 128) / 257) = v
+    deep = levels.astype(np.uint16) * 257 + np.where(levels < 255, 128, 0).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    colour = np.dstack([np.full_like(levels, 255), np.zeros_like(levels), levels])  # BGR
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    for name in ("gray", "gray_as_rgb", "deep"):
+        read = read_map_u8(tmp_path / f"{name}.png")
+        assert read.dtype == np.uint8 and np.array_equal(read, levels), name
+    with caplog.at_level(logging.WARNING, logger="data.image_io"):
+        assert np.array_equal(read_map_u8(tmp_path / "colour.png"), levels)  # its red channel
+    assert "colour.png" in caplog.text and "red channel" in caplog.text
+
+
+def test_read_trimap_takes_8bit_single_channel_maps_only(tmp_path: Path) -> None:
+    trimap = np.array([[0, 128], [255, 128]], np.uint8)
+    write_image(tmp_path / "trimap.png", trimap)
+    write_image(tmp_path / "trimap_rgb.png", np.dstack([trimap] * 3))
+    for name in ("trimap", "trimap_rgb"):
+        expected = trimap.astype(np.float32) / np.float32(255)  # file value / 255, not re-quantized
+        np.testing.assert_array_equal(read_trimap(tmp_path / f"{name}.png"), expected)
+    write_image(tmp_path / "deep.png", trimap.astype(np.uint16) * 257)
+    with pytest.raises(BadSampleError, match="8-bit"):
+        read_trimap(tmp_path / "deep.png")
+    write_image(tmp_path / "colour.png", np.dstack([trimap, trimap, 255 - trimap]))
+    with pytest.raises(BadSampleError, match="single-channel"):
+        read_trimap(tmp_path / "colour.png")
 
 
 def test_duplicate_stems_are_rejected(tmp_path: Path) -> None:

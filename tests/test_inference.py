@@ -18,7 +18,7 @@ from engine.config import LazyConfig, instantiate
 from engine.predictor import alpha_to_uint8, build_inference_model, load_inference_weights
 from evaluation.evaluator import MattingEvaluator
 from evaluation.metrics import compute_metrics
-from tools.evaluate import evaluate_folders
+from tools.evaluate import evaluate_items, match_files, mean_metrics
 from tools.make_synthetic_dataset import make_synthetic_dataset
 
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "MEMatte_tiny_synthetic.py"
@@ -148,7 +148,8 @@ def test_evaluate_tool_and_evaluator_agree_with_compute_metrics(workspace, tmp_p
     out = tmp_path / "pred"
     assert _run(workspace["comp1k"], out, workspace["ckpt"]) == 0
     labels, trimaps = workspace["comp1k"] / "alpha_copy", workspace["comp1k"] / "trimaps"
-    per_image, mean = evaluate_folders(out, labels, trimaps)
+    per_image, _ = evaluate_items(match_files(out, labels, trimaps))
+    mean = mean_metrics(per_image)
     assert len(per_image) == NUM_TEST
     for stem, metrics in per_image.items():
         pred = cv2.imread(str(out / f"{stem}.png"), 0)
