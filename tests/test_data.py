@@ -28,18 +28,19 @@ from data import (
 from data.image_io import list_images_by_stem
 from data.transforms import (
     Composite,
-    CutMask,
-    GenMask,
+    GenTrimap,
     RandomAffine,
     RandomCrop,
     RandomJitter,
     affine_matrix,
     composite_two_foregrounds,
 )
+from data.trimap import erosion_trimap, quantize_trimap
 from tools.make_synthetic_dataset import make_synthetic_dataset
 
 CROP = 64  # small training crop keeps the tests fast
-TRIMAP_LEVELS = {0.0, 128.0, 255.0}
+TRIMAP_LEVELS = {0, 128, 255}  # 8-bit, inside the pipeline
+NETWORK_TRIMAP_LEVELS = {0.0, 0.5, 1.0}  # what the training batch carries
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +77,15 @@ def test_sample_shapes_dtypes_and_ranges(synthetic_root: Path) -> None:
     dataset = _train_set(synthetic_root)
     for idx in range(len(dataset)):
         sample = dataset[idx]
-        assert set(sample) == {"image", "fg", "bg", "alpha", "trimap", "mask", "image_name"}
+        assert set(sample) == {"image", "fg", "bg", "alpha", "trimap", "image_name"}
         for key in ("image", "fg", "bg"):
             assert sample[key].shape == (3, CROP, CROP) and sample[key].dtype == torch.float32
             assert sample[key].min() >= 0 and sample[key].max() <= 1
-        for key in ("alpha", "trimap", "mask"):
+        for key in ("alpha", "trimap"):
             assert sample[key].shape == (1, CROP, CROP) and sample[key].dtype == torch.float32
         assert sample["alpha"].min() >= 0 and sample["alpha"].max() <= 1
-        assert set(sample["trimap"].unique().tolist()) <= TRIMAP_LEVELS
-        assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
+        assert set(sample["trimap"].unique().tolist()) <= NETWORK_TRIMAP_LEVELS
+        assert (sample["trimap"] == 0.5).any()  # the crop is centred on an unknown pixel
         composite = sample["fg"] * sample["alpha"] + sample["bg"] * (1 - sample["alpha"])
         torch.testing.assert_close(sample["image"], composite, atol=1e-5, rtol=0)
 
@@ -205,26 +206,45 @@ def _soft_disc(size: int = 640) -> np.ndarray:
     return disc
 
 
-def test_genmask_trimap_covers_every_fractional_alpha() -> None:
+def test_erosion_trimap_by_hand() -> None:
+    # Columns: 4 background, one fractional, 4 foreground. OpenCV's 3x3 ellipse is a cross and
+    # erosion treats pixels beyond the border as belonging to the region.
+    alpha = np.tile(np.array([0, 0, 0, 0, 0.5, 1, 1, 1, 1], np.float32), (5, 1))
+    row = erosion_trimap(alpha, fg_kernel=1, bg_kernel=1)[2]
+    assert row.tolist() == [0, 0, 0, 0, 128, 255, 255, 255, 255]
+    row = erosion_trimap(alpha, fg_kernel=3, bg_kernel=1)[2]
+    assert row.tolist() == [0, 0, 0, 0, 128, 128, 255, 255, 255]
+    row = erosion_trimap(alpha, fg_kernel=1, bg_kernel=5)[2]
+    assert row.tolist() == [0, 0, 128, 128, 128, 255, 255, 255, 255]
+    assert erosion_trimap(alpha, 3, 3).dtype == np.uint8
+
+
+def test_quantize_trimap_uses_the_official_thresholds() -> None:
+    levels = np.array([0, 84, 85, 127, 128, 169, 170, 254, 255], np.uint8)
+    expected = [0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0]
+    quantized = quantize_trimap(levels)
+    assert quantized.dtype == np.float32 and quantized.tolist() == expected
+
+
+def test_gen_trimap_band_covers_fractional_alpha_and_is_at_most_a_kernel_wide() -> None:
     alpha = _soft_disc()  # already at the 640 working size: the resizes are identities
+    max_kernel = GenTrimap().max_kernel
+    definite_fg, definite_bg = alpha >= 1 - 1e-5, alpha <= 1e-5
+    # Distance of each definite pixel to the nearest pixel outside its region.
+    fg_depth = cv2.distanceTransform(definite_fg.astype(np.uint8), cv2.DIST_L2, 5)
+    bg_depth = cv2.distanceTransform(definite_bg.astype(np.uint8), cv2.DIST_L2, 5)
+    trimaps = []
     for seed in range(5):
-        sample = GenMask()({"alpha": alpha.copy()}, np.random.default_rng(seed))
-        trimap = sample["trimap"]
+        trimap = GenTrimap()({"alpha": alpha.copy()}, np.random.default_rng(seed))["trimap"]
         assert set(np.unique(trimap).tolist()) <= TRIMAP_LEVELS
-        assert np.all(trimap[(alpha > 1e-5) & (alpha < 1 - 1e-5)] == 128)
-        assert trimap[320, 320] == 255 and trimap[630, 630] == 0
-        assert set(np.unique(sample["mask"]).tolist()) <= {0, 1}
-
-
-def test_cutmask_skip_probability_semantics() -> None:
-    mask = (np.random.default_rng(0).random((64, 64)) < 0.5).astype(np.uint8)
-    skipped = CutMask(skip_prob=1.0)({"mask": mask.copy()}, np.random.default_rng(0))
-    assert np.array_equal(skipped["mask"], mask)
-    changed = [
-        not np.array_equal(CutMask(skip_prob=0.0)({"mask": mask.copy()}, rng)["mask"], mask)
-        for rng in map(np.random.default_rng, range(10))
-    ]
-    assert sum(changed) >= 8  # source and target boxes rarely coincide
+        assert np.all(trimap[~definite_fg & ~definite_bg] == 128)
+        # A kernel narrower than max_kernel erodes less than max_kernel / 2 px off a region.
+        assert np.all(trimap[fg_depth > max_kernel / 2] == 255)
+        assert np.all(trimap[bg_depth > max_kernel / 2] == 0)
+        trimaps.append(trimap)
+    again = GenTrimap()({"alpha": alpha.copy()}, np.random.default_rng(4))["trimap"]
+    assert np.array_equal(again, trimaps[4])
+    assert len({t.tobytes() for t in trimaps}) > 1  # the band width is drawn
 
 
 def _crop_sample(trimap: np.ndarray) -> dict:
@@ -233,8 +253,7 @@ def _crop_sample(trimap: np.ndarray) -> dict:
         "fg": np.zeros((height, width, 3), np.uint8),
         "alpha": (trimap / 255).astype(np.float32),
         "bg": np.zeros((30, 20, 3), np.uint8),
-        "trimap": trimap.astype(np.float32),
-        "mask": (trimap > 0).astype(np.uint8),
+        "trimap": trimap.astype(np.uint8),
         "image_name": "x",
     }
 
@@ -244,7 +263,7 @@ def test_random_crop_is_centred_on_unknown_pixels() -> None:
     trimap[100:120, 250:270] = 128
     for seed in range(10):
         out = RandomCrop(64)(_crop_sample(trimap), np.random.default_rng(seed))
-        assert all(out[k].shape[:2] == (64, 64) for k in ("fg", "alpha", "bg", "trimap", "mask"))
+        assert all(out[k].shape[:2] == (64, 64) for k in ("fg", "alpha", "bg", "trimap"))
         assert out["trimap"][28:36, 28:36].max() == 128  # an unknown pixel near the centre
 
 

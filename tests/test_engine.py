@@ -85,7 +85,7 @@ class ToyMatting(nn.Module):
         self.head = nn.Conv2d(hidden, 1, 1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
-        x = torch.cat([batch["image"], batch["trimap"] / 255.0], dim=1)
+        x = torch.cat([batch["image"], batch["trimap"]], dim=1)
         features = torch.relu(self.norm(self.backbone(x)))
         phas = torch.sigmoid(self.head(features))
         keep_ratios = [torch.sigmoid(router(features)).mean() for router in self.routers]
@@ -104,7 +104,7 @@ class ToyDataset(Dataset):
         gen = torch.Generator().manual_seed(seed)
         self.images = torch.rand(num_samples, 3, IMG, IMG, generator=gen)
         self.alphas = self.images.mean(dim=1, keepdim=True).pow(2)
-        self.trimaps = torch.full_like(self.alphas, 128.0)
+        self.trimaps = torch.full_like(self.alphas, 0.5)  # all unknown
 
     def __len__(self) -> int:
         return len(self.images)

@@ -34,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from data.image_io import write_image  # noqa: E402
+from data.trimap import erosion_trimap  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ TRIMAP_BAND_RANGE = (0.02, 0.06)
 # cv2.polylines/ellipse use fixed-point coordinates with this many fractional bits (sub-pixel).
 _SHIFT = 4
 _ONE = 1 << _SHIFT
+ALPHA_MAX = 255.0  # 8-bit alpha scale
 
 
 def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
@@ -147,15 +149,6 @@ def make_background(rng: np.random.Generator, size: int, kind: int) -> np.ndarra
     return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def make_trimap(alpha: np.ndarray, kernel_size: int) -> np.ndarray:
-    """Trimap {0, 128, 255} from an 8-bit alpha: definite regions eroded by an ellipse."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
-    trimap = np.full(alpha.shape, 128, np.uint8)
-    trimap[cv2.erode((alpha == 255).astype(np.uint8), kernel) == 1] = 255
-    trimap[cv2.erode((alpha == 0).astype(np.uint8), kernel) == 1] = 0
-    return trimap
-
-
 def _fit_background(bg: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize ``bg`` to cover ``height x width`` and crop its top-left corner."""
     scale = max(height / bg.shape[0], width / bg.shape[1], 1.0)
@@ -217,8 +210,9 @@ def make_synthetic_dataset(
         a = alpha.astype(np.float32)[:, :, None] / 255
         merged = np.round(fg * a + bg * (1 - a)).astype(np.uint8)
         band = int(round(max(height, width) * rng.uniform(*TRIMAP_BAND_RANGE))) | 1  # odd side
+        trimap = erosion_trimap(alpha / ALPHA_MAX, band, band)
         write_image(out / "test/merged" / f"test_{i:03d}.png", merged)
-        write_image(out / "test/trimaps" / f"test_{i:03d}.png", make_trimap(alpha, band))
+        write_image(out / "test/trimaps" / f"test_{i:03d}.png", trimap)
         write_image(out / "test/alpha_copy" / f"test_{i:03d}.png", alpha)
     return {"train": out / "train", "test": out / "test"}
 
