@@ -13,13 +13,11 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import torch
 from torch import nn
 
 from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX
 
 __all__ = [
-    "build_optimizer",
     "freeze_teacher",
     "get_default_optimizer_params",
     "get_vit_lr_decay_rate",
@@ -134,47 +132,6 @@ def get_default_optimizer_params(
             hyperparams.update(overrides.get(param_name, {}))
             groups.append({"params": [param], **hyperparams})
     return _merge_param_groups(groups)
-
-
-def build_optimizer(
-    model: nn.Module,
-    optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
-    *,
-    lr: float,
-    weight_decay: float,
-    weight_decay_norm: float | None = 0.0,
-    overrides: Mapping[str, Mapping[str, float]] = DEFAULT_OVERRIDES,
-    lr_factor_func: Callable[[str], float] | None = None,
-    **optimizer_kwargs: Any,
-) -> torch.optim.Optimizer:
-    """Build an optimizer over :func:`get_default_optimizer_params` groups in one call.
-
-    For configs that avoid the ``base_lr="${..lr}"`` interpolation::
-
-        optimizer = L(build_optimizer)(
-            optimizer_cls=torch.optim.AdamW, lr=5e-4, weight_decay=0.1, betas=(0.9, 0.999),
-            lr_factor_func=partial(get_vit_lr_decay_rate, num_layers=12, lr_decay_rate=0.65),
-        )  # then: cfg.optimizer.model = model; optim = instantiate(cfg.optimizer)
-
-    Args:
-        model: the (unwrapped) model.
-        optimizer_cls: optimizer class or factory taking ``(params, lr=, weight_decay=, ...)``.
-        lr: base lr.
-        weight_decay: weight decay outside norm layers and overrides.
-        weight_decay_norm: see :func:`get_default_optimizer_params`.
-        overrides: see :func:`get_default_optimizer_params`.
-        lr_factor_func: see :func:`get_default_optimizer_params`.
-        **optimizer_kwargs: other optimizer arguments (``betas``, ``eps``, ...).
-    """
-    params = get_default_optimizer_params(
-        model,
-        base_lr=lr,
-        weight_decay=weight_decay,
-        weight_decay_norm=weight_decay_norm,
-        overrides=overrides,
-        lr_factor_func=lr_factor_func,
-    )
-    return optimizer_cls(params, lr=lr, weight_decay=weight_decay, **optimizer_kwargs)
 
 
 def freeze_teacher(model: nn.Module) -> int:

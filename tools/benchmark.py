@@ -174,12 +174,11 @@ def _gflops(module: nn.Module, inputs: tuple[Tensor, ...]) -> float:
 def backbone_gflops(backbone: nn.Module, images: Tensor | NormalizedInput) -> tuple[float, Tensor]:
     """fvcore GFLOPs of the backbone on ``images``, and its features.
 
-    The JIT tracer keeps every intermediate of a trace alive (at 1024x1024 one whole-backbone
-    trace needed twice the memory of the forward, and for the ViTMatte variant at 2048x2048 it
-    ran out of 24 GB), so the backbone runs its own forward and each call of its patch
-    embedding, routers and blocks is traced on its real input; the traced call's output is what
-    the forward goes on with, so every module runs once. The glue between them (pos-embed
-    interpolation, reshapes) is not counted.
+    The JIT tracer keeps every intermediate of a trace alive, so a whole-backbone trace needs a
+    multiple of the forward's memory on large inputs. Instead the backbone runs its own forward
+    and each call of its patch embedding, routers and blocks is traced on its real input; the
+    traced call's output is what the forward goes on with, so every module runs once. The glue
+    between them (pos-embed interpolation, reshapes) is not counted.
     """
     total = 0.0
 
