@@ -25,6 +25,7 @@ from data import (
     seed_worker,
     write_image,
 )
+from data.build import TrainSampler, build_train_loader, epoch_seed
 from data.image_io import list_images_by_stem
 from data.transforms import (
     Composite,
@@ -142,6 +143,42 @@ def test_dataloader_workers_reproducible_and_distinct(synthetic_root: Path) -> N
     assert not torch.equal(first[0], first[1])
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+# --- training loader -------------------------------------------------------------------------
+
+
+def _first_batches(loader, epoch: int, count: int = 2) -> list[torch.Tensor]:
+    loader.sampler.set_epoch(epoch)
+    batches = []
+    for batch in loader:
+        batches.append(batch["image"])
+        if len(batches) == count:
+            break
+    return batches
+
+
+def test_train_loader_streams_depend_only_on_seed_and_epoch(synthetic_root):
+    def build(seed: int):
+        dataset = _train_set(synthetic_root, seed=seed)
+        return build_train_loader(dataset, batch_size=2, num_workers=0, seed=seed)
+
+    loader = build(seed=3)
+    assert isinstance(loader.sampler, TrainSampler) and loader.drop_last
+    epoch1 = _first_batches(loader, 1)
+    _first_batches(loader, 0)
+    again = _first_batches(loader, 1)  # after another epoch: the same samples and crops
+    other = _first_batches(build(seed=3), 2)
+    for a, b in zip(epoch1, again):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(epoch1[0], other[0])
+    assert epoch_seed(3, 0, 1) != epoch_seed(3, 1, 0)
+
+
+def test_train_loader_rejects_a_dataset_smaller_than_a_batch(synthetic_root):
+    dataset = _train_set(synthetic_root)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        build_train_loader(dataset, batch_size=len(dataset) + 1, num_workers=0)
 
 
 # --- bad training input ----------------------------------------------------------------------
