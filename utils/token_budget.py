@@ -19,7 +19,7 @@ normalised tokens, the qkv projection, q/k/v, output, projection). Where no fuse
 enabled, the ``n x n`` float32 logits and weights of every head are added:
 ``2 * heads * 4 * n**2``. bf16/fp16 autocast is planned as float32 (the residual stream stays
 float32 and autocast adds cast copies). The measurements are the README's benchmark table;
-``tests/test_token_budget.py`` checks the model against them.
+``tests/test_token_budget.py`` checks that each measured peak lies within the plan / SAFETY.
 
 The rule: ``cap = largest n with peak(H, W, n) <= SAFETY * free_bytes``; ``None`` (no cap) when
 every token fits, 0 when even ``n = 0`` does not fit (a warning is logged: the forward will
