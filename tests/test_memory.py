@@ -17,5 +17,7 @@ def test_cpu_readers_see_a_known_allocation():
     block = np.ones(BLOCK_BYTES, np.uint8)  # every page written, so resident
     during = current_memory_bytes("cpu")
     assert (1 - SLACK) * BLOCK_BYTES <= during - before <= (1 + SLACK) * BLOCK_BYTES
-    assert peak_memory_bytes("cpu") >= during
+    # The kernel syncs its per-thread RSS counters lazily: the two readers may differ by a few
+    # pages, so the peak is checked to include the block, not to exceed the current reading.
+    assert peak_memory_bytes("cpu") - before >= (1 - SLACK) * BLOCK_BYTES
     del block
