@@ -80,8 +80,8 @@ def _refused_globals(path: Path, error: Exception) -> list[str]:
 
 
 def _load_pickled_objects(path: Path, error: pickle.UnpicklingError, trusted: bool) -> Any:
-    """``torch.load(weights_only=False)`` of a file the weights-only unpickler refused, if the
-    caller trusts it."""
+    """Full unpickling (the one unsafe ``torch.load`` of the code base) of a file the weights-only
+    unpickler refused, if the caller trusts it."""
     if not trusted:
         names = _refused_globals(path, error)
         if not names:
@@ -109,7 +109,7 @@ def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[s
     Args:
         path: the checkpoint file.
         trusted: also load a file that pickles objects other than tensors and plain containers
-            (``torch.load(weights_only=False)``: runs code stored in the file).
+            (full unpickling: runs code stored in the file).
 
     Returns:
         The checkpoint dict; its ``"model"`` entry is a mapping.
