@@ -4,14 +4,14 @@
         --checkpoint MEMatte_ViTS_DIM.pth --data-dir datasets/Composition-1k \
         --output-dir output/predictions [--batch-size 2] [--save-routing] [key=value ...]
 
-The checkpoint is read with ``weights_only=True``; one that also pickles other objects is refused
-unless ``--trust-checkpoint`` (unpickling runs code stored in the file).
-
 The official spellings (``--config-dir``, ``--checkpoint-dir``, ``--inference-dir``) work too.
 Images are grouped by size into batches; each image's result equals its batch-1 result. Files
 already in the output folder are skipped unless ``--overwrite``, so an interrupted run resumes.
 A bad item (unreadable file, missing or mismatched trimap) is reported and skipped; the exit
 status is 1 when any item failed.
+
+The checkpoint is read with ``weights_only=True``; one that also pickles other objects is refused
+unless ``--trust-checkpoint`` (unpickling runs code stored in the file).
 """
 
 from __future__ import annotations
