@@ -89,7 +89,6 @@ class _WholeForward(nn.Module):
         return self.model({"image": image, "trimap": trimap}, patch_decoder=True)["phas"]
 
 
-@pytest.mark.slow
 def test_count_gflops_equals_one_trace_of_the_whole_forward():
     model = build_tiny_mematte().eval()
     model.backbone.max_number_token = 3
