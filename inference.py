@@ -9,39 +9,39 @@ Images are grouped by size into batches; each image's result equals its batch-1 
 already in the output folder are skipped unless ``--overwrite``, so an interrupted run resumes.
 A bad item (unreadable file, missing or mismatched trimap) is reported and skipped; the exit
 status is 1 when any item failed.
+
+The checkpoint is read with ``weights_only=True``; one that also pickles other objects is refused
+unless ``--trust-checkpoint`` (unpickling runs code stored in the file).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import resource
 import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.eval_dataset import MattingEvalDataset
-from data.image_io import BadSampleError
+from data.image_io import BadSampleError, write_image
 from data.readers import FOLDER_LAYOUTS, MattingItem, scan_test_set
-from engine.precision import resolve_device
+from engine.checkpoint import add_trust_checkpoint_argument
 from engine.predictor import alpha_to_uint8, build_inference_model, load_inference_weights, predict
-from engine.token_budget import auto_max_number_token
-from engine.visualize import routing_figure
 from modeling.backbone.router import GLOBAL_ROUTE
+from utils.device import resolve_device
+from utils.memory import peak_memory_bytes
+from utils.token_budget import auto_max_number_token
+from utils.visualizer import routing_figure
 
 logger = logging.getLogger("inference")
 
 ROUTING_DIR = "routing"
-KIB = 1024
 MIB = 1024**2
 AUTO = "auto"
 
@@ -72,25 +72,8 @@ class Summary:
                 for i, s in sorted(self.routed_ratio_sums.items())
             )
             logger.info("mean share of tokens in global attention: %s", ratios)
-        logger.info("peak memory: %s", peak_memory(device))
-
-
-def peak_memory(device: torch.device) -> str:
-    """Peak GPU memory allocated by torch, or the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / MIB:.0f} MiB (CUDA allocated)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / MIB:.0f} MiB (RSS)"
-
-
-def _check_trimap_file(path: Path) -> None:
-    """A trimap must be an 8-bit single-channel map (or gray saved as RGB)."""
-    raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise BadSampleError(path, "cannot decode trimap")
-    if raw.dtype != np.uint8:
-        raise BadSampleError(path, f"trimap must be 8-bit (0..255), got {raw.dtype}")
-    if raw.ndim == 3 and not all(np.array_equal(raw[..., 0], raw[..., c]) for c in range(1, 3)):
-        raise BadSampleError(path, "trimap must be single-channel, got a colour image")
+        kind = "CUDA allocated" if device.type == "cuda" else "RSS"
+        logger.info("peak memory: %.0f MiB (%s)", peak_memory_bytes(device) / MIB, kind)
 
 
 class _SafeSamples(Dataset):
@@ -105,22 +88,11 @@ class _SafeSamples(Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         try:
-            _check_trimap_file(self.items[idx].trimap_path)
             sample = self.dataset[idx]
         except BadSampleError as exc:
             return {"error": exc.reason, "path": exc.path}
         sample["stem"] = self.items[idx].name
         return sample
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write a PNG atomically, so an interrupted run never leaves a truncated file behind."""
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
 
 
 def _run_batch(samples: list[dict], model, args, device, output_dir: Path, summary: Summary):
@@ -137,7 +109,7 @@ def _run_batch(samples: list[dict], model, args, device, output_dir: Path, summa
     blocks = model.backbone.routed_block_indexes
     for i, sample in enumerate(samples):
         alpha = alpha_to_uint8(out["phas"][i, 0], sample["trimap"][0], rounding=args.round)
-        write_png(output_dir / f"{sample['stem']}.png", alpha)
+        write_image(output_dir / f"{sample['stem']}.png", alpha)
         keeps = [k[i, ..., 0].float().cpu().numpy() for k in out["keep"]]
         for index, keep in zip(blocks, keeps):
             summary.routed_ratio_sums[index] += float(keep.mean())
@@ -148,7 +120,7 @@ def _run_batch(samples: list[dict], model, args, device, output_dir: Path, summa
             ]
             image = sample["image"].permute(1, 2, 0).numpy()
             figure = routing_figure(image, keeps, blocks, probabilities=probs)
-            cv2.imwrite(str(output_dir / ROUTING_DIR / f"{sample['stem']}.jpg"), figure)
+            write_image(output_dir / ROUTING_DIR / f"{sample['stem']}.jpg", figure)
         summary.done += 1
 
 
@@ -178,7 +150,7 @@ def run(args: argparse.Namespace) -> Summary:
         return summary
 
     model = build_inference_model(args.config_file, args.opts)
-    load_inference_weights(model, args.checkpoint)
+    load_inference_weights(model, args.checkpoint, trusted=args.trust_checkpoint)
     model.to(device).eval()
     if args.max_number_token not in (None, AUTO):
         model.backbone.max_number_token = int(args.max_number_token)
@@ -210,6 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config-file", "--config-dir", dest="config_file", required=True)
     parser.add_argument("--checkpoint", "--checkpoint-dir", dest="checkpoint", required=True)
+    add_trust_checkpoint_argument(parser)
     parser.add_argument("--data-dir", required=True, help="test-set folder")
     parser.add_argument("--output-dir", "--inference-dir", dest="output_dir", required=True)
     parser.add_argument(

@@ -7,7 +7,10 @@ from data.image_io import (
     BadSampleError,
     UnreadableImageError,
     read_gray,
+    read_map_u8,
     read_rgb,
+    read_trimap,
+    write_image,
 )
 from data.readers import (
     FOLDER_LAYOUTS,
@@ -34,8 +37,11 @@ __all__ = [
     "detect_layout",
     "make_generator",
     "read_gray",
+    "read_map_u8",
     "read_rgb",
+    "read_trimap",
     "scan_test_set",
     "seed_worker",
     "train_transforms",
+    "write_image",
 ]

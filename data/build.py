@@ -17,22 +17,15 @@ References: detectron2 ``detectron2/data/build.py`` (interface only); PyTorch
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data.seeding import ReseedableDataset, seed_worker
+from engine import comm
 
 __all__ = ["TrainSampler", "build_train_loader", "epoch_seed"]
 
 # The main process (``num_workers=0``) draws from the stream a lone worker 0 would get.
 _MAIN_PROCESS_WORKER_ID = 0
-
-
-def _world() -> tuple[int, int]:
-    """``(world size, rank)`` of the default process group, ``(1, 0)`` when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -51,9 +44,13 @@ class TrainSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Dataset, *, seed: int = 0) -> None:
-        world_size, rank = _world()
         super().__init__(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+            dataset,
+            num_replicas=comm.get_world_size(),
+            rank=comm.get_rank(),
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
         )
 
     def set_epoch(self, epoch: int) -> None:

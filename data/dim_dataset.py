@@ -51,9 +51,8 @@ class DIMTrainDataset(ReseedableDataset):
     """On-the-fly composited training samples with the official augmentations.
 
     Each sample is a dict with ``image``, ``fg``, ``bg`` ``[3, S, S]`` float32 in [0, 1] (RGB),
-    ``alpha`` ``[1, S, S]`` float32 in [0, 1], ``trimap`` ``[1, S, S]`` float32 in {0, 128, 255},
-    ``mask`` ``[1, S, S]`` float32 in {0, 1} (coarse mask, unused by MEMatte) and ``image_name``
-    (the foreground's file name), with ``S = crop_size``.
+    ``alpha`` ``[1, S, S]`` float32 in [0, 1], ``trimap`` ``[1, S, S]`` float32 in {0, 0.5, 1}
+    and ``image_name`` (the foreground's file name), with ``S = crop_size``.
 
     Randomness comes from the generator managed by ``ReseedableDataset``: pass
     ``data.seeding.seed_worker`` as the DataLoader's ``worker_init_fn``. An unreadable file is

@@ -1,8 +1,9 @@
 """Dataset over the items of a test-set folder, for inference and evaluation.
 
 Images, trimaps and alphas are read as in the official inference (``to_tensor`` of the files):
-values scaled to [0, 1], trimap levels kept as stored (128 -> 128 / 255, not re-quantized). See
-``data.image_io`` for the conversions of grayscale, RGBA and 16-bit files.
+values scaled to [0, 1], trimap levels kept as stored (128 -> 128 / 255, not re-quantized); a
+trimap must be an 8-bit single-channel map. See ``data.image_io`` for the conversions of
+grayscale, RGBA and 16-bit files.
 """
 
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.image_io import BadSampleError, read_gray, read_rgb
+from data.image_io import BadSampleError, read_gray, read_rgb, read_trimap
 from data.readers import MattingItem, scan_test_set
 
 __all__ = ["MattingEvalDataset"]
@@ -41,8 +42,9 @@ class MattingEvalDataset(torch.utils.data.Dataset):
             ignored).
 
     Raises (per item, from ``__getitem__``):
-        BadSampleError: unreadable file, or trimap/alpha size differing from the image; the
-            exception's ``path`` names the file, so callers can report it and skip the item.
+        BadSampleError: unreadable file, trimap that is not 8-bit single-channel, or trimap/alpha
+            size differing from the image; the exception's ``path`` names the file, so callers
+            can report it and skip the item.
     """
 
     def __init__(
@@ -64,7 +66,7 @@ class MattingEvalDataset(torch.utils.data.Dataset):
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor | str]:
         item = self.items[idx]
         image = read_rgb(item.image_path)
-        trimap = read_gray(item.trimap_path)
+        trimap = read_trimap(item.trimap_path)
         _check_size(item.trimap_path, trimap, image, item.image_path)
         sample: dict[str, torch.Tensor | str] = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # HWC->CHW

@@ -1,26 +1,41 @@
-"""Reading images and single-channel maps from disk, with explicit format conversions.
+"""Reading images and single-channel maps from disk, with explicit format conversions, and
+writing images atomically.
 
-Every reader returns float32 arrays in [0, 1]:
+``read_rgb`` and ``read_gray`` return float32 arrays in [0, 1]:
 
 - bit depth: 8-bit values are divided by 255, 16-bit values by 65535; float images are clipped
   to [0, 1]. Other dtypes are rejected.
 - channels: an RGB image (``read_rgb``) is ``[H, W, 3]`` in RGB order. A grayscale file is
   replicated to three channels; an RGBA (or gray + alpha) file loses its alpha channel, as PIL's
-  ``convert("RGB")`` does. A map (``read_gray``: alpha matte, trimap) is ``[H, W]``: a
-  single-channel file is used as is; from a multi-channel file the alpha channel is dropped and the
-  first colour channel is kept when all colour channels are equal (a grayscale PNG saved as RGB),
-  otherwise the colour is converted to luma (ITU-R BT.601, as ``cv2.imread(path, 0)`` does).
+  ``convert("RGB")`` does. A map (``read_gray``: alpha matte) is ``[H, W]``: a single-channel
+  file is used as is; from a multi-channel file the alpha channel is dropped and the first colour
+  channel is kept when all colour channels are equal (a grayscale PNG saved as RGB), otherwise
+  the colour is converted to luma (ITU-R BT.601, as ``cv2.imread(path, 0)`` does).
 - orientation: EXIF orientation tags are ignored (as PIL does in the official inference), so an
   image stays pixel-aligned with its trimap and alpha.
 
+Two readers take maps with other rules: ``read_trimap`` (inference and evaluation inputs) accepts
+only 8-bit single-channel trimaps (a grayscale PNG saved as RGB included) and returns file value
+/ 255, as the official inference feeds them; ``read_map_u8`` (``tools/evaluate.py``) returns the
+8-bit levels the official MATLAB evaluation compares: 16-bit values become ``round(v / 257)`` and
+a colour file keeps its red channel, as ``evaluate.m`` keeps ``(:, :, 1)`` of the RGB image.
+
 Problems with one file raise ``BadSampleError`` (or its subclass ``UnreadableImageError``), which
 carries the path, so callers can report the file and skip it.
+
+``write_image`` encodes by the file suffix and writes through ``utils.file_io.atomic_write``, so an
+interrupted run never leaves a truncated image behind.
 """
 
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from utils.file_io import atomic_write
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -29,7 +44,10 @@ __all__ = [
     "list_images",
     "list_images_by_stem",
     "read_gray",
+    "read_map_u8",
     "read_rgb",
+    "read_trimap",
+    "write_image",
 ]
 
 # File suffixes (lower case) treated as images when listing a folder.
@@ -37,6 +55,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 _UINT8_MAX = 255.0
 _UINT16_MAX = 65535.0
+UINT16_PER_UINT8 = _UINT16_MAX / _UINT8_MAX  # 257: 16-bit value v is 8-bit round(v / 257)
+_BGR_RED = 2  # channel index of red in OpenCV's BGR order
 
 
 class BadSampleError(Exception):
@@ -144,30 +164,104 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(_to_unit_float(image, path)[:, :, ::-1])  # BGR -> RGB
 
 
+def _read_map(path: Path) -> np.ndarray:
+    """Decode a map at its native bit depth: ``[H, W]`` for a gray file (alpha channel dropped,
+    gray saved as colour collapsed), ``[H, W, 3]`` BGR when the colour channels differ."""
+    image = _colour_channels(_read_raw(path))
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 3:
+        first = image[:, :, 0]
+        if np.array_equal(first, image[:, :, 1]) and np.array_equal(first, image[:, :, 2]):
+            image = first
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
+        return np.ascontiguousarray(image)
+    raise BadSampleError(path, f"unsupported map shape {image.shape}")
+
+
 def read_gray(path: str | Path) -> np.ndarray:
-    """Read a single-channel map (alpha matte, trimap) as float32 in [0, 1].
+    """Read a single-channel map (alpha matte) as float32 in [0, 1].
 
     Args:
         path: image file (see the module docstring for the conversions applied).
 
     Returns:
-        ``[H, W]`` float32 array (a trimap keeps its stored levels, e.g. 128 -> 128 / 255).
+        ``[H, W]`` float32 array.
 
     Raises:
         UnreadableImageError: the file is missing or cannot be decoded.
         BadSampleError: unsupported pixel type or channel count.
     """
     path = Path(path)
-    image = _colour_channels(_read_raw(path))
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 3 and image.shape[2] == 3:
-        if np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(
-            image[:, :, 0], image[:, :, 2]
-        ):
-            image = image[:, :, 0]
-        else:
-            image = cv2.cvtColor(_to_unit_float(image, path), cv2.COLOR_BGR2GRAY)
-    if image.ndim != 2:
-        raise BadSampleError(path, f"unsupported map shape {image.shape}")
+    image = _read_map(path)
+    if image.ndim == 3:
+        image = cv2.cvtColor(_to_unit_float(image, path), cv2.COLOR_BGR2GRAY)
     return _to_unit_float(image, path)
+
+
+def read_trimap(path: str | Path) -> np.ndarray:
+    """Read an 8-bit trimap as the official inference feeds it: file value / 255.
+
+    Args:
+        path: single-channel 8-bit image file (0 background, 128 unknown, 255 foreground); a
+            grayscale PNG saved as RGB(A) is accepted.
+
+    Returns:
+        ``[H, W]`` float32 array (128 -> 128 / 255: levels are kept, not re-quantized).
+
+    Raises:
+        UnreadableImageError: the file is missing or cannot be decoded.
+        BadSampleError: not 8-bit, or a colour image.
+    """
+    path = Path(path)
+    image = _read_map(path)
+    if image.ndim == 3:
+        raise BadSampleError(path, "trimap must be single-channel, got a colour image")
+    if image.dtype != np.uint8:
+        raise BadSampleError(path, f"trimap must be 8-bit (0..255), got {image.dtype}")
+    return image.astype(np.float32) / _UINT8_MAX
+
+
+def read_map_u8(path: str | Path) -> np.ndarray:
+    """Read a map (alpha matte, prediction, trimap) as the 8-bit levels the official MATLAB
+    evaluation compares.
+
+    Args:
+        path: 8- or 16-bit image file; 16-bit values become ``round(v / 257)``; a colour file
+            (channels differ) keeps its red channel, with a warning.
+
+    Returns:
+        ``[H, W]`` uint8 array.
+
+    Raises:
+        UnreadableImageError: the file is missing or cannot be decoded.
+        BadSampleError: unsupported pixel type or channel count.
+    """
+    path = Path(path)
+    image = _read_map(path)
+    if image.ndim == 3:
+        logger.warning("%s is a colour image; using its red channel, as evaluate.m does", path)
+        image = np.ascontiguousarray(image[:, :, _BGR_RED])
+    if image.dtype == np.uint16:
+        return np.round(image.astype(np.float64) / UINT16_PER_UINT8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise BadSampleError(path, f"unsupported pixel type {image.dtype}")
+    return image
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Encode ``image`` in the format of the file suffix (OpenCV's defaults) and write it
+    atomically.
+
+    Args:
+        path: output file; ``.png``, ``.jpg`` or another suffix OpenCV encodes.
+        image: ``[H, W]`` gray or ``[H, W, 3]`` BGR array, uint8 (or uint16 for PNG).
+
+    Raises:
+        OSError: OpenCV cannot encode the image in that format.
+    """
+    path = Path(path)
+    ok, encoded = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OSError(f"cannot encode {path} ({image.dtype} {image.shape})")
+    atomic_write(path, lambda file: file.write(encoded.tobytes()))

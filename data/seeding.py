@@ -16,20 +16,11 @@ How training stays reproducible and decorrelated:
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
+from engine import comm
+
 __all__ = ["ReseedableDataset", "make_generator", "seed_worker"]
-
-
-def _current_rank() -> int:
-    """Rank of this process in the default process group, 0 when not distributed.
-
-    Same as ``engine.comm.get_rank``; repeated here so that ``data`` does not import ``engine``.
-    """
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return 0
 
 
 def make_generator(
@@ -66,7 +57,7 @@ class ReseedableDataset(torch.utils.data.Dataset):
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.seed = seed
-        self.rank = _current_rank() if rank is None else rank
+        self.rank = comm.get_rank() if rank is None else rank
         self._rng: np.random.Generator | None = None
 
     def reseed(self, worker_id: int | None = None, torch_worker_seed: int = 0) -> None:

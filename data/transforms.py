@@ -11,10 +11,11 @@ the official conventions, with RGB channel order:
 - ``alpha``: ``[H, W]`` float32 in 0..1 (may overshoot slightly after cubic/Lanczos resampling,
   clipped by ``Composite``),
 - ``bg``: ``[h, w, 3]`` uint8, any size until ``RandomCrop`` resizes it to the foreground,
-- ``trimap``: ``[H, W]`` float32 with values {0, 128, 255}; ``mask``: ``[H, W]`` uint8 {0, 1},
+- ``trimap``: ``[H, W]`` uint8 with values {0, 128, 255} (from ``GenTrimap``),
 - ``image``: ``[H, W, 3]`` float32 in 0..255 (from ``Composite``).
 
-``ToTensor`` turns them into the tensors the meta-architecture expects.
+``ToTensor`` turns them into the tensors the meta-architecture expects, the trimap quantized to
+{0, 0.5, 1} with the official thresholds.
 """
 
 import logging
@@ -26,14 +27,15 @@ import cv2
 import numpy as np
 import torch
 
+from data.trimap import TRIMAP_UNKNOWN, erosion_trimap, quantize_trimap
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "INTERPOLATIONS",
     "Composite",
     "Compose",
-    "CutMask",
-    "GenMask",
+    "GenTrimap",
     "RandomAffine",
     "RandomCrop",
     "RandomJitter",
@@ -50,8 +52,6 @@ Transform = Callable[[Sample, np.random.Generator], Sample]
 
 # Interpolations drawn at random for every image resize/warp (official `interp_list`).
 INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)
-# Trimap levels (8-bit): background, unknown, foreground.
-TRIMAP_BG, TRIMAP_UNKNOWN, TRIMAP_FG = 0.0, 128.0, 255.0
 _PIXEL_MAX = 255.0
 
 
@@ -211,100 +211,32 @@ class RandomAffine:
         return sample
 
 
-class GenMask:
-    """Generate the ``trimap`` and a coarse ``mask`` from ``alpha`` (official ``GenMask``).
+class GenTrimap:
+    """Generate the ``trimap`` from ``alpha`` (the trimap of the official ``GenMask``).
 
-    Both are computed on a ``work_size x work_size`` copy of alpha (random interpolation) and
-    resized back with nearest neighbour, so the band width is relative to the image size.
-
-    - trimap: the definite foreground (alpha ~ 1) and background (alpha ~ 0) are each eroded with
-      an elliptic kernel of random size in ``[1, max_kernel)`` px; the rest is unknown (128).
-    - mask: alpha thresholded at a random level in ``mask_threshold``, then eroded, dilated,
-      eroded-then-dilated or dilated-then-eroded (one of the four, uniformly) with random elliptic
-      kernels of size in ``[1, max_kernel)``.
+    The trimap is computed on a ``work_size x work_size`` copy of alpha (random interpolation) and
+    resized back with nearest neighbour, so the band width is relative to the image size: the
+    definite foreground (alpha ~ 1) and background (alpha ~ 0) are each eroded with an elliptic
+    kernel of random size in ``[1, max_kernel)`` px; the rest is unknown (128), see
+    :func:`data.trimap.erosion_trimap`.
 
     Args:
         work_size: side of the square working copy (official: 640).
         max_kernel: exclusive upper bound on kernel sizes in px (official: 30).
-        mask_threshold: range of the binarization threshold of the coarse mask.
     """
 
-    # alpha >= 1 - EPS is definite foreground, alpha <= EPS definite background (official 1e-5).
-    EPS = 1e-5
-
-    def __init__(
-        self,
-        *,
-        work_size: int = 640,
-        max_kernel: int = 30,
-        mask_threshold: tuple[float, float] = (0.01, 1.0),
-    ) -> None:
+    def __init__(self, *, work_size: int = 640, max_kernel: int = 30) -> None:
         self.work_size = work_size
         self.max_kernel = max_kernel
-        self.mask_threshold = mask_threshold
-
-    def _kernel(self, rng: np.random.Generator) -> np.ndarray:
-        size = int(rng.integers(1, self.max_kernel))
-        return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-
-    def _trimap(self, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        fg_core = cv2.erode((alpha >= 1 - self.EPS).astype(np.uint8), self._kernel(rng))
-        bg_core = cv2.erode((alpha <= self.EPS).astype(np.uint8), self._kernel(rng))
-        trimap = np.full(alpha.shape, TRIMAP_UNKNOWN, dtype=np.float32)
-        trimap[fg_core == 1] = TRIMAP_FG
-        trimap[bg_core == 1] = TRIMAP_BG
-        return trimap
-
-    def _coarse_mask(self, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        threshold = rng.uniform(*self.mask_threshold)
-        mask = (alpha >= threshold).astype(np.uint8)
-        operations = {
-            0: (cv2.erode,),
-            1: (cv2.dilate,),
-            2: (cv2.erode, cv2.dilate),
-            3: (cv2.dilate, cv2.erode),
-        }[int(rng.integers(4))]
-        for operation in operations:
-            mask = operation(mask, self._kernel(rng))
-        return mask
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         height, width = sample["alpha"].shape
         side = self.work_size
         alpha = _resize(sample["alpha"], side, side, random_interpolation(rng))
-        sample["trimap"] = _resize(self._trimap(alpha, rng), width, height, cv2.INTER_NEAREST)
-        sample["mask"] = _resize(self._coarse_mask(alpha, rng), width, height, cv2.INTER_NEAREST)
-        return sample
-
-
-class CutMask:
-    """Copy a random rectangle of the coarse ``mask`` onto another random place.
-
-    The rectangle's sides are drawn in ``[H/4, H/2] x [W/4, W/2]``. As in the official code,
-    the configured probability (``cutmask_prob = 0.25`` there) is the probability of *skipping*
-    the perturbation, so the mask is perturbed with probability ``1 - skip_prob``.
-
-    Args:
-        skip_prob: probability of leaving the mask unchanged.
-    """
-
-    def __init__(self, *, skip_prob: float = 0.25) -> None:
-        self.skip_prob = skip_prob
-
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        if rng.random() < self.skip_prob:
-            return sample
-        mask = sample["mask"]
-        height, width = mask.shape
-        box_h = int(rng.integers(height // 4, height // 2 + 1))
-        box_w = int(rng.integers(width // 4, width // 2 + 1))
-        top, left, src_top, src_left = (
-            int(rng.integers(0, limit + 1))
-            for limit in (height - box_h, width - box_w, height - box_h, width - box_w)
-        )
-        mask[top : top + box_h, left : left + box_w] = mask[
-            src_top : src_top + box_h, src_left : src_left + box_w
-        ].copy()
+        fg_kernel = int(rng.integers(1, self.max_kernel))
+        bg_kernel = int(rng.integers(1, self.max_kernel))
+        trimap = erosion_trimap(alpha, fg_kernel, bg_kernel)
+        sample["trimap"] = _resize(trimap, width, height, cv2.INTER_NEAREST)
         return sample
 
 
@@ -338,8 +270,7 @@ class RandomCrop:
             new_w, new_h = int(width * ratio), int(height * ratio)
             for key in ("fg", "alpha", "bg"):
                 sample[key] = _resize(sample[key], new_w, new_h, random_interpolation(rng))
-            for key in ("trimap", "mask"):
-                sample[key] = _resize(sample[key], new_w, new_h, cv2.INTER_NEAREST)
+            sample["trimap"] = _resize(sample["trimap"], new_w, new_h, cv2.INTER_NEAREST)
             height, width = sample["trimap"].shape
 
     def _top_left(self, trimap: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
@@ -363,7 +294,7 @@ class RandomCrop:
         sample["bg"] = _resize(sample["bg"], width, height, random_interpolation(rng))
         if min(height, width) <= self.size:
             self._upscale(sample, rng)
-        keys = ("fg", "alpha", "bg", "trimap", "mask")
+        keys = ("fg", "alpha", "bg", "trimap")
         if not np.any(sample["trimap"] == TRIMAP_UNKNOWN):
             logger.warning(
                 "%s has no unknown pixel; resized to %d px instead of cropped",
@@ -371,7 +302,7 @@ class RandomCrop:
                 self.size,
             )
             for key in keys:
-                nearest = key in ("trimap", "mask")
+                nearest = key == "trimap"
                 interpolation = cv2.INTER_NEAREST if nearest else random_interpolation(rng)
                 sample[key] = _resize(sample[key], self.size, self.size, interpolation)
             return sample
@@ -443,16 +374,15 @@ class ToTensor:
     """Convert the pipeline arrays to tensors (official ``ToTensor``, phase ``train``).
 
     Output: ``image``, ``fg``, ``bg`` ``[3, H, W]`` float32 in [0, 1] (RGB); ``alpha``
-    ``[1, H, W]`` float32 in [0, 1]; ``trimap`` ``[1, H, W]`` float32 in {0, 128, 255} (the
-    meta-architecture maps it to {0, 0.5, 1}); ``mask`` ``[1, H, W]`` float32 in {0, 1}.
+    ``[1, H, W]`` float32 in [0, 1]; ``trimap`` ``[1, H, W]`` float32 in {0, 0.5, 1}, quantized
+    with the official thresholds (:func:`data.trimap.quantize_trimap`).
     """
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         for key in ("image", "fg", "bg"):
             sample[key] = _chw(sample[key])
         sample["alpha"] = torch.from_numpy(np.clip(sample["alpha"], 0, 1).astype(np.float32)[None])
-        sample["trimap"] = torch.from_numpy(sample["trimap"].astype(np.float32)[None])
-        sample["mask"] = torch.from_numpy(sample["mask"].astype(np.float32)[None])
+        sample["trimap"] = torch.from_numpy(quantize_trimap(sample["trimap"])[None])
         return sample
 
 
@@ -463,14 +393,12 @@ def train_transforms(crop_size: int = 512) -> Compose:
         crop_size: side of the training crop in pixels (official: 512).
 
     Returns:
-        ``RandomAffine -> GenMask -> CutMask -> RandomCrop -> RandomJitter -> Composite ->
-        ToTensor``.
+        ``RandomAffine -> GenTrimap -> RandomCrop -> RandomJitter -> Composite -> ToTensor``.
     """
     return Compose(
         [
             RandomAffine(degrees=30.0, scale=(0.8, 1.25), shear=10.0, flip_prob=0.5),
-            GenMask(),
-            CutMask(skip_prob=0.25),
+            GenTrimap(),
             RandomCrop(crop_size),
             RandomJitter(),
             Composite(),

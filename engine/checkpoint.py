@@ -1,13 +1,23 @@
-"""Checkpointer that saves atomically and loads official (``{"model": ...}``) or bare state dicts.
+"""Reading checkpoint files, and the trainer's checkpointer.
+
+:func:`load_checkpoint` is the one reader of checkpoint files (training, inference, evaluation,
+``pretrained/preprocess.py``): ``torch.load(weights_only=True)``, which rebuilds only tensors and
+plain containers. A file that pickles other objects is loaded only when the caller trusts it
+(``--trust-checkpoint`` on the command lines, ``trusted=True`` in Python), since unpickling
+those objects runs code stored in the file. :func:`clean_state_dict` is the one place that
+removes DDP's ``module.`` key prefix and, for inference, the distillation teacher's weights.
 
 References: fvcore ``fvcore/common/checkpoint.py``; detectron2 ``DetectionCheckpointer``.
 """
 
-import contextlib
+import argparse
 import logging
 import os
-from collections.abc import Callable, Mapping
-from typing import IO, Any
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
@@ -15,29 +25,141 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from torch import nn
 
 from engine import comm
+from modeling.meta_arch.mematte import TEACHER_PREFIX
+from utils.file_io import atomic_write
 
-__all__ = ["Checkpointer"]
+__all__ = [
+    "DDP_PREFIX",
+    "TRUST_CHECKPOINT_FLAG",
+    "CheckpointError",
+    "Checkpointer",
+    "UntrustedCheckpointError",
+    "add_trust_checkpoint_argument",
+    "clean_state_dict",
+    "load_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT_FILE = "last_checkpoint"
-TMP_SUFFIX = ".tmp"
+# Key prefix of a state dict saved from a DistributedDataParallel-wrapped model.
+DDP_PREFIX = "module."
+TRUST_CHECKPOINT_FLAG = "--trust-checkpoint"
+# How torch's weights-only unpickler names a refused object in its error ("... GLOBAL a.b ...").
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
+
+Value = TypeVar("Value")
 
 
-def _atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write ``path`` through ``path + ".tmp"`` and a rename, so that ``path`` is always either
-    the old file or the complete new one; the temporary file is removed on failure."""
-    tmp_path = path + TMP_SUFFIX
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint: corrupt, foreign, or of an unexpected structure."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that pickles objects other than tensors and plain containers: loading it runs
+    code stored in the file, so it needs the caller's explicit trust."""
+
+
+def add_trust_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--trust-checkpoint`` (``args.trust_checkpoint``) to a command line."""
+    parser.add_argument(
+        TRUST_CHECKPOINT_FLAG,
+        action="store_true",
+        help="also load checkpoints that pickle objects other than tensors (e.g. detectron2-era "
+        "files); unpickling runs code stored in the file, so only for files from a trusted source",
+    )
+
+
+def _refused_globals(path: Path, error: Exception) -> list[str]:
+    """The pickled objects that made ``weights_only=True`` refuse ``path`` ([] if none: then the
+    file is corrupt or foreign). Read from the pickle's opcodes, not by unpickling."""
     try:
-        with open(tmp_path, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # the legacy (non-zip) format: read the names from the unpickler's error
+        return _REFUSED_GLOBAL.findall(str(error))
+
+
+def _load_pickled_objects(path: Path, error: pickle.UnpicklingError, trusted: bool) -> Any:
+    """Full unpickling (the one unsafe ``torch.load`` of the code base) of a file the weights-only
+    unpickler refused, if the caller trusts it."""
+    if not trusted:
+        names = _refused_globals(path, error)
+        if not names:
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint (corrupt, or not written by torch.save)"
+            ) from error
+        raise UntrustedCheckpointError(
+            f"{path} pickles objects other than tensors ({', '.join(names)}); loading it would "
+            "run code stored in the file. If the file comes from a trusted source, pass "
+            f"{TRUST_CHECKPOINT_FLAG} on the command line (trusted=True in Python)"
+        ) from error
+    logger.warning("%s pickles objects other than tensors; loading it as trusted", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # corrupt or foreign files raise many different types
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc!r})") from exc
+
+
+def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[str, Any]:
+    """Read a checkpoint file onto the CPU as ``{"model": state_dict, ...}``.
+
+    Official (``{"model": ...}``), trainer (model, trainer state, iteration) and bare state-dict
+    files are accepted; a bare state dict comes back as ``{"model": state_dict}``.
+
+    Args:
+        path: the checkpoint file.
+        trusted: also load a file that pickles objects other than tensors and plain containers
+            (full unpickling: runs code stored in the file).
+
+    Returns:
+        The checkpoint dict; its ``"model"`` entry is a mapping.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        UntrustedCheckpointError: the file pickles other objects and ``trusted`` is False.
+        CheckpointError: the file is corrupt, not a PyTorch checkpoint, or not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        loaded = _load_pickled_objects(path, exc, trusted)
+    except Exception as exc:  # corrupt or foreign files raise many different types
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc!r})") from exc
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(
+            f"{path}: expected a state dict or a dict with a 'model' entry, got a "
+            f"{type(loaded).__name__}"
+        )
+    checkpoint = dict(loaded) if "model" in loaded else {"model": dict(loaded)}
+    if not isinstance(checkpoint["model"], Mapping):
+        raise CheckpointError(
+            f"{path}: the 'model' entry is a {type(checkpoint['model']).__name__}, not a state dict"
+        )
+    return checkpoint
+
+
+def clean_state_dict(
+    state_dict: Mapping[str, Value], *, drop_teacher: bool = False
+) -> dict[str, Value]:
+    """``state_dict`` without DDP's ``module.`` key prefix and, with ``drop_teacher``, without the
+    distillation teacher's ``teacher_backbone.*`` entries (an inference model has no teacher).
+
+    Args:
+        state_dict: parameter name -> value.
+        drop_teacher: drop the teacher's entries.
+
+    Returns:
+        A new dict, in the same order.
+    """
+    cleaned = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix(DDP_PREFIX)
+        if not (drop_teacher and key.startswith(TEACHER_PREFIX)):
+            cleaned[key] = value
+    return cleaned
 
 
 def _format_keys(keys: list[str]) -> str:
@@ -49,14 +171,17 @@ class Checkpointer(_FvcoreCheckpointer):
     holds the iteration, optimizer, lr scheduler and grad scaler).
 
     Differences from fvcore's: files and the ``last_checkpoint`` tag are written atomically;
-    only the main process saves by default; a checkpoint may be a bare state dict; incompatible
-    keys are logged as full lists. ``DistributedDataParallel`` models are unwrapped, and a
-    ``module.`` prefix in the checkpoint is stripped. Files load with ``weights_only=True``.
+    only the main process saves by default; files are read by :func:`load_checkpoint` (a bare
+    state dict is accepted, pickled objects only when ``trusted``); incompatible keys are logged
+    as full lists. ``DistributedDataParallel`` models are unwrapped, and a ``module.`` prefix in
+    the checkpoint is stripped (:func:`clean_state_dict`).
 
     Args:
         model: the model (DDP-wrapped or not).
         save_dir: where checkpoints and ``last_checkpoint`` live; empty disables saving.
         save_to_disk: defaults to ``comm.is_main_process()``.
+        trusted: also load files that pickle objects other than tensors (see
+            :func:`load_checkpoint`).
         **checkpointables: objects with ``state_dict()`` / ``load_state_dict()``.
     """
 
@@ -66,11 +191,13 @@ class Checkpointer(_FvcoreCheckpointer):
         save_dir: str = "",
         *,
         save_to_disk: bool | None = None,
+        trusted: bool = False,
         **checkpointables: Any,
     ) -> None:
         if save_to_disk is None:
             save_to_disk = comm.is_main_process()
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.trusted = trusted
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Write ``{save_dir}/{name}.pth`` (model, checkpointables, ``kwargs``) and tag it as the
@@ -85,13 +212,13 @@ class Checkpointer(_FvcoreCheckpointer):
         path = os.path.join(self.save_dir, basename)
         os.makedirs(self.save_dir, exist_ok=True)
         logger.info("Saving checkpoint to %s", path)
-        _atomic_write(path, lambda file: torch.save(data, file))
+        atomic_write(path, lambda file: torch.save(data, file))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Atomically point ``last_checkpoint`` at ``last_filename_basename``."""
         path = os.path.join(self.save_dir, LAST_CHECKPOINT_FILE)
-        _atomic_write(path, lambda file: file.write(last_filename_basename.encode()))
+        atomic_write(path, lambda file: file.write(last_filename_basename.encode()))
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` in ``save_dir`` if ``resume`` and it exists (model and
@@ -108,11 +235,10 @@ class Checkpointer(_FvcoreCheckpointer):
         return self.load(path, checkpointables=[])
 
     def _load_file(self, f: str) -> dict[str, Any]:
-        """Read a checkpoint; a bare state dict is treated as ``{"model": state_dict}``."""
-        loaded = torch.load(f, map_location="cpu", weights_only=True)
-        if isinstance(loaded, Mapping) and "model" in loaded:
-            return dict(loaded)
-        return {"model": loaded}
+        """Read a checkpoint with :func:`load_checkpoint`; the model keys lose a ``module.``."""
+        checkpoint = load_checkpoint(f, trusted=self.trusted)
+        checkpoint["model"] = clean_state_dict(checkpoint["model"])
+        return checkpoint
 
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
         """Log shape mismatches, missing and unexpected keys at WARNING, one key per line."""

@@ -26,7 +26,6 @@ import inspect
 import logging
 import os
 import pydoc
-import tempfile
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any
 
 import hydra.utils
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from utils.file_io import atomic_write
 
 __all__ = ["LazyCall", "LazyConfig", "instantiate"]
 
@@ -315,7 +316,7 @@ class LazyConfig:
     def save(cfg: DictConfig, path: str | os.PathLike) -> None:
         """Write ``cfg`` as readable YAML that :meth:`load` turns back into the same objects.
 
-        The file is written atomically (temporary file in the same directory, then rename).
+        The file is written atomically (:func:`utils.file_io.atomic_write`).
 
         Raises:
             ValueError: ``cfg`` holds objects with no YAML form (lambdas, tensors, ...).
@@ -327,15 +328,7 @@ class LazyConfig:
             raise ValueError(f"Cannot save config to {path}: no YAML form for {', '.join(bad)}")
         text = OmegaConf.to_yaml(OmegaConf.create(container))
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-        ) as tmp:
-            tmp.write(text)
-        try:
-            os.replace(tmp.name, path)
-        except OSError:
-            os.unlink(tmp.name)
-            raise
+        atomic_write(path, lambda file: file.write(text.encode("utf-8")))
         logger.info("Saved config to %s", path)
 
     @staticmethod

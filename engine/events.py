@@ -18,6 +18,8 @@ import torch
 from fvcore.common.history_buffer import HistoryBuffer
 from torch.utils.tensorboard import SummaryWriter
 
+from utils.memory import peak_memory_bytes
+
 __all__ = [
     "CommonMetricPrinter",
     "EventStorage",
@@ -300,6 +302,6 @@ class CommonMetricPrinter(EventWriter):
         if "lr" in histories:
             fields.append(f"lr: {histories['lr'].latest():.5g}")
         if torch.cuda.is_available():
-            max_mem_mib = torch.cuda.max_memory_allocated() / _BYTES_PER_MIB
+            max_mem_mib = peak_memory_bytes("cuda") / _BYTES_PER_MIB
             fields.append(f"max_mem: {max_mem_mib:.0f}M")
         logger.info("  ".join(fields))

@@ -42,8 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Trimaps arrive as 0 / 128 / 255 (or already as 0 / 0.5 / 1); images are shown in [0, 1].
-TRIMAP_MAX = 255.0
 PRED_ALPHA_KEY = "phas"
 
 
@@ -251,7 +249,8 @@ def _as_image(tensor: torch.Tensor) -> torch.Tensor:
 
 class ImageLogger(HookBase):
     """Every ``period`` iterations, put the first sample of the latest batch into the storage:
-    ``train/image``, ``train/trimap``, ``train/alpha_gt`` and, when the model returned ``phas``,
+    ``train/image``, ``train/trimap`` ({0, 0.5, 1} shown as black, gray, white),
+    ``train/alpha_gt`` and, when the model returned ``phas``,
     ``train/alpha_pred`` (main process only; a :class:`~engine.events.TensorboardWriter` writes
     and drops them, so register one).
 
@@ -268,11 +267,8 @@ class ImageLogger(HookBase):
             return
         batch = self.trainer.last_batch
         storage = self.trainer.storage
-        trimap = batch["trimap"][0].float()
-        if trimap.max() > 1:
-            trimap = trimap / TRIMAP_MAX
         storage.put_image("train/image", _as_image(batch["image"][0]))
-        storage.put_image("train/trimap", _as_image(trimap))
+        storage.put_image("train/trimap", _as_image(batch["trimap"][0]))
         storage.put_image("train/alpha_gt", _as_image(batch["alpha"][0]))
         pred = self.trainer.last_outputs.get(PRED_ALPHA_KEY)
         if pred is not None:

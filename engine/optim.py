@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import torch
 from torch import nn
 
+from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX
+
 __all__ = [
-    "build_optimizer",
     "freeze_teacher",
     "get_default_optimizer_params",
     "get_vit_lr_decay_rate",
@@ -28,9 +28,7 @@ DEFAULT_OVERRIDES: Mapping[str, Mapping[str, float]] = MappingProxyType(
     {"pos_embed": {"weight_decay": 0.0}}
 )
 NORM_MODULE_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-TEACHER_PREFIX = "teacher_backbone"
 
-_BACKBONE_PREFIX = "backbone"
 _BLOCKS = ".blocks."
 # A block's ResBottleneck (``backbone.blocks.{i}.residual.*``) is not decayed with its block.
 _RESIDUAL = ".residual."
@@ -54,7 +52,7 @@ def get_vit_lr_decay_rate(name: str, lr_decay_rate: float = 1.0, num_layers: int
         ``lr_decay_rate ** (num_layers + 1 - layer_id)``.
     """
     layer_id = num_layers + 1
-    if name.startswith(_BACKBONE_PREFIX):
+    if name.startswith(BACKBONE_PREFIX):
         if any(embedding in name for embedding in _EMBEDDINGS):
             layer_id = 0
         elif _BLOCKS in name and _RESIDUAL not in name:
@@ -136,62 +134,21 @@ def get_default_optimizer_params(
     return _merge_param_groups(groups)
 
 
-def build_optimizer(
-    model: nn.Module,
-    optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
-    *,
-    lr: float,
-    weight_decay: float,
-    weight_decay_norm: float | None = 0.0,
-    overrides: Mapping[str, Mapping[str, float]] = DEFAULT_OVERRIDES,
-    lr_factor_func: Callable[[str], float] | None = None,
-    **optimizer_kwargs: Any,
-) -> torch.optim.Optimizer:
-    """Build an optimizer over :func:`get_default_optimizer_params` groups in one call.
-
-    For configs that avoid the ``base_lr="${..lr}"`` interpolation::
-
-        optimizer = L(build_optimizer)(
-            optimizer_cls=torch.optim.AdamW, lr=5e-4, weight_decay=0.1, betas=(0.9, 0.999),
-            lr_factor_func=partial(get_vit_lr_decay_rate, num_layers=12, lr_decay_rate=0.65),
-        )  # then: cfg.optimizer.model = model; optim = instantiate(cfg.optimizer)
-
-    Args:
-        model: the (unwrapped) model.
-        optimizer_cls: optimizer class or factory taking ``(params, lr=, weight_decay=, ...)``.
-        lr: base lr.
-        weight_decay: weight decay outside norm layers and overrides.
-        weight_decay_norm: see :func:`get_default_optimizer_params`.
-        overrides: see :func:`get_default_optimizer_params`.
-        lr_factor_func: see :func:`get_default_optimizer_params`.
-        **optimizer_kwargs: other optimizer arguments (``betas``, ``eps``, ...).
-    """
-    params = get_default_optimizer_params(
-        model,
-        base_lr=lr,
-        weight_decay=weight_decay,
-        weight_decay_norm=weight_decay_norm,
-        overrides=overrides,
-        lr_factor_func=lr_factor_func,
-    )
-    return optimizer_cls(params, lr=lr, weight_decay=weight_decay, **optimizer_kwargs)
-
-
-def freeze_teacher(model: nn.Module, prefix: str = TEACHER_PREFIX) -> int:
-    """Set ``requires_grad=False`` on every parameter under a ``teacher_backbone`` module.
+def freeze_teacher(model: nn.Module) -> int:
+    """Set ``requires_grad=False`` on every parameter of the distillation teacher
+    (``teacher_backbone.*``).
 
     Call it before building the optimizer and the DDP wrapper.
 
     Args:
-        model: the model (a ``module.`` DDP prefix is fine).
-        prefix: name of the teacher sub-module.
+        model: the unwrapped model.
 
     Returns:
         The number of parameter tensors frozen.
     """
     frozen = 0
     for name, param in model.named_parameters():
-        if prefix in name.split("."):
+        if name.startswith(TEACHER_PREFIX):
             param.requires_grad_(False)
             frozen += 1
     return frozen

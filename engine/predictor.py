@@ -7,7 +7,6 @@ alpha for a batch, and turning alpha into the 8-bit PNG values the official scri
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,8 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from engine.checkpoint import CheckpointError, clean_state_dict, load_checkpoint
 from engine.config import LazyConfig, instantiate
-from engine.precision import autocast
+from utils.device import autocast
 
 __all__ = [
     "alpha_to_uint8",
@@ -27,7 +27,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TEACHER_PREFIX = "teacher_backbone."
 UINT8_MAX = 255
 # Keys listed in an error message before the rest is elided.
 _MAX_LISTED_KEYS = 8
@@ -40,38 +39,25 @@ def build_inference_model(config_file: str | Path, overrides: Sequence[str] = ()
     return instantiate(cfg.model)
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # detectron2-era checkpoints may pickle scheduler objects next to the weights.
-        logger.warning("%s holds non-tensor objects; loading it as a trusted pickle", path)
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # corrupt or foreign files raise many different types
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
-    state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict or a dict with a 'model' state dict")
-    return state
-
-
-def load_inference_weights(model: nn.Module, path: str | Path) -> None:
+def load_inference_weights(model: nn.Module, path: str | Path, *, trusted: bool = False) -> None:
     """Load an official (``{"model": ...}`` or bare) or trainer checkpoint for inference.
 
     ``teacher_backbone.*`` and a DDP ``module.`` prefix are dropped. Every model weight must be
     present; unexpected keys are logged.
 
+    Args:
+        model: the inference model (no teacher).
+        path: the checkpoint file, read by :func:`engine.checkpoint.load_checkpoint`.
+        trusted: also load a file that pickles objects other than tensors.
+
     Raises:
-        FileNotFoundError, ValueError: unreadable file, or weights missing for the model.
+        FileNotFoundError, ValueError: unreadable or untrusted file, or weights missing for the
+            model.
     """
     path = Path(path)
-    state = {
-        k.removeprefix("module."): v
-        for k, v in _read_state_dict(path).items()
-        if not k.removeprefix("module.").startswith(TEACHER_PREFIX)
-    }
+    state = clean_state_dict(load_checkpoint(path, trusted=trusted)["model"], drop_teacher=True)
+    if not all(isinstance(value, Tensor) for value in state.values()):
+        raise CheckpointError(f"{path}: the model state dict holds values that are not tensors")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches: another model size

@@ -21,6 +21,7 @@ from torch import nn
 
 from engine import comm
 from engine.events import EventStorage
+from utils.device import PRECISIONS
 
 __all__ = ["AMPTrainer", "HookBase", "SimpleTrainer", "TrainerBase"]
 
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 LOSS_PREFIX = "loss_"
 KEEP_RATIOS_KEY = "keep_ratios"
-PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class HookBase:

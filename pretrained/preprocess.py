@@ -6,72 +6,76 @@ This script writes every ``backbone.*`` weight a second time as ``teacher_backbo
 
 Usage:
     python pretrained/preprocess.py --input pretrained/ViTMatte_S_Com.pth \
-        --output pretrained/ViTMatte_S_Com_with_teacher.pth
+        --output pretrained/ViTMatte_S_Com_with_teacher.pth [--trust-checkpoint]
+
+The input is read with ``weights_only=True``; a file that also pickles other objects is refused
+unless ``--trust-checkpoint`` (unpickling runs code stored in the file).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+# Running as `python pretrained/preprocess.py` puts pretrained/ (not the repository root) on
+# sys.path; add the root so that the repository's packages import.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from engine.checkpoint import (  # noqa: E402
+    CheckpointError,
+    add_trust_checkpoint_argument,
+    load_checkpoint,
+)
+from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX  # noqa: E402
+from utils.file_io import atomic_write  # noqa: E402
+
 logger = logging.getLogger("preprocess")
-
-BACKBONE_PREFIX = "backbone."
-TEACHER_PREFIX = "teacher_backbone."
-
-
-class CheckpointFormatError(ValueError):
-    """The file is not a ViTMatte checkpoint of the expected format."""
 
 
 def add_teacher_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Copy ``state_dict`` with every ``backbone.*`` entry duplicated as ``teacher_backbone.*``.
 
     Raises:
-        CheckpointFormatError: no ``backbone.*`` entry, or teacher entries already present.
+        CheckpointError: no ``backbone.*`` entry, or teacher entries already present.
     """
     backbone = {k: v for k, v in state_dict.items() if k.startswith(BACKBONE_PREFIX)}
     if not backbone:
-        raise CheckpointFormatError("the state dict has no 'backbone.*' weights")
+        raise CheckpointError(f"the state dict has no '{BACKBONE_PREFIX}*' weights")
     if any(k.startswith(TEACHER_PREFIX) for k in state_dict):
-        raise CheckpointFormatError("the checkpoint already has 'teacher_backbone.*' weights")
+        raise CheckpointError(f"the checkpoint already has '{TEACHER_PREFIX}*' weights")
     out = dict(state_dict)
     for key, value in backbone.items():
-        out[TEACHER_PREFIX + key[len(BACKBONE_PREFIX) :]] = value.clone()
+        out[TEACHER_PREFIX + key.removeprefix(BACKBONE_PREFIX)] = value.clone()
     return out
 
 
-def load_vitmatte_checkpoint(path: Path) -> dict:
-    """Load an official ViTMatte checkpoint (a dict holding ``model``), with clear errors."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise CheckpointFormatError(
-            f"{path}: expected a ViTMatte checkpoint, a dict with a 'model' state dict"
-        )
-    return checkpoint
+def convert(input_path: Path, output_path: Path, *, trusted: bool = False) -> int:
+    """Write the converted checkpoint atomically; returns the number of teacher entries added.
 
+    Args:
+        input_path: a ViTMatte checkpoint (``{"model": ...}`` with any other entries, or a bare
+            state dict), read by :func:`engine.checkpoint.load_checkpoint`.
+        output_path: the MEMatte training checkpoint to write (the input's entries, with the
+            teacher weights added to ``model``).
+        trusted: also read an input that pickles objects other than tensors.
 
-def convert(input_path: Path, output_path: Path) -> int:
-    """Write the converted checkpoint atomically; returns the number of teacher entries added."""
-    checkpoint = load_vitmatte_checkpoint(input_path)
+    Raises:
+        FileNotFoundError, CheckpointError: unreadable or untrusted input, or not a ViTMatte
+            state dict.
+    """
+    checkpoint = load_checkpoint(input_path, trusted=trusted)
     try:
-        model = add_teacher_weights(checkpoint["model"])
-    except CheckpointFormatError as exc:
-        raise CheckpointFormatError(f"{input_path}: {exc}") from exc
+        model = add_teacher_weights(dict(checkpoint["model"]))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{input_path}: {exc}") from exc
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_path.with_name(output_path.name + ".tmp")
-    torch.save({**checkpoint, "model": model}, tmp)
-    os.replace(tmp, output_path)
+    atomic_write(output_path, lambda file: torch.save({**checkpoint, "model": model}, file))
     return len(model) - len(checkpoint["model"])
 
 
@@ -81,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output", type=Path, default=Path("pretrained/ViTMatte_S_Com_with_teacher.pth")
     )
+    add_trust_checkpoint_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        added = convert(args.input, args.output)
-    except (FileNotFoundError, CheckpointFormatError) as exc:
+        added = convert(args.input, args.output, trusted=args.trust_checkpoint)
+    except (FileNotFoundError, CheckpointError) as exc:
         logger.error("error: %s", exc)
         return 1
     logger.info("wrote %s (%d teacher_backbone entries added)", args.output, added)

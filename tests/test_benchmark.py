@@ -1,4 +1,5 @@
-"""tools/benchmark.py: inputs, FLOP counting, and the JSON/markdown output of one real run."""
+"""tools/benchmark.py: inputs, FLOP counting against whole-forward traces, and the JSON/markdown
+output of one real run."""
 
 from __future__ import annotations
 
@@ -77,12 +78,28 @@ def test_sdpa_flops_are_counted():
     assert gflops * 1e9 == pytest.approx(2 * 3 * 10 * 12 * (8 + 5))
 
 
-def test_count_gflops_splits_backbone_and_decoder():
+class _WholeForward(nn.Module):
+    """The inference forward (patch decoder on) with tensors in and out, for one fvcore trace."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image, trimap):
+        return self.model({"image": image, "trimap": trimap}, patch_decoder=True)["phas"]
+
+
+def test_count_gflops_equals_one_trace_of_the_whole_forward():
     model = build_tiny_mematte().eval()
     model.backbone.max_number_token = 3
-    flops = benchmark.count_gflops(model, benchmark.make_inputs(96, 160))
+    # 1600 px wide: four decoder tiles in a row, the two middle ones of the same shape and
+    # region, which count_gflops traces once and counts twice.
+    batch = benchmark.make_inputs(64, 1600)
+    flops = benchmark.count_gflops(model, batch)
+    with torch.no_grad():
+        whole = benchmark._gflops(_WholeForward(model), (batch["image"], batch["trimap"]))
+    assert flops["total"] == pytest.approx(whole, rel=1e-6)
     assert flops["backbone"] > 0 and flops["decoder"] > 0
-    assert flops["total"] == pytest.approx(flops["backbone"] + flops["decoder"])
 
 
 class _Features(nn.Module):
@@ -107,6 +124,7 @@ def test_module_by_module_backbone_count_equals_one_whole_trace():
     assert "forward" not in vars(model.backbone.blocks[0])  # the modules are restored
 
 
+@pytest.mark.slow
 def test_tool_writes_json_and_markdown(tmp_path):
     out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
     command = [

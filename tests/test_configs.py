@@ -13,9 +13,9 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from data.build import TrainSampler
 from data.dim_dataset import DIMTrainDataset
 from engine.config import LazyConfig, instantiate
-from engine.evaluator import MattingEvaluator
 from engine.lr_scheduler import WarmupParamScheduler
 from engine.optim import freeze_teacher
+from evaluation.evaluator import MattingEvaluator
 from tools.make_synthetic_dataset import make_synthetic_dataset
 
 CONFIG_DIR = REPO_ROOT / "configs"

@@ -18,25 +18,30 @@ from data import (
     detect_layout,
     make_generator,
     read_gray,
+    read_map_u8,
     read_rgb,
+    read_trimap,
     scan_test_set,
     seed_worker,
+    write_image,
 )
+from data.build import TrainSampler, build_train_loader, epoch_seed
 from data.image_io import list_images_by_stem
 from data.transforms import (
     Composite,
-    CutMask,
-    GenMask,
+    GenTrimap,
     RandomAffine,
     RandomCrop,
     RandomJitter,
     affine_matrix,
     composite_two_foregrounds,
 )
+from data.trimap import erosion_trimap, quantize_trimap
 from tools.make_synthetic_dataset import make_synthetic_dataset
 
 CROP = 64  # small training crop keeps the tests fast
-TRIMAP_LEVELS = {0.0, 128.0, 255.0}
+TRIMAP_LEVELS = {0, 128, 255}  # 8-bit, inside the pipeline
+NETWORK_TRIMAP_LEVELS = {0.0, 0.5, 1.0}  # what the training batch carries
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +78,15 @@ def test_sample_shapes_dtypes_and_ranges(synthetic_root: Path) -> None:
     dataset = _train_set(synthetic_root)
     for idx in range(len(dataset)):
         sample = dataset[idx]
-        assert set(sample) == {"image", "fg", "bg", "alpha", "trimap", "mask", "image_name"}
+        assert set(sample) == {"image", "fg", "bg", "alpha", "trimap", "image_name"}
         for key in ("image", "fg", "bg"):
             assert sample[key].shape == (3, CROP, CROP) and sample[key].dtype == torch.float32
             assert sample[key].min() >= 0 and sample[key].max() <= 1
-        for key in ("alpha", "trimap", "mask"):
+        for key in ("alpha", "trimap"):
             assert sample[key].shape == (1, CROP, CROP) and sample[key].dtype == torch.float32
         assert sample["alpha"].min() >= 0 and sample["alpha"].max() <= 1
-        assert set(sample["trimap"].unique().tolist()) <= TRIMAP_LEVELS
-        assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
+        assert set(sample["trimap"].unique().tolist()) <= NETWORK_TRIMAP_LEVELS
+        assert (sample["trimap"] == 0.5).any()  # the crop is centred on an unknown pixel
         composite = sample["fg"] * sample["alpha"] + sample["bg"] * (1 - sample["alpha"])
         torch.testing.assert_close(sample["image"], composite, atol=1e-5, rtol=0)
 
@@ -138,6 +143,42 @@ def test_dataloader_workers_reproducible_and_distinct(synthetic_root: Path) -> N
     assert not torch.equal(first[0], first[1])
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+# --- training loader -------------------------------------------------------------------------
+
+
+def _first_batches(loader, epoch: int, count: int = 2) -> list[torch.Tensor]:
+    loader.sampler.set_epoch(epoch)
+    batches = []
+    for batch in loader:
+        batches.append(batch["image"])
+        if len(batches) == count:
+            break
+    return batches
+
+
+def test_train_loader_streams_depend_only_on_seed_and_epoch(synthetic_root):
+    def build(seed: int):
+        dataset = _train_set(synthetic_root, seed=seed)
+        return build_train_loader(dataset, batch_size=2, num_workers=0, seed=seed)
+
+    loader = build(seed=3)
+    assert isinstance(loader.sampler, TrainSampler) and loader.drop_last
+    epoch1 = _first_batches(loader, 1)
+    _first_batches(loader, 0)
+    again = _first_batches(loader, 1)  # after another epoch: the same samples and crops
+    other = _first_batches(build(seed=3), 2)
+    for a, b in zip(epoch1, again):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(epoch1[0], other[0])
+    assert epoch_seed(3, 0, 1) != epoch_seed(3, 1, 0)
+
+
+def test_train_loader_rejects_a_dataset_smaller_than_a_batch(synthetic_root):
+    dataset = _train_set(synthetic_root)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        build_train_loader(dataset, batch_size=len(dataset) + 1, num_workers=0)
 
 
 # --- bad training input ----------------------------------------------------------------------
@@ -202,26 +243,45 @@ def _soft_disc(size: int = 640) -> np.ndarray:
     return disc
 
 
-def test_genmask_trimap_covers_every_fractional_alpha() -> None:
+def test_erosion_trimap_by_hand() -> None:
+    # Columns: 4 background, one fractional, 4 foreground. OpenCV's 3x3 ellipse is a cross and
+    # erosion treats pixels beyond the border as belonging to the region.
+    alpha = np.tile(np.array([0, 0, 0, 0, 0.5, 1, 1, 1, 1], np.float32), (5, 1))
+    row = erosion_trimap(alpha, fg_kernel=1, bg_kernel=1)[2]
+    assert row.tolist() == [0, 0, 0, 0, 128, 255, 255, 255, 255]
+    row = erosion_trimap(alpha, fg_kernel=3, bg_kernel=1)[2]
+    assert row.tolist() == [0, 0, 0, 0, 128, 128, 255, 255, 255]
+    row = erosion_trimap(alpha, fg_kernel=1, bg_kernel=5)[2]
+    assert row.tolist() == [0, 0, 128, 128, 128, 255, 255, 255, 255]
+    assert erosion_trimap(alpha, 3, 3).dtype == np.uint8
+
+
+def test_quantize_trimap_uses_the_official_thresholds() -> None:
+    levels = np.array([0, 84, 85, 127, 128, 169, 170, 254, 255], np.uint8)
+    expected = [0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0]
+    quantized = quantize_trimap(levels)
+    assert quantized.dtype == np.float32 and quantized.tolist() == expected
+
+
+def test_gen_trimap_band_covers_fractional_alpha_and_is_at_most_a_kernel_wide() -> None:
     alpha = _soft_disc()  # already at the 640 working size: the resizes are identities
+    max_kernel = GenTrimap().max_kernel
+    definite_fg, definite_bg = alpha >= 1 - 1e-5, alpha <= 1e-5
+    # Distance of each definite pixel to the nearest pixel outside its region.
+    fg_depth = cv2.distanceTransform(definite_fg.astype(np.uint8), cv2.DIST_L2, 5)
+    bg_depth = cv2.distanceTransform(definite_bg.astype(np.uint8), cv2.DIST_L2, 5)
+    trimaps = []
     for seed in range(5):
-        sample = GenMask()({"alpha": alpha.copy()}, np.random.default_rng(seed))
-        trimap = sample["trimap"]
+        trimap = GenTrimap()({"alpha": alpha.copy()}, np.random.default_rng(seed))["trimap"]
         assert set(np.unique(trimap).tolist()) <= TRIMAP_LEVELS
-        assert np.all(trimap[(alpha > 1e-5) & (alpha < 1 - 1e-5)] == 128)
-        assert trimap[320, 320] == 255 and trimap[630, 630] == 0
-        assert set(np.unique(sample["mask"]).tolist()) <= {0, 1}
-
-
-def test_cutmask_skip_probability_semantics() -> None:
-    mask = (np.random.default_rng(0).random((64, 64)) < 0.5).astype(np.uint8)
-    skipped = CutMask(skip_prob=1.0)({"mask": mask.copy()}, np.random.default_rng(0))
-    assert np.array_equal(skipped["mask"], mask)
-    changed = [
-        not np.array_equal(CutMask(skip_prob=0.0)({"mask": mask.copy()}, rng)["mask"], mask)
-        for rng in map(np.random.default_rng, range(10))
-    ]
-    assert sum(changed) >= 8  # source and target boxes rarely coincide
+        assert np.all(trimap[~definite_fg & ~definite_bg] == 128)
+        # A kernel narrower than max_kernel erodes less than max_kernel / 2 px off a region.
+        assert np.all(trimap[fg_depth > max_kernel / 2] == 255)
+        assert np.all(trimap[bg_depth > max_kernel / 2] == 0)
+        trimaps.append(trimap)
+    again = GenTrimap()({"alpha": alpha.copy()}, np.random.default_rng(4))["trimap"]
+    assert np.array_equal(again, trimaps[4])
+    assert len({t.tobytes() for t in trimaps}) > 1  # the band width is drawn
 
 
 def _crop_sample(trimap: np.ndarray) -> dict:
@@ -230,8 +290,7 @@ def _crop_sample(trimap: np.ndarray) -> dict:
         "fg": np.zeros((height, width, 3), np.uint8),
         "alpha": (trimap / 255).astype(np.float32),
         "bg": np.zeros((30, 20, 3), np.uint8),
-        "trimap": trimap.astype(np.float32),
-        "mask": (trimap > 0).astype(np.uint8),
+        "trimap": trimap.astype(np.uint8),
         "image_name": "x",
     }
 
@@ -241,7 +300,7 @@ def test_random_crop_is_centred_on_unknown_pixels() -> None:
     trimap[100:120, 250:270] = 128
     for seed in range(10):
         out = RandomCrop(64)(_crop_sample(trimap), np.random.default_rng(seed))
-        assert all(out[k].shape[:2] == (64, 64) for k in ("fg", "alpha", "bg", "trimap", "mask"))
+        assert all(out[k].shape[:2] == (64, 64) for k in ("fg", "alpha", "bg", "trimap"))
         assert out["trimap"][28:36, 28:36].max() == 128  # an unknown pixel near the centre
 
 
@@ -325,6 +384,40 @@ def test_read_conversions(tmp_path: Path) -> None:
         read_rgb(tmp_path / "broken.png")
     with pytest.raises(UnreadableImageError, match="nothere.png"):
         read_gray(tmp_path / "nothere.png")
+
+
+def test_read_map_u8_gives_the_8bit_levels_of_16bit_and_colour_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    levels = np.array([[0, 1, 127, 128], [129, 200, 254, 255]], np.uint8)
+    cv2.imwrite(str(tmp_path / "gray.png"), levels)
+    cv2.imwrite(str(tmp_path / "gray_as_rgb.png"), np.dstack([levels] * 3))
+    # 257 v + 128 lies just below the midpoint to the next level: round((257 v + 128) / 257) = v
+    deep = levels.astype(np.uint16) * 257 + np.where(levels < 255, 128, 0).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    colour = np.dstack([np.full_like(levels, 255), np.zeros_like(levels), levels])  # BGR
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    for name in ("gray", "gray_as_rgb", "deep"):
+        read = read_map_u8(tmp_path / f"{name}.png")
+        assert read.dtype == np.uint8 and np.array_equal(read, levels), name
+    with caplog.at_level(logging.WARNING, logger="data.image_io"):
+        assert np.array_equal(read_map_u8(tmp_path / "colour.png"), levels)  # its red channel
+    assert "colour.png" in caplog.text and "red channel" in caplog.text
+
+
+def test_read_trimap_takes_8bit_single_channel_maps_only(tmp_path: Path) -> None:
+    trimap = np.array([[0, 128], [255, 128]], np.uint8)
+    write_image(tmp_path / "trimap.png", trimap)
+    write_image(tmp_path / "trimap_rgb.png", np.dstack([trimap] * 3))
+    for name in ("trimap", "trimap_rgb"):
+        expected = trimap.astype(np.float32) / np.float32(255)  # file value / 255, not re-quantized
+        np.testing.assert_array_equal(read_trimap(tmp_path / f"{name}.png"), expected)
+    write_image(tmp_path / "deep.png", trimap.astype(np.uint16) * 257)
+    with pytest.raises(BadSampleError, match="8-bit"):
+        read_trimap(tmp_path / "deep.png")
+    write_image(tmp_path / "colour.png", np.dstack([trimap, trimap, 255 - trimap]))
+    with pytest.raises(BadSampleError, match="single-channel"):
+        read_trimap(tmp_path / "colour.png")
 
 
 def test_duplicate_stems_are_rejected(tmp_path: Path) -> None:

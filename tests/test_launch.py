@@ -74,6 +74,7 @@ def _ddp_train_worker(output_dir: str) -> None:
     Checkpointer(model, str(Path(output_dir, "checkpoints"))).save("model")
 
 
+@pytest.mark.slow
 @cpu_only
 def test_launch_two_cpu_processes(tmp_path: Path) -> None:
     launch(_all_reduce_worker, NUM_PROCS, args=(str(tmp_path),))
@@ -90,6 +91,7 @@ def test_launch_two_cpu_processes(tmp_path: Path) -> None:
         }
 
 
+@pytest.mark.slow
 @cpu_only
 def test_ddp_training_keeps_ranks_identical(tmp_path: Path) -> None:
     launch(_ddp_train_worker, NUM_PROCS, args=(str(tmp_path),))

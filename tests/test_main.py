@@ -1,9 +1,11 @@
-"""main.py end to end on the tiny config (CPU subprocesses), and the training data loader."""
+"""main.py on the tiny config: end to end in CPU subprocesses (slow), and in-process checks of
+the teacher freeze and of --trust-checkpoint."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
+from untrusted import save_untrusted_checkpoint
 
 import main
-from data.build import TrainSampler, build_train_loader, epoch_seed
-from data.dim_dataset import DIMTrainDataset
-from engine.checkpoint import Checkpointer
+from engine.checkpoint import Checkpointer, UntrustedCheckpointError
 from engine.config import LazyConfig, instantiate
+from engine.defaults import default_argument_parser
 from tools.make_synthetic_dataset import make_synthetic_dataset
 
 MAIN = REPO_ROOT / "main.py"
@@ -94,6 +96,7 @@ def continuous_run(synthetic, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ddp_training_writes_logs_metrics_events_and_checkpoints(synthetic, tmp_path):
     max_iter = 3
     result = _run_main(
@@ -130,6 +133,7 @@ def test_ddp_training_writes_logs_metrics_events_and_checkpoints(synthetic, tmp_
     assert any(k.startswith("teacher_backbone.") for k in weights)
 
 
+@pytest.mark.slow
 def test_resume_at_an_epoch_boundary_replays_the_uninterrupted_run(
     synthetic, continuous_run, tmp_path
 ):
@@ -157,6 +161,7 @@ def test_resume_at_an_epoch_boundary_replays_the_uninterrupted_run(
     assert not torch.equal(halfway["backbone.pos_embed"], uninterrupted["backbone.pos_embed"])
 
 
+@pytest.mark.slow
 def test_eval_only_reports_metrics(synthetic, continuous_run, tmp_path):
     result = _run_main(
         "--eval-only",
@@ -175,7 +180,7 @@ def test_eval_only_reports_metrics(synthetic, continuous_run, tmp_path):
 
 
 def test_eval_only_without_evaluator_fails_clearly(synthetic, tmp_path):
-    args = main.default_argument_parser().parse_args(
+    args = default_argument_parser().parse_args(
         ["--config-file", str(TINY_CONFIG), "--eval-only", f"train.output_dir={tmp_path}"]
         + _data(synthetic)
     )
@@ -184,6 +189,7 @@ def test_eval_only_without_evaluator_fails_clearly(synthetic, tmp_path):
     assert not any(tmp_path.iterdir())  # failed before writing anything
 
 
+@pytest.mark.slow
 def test_bad_dataset_folder_fails_with_its_name(synthetic, tmp_path):
     fg_dir, alpha_dir = tmp_path / "fg", tmp_path / "alpha"
     fg_dir.mkdir()
@@ -232,7 +238,7 @@ def test_teacher_stays_frozen_while_the_student_learns(synthetic, tmp_path, one_
     cfg.train.init_checkpoint = str(tmp_path / "init.pth")
     out.mkdir()
 
-    main.do_train(argparse.Namespace(resume=False), cfg)
+    main.do_train(argparse.Namespace(resume=False, trust_checkpoint=False), cfg)
 
     before = _weights(tmp_path / "init.pth")
     checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
@@ -252,44 +258,32 @@ def test_teacher_stays_frozen_while_the_student_learns(synthetic, tmp_path, one_
     assert "loss_distill" in set().union(*_metrics(out))
 
 
-def _first_batches(loader, epoch: int, count: int = 2) -> list[torch.Tensor]:
-    loader.sampler.set_epoch(epoch)
-    batches = []
-    for batch in loader:
-        batches.append(batch["image"])
-        if len(batches) == count:
-            break
-    return batches
+@pytest.fixture
+def restore_logging():
+    """Remove the handlers main() installs on the root logger (its streams close with the test)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
-def test_train_loader_streams_depend_only_on_seed_and_epoch(synthetic):
-    def build(seed: int):
-        dataset = DIMTrainDataset(
-            fg_dir=synthetic / "train" / "fg",
-            alpha_dir=synthetic / "train" / "alpha",
-            bg_dir=synthetic / "train" / "bg",
-            crop_size=64,
-            seed=seed,
-        )
-        return build_train_loader(dataset, batch_size=BATCH, num_workers=0, seed=seed)
+def test_eval_only_loads_pickled_objects_only_with_trust_checkpoint(
+    synthetic, tmp_path, one_thread, restore_logging
+):
+    torch.manual_seed(0)
+    weights = instantiate(LazyConfig.load(TINY_CONFIG).model).state_dict()
+    crafted, marker = tmp_path / "crafted.pth", tmp_path / "marker"
+    save_untrusted_checkpoint(crafted, weights, marker)
+    command = ["--config-file", str(TINY_CONFIG), "--eval-only", f"train.init_checkpoint={crafted}"]
+    command += [f"train.output_dir={tmp_path / 'out'}", *_data(synthetic, evaluate=True)]
+    with pytest.raises(UntrustedCheckpointError, match="crafted.pth.*--trust-checkpoint"):
+        main.main(default_argument_parser().parse_args(command))
+    assert not marker.exists()
 
-    loader = build(seed=3)
-    assert isinstance(loader.sampler, TrainSampler) and loader.drop_last
-    epoch1 = _first_batches(loader, 1)
-    _first_batches(loader, 0)
-    again = _first_batches(loader, 1)  # after another epoch: the same samples and crops
-    other = _first_batches(build(seed=3), 2)
-    for a, b in zip(epoch1, again):
-        torch.testing.assert_close(a, b)
-    assert not torch.equal(epoch1[0], other[0])
-    assert epoch_seed(3, 0, 1) != epoch_seed(3, 1, 0)
-
-
-def test_train_loader_rejects_a_dataset_smaller_than_a_batch(synthetic):
-    dataset = DIMTrainDataset(
-        fg_dir=synthetic / "train" / "fg",
-        alpha_dir=synthetic / "train" / "alpha",
-        bg_dir=synthetic / "train" / "bg",
-    )
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        build_train_loader(dataset, batch_size=NUM_BG + 1, num_workers=0)
+    results = main.main(default_argument_parser().parse_args(["--trust-checkpoint", *command]))
+    assert marker.is_dir()  # trusted: the file's code ran
+    assert set(results) == {"eval/sad", "eval/mse", "eval/grad", "eval/conn"}

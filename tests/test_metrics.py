@@ -1,4 +1,4 @@
-"""Tests for engine.metrics: official goldens, hand-computed toys, a naive reference, errors."""
+"""Tests for evaluation.metrics: official goldens, hand-computed toys, a naive reference, errors."""
 
 import json
 import math
@@ -7,12 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.metrics import (
-    compute_connectivity_loss,
-    compute_gradient_loss,
+from evaluation.metrics import (
+    PAPER_UNIT_SCALE,
     compute_metrics,
-    compute_mse,
-    compute_sad,
     gaussian_gradient_kernels,
     to_paper_units,
 )
@@ -20,12 +17,20 @@ from engine.metrics import (
 SHARED_METRICS = Path(__file__).resolve().parents[2] / "shared" / "metrics"
 REL_TOL = 1e-4  # the checker's tolerance (definitions.md section 10)
 ABS_TOL = 1e-9
+# The official function behind each metric.
 OFFICIAL_FUNCTIONS = {
-    "sad": ("compute_sad_loss", compute_sad),
-    "mse": ("compute_mse_loss", compute_mse),
-    "grad": ("compute_gradient_loss", compute_gradient_loss),
-    "conn": ("compute_connectivity_error", compute_connectivity_loss),
+    "sad": "compute_sad_loss",
+    "mse": "compute_mse_loss",
+    "grad": "compute_gradient_loss",
+    "conn": "compute_connectivity_error",
 }
+
+
+def official(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None) -> dict[str, float]:
+    """The metrics as the official functions return them (paper units / PAPER_UNIT_SCALE)."""
+    return {
+        name: v / PAPER_UNIT_SCALE[name] for name, v in compute_metrics(pred, gt, trimap).items()
+    }
 
 
 def _load_cases() -> list[dict]:
@@ -61,8 +66,9 @@ def test_shared_goldens(case: dict, shared_arrays) -> None:
         _assert_close(reported[name], case["reported"][name])
     # Conn follows the GCA variant (the canonical one).
     _assert_close(reported["conn"], case["conn_variants_raw"]["gca"] * 1e-3)
-    for official_name, function in OFFICIAL_FUNCTIONS.values():
-        _assert_close(function(pred, gt, trimap), case["official_return"][official_name])
+    returned = official(pred, gt, trimap)
+    for name, official_name in OFFICIAL_FUNCTIONS.items():
+        _assert_close(returned[name], case["official_return"][official_name])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,15 +81,15 @@ def test_sad_mse_toy() -> None:
     trimap = np.array([[128, 128], [128, 0]], dtype=np.uint8)  # bottom-right not counted
     expected_sad = (1.0 + 128 / 255) / 1000
     expected_mse = (1.0 + (128 / 255) ** 2) / 3
-    assert compute_sad(pred, gt, trimap) == pytest.approx(expected_sad, rel=1e-6)
-    assert compute_mse(pred, gt, trimap) == pytest.approx(expected_mse, rel=1e-6)
+    assert official(pred, gt, trimap)["sad"] == pytest.approx(expected_sad, rel=1e-6)
+    assert official(pred, gt, trimap)["mse"] == pytest.approx(expected_mse, rel=1e-6)
 
 
 def test_uint8_difference_does_not_wrap() -> None:
     pred = np.array([[10]], dtype=np.uint8)
     gt = np.array([[50]], dtype=np.uint8)
     trimap = np.array([[128]], dtype=np.uint8)
-    assert compute_sad(pred, gt, trimap) == pytest.approx(40 / 255 / 1000, rel=1e-6)
+    assert official(pred, gt, trimap)["sad"] == pytest.approx(40 / 255 / 1000, rel=1e-6)
 
 
 def test_float_pred_is_scaled_by_255() -> None:
@@ -101,7 +107,7 @@ def test_stray_trimap_values_are_not_unknown() -> None:
     pred = np.full((1, 5), 255, dtype=np.uint8)
     gt = np.zeros((1, 5), dtype=np.uint8)
     trimap = np.array([[127, 128, 129, 1, 254]], dtype=np.uint8)
-    assert compute_sad(pred, gt, trimap) == pytest.approx(1 / 1000, rel=1e-6)
+    assert official(pred, gt, trimap)["sad"] == pytest.approx(1 / 1000, rel=1e-6)
 
 
 def test_no_unknown_pixel() -> None:
@@ -130,7 +136,7 @@ def test_conn_level_tie_passes(value: int, expected: float) -> None:
     pred[0, 0] = value
     gt = np.full((4, 4), 255, dtype=np.uint8)
     trimap = np.full((4, 4), 128, dtype=np.uint8)
-    assert compute_connectivity_loss(pred, gt, trimap) == pytest.approx(expected, rel=1e-6)
+    assert official(pred, gt, trimap)["conn"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_conn_tie_break_is_column_major() -> None:
@@ -144,7 +150,7 @@ def test_conn_tie_break_is_column_major() -> None:
     gt = pred.copy()
     gt[0, 1:] = 230
     trimap = np.full((3, 3), 128, dtype=np.uint8)
-    assert compute_connectivity_loss(pred, gt, trimap) == pytest.approx(50 / 255, rel=1e-6)
+    assert official(pred, gt, trimap)["conn"] == pytest.approx(50 / 255, rel=1e-6)
 
 
 def test_conn_is_four_connected() -> None:
@@ -157,7 +163,7 @@ def test_conn_is_four_connected() -> None:
     gt[0, 0] = 200
     trimap = np.full((3, 3), 128, dtype=np.uint8)
     expected = abs((1 - 1.0) - (1 - 200 / 255))
-    assert compute_connectivity_loss(pred, gt, trimap) == pytest.approx(expected, rel=1e-6)
+    assert official(pred, gt, trimap)["conn"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_gradient_kernel_matches_definition() -> None:
@@ -179,7 +185,7 @@ def test_gradient_two_pixel_step() -> None:
     pred = np.array([[0, 255]], dtype=np.uint8)
     gt = np.zeros((1, 2), dtype=np.uint8)
     trimap = np.full((1, 2), 128, dtype=np.uint8)
-    assert compute_gradient_loss(pred, gt, trimap) == pytest.approx(2 * magnitude**2, rel=1e-6)
+    assert official(pred, gt, trimap)["grad"] == pytest.approx(2 * magnitude**2, rel=1e-6)
 
 
 def test_gradient_is_min_max_normalised_and_inversion_invariant() -> None:
@@ -188,8 +194,8 @@ def test_gradient_is_min_max_normalised_and_inversion_invariant() -> None:
     gt[0, 0], gt[0, 1] = 0, 255
     trimap = np.full((16, 16), 128, dtype=np.uint8)
     stretched = (gt / 255 * 100 + 50) / 255  # float alpha spanning 50..150 on the 0..255 scale
-    assert compute_gradient_loss(stretched, gt, trimap) == pytest.approx(0.0, abs=1e-9)
-    assert compute_gradient_loss(255 - gt, gt, trimap) == pytest.approx(0.0, abs=1e-9)
+    assert official(stretched, gt, trimap)["grad"] == pytest.approx(0.0, abs=1e-9)
+    assert official(255 - gt, gt, trimap)["grad"] == pytest.approx(0.0, abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,10 +279,10 @@ def test_matches_naive_reference(seed: int) -> None:
     pred, gt, trimap = _random_case(rng, shapes[seed % len(shapes)])
     mask = trimap == 128
     pred_255, gt_255 = pred.astype(np.float64), gt.astype(np.float64)
-    assert compute_gradient_loss(pred, gt, trimap) == pytest.approx(
+    assert official(pred, gt, trimap)["grad"] == pytest.approx(
         _reference_grad(pred_255, gt_255, mask), rel=1e-6, abs=1e-12
     )
-    assert compute_connectivity_loss(pred, gt, trimap) == pytest.approx(
+    assert official(pred, gt, trimap)["conn"] == pytest.approx(
         _reference_conn(pred_255, gt_255, mask), rel=1e-6, abs=1e-12
     )
 
@@ -316,9 +322,9 @@ def test_input_errors() -> None:
     with pytest.raises(ValueError, match="2-D"):
         compute_metrics(np.zeros((4, 5, 3), dtype=np.uint8), ok, ok)
     with pytest.raises(ValueError, match="empty"):
-        compute_sad(np.zeros((0, 5)), np.zeros((0, 5)), np.zeros((0, 5)))
+        compute_metrics(np.zeros((0, 5)), np.zeros((0, 5)), np.zeros((0, 5)))
     with pytest.raises(ValueError, match="0..255"):
-        compute_mse(np.full((4, 5), 256, dtype=np.int32), ok, ok)
+        compute_metrics(np.full((4, 5), 256, dtype=np.int32), ok, ok)
     with pytest.raises(ValueError, match="region"):
         compute_metrics(ok, ok, ok, region="known")
     with pytest.raises(ValueError, match="trimap is required"):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import REPO_ROOT, build_tiny_mematte
+from untrusted import save_untrusted_checkpoint
 
-from pretrained.preprocess import CheckpointFormatError, add_teacher_weights, convert
+from engine.checkpoint import CheckpointError
+from pretrained import preprocess
+from pretrained.preprocess import add_teacher_weights, convert
 
 
 def _vitmatte_state_dict() -> dict:
@@ -24,7 +28,7 @@ def test_teacher_loads_strictly_and_student_reports_routing_keys(tmp_path):
     src, dst = tmp_path / "vitmatte.pth", tmp_path / "with_teacher.pth"
     torch.save({"model": _vitmatte_state_dict(), "iteration": 7}, src)
     assert convert(src, dst) > 0
-    checkpoint = torch.load(dst, weights_only=False)
+    checkpoint = torch.load(dst, weights_only=True)
     assert checkpoint["iteration"] == 7
     model = build_tiny_mematte(with_teacher=True, seed=1)
     result = model.load_state_dict(checkpoint["model"], strict=False)
@@ -36,19 +40,46 @@ def test_teacher_loads_strictly_and_student_reports_routing_keys(tmp_path):
         torch.testing.assert_close(v, checkpoint["model"]["backbone." + k])
 
 
+def test_a_bare_state_dict_is_converted(tmp_path):
+    src, dst = tmp_path / "bare.pth", tmp_path / "with_teacher.pth"
+    state = _vitmatte_state_dict()
+    torch.save(state, src)
+    backbone = [k for k in state if k.startswith("backbone.")]
+    assert convert(src, dst) == len(backbone)
+    written = torch.load(dst, weights_only=True)
+    assert set(written) == {"model"}
+    assert len(written["model"]) == len(state) + len(backbone)
+
+
 def test_rejects_files_that_are_not_vitmatte_checkpoints(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointFormatError, match="garbage.pth"):
+    with pytest.raises(CheckpointError, match="garbage.pth"):
         convert(garbage, tmp_path / "out.pth")
-    bare = tmp_path / "bare.pth"
-    torch.save(_vitmatte_state_dict(), bare)
-    with pytest.raises(CheckpointFormatError, match="'model'"):
-        convert(bare, tmp_path / "out.pth")
-    with pytest.raises(CheckpointFormatError, match="already"):
+    decoder_only = tmp_path / "decoder_only.pth"
+    torch.save({"model": {"decoder.w": torch.zeros(1)}}, decoder_only)
+    with pytest.raises(CheckpointError, match=r"decoder_only.pth: .*no 'backbone\.\*' weights"):
+        convert(decoder_only, tmp_path / "out.pth")
+    with pytest.raises(CheckpointError, match="already"):
         add_teacher_weights(add_teacher_weights(_vitmatte_state_dict()))
+    assert not (tmp_path / "out.pth").exists()
 
 
+def test_pickled_objects_are_loaded_only_with_trust_checkpoint(tmp_path, caplog):
+    src, dst, marker = tmp_path / "crafted.pth", tmp_path / "out.pth", tmp_path / "marker"
+    save_untrusted_checkpoint(src, _vitmatte_state_dict(), marker)
+    argv = ["--input", str(src), "--output", str(dst)]
+    with caplog.at_level(logging.ERROR, logger="preprocess"):
+        assert preprocess.main(argv) == 1
+    assert "crafted.pth" in caplog.text and "--trust-checkpoint" in caplog.text
+    assert not marker.exists() and not dst.exists()
+
+    assert preprocess.main([*argv, "--trust-checkpoint"]) == 0
+    assert marker.is_dir()  # trusted: the file's code ran, as the flag's help warns
+    assert any(k.startswith("teacher_backbone.") for k in torch.load(dst)["model"])
+
+
+@pytest.mark.slow
 def test_command_line_reports_a_missing_file(tmp_path):
     result = subprocess.run(
         [sys.executable, "pretrained/preprocess.py", "--input", str(tmp_path / "none.pth")],

@@ -75,6 +75,7 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     assert len(list((tmp_path / "train" / "bg").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path: Path) -> None:
     command = [sys.executable, "tools/make_synthetic_dataset.py", "--out", str(tmp_path)]
     command += ["--seed", "3", "--num-fg", "2", "--num-bg", "2", "--num-test", "1", "--size", "48"]

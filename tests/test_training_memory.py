@@ -43,7 +43,7 @@ def test_policy_attention_equals_dense_softmax_with_policy(monkeypatch, chunk_ro
     grad_out = torch.randn(dense.shape, generator=gen)
     expected = torch.autograd.grad(dense, (q, k, v, policy), grad_out)
     actual = torch.autograd.grad(chunked, (q, k, v, policy), grad_out)
-    for name, a, e in zip("q k v policy".split(), actual, expected, strict=True):
+    for name, a, e in zip(["q", "k", "v", "policy"], actual, expected, strict=True):
         assert a.shape == e.shape, name
         _assert_relative(a, e)
 

@@ -8,7 +8,7 @@ seeded image and trimap (an ellipse with a ~5 % unknown ring), runs ``--warmup``
 - wall time: the median over the timed runs, split into backbone and decoder (forward hooks);
 - peak memory: CPU: peak RSS (``ru_maxrss``) and its increment over the RSS of the idle process
   right before the first forward (model and inputs already built), with glibc's mmap threshold
-  pinned unless ``--default-malloc`` (``engine.token_budget.configure_malloc``); CUDA:
+  pinned unless ``--default-malloc`` (``utils.memory.configure_malloc``); CUDA:
   ``torch.cuda.max_memory_allocated`` and its increment over the allocation before the forward;
 - tokens in global attention per routed block (from the ``keep`` maps);
 - GFLOPs from fvcore ``FlopCountAnalysis`` (1 fused multiply-add = 1 flop, fvcore's convention),
@@ -47,7 +47,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -63,13 +62,15 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from engine.config import LazyConfig, instantiate  # noqa: E402
-from engine.precision import autocast, resolve_device  # noqa: E402
-from engine.token_budget import (  # noqa: E402
-    auto_max_number_token,
-    configure_malloc,
-)
 from modeling.lean.input import NormalizedInput  # noqa: E402
 from modeling.meta_arch.mematte import padded_size  # noqa: E402
+from utils.device import autocast, resolve_device  # noqa: E402
+from utils.memory import (  # noqa: E402
+    configure_malloc,
+    current_memory_bytes,
+    peak_memory_bytes,
+)
+from utils.token_budget import auto_max_number_token  # noqa: E402
 
 SCHEMA = "mematte-benchmark/1"
 CONFIGS = {
@@ -78,7 +79,6 @@ CONFIGS = {
 }
 VARIANTS = ("mematte", "vitmatte")
 MIB = 2**20
-KIB = 2**10
 # Synthetic trimap: an ellipse with semi-axes 0.35 H x 0.30 W and an unknown ring of this area.
 ELLIPSE_AXES = (0.35, 0.30)
 UNKNOWN_FRACTION = 0.05
@@ -132,18 +132,6 @@ def build_model(model_size: str, variant: str, overrides: list[str], seed: int) 
     return instantiate(cfg.model).eval()
 
 
-def _current_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * KIB / MIB
-    return float("nan")
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / MIB  # Linux: KiB
-
-
 def _cpu_name() -> str:
     """The CPU model from /proc/cpuinfo, with the core count (else the platform's name)."""
     cpuinfo = Path("/proc/cpuinfo")
@@ -187,12 +175,11 @@ def _gflops(module: nn.Module, inputs: tuple[Tensor, ...]) -> float:
 def backbone_gflops(backbone: nn.Module, images: Tensor | NormalizedInput) -> tuple[float, Tensor]:
     """fvcore GFLOPs of the backbone on ``images``, and its features.
 
-    The JIT tracer keeps every intermediate of a trace alive (at 1024x1024 one whole-backbone
-    trace needed twice the memory of the forward, and for the ViTMatte variant at 2048x2048 it
-    ran out of 24 GB), so the backbone runs its own forward and each call of its patch
-    embedding, routers and blocks is traced on its real input; the traced call's output is what
-    the forward goes on with, so every module runs once. The glue between them (pos-embed
-    interpolation, reshapes) is not counted.
+    The JIT tracer keeps every intermediate of a trace alive, so a whole-backbone trace needs a
+    multiple of the forward's memory on large inputs. Instead the backbone runs its own forward
+    and each call of its patch embedding, routers and blocks is traced on its real input; the
+    traced call's output is what the forward goes on with, so every module runs once. The glue
+    between them (pos-embed interpolation, reshapes) is not counted.
     """
     total = 0.0
 
@@ -333,9 +320,7 @@ def run_worker(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device) / MIB
-    else:
-        before = _current_rss_mib()
+    before = current_memory_bytes(device) / MIB
     load_avg = list(os.getloadavg())
     with torch.inference_mode(), autocast(device, spec["precision"]):
         for i in range(spec["warmup"] + spec["repeats"]):
@@ -348,12 +333,8 @@ def run_worker(spec: dict) -> dict:
                 runs.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
                 stages.append(dict(timer.seconds))
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / MIB
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        peak = _peak_rss_mib()
-        device_name = _cpu_name()
+    peak = peak_memory_bytes(device) / MIB
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     routed = [int(k[0].sum()) for k in out["keep"]]
     for handle in timer.handles:
         handle.remove()

@@ -1,20 +1,23 @@
 """Evaluate predicted alpha mattes against ground truth: SAD, MSE, Grad, Conn in paper units.
 
 References: Deep Image Matting evaluation protocol (official MATLAB `evaluate.m`), see
-`engine/metrics.py`.
+`evaluation/metrics.py`.
 
 Usage:
     python tools/evaluate.py --pred-dir P --label-dir L --trimap-dir T \
         [--region unknown|all] [--workers N] [--csv per_image.csv]
 
 Files are matched by stem: predictions are ``*.png``; labels and trimaps may be ``.png`` or
-``.jpg``/``.jpeg``. Missing and extra files are logged and the intersection is evaluated. An image
-that cannot be read, or whose pred/label/trimap sizes differ, is reported and skipped; the exit
-status is then non-zero (also when nothing can be evaluated).
+``.jpg``/``.jpeg``. Missing and extra files are logged and the intersection is evaluated. Files are
+read as 8-bit maps by ``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``, a
+colour file keeps its red channel as ``evaluate.m`` does). An image that cannot be read, or whose
+pred/label/trimap sizes differ, is reported and skipped; the exit status is then non-zero (also
+when nothing can be evaluated).
 """
 
 import argparse
 import csv
+import io
 import logging
 import math
 import os
@@ -22,27 +25,27 @@ import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 # Running as `python tools/evaluate.py` puts tools/ (not the repository root) on sys.path;
-# add the root so that the `engine` package imports.
+# add the root so that the repository's packages import.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from engine.metrics import METRIC_NAMES, Region, compute_metrics  # noqa: E402
+from data.image_io import BadSampleError, read_map_u8  # noqa: E402
+from evaluation.metrics import METRIC_NAMES, Region, compute_metrics  # noqa: E402
+from utils.file_io import atomic_write  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 PRED_SUFFIXES: tuple[str, ...] = (".png",)
 LABEL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")  # preferred first on a stem clash
 LOSSY_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
-UINT16_TO_UINT8 = 257.0  # 65535 / 255: 16-bit value v maps to round(v / 257)
 CSV_FLOAT_FORMAT = "{:.10g}"
 MAX_NAMES_LOGGED = 10  # longer lists of unmatched names are abbreviated in warnings
 TABLE_HEADER = f"{'SAD':>10} {'MSE(x1e-3)':>12} {'Grad(x1e3)':>12} {'Conn(x1e3)':>12}"
@@ -62,54 +65,11 @@ class ItemPaths:
 
 @dataclass
 class ItemResult:
-    """Outcome of evaluating one image: metrics (paper units) or an error, plus log notes."""
+    """Outcome of evaluating one image: metrics (paper units) or an error."""
 
     name: str
     metrics: dict[str, float] | None = None
     error: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def read_gray8(path: Path, notes: list[str]) -> np.ndarray:
-    """Read an image as a ``[H, W]`` uint8 array on the 0..255 scale.
-
-    Multi-channel images keep the R channel (``evaluate.m`` keeps ``(:, :, 1)`` of the RGB image
-    MATLAB reads; OpenCV reads BGR(A), where R is the third channel) and 16-bit images are
-    rescaled with ``round(v / 257)``; each conversion appends a note.
-
-    Args:
-        path: image file (PNG or JPEG).
-        notes: list that receives human-readable notes about conversions.
-
-    Returns:
-        The single-channel 8-bit image.
-
-    Raises:
-        ValueError: the file cannot be decoded or has an unsupported layout or depth.
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    if image.ndim == 3:
-        channels = image.shape[2]
-        if channels == 1:
-            image = image[:, :, 0]
-        elif channels in (3, 4):
-            blue, green, red = (image[:, :, c] for c in range(3))
-            gray = np.array_equal(blue, green) and np.array_equal(green, red)
-            how = "gray" if gray else "color channels differ"
-            notes.append(f"{path}: {channels}-channel image ({how}); using the R channel")
-            image = red
-        else:
-            raise ValueError(f"{path}: unsupported number of channels {channels}")
-    elif image.ndim != 2:
-        raise ValueError(f"{path}: unsupported image shape {image.shape}")
-    if image.dtype == np.uint16:
-        notes.append(f"{path}: 16-bit image converted to 8 bits (round(v / 257))")
-        image = np.round(image.astype(np.float64) / UINT16_TO_UINT8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ValueError(f"{path}: unsupported pixel type {image.dtype}")
-    return np.ascontiguousarray(image)
 
 
 def _index_dir(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, Path]:
@@ -193,22 +153,20 @@ def evaluate_item(name: str, paths: ItemPaths, region: Region) -> ItemResult:
     Args:
         name: image name (file stem).
         paths: its prediction, label and trimap files.
-        region: ``"unknown"`` or ``"all"`` (see `engine.metrics`).
+        region: ``"unknown"`` or ``"all"`` (see `evaluation.metrics`).
 
     Returns:
         The result with paper-unit metrics, or with ``error`` set.
     """
     result = ItemResult(name)
     try:
-        pred = read_gray8(paths.pred, result.notes)
-        label = read_gray8(paths.label, result.notes)
-        trimap = read_gray8(paths.trimap, result.notes)
+        pred, label, trimap = (read_map_u8(p) for p in (paths.pred, paths.label, paths.trimap))
         shapes = {paths.pred: pred.shape, paths.label: label.shape, paths.trimap: trimap.shape}
         if len(set(shapes.values())) > 1:
             sizes = ", ".join(f"{path} {shape[1]}x{shape[0]}" for path, shape in shapes.items())
             raise ValueError(f"size mismatch (WxH): {sizes}")
         result.metrics = compute_metrics(pred, label, trimap, region=region)
-    except (ValueError, TypeError, OSError, cv2.error) as exc:
+    except (BadSampleError, ValueError, TypeError) as exc:
         result.error = str(exc)
     return result
 
@@ -248,8 +206,6 @@ def evaluate_items(
     per_image: dict[str, dict[str, float]] = {}
     failures: dict[str, str] = {}
     for result in results:
-        for note in result.notes:
-            logger.info(note)
         if result.error is not None:
             logger.error("%s: skipped: %s", result.name, result.error)
             failures[result.name] = result.error
@@ -280,50 +236,20 @@ def mean_metrics(per_image: dict[str, dict[str, float]]) -> dict[str, float]:
     }
 
 
-def evaluate_folders(
-    pred_dir: str | Path,
-    label_dir: str | Path,
-    trimap_dir: str | Path,
-    region: Region = "unknown",
-    workers: int = 1,
-) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Evaluate a folder of predictions against labels and trimaps.
-
-    Images that cannot be evaluated (unreadable, size mismatch) are logged as errors and left
-    out of both results; use `match_files` + `evaluate_items` to get them.
-
-    Args:
-        pred_dir: folder of predicted alpha PNGs.
-        label_dir: folder of ground-truth alpha mattes (.png/.jpg).
-        trimap_dir: folder of trimaps (.png/.jpg).
-        region: ``"unknown"`` (trimap == 128, Composition-1k) or ``"all"`` (whole image).
-        workers: number of processes; 1 runs in this process.
-
-    Returns:
-        ``(per_image, mean)``: per-image metrics and their mean, in paper units.
-
-    Raises:
-        FileNotFoundError: a folder does not exist.
-        ValueError: nothing to evaluate.
-    """
-    items = match_files(Path(pred_dir), Path(label_dir), Path(trimap_dir))
-    per_image, _ = evaluate_items(items, region=region, workers=workers)
-    return per_image, mean_metrics(per_image)
-
-
 def write_csv(path: Path, per_image: dict[str, dict[str, float]]) -> None:
-    """Write per-image metrics (paper units) to a CSV file with a header row.
+    """Write per-image metrics (paper units) to a CSV file with a header row, atomically.
 
     Args:
         path: output file (parent folders are created).
         per_image: ``{name: {"sad", "mse", "grad", "conn"}}``.
     """
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["name", *METRIC_NAMES])
+    for name, values in per_image.items():
+        writer.writerow([name, *(CSV_FLOAT_FORMAT.format(values[m]) for m in METRIC_NAMES)])
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["name", *METRIC_NAMES])
-        for name, values in per_image.items():
-            writer.writerow([name, *(CSV_FLOAT_FORMAT.format(values[m]) for m in METRIC_NAMES)])
+    atomic_write(path, lambda file: file.write(text.getvalue().encode("utf-8")))
 
 
 def format_table(mean: dict[str, float], num_images: int, region: Region) -> str:

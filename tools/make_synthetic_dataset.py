@@ -21,10 +21,20 @@ Usage::
 import argparse
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+# Running as `python tools/make_synthetic_dataset.py` puts tools/ (not the repository root) on
+# sys.path; add the root so that the `data` package imports.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from data.image_io import write_image  # noqa: E402
+from data.trimap import erosion_trimap  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +49,7 @@ TRIMAP_BAND_RANGE = (0.02, 0.06)
 # cv2.polylines/ellipse use fixed-point coordinates with this many fractional bits (sub-pixel).
 _SHIFT = 4
 _ONE = 1 << _SHIFT
-_JPEG_QUALITY = 95
+ALPHA_MAX = 255.0  # 8-bit alpha scale
 
 
 def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
@@ -139,15 +149,6 @@ def make_background(rng: np.random.Generator, size: int, kind: int) -> np.ndarra
     return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def make_trimap(alpha: np.ndarray, kernel_size: int) -> np.ndarray:
-    """Trimap {0, 128, 255} from an 8-bit alpha: definite regions eroded by an ellipse."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
-    trimap = np.full(alpha.shape, 128, np.uint8)
-    trimap[cv2.erode((alpha == 255).astype(np.uint8), kernel) == 1] = 255
-    trimap[cv2.erode((alpha == 0).astype(np.uint8), kernel) == 1] = 0
-    return trimap
-
-
 def _fit_background(bg: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize ``bg`` to cover ``height x width`` and crop its top-left corner."""
     scale = max(height / bg.shape[0], width / bg.shape[1], 1.0)
@@ -155,12 +156,6 @@ def _fit_background(bg: np.ndarray, height: int, width: int) -> np.ndarray:
         new_size = (int(np.ceil(bg.shape[1] * scale)), int(np.ceil(bg.shape[0] * scale)))
         bg = cv2.resize(bg, new_size, interpolation=cv2.INTER_CUBIC)
     return bg[:height, :width]
-
-
-def _write(path: Path, image: np.ndarray) -> None:
-    params = [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY] if path.suffix == ".jpg" else []
-    if not cv2.imwrite(str(path), image, params):
-        raise OSError(f"cannot write {path}")
 
 
 def _prepare(out_dir: Path, overwrite: bool) -> None:
@@ -202,11 +197,11 @@ def make_synthetic_dataset(
     fg_seeds, bg_seeds, test_seeds = np.random.SeedSequence(seed).spawn(3)
     for i, item_seed in enumerate(fg_seeds.spawn(num_fg)):
         fg, alpha = make_foreground(np.random.default_rng(item_seed), size)
-        _write(out / "train/fg" / f"fg_{i:03d}.png", fg)
-        _write(out / "train/alpha" / f"fg_{i:03d}.png", alpha)
+        write_image(out / "train/fg" / f"fg_{i:03d}.png", fg)
+        write_image(out / "train/alpha" / f"fg_{i:03d}.png", alpha)
     for i, item_seed in enumerate(bg_seeds.spawn(num_bg)):
         bg = make_background(np.random.default_rng(item_seed), size, kind=i)
-        _write(out / "train/bg" / f"bg_{i:03d}.jpg", bg)
+        write_image(out / "train/bg" / f"bg_{i:03d}.jpg", bg)
     for i, item_seed in enumerate(test_seeds.spawn(num_test)):
         rng = np.random.default_rng(item_seed)
         fg, alpha = make_foreground(rng, size)
@@ -215,9 +210,10 @@ def make_synthetic_dataset(
         a = alpha.astype(np.float32)[:, :, None] / 255
         merged = np.round(fg * a + bg * (1 - a)).astype(np.uint8)
         band = int(round(max(height, width) * rng.uniform(*TRIMAP_BAND_RANGE))) | 1  # odd side
-        _write(out / "test/merged" / f"test_{i:03d}.png", merged)
-        _write(out / "test/trimaps" / f"test_{i:03d}.png", make_trimap(alpha, band))
-        _write(out / "test/alpha_copy" / f"test_{i:03d}.png", alpha)
+        trimap = erosion_trimap(alpha / ALPHA_MAX, band, band)
+        write_image(out / "test/merged" / f"test_{i:03d}.png", merged)
+        write_image(out / "test/trimaps" / f"test_{i:03d}.png", trimap)
+        write_image(out / "test/alpha_copy" / f"test_{i:03d}.png", alpha)
     return {"train": out / "train", "test": out / "test"}
 
 

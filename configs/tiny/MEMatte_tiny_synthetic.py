@@ -9,7 +9,7 @@ CPU process, about 5 minutes on 2 busy cores; add ``--num-gpus 2`` for two gloo 
 """
 
 from engine.config import LazyCall as L
-from engine.evaluator import MattingEvaluator
+from evaluation.evaluator import MattingEvaluator
 
 from ..common.dataloader import dataloader
 from ..common.model import model

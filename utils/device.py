@@ -1,4 +1,5 @@
-"""Device and numeric-precision selection for inference (benchmark and inference.py).
+"""Device and numeric-precision selection: the precision names of the trainer, the evaluator,
+inference and the benchmark, and autocast for inference.
 
 ``autocast(device, "bf16")`` runs the matmul-heavy ops that ``torch.autocast`` covers (linear,
 conv, matmul/einsum, scaled_dot_product_attention) in bfloat16, which uses the CPU's bf16 units

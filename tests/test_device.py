@@ -1,4 +1,4 @@
-"""Inference precision helpers."""
+"""utils/device.py: device resolution and autocast precisions (bf16 inference on the CPU)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import build_tiny_mematte, make_batch
 
-from engine.precision import autocast, resolve_device
+from utils.device import autocast, resolve_device
 
 # bf16 keeps 8 mantissa bits: alpha of the tiny random model moves by a few 1e-2 at most.
 BF16_ALPHA_ATOL = 0.1

@@ -16,8 +16,8 @@ from torch import nn
 
 from data.eval_dataset import MattingEvalDataset
 from data.image_io import BadSampleError
-from engine.metrics import METRIC_NAMES, Region, compute_metrics
 from engine.predictor import UINT8_MAX, alpha_to_uint8, predict
+from evaluation.metrics import METRIC_NAMES, Region, compute_metrics
 
 __all__ = ["MattingEvaluator"]
 

@@ -17,10 +17,10 @@ Conventions
   pixels (the whole-image protocol, as used for Distinctions-646).
 * In both regions the Grad filter, its min-max normalisation and the Conn connected components
   always see the whole image; the region only selects which pixels are summed.
-* The per-metric functions return the *official* values (what the .m files return):
-  SAD = sum|a - b| / 1000, MSE = mean (a - b)^2 over the region, Grad and Conn unscaled sums.
-  `compute_metrics` returns *paper units* (`PAPER_UNIT_SCALE`): SAD as is, MSE x 1e3,
-  Grad / 1e3, Conn / 1e3.
+* The *official* values (what the .m files return) are SAD = sum|a - b| / 1000, MSE = mean
+  (a - b)^2 over the region, Grad and Conn unscaled sums. `compute_metrics` returns *paper
+  units*, the official values times `PAPER_UNIT_SCALE`: SAD as is, MSE x 1e3, Grad / 1e3,
+  Conn / 1e3.
 * Precision follows the .m files: SAD, MSE, Conn and the Grad error map are computed in IEEE
   single precision (the files cast to ``single``); the Grad filtering runs in double. Sums are
   accumulated in double, which moves results by about 1e-6 relative at most.
@@ -39,11 +39,7 @@ __all__ = [
     "METRIC_NAMES",
     "PAPER_UNIT_SCALE",
     "Region",
-    "compute_connectivity_loss",
-    "compute_gradient_loss",
     "compute_metrics",
-    "compute_mse",
-    "compute_sad",
     "gaussian_gradient_kernels",
     "region_mask",
     "to_paper_units",
@@ -102,91 +98,6 @@ def region_mask(trimap: np.ndarray | None, shape: tuple[int, ...], region: Regio
             UNKNOWN_VALUE,
         )
     return trimap == UNKNOWN_VALUE
-
-
-def compute_sad(
-    pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None, region: Region = "unknown"
-) -> float:
-    """SAD as `compute_sad_loss` returns it: sum of |pred - gt| over the region, / 1000.
-
-    Args:
-        pred: ``[H, W]`` predicted alpha (integer 0..255 or float [0, 1]).
-        gt: ``[H, W]`` ground-truth alpha (same conventions).
-        trimap: ``[H, W]`` trimap (0..255, unknown == 128); ``None`` allowed for ``"all"``.
-        region: ``"unknown"`` or ``"all"`` (see module docstring).
-
-    Returns:
-        The official value, which is also the paper unit (e.g. 21.46 on Composition-1k).
-    """
-    pred_255, gt_255, mask = _prepare(pred, gt, trimap, region)
-    return _sad(pred_255, gt_255, mask)
-
-
-def compute_mse(
-    pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None, region: Region = "unknown"
-) -> float:
-    """MSE as `compute_mse_loss` returns it: mean of (pred - gt)^2 on the [0, 1] scale.
-
-    Numerator and denominator both run over the region only. With an empty region the result is
-    NaN (0 / 0), as in MATLAB/Octave. Papers print this value x 1000.
-
-    Args:
-        pred: ``[H, W]`` predicted alpha (integer 0..255 or float [0, 1]).
-        gt: ``[H, W]`` ground-truth alpha (same conventions).
-        trimap: ``[H, W]`` trimap (0..255, unknown == 128); ``None`` allowed for ``"all"``.
-        region: ``"unknown"`` or ``"all"`` (see module docstring).
-
-    Returns:
-        The official (unscaled) value.
-    """
-    pred_255, gt_255, mask = _prepare(pred, gt, trimap, region)
-    return _mse(pred_255, gt_255, mask)
-
-
-def compute_gradient_loss(
-    pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None, region: Region = "unknown"
-) -> float:
-    """Grad as `compute_gradient_loss` returns it (unscaled; papers print it / 1000).
-
-    Each image is min-max normalised over the whole image (`mat2gray`), filtered with the
-    L2-normalised 9x9 Gaussian-derivative kernels of `gaussgradient` (sigma 1.4, replicated
-    border, true convolution); the squared difference of the gradient magnitudes (rounded to
-    single) is summed over the region.
-
-    Args:
-        pred: ``[H, W]`` predicted alpha (integer 0..255 or float [0, 1]).
-        gt: ``[H, W]`` ground-truth alpha (same conventions).
-        trimap: ``[H, W]`` trimap (0..255, unknown == 128); ``None`` allowed for ``"all"``.
-        region: ``"unknown"`` or ``"all"`` (see module docstring).
-
-    Returns:
-        The official (unscaled) value.
-    """
-    pred_255, gt_255, mask = _prepare(pred, gt, trimap, region)
-    return _grad(pred_255, gt_255, mask)
-
-
-def compute_connectivity_loss(
-    pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None, region: Region = "unknown"
-) -> float:
-    """Conn as `compute_connectivity_error(pred, gt, trimap, 0.1)` returns it (GCA variant).
-
-    Unscaled; papers print it / 1000. Components are 4-connected and ties between equally large
-    components go to the one whose first pixel comes first in column-major order (MATLAB's
-    `bwconncomp` labelling). An empty intersection of the thresholded mattes leaves the largest
-    component empty (GCA-Matting's guard).
-
-    Args:
-        pred: ``[H, W]`` predicted alpha (integer 0..255 or float [0, 1]).
-        gt: ``[H, W]`` ground-truth alpha (same conventions).
-        trimap: ``[H, W]`` trimap (0..255, unknown == 128); ``None`` allowed for ``"all"``.
-        region: ``"unknown"`` or ``"all"`` (see module docstring).
-
-    Returns:
-        The official (unscaled) value.
-    """
-    pred_255, gt_255, mask = _prepare(pred, gt, trimap, region)
-    return _conn(pred_255, gt_255, mask)
 
 
 def compute_metrics(
@@ -290,14 +201,17 @@ def _to_unit_single(alpha_255: np.ndarray) -> np.ndarray:
 
 
 def _sad(pred_255: np.ndarray, gt_255: np.ndarray, mask: np.ndarray) -> float:
-    """Official SAD from validated inputs (``[H, W]`` float64 on 0..255, boolean mask)."""
+    """Official SAD (`compute_sad_loss`) from validated inputs (``[H, W]`` float64 on 0..255,
+    boolean mask): sum of |pred - gt| on the [0, 1] scale over the region, / 1000."""
     diff = pred_255[mask].astype(np.float32) - gt_255[mask].astype(np.float32)
     error = np.abs(diff) / np.float32(ALPHA_MAX)
     return float(error.sum(dtype=np.float64) / SAD_DIVISOR)
 
 
 def _mse(pred_255: np.ndarray, gt_255: np.ndarray, mask: np.ndarray) -> float:
-    """Official MSE from validated inputs; NaN for an empty region (0 / 0)."""
+    """Official MSE (`compute_mse_loss`) from validated inputs: mean of (pred - gt)^2 on the
+    [0, 1] scale, numerator and denominator over the region only; NaN for an empty region (0 / 0,
+    as in MATLAB/Octave)."""
     count = int(mask.sum())
     if count == 0:
         return math.nan
@@ -372,7 +286,13 @@ def _gradient_magnitude(image: np.ndarray) -> np.ndarray:
 
 
 def _grad(pred_255: np.ndarray, gt_255: np.ndarray, mask: np.ndarray) -> float:
-    """Official Grad from validated inputs (filters see the whole image, sum over the mask)."""
+    """Official Grad (`compute_gradient_loss`) from validated inputs.
+
+    Each image is min-max normalised over the whole image (`mat2gray`), filtered with the
+    L2-normalised 9x9 Gaussian-derivative kernels of `gaussgradient` (sigma 1.4, replicated
+    border, true convolution); the squared difference of the gradient magnitudes (rounded to
+    single) is summed over the mask.
+    """
     pred_amp = _gradient_magnitude(_mat2gray(pred_255))
     gt_amp = _gradient_magnitude(_mat2gray(gt_255))
     error = np.square(pred_amp[mask] - gt_amp[mask])  # single precision, as in the .m file
@@ -418,11 +338,15 @@ def _largest_component(binary_t: np.ndarray) -> np.ndarray:
 
 
 def _conn(pred_255: np.ndarray, gt_255: np.ndarray, mask: np.ndarray) -> float:
-    """Official Conn (GCA variant, step 0.1) from validated inputs.
+    """Official Conn (`compute_connectivity_error(pred, gt, trimap, 0.1)`, GCA variant) from
+    validated inputs.
 
-    Works on transposed arrays so that labels follow MATLAB's column-major order; the final sum
-    does not depend on the layout. Arithmetic is single precision as in the .m file, with the
-    double thresholds demoted to single (Octave's mixed single/double rule).
+    Components are 4-connected and ties between equally large components go to the one whose
+    first pixel comes first in column-major order (MATLAB's `bwconncomp` labelling). An empty
+    intersection of the thresholded mattes leaves the largest component empty (GCA-Matting's
+    guard). Works on transposed arrays so that labels follow MATLAB's column-major order; the
+    final sum does not depend on the layout. Arithmetic is single precision as in the .m file,
+    with the double thresholds demoted to single (Octave's mixed single/double rule).
     """
     pred_t = np.ascontiguousarray(_to_unit_single(pred_255).T)  # [W, H]
     gt_t = np.ascontiguousarray(_to_unit_single(gt_255).T)  # [W, H]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from engine.visualize import GAP, PANEL_MAX_SIDE, TITLE_HEIGHT, routing_figure
+from utils.visualizer import GAP, PANEL_MAX_SIDE, TITLE_HEIGHT, routing_figure
 
 PATCH = 16
 

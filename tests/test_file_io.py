@@ -1,0 +1,50 @@
+"""utils.file_io.atomic_write: all or nothing, no predictable temporary name, normal permissions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from utils.file_io import atomic_write
+
+
+def _write_bytes(data: bytes):
+    return lambda file: file.write(data)
+
+
+def test_writes_and_replaces_with_the_permissions_open_gives(tmp_path: Path) -> None:
+    path = tmp_path / "out.bin"
+    atomic_write(path, _write_bytes(b"first"))
+    atomic_write(path, _write_bytes(b"second"))
+    assert path.read_bytes() == b"second"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")  # created by open(), under the same umask
+    assert path.stat().st_mode == reference.stat().st_mode
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"good")
+
+    def half_then_crash(file) -> None:
+        file.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half_then_crash)
+    assert path.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_a_planted_predictable_temporary_name_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    path = tmp_path / "out.bin"
+    for name in (f"{path.name}.tmp", f".{path.name}.tmp"):  # the names a naive writer would use
+        os.symlink(victim, tmp_path / name)
+    atomic_write(path, _write_bytes(b"new"))
+    assert victim.read_bytes() == b"keep me"
+    assert path.read_bytes() == b"new" and not path.is_symlink()
