@@ -484,7 +484,7 @@ class ViT(nn.Module):
         return BackboneOutput(x.permute(0, 3, 1, 2), scores, keeps)
 
     def run_block(self, blk: Block, x: Tensor, policy: Tensor | None = None) -> Tensor:
-        """``blk(x, policy)``, activation-checkpointed when ``use_act_checkpoint`` and autograd."""
-        if self.use_act_checkpoint and torch.is_grad_enabled():
+        """``blk(x, policy)``, activation-checkpointed when ``use_act_checkpoint`` in training."""
+        if self.use_act_checkpoint and self.training:
             return checkpoint(blk, x, policy, use_reentrant=False)
         return blk(x, policy)

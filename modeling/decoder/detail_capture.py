@@ -145,8 +145,8 @@ class DetailCapture(nn.Module):
         return {"phas": phas}
 
     def run_stage(self, stage: nn.Module, *args: Tensor) -> Any:
-        """``stage(*args)``, activation-checkpointed when ``use_act_checkpoint`` and autograd."""
-        if self.use_act_checkpoint and torch.is_grad_enabled():
+        """``stage(*args)``, activation-checkpointed when ``use_act_checkpoint`` in training."""
+        if self.use_act_checkpoint and self.training:
             contexts = functools.partial(_recompute_contexts, stage)
             return checkpoint(stage, *args, use_reentrant=False, context_fn=contexts)
         return stage(*args)
