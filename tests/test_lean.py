@@ -11,6 +11,7 @@ from conftest import TINY_DIM, build_tiny_mematte, make_batch
 from torch import nn
 
 from modeling.backbone.router import Router
+from modeling.decoder.detail_capture import force_known
 from modeling.lean import backbone as lean_backbone
 from modeling.lean import decoder as lean_decoder
 from modeling.lean import lean_active, to_lean, to_reference
@@ -223,3 +224,63 @@ def test_map_strips_in_place_update():
     out = map_strips(lambda a, b: x[a:b].mul_(2), 5, 2, dim=0, out=x)
     assert out is x
     assert torch.equal(x, 2 * torch.arange(10.0).view(5, 2))
+
+
+def _ring_batch(batch: int, height: int, width: int, seed: int) -> dict:
+    """Images with large known regions: a foreground disk, an unknown ring of 12 px."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 3, height, width, generator=gen)
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    radius = ((yy - height / 2) ** 2 + (xx - width / 3) ** 2).sqrt()
+    trimap = (radius < height / 3).float()
+    trimap[(radius - height / 3).abs() < 12] = 128 / 255  # as read from a PNG: value / 255
+    return {"image": image, "trimap": trimap.expand(batch, 1, height, width).contiguous()}
+
+
+@pytest.mark.parametrize("size", [(700, 900), (1030, 600), (96, 64)])
+def test_clamped_lean_output_is_bit_identical_to_clamping_afterwards(size):
+    model = build_tiny_mematte(seed=1).eval()
+    _perturb_batchnorm_(model)
+    batch = _ring_batch(2, *size, seed=sum(size))
+    with torch.inference_mode():
+        plain = force_known(model(batch)["phas"], batch["trimap"])
+        clamped = model(batch, clamp_known=True)["phas"]
+        reference = _reference_copy(model)(batch, clamp_known=True)["phas"]
+    assert torch.equal(clamped, plain)
+    torch.testing.assert_close(clamped, reference, atol=ATOL, rtol=0)
+
+
+def test_clamped_decoding_skips_known_tiles_and_strips(monkeypatch):
+    model = build_tiny_mematte().eval()
+    decoded = []
+    original = LeanDetailCapture._decode_strips
+
+    def record(self, features, images, region, strips):
+        decoded.append(len(strips))
+        yield from original(self, features, images, region, strips)
+
+    monkeypatch.setattr(LeanDetailCapture, "_decode_strips", record)
+    monkeypatch.setattr(lean_decoder, "DECODER_STRIP_ROWS", 64)
+    batch = _ring_batch(1, 1024, 1024, seed=0)
+    batch["trimap"][..., :, 512:] = 1.0  # the right tiles hold no unknown pixel
+    batch["trimap"][..., 384:512, :] = 0.0  # nor do these strips of the left tiles
+    with torch.inference_mode():
+        model(batch, clamp_known=True)
+    # Only the 2 left tiles; of their 8 strips of 64 rows, those the ring crosses: rows 128-383
+    # (the ring spans rows 159-524; 384-511 were made known) and rows 512-895.
+    assert decoded == [4, 6]
+
+
+def test_uint8_inputs_equal_their_float_reading():
+    model = build_tiny_mematte().eval()
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, 100, 70), generator=gen, dtype=torch.uint8)
+    trimap = torch.tensor([0, 128, 255], dtype=torch.uint8)[
+        torch.randint(0, 3, (1, 1, 100, 70), generator=gen)
+    ]
+    as_float = {"image": image.float() / 255, "trimap": trimap.float() / 255}
+    as_uint8 = {"image": image, "trimap": trimap}
+    for lean in (model, _reference_copy(model)):
+        with torch.inference_mode():
+            expected = lean(as_float, clamp_known=True)["phas"]
+            assert torch.equal(lean(as_uint8, clamp_known=True)["phas"], expected)

@@ -132,7 +132,7 @@ def build_model(model_size: str, variant: str, overrides: list[str], seed: int) 
     return instantiate(cfg.model).eval()
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo, with the core count (else the platform's name)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -334,7 +334,7 @@ def run_worker(spec: dict) -> dict:
                 cpu.append(time.process_time() - c0)
                 stages.append(dict(timer.seconds))
     peak = peak_memory_bytes(device) / MIB
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     routed = [int(k[0].sum()) for k in out["keep"]]
     for handle in timer.handles:
         handle.remove()
@@ -367,9 +367,10 @@ def run_worker(spec: dict) -> dict:
     }
 
 
-def run_in_subprocess(spec: dict, timeout: float | None) -> dict:
-    """Run :func:`run_worker` in a fresh interpreter; failures become ``status: error``."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+def run_in_subprocess(spec: dict, timeout: float | None, script: Path = Path(__file__)) -> dict:
+    """Run ``script --worker SPEC`` (this tool's :func:`run_worker` by default) in a fresh
+    interpreter; the last stdout line is its JSON result; failures become ``status: error``."""
+    command = [sys.executable, str(script.resolve()), "--worker", json.dumps(spec)]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -15,10 +15,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["BasicConv3x3", "ConvStream", "DetailCapture", "FusionBlock", "MattingHead", "Region"]
+__all__ = [
+    "TRIMAP_CHANNEL",
+    "BasicConv3x3",
+    "ConvStream",
+    "DetailCapture",
+    "FusionBlock",
+    "MattingHead",
+    "Region",
+    "force_known",
+    "unknown_pixels",
+]
 
 # Output pixels ``((y0, y1), (x0, x1))``, half-open, that a decoder call returns.
 Region = tuple[tuple[int, int], tuple[int, int]]
+# The input's trimap channel (after RGB): 0 background, 1 foreground, anything else unknown.
+TRIMAP_CHANNEL = 3
+
+
+def unknown_pixels(trimap: Tensor) -> Tensor:
+    """Boolean map of the pixels whose alpha a trimap leaves open: neither 0 nor 1."""
+    return (trimap != 0) & (trimap != 1)
+
+
+def force_known(phas: Tensor, trimap: Tensor) -> Tensor:
+    """Alpha with the trimap's known regions forced, as the official inference script does:
+    0 where the trimap is 0, 1 where it is 1 (``[B, 1, H, W]`` each)."""
+    return phas.masked_fill(trimap == 0, 0.0).masked_fill(trimap == 1, 1.0)
 
 
 class BasicConv3x3(nn.Module):
@@ -121,14 +144,20 @@ class DetailCapture(nn.Module):
         self.use_act_checkpoint = use_act_checkpoint
 
     def forward(
-        self, features: Tensor, images: Tensor, region: Region | None = None
+        self,
+        features: Tensor,
+        images: Tensor,
+        region: Region | None = None,
+        clamp_known: bool = False,
     ) -> dict[str, Tensor]:
         """
         Args:
             features: ``[B, C, H/16, W/16]``.
-            images: ``[B, 4, H, W]``.
+            images: ``[B, 4, H, W]``, the trimap in channel ``TRIMAP_CHANNEL``.
             region: the output pixels to return (e.g. the kept centre of a decoder tile); None
                 for all of them.
+            clamp_known: force the trimap's known regions (:func:`force_known`), as the
+                official inference script does with the model's output.
 
         Returns:
             ``{"phas": [B, 1, H, W]}`` (or the region's ``[B, 1, y1 - y0, x1 - x0]``) in [0, 1].
@@ -139,6 +168,8 @@ class DetailCapture(nn.Module):
                 fusion, features, details[f"D{len(self.fusion_blks) - i - 1}"]
             )
         phas = torch.sigmoid(self.run_stage(self.matting_head, features))
+        if clamp_known:
+            phas = force_known(phas, images[:, TRIMAP_CHANNEL : TRIMAP_CHANNEL + 1])
         if region is not None:
             (y0, y1), (x0, x1) = region
             phas = phas[..., y0:y1, x0:x1]

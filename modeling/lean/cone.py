@@ -53,9 +53,9 @@ def spans(region: Region, rule: Callable[[Span, int], Span], size: tuple[int, in
     return rule(region[0], size[0]), rule(region[1], size[1])
 
 
-def hull(a: Region, b: Region) -> Region:
-    """Smallest region holding both."""
-    return tuple((min(sa[0], sb[0]), max(sa[1], sb[1])) for sa, sb in zip(a, b, strict=True))
+def hull(*regions: Region) -> Region:
+    """Smallest region holding all of them."""
+    return tuple((min(s[0] for s in axis), max(s[1] for s in axis)) for axis in zip(*regions))
 
 
 def origin(region: Region) -> tuple[int, int]:

@@ -6,20 +6,32 @@ which gives exactly the whole-map values there. The conv stream and the coarse f
 once on the cone of the region; the last ``DECODER_STRIP_STAGES`` fusion stages and the head (the
 largest maps) run on the cones of strips of ``DECODER_STRIP_ROWS`` output rows. Maps are
 channels-last, and BatchNorm is folded into the preceding conv once per set of weights.
+
+With ``clamp_known`` (the output's known regions are forced to the trimap's 0 and 1 anyway) a
+call whose region holds no unknown pixel computes nothing (a whole patch-decoder tile is then
+skipped), and only the strips that hold unknown pixels run the last stages and the head. The
+strips that are computed are computed exactly as without ``clamp_known`` (same crops, so the same
+floating-point results): the clamped output is bit-identical to clamping afterwards.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modeling.decoder.detail_capture import BasicConv3x3, DetailCapture, Region
+from modeling.decoder.detail_capture import (
+    TRIMAP_CHANNEL,
+    BasicConv3x3,
+    DetailCapture,
+    Region,
+    force_known,
+    unknown_pixels,
+)
 
-from .chunking import map_strips
 from .cone import Cone, crop, down_need, origin, shift, spans
 from .constants import DECODER_STRIP_ROWS, DECODER_STRIP_STAGES
 from .mode import lean_active, lean_variant
@@ -49,14 +61,35 @@ class LeanDetailCapture(DetailCapture):
         return self
 
     def forward(
-        self, features: Tensor, images: Tensor, region: Region | None = None
+        self,
+        features: Tensor,
+        images: Tensor,
+        region: Region | None = None,
+        clamp_known: bool = False,
     ) -> dict[str, Tensor]:
         if not lean_active(self):
-            return super().forward(features, images, region)
+            return super().forward(features, images, region, clamp_known)
+        H, W = images.shape[-2:]
+        region = region if region is not None else ((0, H), (0, W))
+        trimap = crop(images[:, TRIMAP_CHANNEL : TRIMAP_CHANNEL + 1], region)
+        unknown = unknown_pixels(trimap) if clamp_known else None
+        strips = _strips(region, unknown)
+        if clamp_known:
+            phas = trimap.to(torch.float32, copy=True)  # the trimap where no strip is computed
+        else:
+            phas = features.new_empty(trimap.shape, dtype=torch.float32)
+        if strips:
+            for strip, strip_phas in self._decode_strips(features, images, region, strips):
+                crop(phas, strip, origin(region)).copy_(strip_phas)
+        return {"phas": force_known(phas, trimap) if clamp_known else phas}
+
+    def _decode_strips(
+        self, features: Tensor, images: Tensor, region: Region, strips: Sequence[Region]
+    ) -> Iterator[tuple[Region, Tensor]]:
+        """Alpha of the given row strips of ``region``: the conv stream and the coarse fusion
+        stages once on the cone of the region, the last stages and the head per strip."""
         H, W = images.shape[-2:]
         num_fusions = len(self.fusion_blks)
-        if region is None:
-            region = ((0, H), (0, W))
         # Map sizes per scale: scale k is 1 / 2**k of the input (k = num_fusions: the features).
         sizes = [(-(-H // 2**k), -(-W // 2**k)) for k in range(num_fusions)]
         sizes.append(tuple(features.shape[-2:]))
@@ -66,17 +99,12 @@ class LeanDetailCapture(DetailCapture):
         first_strip_stage = max(0, num_fusions - DECODER_STRIP_STAGES)
         x = crop(features, cone.inputs[0]).contiguous(memory_format=torch.channels_last)
         x = self._fuse(x, details, cone, range(first_strip_stage), folded)
-        (y0, y1), cols = region
-
-        def strip_logits(a: int, b: int) -> Tensor:
-            strip = ((y0 + a, y0 + b), cols)
+        for strip in strips:
             sub = Cone.of(strip, sizes, num_fusions)
             y = crop(x, sub.inputs[first_strip_stage], origin(cone.inputs[first_strip_stage]))
             y = self._fuse(y, details, sub, range(first_strip_stage, num_fusions), folded)
-            return crop(self._head(y, folded), strip, origin(sub.inputs[num_fusions]))
-
-        logits = map_strips(strip_logits, y1 - y0, DECODER_STRIP_ROWS, dim=-2)
-        return {"phas": torch.sigmoid(logits)}
+            logits = crop(self._head(y, folded), strip, origin(sub.inputs[num_fusions]))
+            yield strip, torch.sigmoid(logits)
 
     def _details(
         self, images: Tensor, cone: Cone, sizes: Sequence[tuple[int, int]], folded: dict
@@ -148,3 +176,15 @@ class LeanDetailCapture(DetailCapture):
                 self._folds = {module: fold_batchnorm(*convs) for module, convs in pairs}
             self._fold_key = key
         return self._folds
+
+
+def _strips(region: Region, unknown: Tensor | None) -> list[Region]:
+    """``region`` cut into strips of ``DECODER_STRIP_ROWS`` rows; given the region's unknown mask
+    ``[B, 1, h, w]``, only the strips that hold unknown pixels (an empty list: none does)."""
+    (y0, y1), cols = region
+    strips = []
+    for r0 in range(y0, y1, DECODER_STRIP_ROWS):
+        r1 = min(y1, r0 + DECODER_STRIP_ROWS)
+        if unknown is None or bool(unknown[..., r0 - y0 : r1 - y0, :].any()):
+            strips.append(((r0, r1), cols))
+    return strips

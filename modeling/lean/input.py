@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from modeling.meta_arch.mematte import unit_float
+
 __all__ = ["NormalizedInput"]
 
 
@@ -17,8 +19,9 @@ class NormalizedInput:
     of the whole tensor, zeros (the padding) beyond the image.
 
     Args:
-        image: RGB ``[B, 3, H, W]`` in 0..1.
-        trimap: ``[B, 1, H, W]`` in 0..1.
+        image: RGB ``[B, 3, H, W]``, float in 0..1 or uint8 (converted crop by crop, so that a
+            6K uint8 image never exists as floats).
+        trimap: ``[B, 1, H, W]``, float in 0..1 or uint8.
         pixel_mean, pixel_std: ``[3, 1, 1]`` normalisation.
         padded_hw: ``(Hp, Wp)``, at least ``(H, W)``.
     """
@@ -41,11 +44,12 @@ class NormalizedInput:
         """``input[..., y0:y1, x0:x1]``, zeros wherever it lies beyond the image ``(H, W)``."""
         H, W = self.hw
         rgb_chans = self.image.shape[1]
-        out = self.image.new_zeros(self.shape[0], self.shape[1], y1 - y0, x1 - x0)
+        dtype = self.image.dtype if self.image.is_floating_point() else torch.float32
+        out = self.image.new_zeros(*self.shape[:2], y1 - y0, x1 - x0, dtype=dtype)
         h, w = min(y1, H) - y0, min(x1, W) - x0
         if h > 0 and w > 0:
-            image = self.image[..., y0 : y0 + h, x0 : x0 + w]
+            image = unit_float(self.image[..., y0 : y0 + h, x0 : x0 + w])
             rgb = out[:, :rgb_chans, :h, :w]
             torch.sub(image, self.pixel_mean, out=rgb).div_(self.pixel_std)
-            out[:, rgb_chans:, :h, :w] = self.trimap[..., y0 : y0 + h, x0 : x0 + w]
+            out[:, rgb_chans:, :h, :w] = unit_float(self.trimap[..., y0 : y0 + h, x0 : x0 + w])
         return out

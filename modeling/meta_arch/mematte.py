@@ -24,6 +24,7 @@ __all__ = [
     "MEMatte",
     "batr_loss",
     "padded_size",
+    "unit_float",
 ]
 
 # State-dict prefixes of the student backbone and of the frozen distillation teacher.
@@ -31,6 +32,7 @@ BACKBONE_PREFIX = "backbone."
 TEACHER_PREFIX = "teacher_backbone."
 # Trimap value of the unknown region in training batches ({0, 0.5, 1} maps).
 UNKNOWN = 0.5
+UINT8_MAX = 255
 # Patch-wise decoding at inference: 512 px patches, each decoded with a 64 px context margin.
 DECODER_PATCH = 512
 DECODER_OVERLAP = 64
@@ -115,11 +117,17 @@ class MEMatte(nn.Module):
             self.teacher_backbone.eval()
         return self
 
-    def forward(self, batched_inputs: dict[str, Tensor], patch_decoder: bool = True) -> dict:
-        """Training losses in ``train()`` mode, predictions in ``eval()`` mode."""
+    def forward(
+        self,
+        batched_inputs: dict[str, Tensor],
+        patch_decoder: bool = True,
+        clamp_known: bool = False,
+    ) -> dict:
+        """Training losses in ``train()`` mode, predictions in ``eval()`` mode (see
+        :meth:`inference` for the options)."""
         if self.training:
             return self.forward_train(batched_inputs)
-        return self.inference(batched_inputs, patch_decoder=patch_decoder)
+        return self.inference(batched_inputs, patch_decoder, clamp_known)
 
     def preprocess(self, batched_inputs: dict[str, Tensor]) -> tuple[Tensor, tuple[int, int]]:
         """Normalise RGB, append the trimap and zero-pad (after normalisation, trimap 0).
@@ -129,8 +137,7 @@ class MEMatte(nn.Module):
         Returns:
             images ``[B, 4, Hp, Wp]`` and the original ``(H, W)``.
         """
-        image = batched_inputs["image"].to(self.device)
-        trimap = batched_inputs["trimap"].to(self.device)
+        image, trimap = (unit_float(batched_inputs[k].to(self.device)) for k in ("image", "trimap"))
         H, W = image.shape[-2:]
         Hp, Wp = padded_size((H, W), self.size_divisibility)
         images = torch.cat([(image - self.pixel_mean) / self.pixel_std, trimap], dim=1)
@@ -167,14 +174,32 @@ class MEMatte(nn.Module):
             teacher_features = self.teacher_backbone(images).features
         return F.mse_loss(features, teacher_features)
 
-    def inference(self, batched_inputs: dict[str, Tensor], patch_decoder: bool = True) -> dict:
-        """Alpha matte (float32) and routing maps, cropped back to the input size."""
+    def inference(
+        self,
+        batched_inputs: dict[str, Tensor],
+        patch_decoder: bool = True,
+        clamp_known: bool = False,
+    ) -> dict:
+        """Alpha matte (float32) and routing maps, cropped back to the input size.
+
+        Args:
+            batched_inputs: ``image`` ``[B, 3, H, W]`` and ``trimap`` ``[B, 1, H, W]``, float in
+                0..1 or uint8 in 0..255 (read as value / 255, as the official script).
+            patch_decoder: decode in 512 px tiles as the official inference (bounded memory).
+            clamp_known: return alpha with the trimap's known regions forced (0 where the trimap
+                is 0, 1 where it is 1), as the official script writes it; the lean path then
+                skips the decoder work that this overwrites.
+
+        Returns:
+            ``phas`` ``[B, 1, H, W]``, ``router_scores`` and ``keep`` (one map per routed block).
+        """
         images, (H, W) = self.preprocess(batched_inputs)
         out = self.backbone(images)
         if patch_decoder:
-            phas = self.decode_patches(out.features, images, out_hw=(H, W))
+            phas = self.decode_patches(out.features, images, out_hw=(H, W), clamp_known=clamp_known)
         else:
-            phas = self.decoder(out.features, images, region=((0, H), (0, W)))["phas"]
+            region = ((0, H), (0, W))
+            phas = self.decoder(out.features, images, region, clamp_known)["phas"]
         return {"phas": phas.float(), "router_scores": out.router_scores, "keep": out.keep}
 
     def decode_patches(
@@ -183,6 +208,7 @@ class MEMatte(nn.Module):
         images: Tensor | CroppedInput,
         patch: int = DECODER_PATCH,
         out_hw: tuple[int, int] | None = None,
+        clamp_known: bool = False,
     ) -> Tensor:
         """The official patch decoder: ``patch``-px tiles with a ``DECODER_OVERLAP`` margin.
 
@@ -195,6 +221,7 @@ class MEMatte(nn.Module):
             images: ``[B, 4, Hp, Wp]``, or a :class:`CroppedInput` of that shape.
             patch: tile side in pixels.
             out_hw: compute only the top-left ``(H, W)`` of the output (default: all of it).
+            clamp_known: force the trimap's known regions (see :meth:`inference`).
 
         Returns:
             alpha ``[B, 1, H, W]`` (``[B, 1, Hp, Wp]`` without ``out_hw``).
@@ -213,8 +240,14 @@ class MEMatte(nn.Module):
                     zero_padded_crop(features, *(v // stride for v in (y0, y1, x0, x1))),
                     zero_padded_crop(images, y0, y1, x0, x1),
                     region=((top - y0, bottom - y0), (left - x0, right - x0)),
+                    clamp_known=clamp_known,
                 )["phas"]
         return out
+
+
+def unit_float(x: Tensor) -> Tensor:
+    """An image or trimap as float in 0..1: uint8 is divided by 255 (``to_tensor``'s rule)."""
+    return x.float().div_(UINT8_MAX) if x.dtype == torch.uint8 else x
 
 
 def padded_size(hw: tuple[int, int], step: int) -> tuple[int, int]:
