@@ -12,6 +12,7 @@ import pytest
 import torch
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from timm.layers import LayerNorm2d as TimmLayerNorm2d
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -49,7 +50,8 @@ LR_DECAY = 0.65
 
 
 class LayerNorm2d(nn.Module):
-    """Channels-first LayerNorm, as in the ResBottleneck blocks (detected by class name)."""
+    """Channels-first LayerNorm as a plain module, like detectron2's ``LayerNorm`` (not an
+    ``nn.LayerNorm``: the official optimizer does not treat it as a norm)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -482,7 +484,9 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.Linear(dim, dim)
-        self.residual = LayerNorm2d(dim) if residual else None
+        # The model's ResBottleneck norm (timm, an nn.LayerNorm subclass) and detectron2's own
+        # LayerNorm of the official model (a plain module): the official optimizer decays both.
+        self.residual = nn.Sequential(TimmLayerNorm2d(dim), LayerNorm2d(dim)) if residual else None
 
 
 class TinyViT(nn.Module):
@@ -522,8 +526,8 @@ def test_param_groups_apply_lr_factors_weight_decay_and_skip_the_frozen_teacher(
     group_of = {id(p): group for group in groups for p in group["params"]}
     assert set(group_of) == {id(p) for p in trainable.values()}  # frozen teacher excluded
     assert len(groups) < len(trainable)  # equal hyperparameters are merged
-    norm_names = ("norm1.", "residual.", "routers.0.0.", "routers.1.0.", "routers.2.0.")
-    norm_names += ("routers.3.0.", "decoder.1.", "decoder.2.")
+    norm_names = ("norm1.", "routers.0.0.", "routers.1.0.", "routers.2.0.", "routers.3.0.")
+    norm_names += ("decoder.1.", "decoder.2.")
     for name, param in trainable.items():
         group = group_of[id(param)]
         assert group["lr"] == pytest.approx(base_lr * factors[name]), name
