@@ -283,10 +283,11 @@ class CommonMetricPrinter(EventWriter):
         return str(datetime.timedelta(seconds=int(seconds)))
 
     def write(self) -> None:
-        """Log one line for the current iteration (once per iteration)."""
+        """Log one line for the current iteration (once per iteration; nothing after training,
+        when the storage points at ``max_iter``)."""
         storage = get_event_storage()
         iteration = storage.iter
-        if iteration == self._last_printed:
+        if iteration == self._last_printed or iteration >= self._max_iter:
             return
         self._last_printed = iteration
         histories = storage.histories()

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 from fvcore.common.param_scheduler import ParamScheduler
+from fvcore.common.timer import Timer
 
 from engine import comm
 from engine.checkpoint import Checkpointer
@@ -46,42 +47,63 @@ PRED_ALPHA_KEY = "phas"
 
 
 class IterationTimer(HookBase):
-    """Put each iteration's wall time as ``time`` and log the total time at the end.
+    """Put each iteration's wall time as ``time`` and log the training speed at the end, as
+    detectron2's ``IterationTimer`` does.
+
+    An iteration's time runs from this hook's ``before_step`` to its ``after_step``: register it
+    first, so that it covers the step and the other hooks' ``before_step`` only. The first
+    ``warmup_iter - 1`` iterations (slow from start-up) are not recorded, nor counted in the
+    speed logged at the end; from iteration ``start_iter + warmup_iter - 1`` on, every one is.
 
     Args:
-        warmup_iter: the first iterations, slow from start-up, are not recorded.
+        warmup_iter: see above.
     """
 
     def __init__(self, warmup_iter: int = 3) -> None:
         self._warmup_iter = warmup_iter
-        self._train_start = 0.0
-        self._step_start = 0.0
+        self._step_timer = Timer()
+        self._train_start = time.perf_counter()
+        # Time inside steps only (paused while the other hooks' after_step run).
+        self._steps_timer = Timer()
 
     def before_train(self) -> None:
-        """Start the total-time clock."""
+        """Start the clocks."""
         self._train_start = time.perf_counter()
+        self._steps_timer.reset()
+        self._steps_timer.pause()
 
     def before_step(self) -> None:
         """Start the step clock."""
-        self._step_start = time.perf_counter()
+        self._step_timer.reset()
+        self._steps_timer.resume()
 
     def after_step(self) -> None:
-        """Record the step time (registered first, so it excludes the other hooks' after_step)."""
-        elapsed = time.perf_counter() - self._step_start
-        if self.trainer.iter - self.trainer.start_iter >= self._warmup_iter:
-            self.trainer.storage.put_scalar("time", elapsed)
+        """Record the step time, or restart the clocks during warmup."""
+        iterations_done = self.trainer.storage.iter - self.trainer.start_iter + 1
+        if iterations_done >= self._warmup_iter:
+            self.trainer.storage.put_scalar("time", self._step_timer.seconds())
+        else:
+            self._train_start = time.perf_counter()
+            self._steps_timer.reset()
+        self._steps_timer.pause()
 
     def after_train(self) -> None:
-        """Log the total training time and the mean time per iteration."""
+        """Log the speed after warmup (steps only) and the total time (hooks included)."""
         total = time.perf_counter() - self._train_start
-        num_iter = self.trainer.iter - self.trainer.start_iter
-        if num_iter > 0:
+        steps = self._steps_timer.seconds()
+        num_iter = self.trainer.storage.iter + 1 - self.trainer.start_iter - self._warmup_iter
+        if num_iter > 0 and steps > 0:
             logger.info(
-                "Total training time: %s (%d iterations, %.4f s/it)",
-                datetime.timedelta(seconds=int(total)),
+                "Overall training speed: %d iterations in %s (%.4f s / it)",
                 num_iter,
-                total / num_iter,
+                datetime.timedelta(seconds=int(steps)),
+                steps / num_iter,
             )
+        logger.info(
+            "Total training time: %s (%s on hooks)",
+            datetime.timedelta(seconds=int(total)),
+            datetime.timedelta(seconds=int(total - steps)),
+        )
 
 
 class LRScheduler(HookBase):
@@ -211,7 +233,7 @@ class EvalHook(HookBase):
             self._do_eval()
 
     def after_train(self) -> None:
-        """Evaluate once more if training finished."""
+        """Evaluate once more if training finished (recorded at iteration ``max_iter``)."""
         if self.trainer.iter >= self.trainer.max_iter:
             self._do_eval()
 

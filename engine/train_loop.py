@@ -122,7 +122,9 @@ class TrainerBase:
             hook.before_train()
 
     def after_train(self) -> None:
-        """Call every hook's ``after_train``."""
+        """Point the storage at :attr:`iter` (``max_iter`` after success: a final evaluation is
+        recorded there, as in detectron2), then call every hook's ``after_train``."""
+        self.storage.iter = self.iter
         for hook in self._hooks:
             hook.after_train()
 

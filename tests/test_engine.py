@@ -356,10 +356,13 @@ def test_writers_metrics_json_tensorboard_and_checkpoints(
     by_iter: dict[int, dict] = {}
     for line in lines:
         by_iter.setdefault(line["iteration"], {}).update(line)
-    assert sorted(by_iter) == [1, 3]
+    # The final evaluation is recorded at max_iter, as detectron2 records it.
+    assert sorted(by_iter) == [1, 3, max_iter]
+    assert by_iter[max_iter] == {"iteration": max_iter, "eval/sad": 1.5}
+    assert "eval/sad" in by_iter[1] and "eval/sad" not in by_iter[3]
     for iteration in (1, 3):
         record = by_iter[iteration]
-        for name in ["loss_l1", "loss_mse", "total_loss", "lr", "data_time", "time", "eval/sad"]:
+        for name in ["loss_l1", "loss_mse", "total_loss", "lr", "data_time", "time"]:
             assert name in record, (iteration, name)
         assert {f"token_ratio/block{i}" for i in range(NUM_ROUTERS)} <= set(record)
         assert "token_ratio/mean" in record
@@ -394,6 +397,23 @@ def test_writers_metrics_json_tensorboard_and_checkpoints(
     printed = [r.getMessage() for r in caplog.records if r.name == "engine.events"]
     assert len(printed) == 2 and printed[-1].startswith("eta: ")
     assert "iter: 3" in printed[-1] and "total_loss" in printed[-1] and "lr: " in printed[-1]
+
+
+@pytest.mark.parametrize("start_iter", [0, 10])
+def test_iteration_timer_skips_warmup_as_detectron2(
+    start_iter: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    warmup, num_iter = 3, 6
+    trainer = make_trainer(make_model())
+    trainer.register_hooks([IterationTimer(warmup_iter=warmup)])
+    with caplog.at_level(logging.INFO, logger="engine.hooks"):
+        trainer.train(start_iter, start_iter + num_iter)
+    timed = [iteration for _, iteration in trainer.storage.history("time").values()]
+    # detectron2 times from the warmup-th iteration on: start + 2, ..., start + 5.
+    assert timed == list(range(start_iter + warmup - 1, start_iter + num_iter))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith(f"Overall training speed: {len(timed)} iterations") for m in messages)
+    assert any(m.startswith("Total training time: ") for m in messages)
 
 
 def test_eval_hook_rejects_non_numbers() -> None:
