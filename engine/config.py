@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra.utils
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from utils.file_io import atomic_write
@@ -175,10 +176,27 @@ def instantiate(cfg: Any) -> Any:
     Returns:
         The built object; dicts and lists that are not lazy nodes come back as plain Python
         containers (never DictConfig/ListConfig), both at top level and as arguments.
+
+    Raises:
+        Exception: what a target raised (e.g. ``FileNotFoundError`` for a missing data folder),
+            unwrapped from hydra's ``InstantiationException``, with hydra's note of the config
+            key it was building.
     """
-    if OmegaConf.is_config(cfg) or isinstance(cfg, dict | list):
+    if not (OmegaConf.is_config(cfg) or isinstance(cfg, dict | list)):
+        return cfg
+    try:
         return hydra.utils.instantiate(cfg, _convert_="all")
-    return cfg
+    except InstantiationException as error:
+        cause = error.__cause__
+        if cause is None:
+            raise
+        cause.add_note(f"(hydra) {str(error).splitlines()[0]} {_full_key(error)}".rstrip())
+        raise cause from None
+
+
+def _full_key(error: InstantiationException) -> str:
+    """The ``full_key: ...`` line of hydra's message (the config key being built), or ``""``."""
+    return next((line for line in str(error).splitlines() if line.startswith("full_key")), "")
 
 
 def _exec_config_file(path: Path) -> types.ModuleType:

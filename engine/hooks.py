@@ -6,7 +6,7 @@ Typical order (writers last, so that they see what the other hooks put in the st
     trainer.register_hooks([
         IterationTimer(),
         LRScheduler(scheduler=lr_multiplier),
-        PeriodicCheckpointer(checkpointer, period=2693) if comm.is_main_process() else None,
+        PeriodicCheckpointer(checkpointer, period=2693),
         EvalHook(eval_period, lambda: do_test(cfg, model)),
         ImageLogger(period=log_image_period),
         PeriodicWriter(writers, period=20) if comm.is_main_process() else None,
@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 from fvcore.common.param_scheduler import ParamScheduler
 from fvcore.common.timer import Timer
 
@@ -159,16 +158,19 @@ class LRScheduler(HookBase):
             self.scheduler.load_state_dict(dict(state))
 
 
-class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
+class PeriodicCheckpointer(HookBase):
     """Save ``{file_prefix}_{iter:07d}.pth`` every ``period`` iterations and
-    ``{file_prefix}_final.pth`` after the last one, on the main process only.
+    ``{file_prefix}_final.pth`` after the last one.
 
-    The saved ``iteration`` is the one just finished: resume with ``start_iter = iteration + 1``.
+    Register it on every rank: saving gathers every rank's random generator states (see
+    :meth:`engine.train_loop.TrainerBase.state_dict`); the main process writes the files. The
+    saved ``iteration`` is the one just finished: resume with ``start_iter = iteration + 1``.
 
     Args:
         checkpointer: what to save (model, trainer state, ...).
         period: save after iterations ``period - 1``, ``2 * period - 1``, ...
-        max_to_keep: keep only the newest periodic checkpoints (the final one is always kept).
+        max_to_keep: keep only the newest periodic checkpoints of this run (the final one is
+            always kept).
         file_prefix: file name prefix.
     """
 
@@ -179,16 +181,36 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
         max_to_keep: int | None = None,
         file_prefix: str = "model",
     ) -> None:
-        super().__init__(checkpointer, period, max_to_keep=max_to_keep, file_prefix=file_prefix)
-
-    def before_train(self) -> None:
-        """Learn ``max_iter`` (for the final checkpoint) from the trainer."""
-        self.max_iter = self.trainer.max_iter
+        self.checkpointer = checkpointer
+        self.period = int(period)
+        self.max_to_keep = max_to_keep
+        self.file_prefix = file_prefix
+        self._recent: list[str] = []
 
     def after_step(self) -> None:
         """Save when the period or the last iteration is reached."""
-        if comm.is_main_process():
-            self.step(self.trainer.iter)
+        iteration = self.trainer.iter
+        if (iteration + 1) % self.period == 0:
+            name = f"{self.file_prefix}_{iteration:07d}"
+            self.checkpointer.save(name, iteration=iteration)
+            self._drop_old(name)
+        if iteration >= self.trainer.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", iteration=iteration)
+
+    def _drop_old(self, name: str) -> None:
+        """Delete this run's periodic checkpoints beyond the newest ``max_to_keep``."""
+        if self.max_to_keep is None or not comm.is_main_process():
+            return
+        self._recent.append(name)
+        while len(self._recent) > self.max_to_keep:
+            self.checkpointer.delete(self._recent.pop(0))
+
+
+def _current_cuda_device() -> list[int]:
+    """The CUDA device of this process, if any (whose generator ``fork_rng`` saves)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return [torch.cuda.current_device()]
+    return []
 
 
 class EvalHook(HookBase):
@@ -210,7 +232,10 @@ class EvalHook(HookBase):
         self._function = eval_function
 
     def _do_eval(self) -> None:
-        results = self._function()
+        # An evaluation must not change the training that follows: its random draws (if any)
+        # come from a copy of the generators.
+        with torch.random.fork_rng(devices=_current_cuda_device()):
+            results = self._function()
         if results:
             for name, value in results.items():
                 try:
@@ -249,6 +274,11 @@ class PeriodicWriter(HookBase):
     def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
         self._writers = list(writers)
         self._period = period
+
+    def before_train(self) -> None:
+        """Tell the writers where training starts (a resumed run drops what it will redo)."""
+        for writer in self._writers:
+            writer.start(self.trainer.start_iter)
 
     def after_step(self) -> None:
         """Write at the period and after the last iteration."""
