@@ -46,6 +46,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "BadSampleError",
     "UnreadableImageError",
+    "encode_image",
     "list_images",
     "list_images_by_stem",
     "read_gray",
@@ -292,12 +293,12 @@ def read_train_alpha(path: str | Path) -> np.ndarray:
     return _read_raw(Path(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / _UINT8_MAX
 
 
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Encode ``image`` in the format of the file suffix (OpenCV's defaults) and write it
-    atomically.
+def encode_image(path: str | Path, image: np.ndarray) -> bytes:
+    """The bytes ``write_image`` would write: ``image`` encoded in the format of the file suffix
+    (OpenCV's defaults).
 
     Args:
-        path: output file; ``.png``, ``.jpg`` or another suffix OpenCV encodes.
+        path: the file the bytes are for; ``.png``, ``.jpg`` or another suffix OpenCV encodes.
         image: ``[H, W]`` gray or ``[H, W, 3]`` BGR array, uint8 (or uint16 for PNG).
 
     Raises:
@@ -307,4 +308,19 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(path.suffix, image)
     if not ok:
         raise OSError(f"cannot encode {path} ({image.dtype} {image.shape})")
-    atomic_write(path, lambda file: file.write(encoded.tobytes()))
+    return encoded.tobytes()
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Encode ``image`` in the format of the file suffix (:func:`encode_image`) and write it
+    atomically.
+
+    Args:
+        path: output file; ``.png``, ``.jpg`` or another suffix OpenCV encodes.
+        image: ``[H, W]`` gray or ``[H, W, 3]`` BGR array, uint8 (or uint16 for PNG).
+
+    Raises:
+        OSError: OpenCV cannot encode the image in that format.
+    """
+    encoded = encode_image(path, image)
+    atomic_write(path, lambda file: file.write(encoded))
