@@ -264,10 +264,10 @@ class _EpochCycler:
 class SimpleTrainer(TrainerBase):
     """Plain fp32 training: data, forward, sum of ``loss_*``, backward, optimizer step.
 
-    Per iteration it writes to the storage ``data_time``, ``total_loss``, every ``loss_*`` and, when
-    the model returns ``keep_ratios``, ``token_ratio/block{i}`` (``i`` the backbone block index
-    of the routed block) and ``token_ratio/mean``; these values are averaged over ranks (for
-    logging only).
+    Per iteration it writes to the storage ``data_time`` (the slowest rank's), ``rank_data_time``
+    (this rank's), ``total_loss``, every ``loss_*`` and, when the model returns ``keep_ratios``,
+    ``token_ratio/block{i}`` (``i`` the backbone block index of the routed block) and
+    ``token_ratio/mean``; losses and ratios are averaged over ranks (for logging only).
 
     Its state (saved in checkpoints) holds the optimizer and the data position (epoch and batches
     delivered in it), so a resumed run continues with the very next batch.
@@ -372,8 +372,9 @@ class SimpleTrainer(TrainerBase):
             raise FloatingPointError(
                 f"Loss became infinite or NaN at iteration {self.iter}: {scalars}"
             )
-        # The slowest rank sets the pace, so report its data time.
+        # The slowest rank sets the pace, so report its data time (and this rank's, as detectron2).
         self.storage.put_scalar("data_time", max(comm.all_gather(data_time)))
+        self.storage.put_scalar("rank_data_time", data_time)
         self.storage.put_scalar("total_loss", total_loss)
         self.storage.put_scalars(**scalars)
 

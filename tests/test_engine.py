@@ -248,6 +248,7 @@ def test_trainer_logs_losses_and_token_ratios() -> None:
         "loss_mse",
         "total_loss",
         "data_time",
+        "rank_data_time",
         "token_ratio/mean",
         *ratio_names,
     ]:
