@@ -476,9 +476,12 @@ def _check_new_key(override: str, key: str, parent: Any, siblings: list[str]) ->
 
 
 def _type_name(value: Any) -> str:
+    """``a config node``, ``a list``, ``an int``, ``a float``, ... for error messages."""
     if isinstance(value, dict):
-        return "config node"
-    return "list" if isinstance(value, list) else type(value).__name__
+        name = "config node"
+    else:
+        name = "list" if isinstance(value, list) else type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _checked_value(override: str, key: str, current: Any, value: Any, text: str) -> Any:
@@ -508,7 +511,7 @@ def _checked_value(override: str, key: str, current: Any, value: Any, text: str)
         ok = True
     if not ok:
         raise ConfigOverrideError(
-            f"Override {override!r}: {key} takes a {_type_name(current)} (now {current!r}), "
+            f"Override {override!r}: {key} takes {_type_name(current)} (now {current!r}), "
             f"not the {type(value).__name__} {value!r}"
         )
     return value

@@ -301,8 +301,8 @@ def test_the_real_configs_reject_typos_and_wrong_types(override: str, match: str
             r"torch.nn.Linear takes no argument 'out_feature'.*"
             r"did you mean out_features",
         ),
-        ("train.max_iter=abc", r"train.max_iter takes a int \(now 100\), not the str 'abc'"),
-        ("train.max_iter=1.5", r"train.max_iter takes a int"),
+        ("train.max_iter=abc", r"train.max_iter takes an int \(now 100\), not the str 'abc'"),
+        ("train.max_iter=1.5", r"train.max_iter takes an int"),
         ("model.backbone.topk='0.5'", r"model.backbone.topk takes a float.*not the str '0.5'"),
         ("train.amp=1", r"train.amp takes a bool"),
         ("model.pixel_mean=0.5", r"model.pixel_mean takes a list"),

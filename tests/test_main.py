@@ -324,7 +324,7 @@ def _setup_error(args: argparse.Namespace, capsys) -> str:
     [
         ("dataloader.train.dataset.fg_dir={nope}", "training data folder {nope} does not exist"),
         ("train.max_iters=5", "train.max_iters is not in the config (did you mean max_iter?)"),
-        ("train.max_iter=abc", "train.max_iter takes a int (now 500), not the str 'abc'"),
+        ("train.max_iter=abc", "train.max_iter takes an int (now 500), not the str 'abc'"),
         ("train.init_checkpoint={notes}", "{notes}: not a readable PyTorch checkpoint"),
     ],
 )
