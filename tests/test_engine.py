@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import engine.checkpoint
+import engine.events
 from data.build import TrainSampler
 from data.seeding import SampleKey
 from engine.checkpoint import Checkpointer
@@ -736,3 +737,23 @@ def test_loading_restores_the_generators_of_the_same_world_size_only(
         other.load_state_dict(state)
     assert "random generator states of 2 ranks, this run has 1" in caplog.text
     assert torch.equal(torch.get_rng_state(), current)
+
+
+def test_writers_start_drops_what_a_resumed_run_redoes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "metrics.json"
+    rows = [json.dumps({"iteration": i, "loss": float(i)}) for i in range(6)]
+    path.write_text("\n".join(rows) + '\n{"iteration": 6, "lo')  # cut short by a kill
+    writer = JSONWriter(path)
+    writer.start(4)
+    writer.close()
+    assert path.read_text().splitlines() == rows[:4]
+    created = {}
+    monkeypatch.setattr(
+        engine.events, "SummaryWriter", lambda **kwargs: created.update(kwargs) or object()
+    )
+    TensorboardWriter(tmp_path).start(4)
+    assert created["purge_step"] == 4  # TensorBoard hides the earlier run's events from 4 on
+    TensorboardWriter(tmp_path).start(0)
+    assert created["purge_step"] is None
