@@ -157,6 +157,24 @@ def do_train(args: argparse.Namespace, cfg: Any) -> None:
     trainer.train(start_iter, cfg.train.max_iter)
 
 
+def do_eval_only(args: argparse.Namespace, cfg: Any) -> dict[str, float]:
+    """Evaluate ``train.init_checkpoint`` with ``dataloader.evaluator`` and log the metrics."""
+    check_init_checkpoint(
+        cfg.train.init_checkpoint, eval_only=True, output_dir=cfg.train.output_dir
+    )
+    if not cfg.train.init_checkpoint:
+        logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights")
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    Checkpointer(model, trusted=args.trust_checkpoint, strict_shapes=cfg.train.init_strict).load(
+        cfg.train.init_checkpoint
+    )
+    results = do_test(cfg, model)
+    for name, value in results.items():
+        logger.info("%s: %.4f", name, value)
+    return results
+
+
 def load_config(args: argparse.Namespace) -> Any:
     """The config file with the command line's overrides applied (checked: see
     :meth:`engine.config.LazyConfig.apply_overrides`).
@@ -196,24 +214,6 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
         if created:
             remove_failed_setup(output_dir)
         raise
-
-
-def do_eval_only(args: argparse.Namespace, cfg: Any) -> dict[str, float]:
-    """Evaluate ``train.init_checkpoint`` with ``dataloader.evaluator`` and log the metrics."""
-    check_init_checkpoint(
-        cfg.train.init_checkpoint, eval_only=True, output_dir=cfg.train.output_dir
-    )
-    if not cfg.train.init_checkpoint:
-        logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights")
-    model = instantiate(cfg.model)
-    model.to(cfg.train.device)
-    Checkpointer(model, trusted=args.trust_checkpoint, strict_shapes=cfg.train.init_strict).load(
-        cfg.train.init_checkpoint
-    )
-    results = do_test(cfg, model)
-    for name, value in results.items():
-        logger.info("%s: %.4f", name, value)
-    return results
 
 
 def cli_main(args: argparse.Namespace) -> None:

@@ -353,18 +353,14 @@ class Checkpointer(_FvcoreCheckpointer):
         try:
             return self.load(last)
         except (CorruptCheckpointError, FileNotFoundError) as error:
+            logger.warning("Cannot resume from the last checkpoint: %s", error)
             for previous in self._earlier_checkpoints(last):
                 try:
                     extra = self.load(previous)
                 except (CorruptCheckpointError, FileNotFoundError) as previous_error:
                     logger.warning("Cannot resume from %s either: %s", previous, previous_error)
                     continue
-                logger.warning(
-                    "Cannot resume from the last checkpoint: %s. Resumed from the previous "
-                    "intact checkpoint %s instead",
-                    error,
-                    previous,
-                )
+                logger.warning("Resumed from the previous intact checkpoint %s instead", previous)
                 return extra
             raise CorruptCheckpointError(
                 f"Cannot resume: {error}; and no earlier checkpoint in {self.save_dir} is intact"
