@@ -15,14 +15,21 @@ that talk over gloo. The config provides ``model``, ``optimizer``, ``lr_multipli
 and ``dataloader.{train,evaluator}`` (see ``configs/common/``).
 
 ``train.output_dir`` receives ``config.yaml`` (the resolved config, loadable with
-``--config-file``), ``log.txt``, ``metrics.json``, TensorBoard events, and ``model_{iter}.pth`` /
-``model_final.pth`` checkpoints with ``last_checkpoint`` naming the newest.
+``--config-file``), ``log.txt``, ``model.txt`` (the model's structure), ``metrics.json``,
+TensorBoard events, and ``model_{iter}.pth`` / ``model_final.pth`` checkpoints, each with a
+``.sha256``, with ``last_checkpoint`` naming the newest. ``--resume`` continues exactly where the
+last checkpoint left off (data position and random generators included).
+
+A run that cannot start (a wrong override, data folder, device or checkpoint) stops with one line
+``main.py: error: ...`` and exit status 2, before any process is spawned where it can tell, and
+removes the output folder it created.
 
 References: detectron2 ``tools/lazyconfig_train_net.py``; MEMatte ``main.py`` (interface only).
 """
 
 import argparse
 import logging
+import os
 from typing import Any
 
 from torch import nn
@@ -31,10 +38,15 @@ from engine import comm
 from engine.checkpoint import Checkpointer
 from engine.config import LazyConfig, instantiate
 from engine.defaults import (
+    SetupError,
+    check_device,
     check_init_checkpoint,
     default_argument_parser,
     default_setup,
     default_writers,
+    exit_on_setup_error,
+    remove_failed_setup,
+    save_model_summary,
 )
 from engine.hooks import (
     EvalHook,
@@ -86,8 +98,9 @@ def do_train(args: argparse.Namespace, cfg: Any) -> None:
             dataloader.evaluator: instantiates to an evaluator, or is None;
             optimizer: instantiates to an optimizer, once ``optimizer.params.model`` is set;
             lr_multiplier: instantiates to a fvcore ``ParamScheduler``;
-            train: output_dir, init_checkpoint, max_iter, amp, ddp, checkpointer, eval_period,
-                log_period, log_image_period, device, seed (``configs/common/train.py``).
+            train: output_dir, init_checkpoint, init_strict, max_iter, amp, ddp, checkpointer,
+                eval_period, log_period, log_image_period, device, seed
+                (``configs/common/train.py``).
     """
     # Data first: a wrong dataset folder fails before a large model is built.
     train_loader = instantiate(cfg.dataloader.train)
@@ -95,26 +108,29 @@ def do_train(args: argparse.Namespace, cfg: Any) -> None:
 
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
-    logger.info("Model:\n%s", model)
     frozen = freeze_teacher(model)
     if frozen:
         logger.info("Froze the %d parameter tensors of the distillation teacher", frozen)
+    save_model_summary(model, cfg.train.output_dir)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
+    routed_blocks = model.backbone.routed_block_indexes
 
     model = create_ddp_model(model, **cfg.train.ddp)
     precision = cfg.train.amp.precision if cfg.train.amp.enabled else "fp32"
-    trainer = AMPTrainer(model, train_loader, optimizer, precision=precision)
+    trainer = AMPTrainer(model, train_loader, optimizer, routed_blocks, precision=precision)
     checkpointer = Checkpointer(
-        model, cfg.train.output_dir, trusted=args.trust_checkpoint, trainer=trainer
+        model,
+        cfg.train.output_dir,
+        trusted=args.trust_checkpoint,
+        strict_shapes=cfg.train.init_strict,
+        trainer=trainer,
     )
     trainer.register_hooks(
         [
             IterationTimer(),
             LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-            if comm.is_main_process()
-            else None,
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer),  # every rank
             EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, evaluator))
             if evaluator is not None
             else None,
@@ -126,6 +142,13 @@ def do_train(args: argparse.Namespace, cfg: Any) -> None:
     )
 
     resuming = args.resume and checkpointer.has_checkpoint()
+    if args.resume and not resuming:
+        logger.warning(
+            "--resume: no checkpoint in train.output_dir=%s (no last_checkpoint file); starting "
+            "from train.init_checkpoint=%r instead",
+            cfg.train.output_dir,
+            cfg.train.init_checkpoint,
+        )
     if not resuming:
         check_init_checkpoint(cfg.train.init_checkpoint)
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
@@ -134,44 +157,81 @@ def do_train(args: argparse.Namespace, cfg: Any) -> None:
     trainer.train(start_iter, cfg.train.max_iter)
 
 
-def main(args: argparse.Namespace) -> dict[str, float] | None:
-    """Load the config, apply the overrides, then evaluate (``--eval-only``) or train.
-
-    Returns:
-        The metrics with ``--eval-only`` (on the main process), else None.
-
-    Raises:
-        ValueError: ``--eval-only`` with a config that has no ``dataloader.evaluator``.
-    """
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    if args.eval_only and cfg.dataloader.get("evaluator") is None:
-        raise ValueError(
-            f"{args.config_file} has no dataloader.evaluator, so --eval-only has nothing to "
-            "evaluate on; add one, e.g. \"dataloader.evaluator={'_target_': "
-            "'evaluation.evaluator.MattingEvaluator', 'data_dir': 'datasets/Composition-1k'}\""
-        )
-    default_setup(cfg, args)
-
-    if not args.eval_only:
-        do_train(args, cfg)
-        return None
-    check_init_checkpoint(cfg.train.init_checkpoint)
+def do_eval_only(args: argparse.Namespace, cfg: Any) -> dict[str, float]:
+    """Evaluate ``train.init_checkpoint`` with ``dataloader.evaluator`` and log the metrics."""
+    check_init_checkpoint(
+        cfg.train.init_checkpoint, eval_only=True, output_dir=cfg.train.output_dir
+    )
     if not cfg.train.init_checkpoint:
         logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights")
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
-    Checkpointer(model, trusted=args.trust_checkpoint).load(cfg.train.init_checkpoint)
+    Checkpointer(model, trusted=args.trust_checkpoint, strict_shapes=cfg.train.init_strict).load(
+        cfg.train.init_checkpoint
+    )
     results = do_test(cfg, model)
     for name, value in results.items():
         logger.info("%s: %.4f", name, value)
     return results
 
 
+def load_config(args: argparse.Namespace) -> Any:
+    """The config file with the command line's overrides applied (checked: see
+    :meth:`engine.config.LazyConfig.apply_overrides`).
+
+    Raises:
+        SetupError: ``--eval-only`` with a config that has no ``dataloader.evaluator``.
+    """
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    if args.eval_only and cfg.dataloader.get("evaluator") is None:
+        raise SetupError(
+            f"{args.config_file} has no dataloader.evaluator, so --eval-only has nothing to "
+            "evaluate on; add one, e.g. \"dataloader.evaluator={'_target_': "
+            "'evaluation.evaluator.MattingEvaluator', 'data_dir': 'datasets/Composition-1k'}\""
+        )
+    return cfg
+
+
+def main(args: argparse.Namespace) -> dict[str, float] | None:
+    """Load the config, apply the overrides, then evaluate (``--eval-only``) or train.
+
+    A run that fails before training wrote anything removes the output folder it created.
+
+    Returns:
+        The metrics with ``--eval-only`` (on the main process), else None.
+    """
+    cfg = load_config(args)
+    output_dir = cfg.train.output_dir
+    created = bool(output_dir) and comm.is_main_process() and not os.path.exists(output_dir)
+    try:
+        default_setup(cfg, args)
+        if not args.eval_only:
+            do_train(args, cfg)
+            return None
+        return do_eval_only(args, cfg)
+    except BaseException:
+        if created:
+            remove_failed_setup(output_dir)
+        raise
+
+
+def cli_main(args: argparse.Namespace) -> None:
+    """:func:`main` in every process of the command line: setup errors in one line."""
+    exit_on_setup_error("main.py", main, args)
+
+
+def check_before_launch(args: argparse.Namespace) -> None:
+    """What can be checked before any process is spawned: the config and overrides, and the
+    device (``--num-gpus N`` with ``train.device=cuda`` and no GPU)."""
+    check_device(load_config(args).train.device)
+
+
 if __name__ == "__main__":
     args = default_argument_parser(__doc__).parse_args()
+    exit_on_setup_error("main.py", check_before_launch, args)
     launch(
-        main,
+        cli_main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,

@@ -20,7 +20,7 @@ from data.readers import (
     detect_layout,
     scan_test_set,
 )
-from data.seeding import ReseedableDataset, make_generator, seed_worker
+from data.seeding import SampleKey, init_worker, sample_generator
 from data.transforms import train_transforms
 
 __all__ = [
@@ -32,16 +32,16 @@ __all__ = [
     "MattingEvalDataset",
     "MattingItem",
     "MattingTestSet",
-    "ReseedableDataset",
+    "SampleKey",
     "UnreadableImageError",
     "detect_layout",
-    "make_generator",
+    "init_worker",
     "read_gray",
     "read_map_u8",
     "read_rgb",
     "read_trimap",
     "scan_test_set",
-    "seed_worker",
+    "sample_generator",
     "train_transforms",
     "write_image",
 ]

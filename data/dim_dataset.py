@@ -10,24 +10,33 @@ Folder layout (files matched by stem, any of ``IMAGE_EXTENSIONS``)::
     bg_dir/     x.jpg  y.jpg ...   backgrounds (COCO train2014 in the official recipe)
 
 One epoch visits every background once: ``len(dataset) == number of backgrounds`` and sample
-``idx`` uses background ``idx`` and foreground ``idx % number of foregrounds`` (names sorted).
+``idx`` uses background ``idx`` and foreground ``idx % number of foregrounds``. Both lists are
+sorted by name; with ``official_order=True`` they are in the official order instead: the
+foreground names common to both folders as Python's set intersection lists them, shuffled once
+by ``numpy.random.RandomState(0)`` (the set's order follows string hashing: set
+``PYTHONHASHSEED`` alike to compare runs), and the backgrounds in ``os.listdir`` order.
 """
 
+import functools
+import glob
 import logging
+import operator
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from data.image_io import (
     BadSampleError,
     UnreadableImageError,
     list_images,
     list_images_by_stem,
-    read_gray,
-    read_rgb,
+    read_train_alpha,
+    read_train_rgb,
 )
-from data.seeding import ReseedableDataset
+from data.seeding import SampleKey, sample_generator
 from data.transforms import RandomResize, composite_two_foregrounds, train_transforms
 
 logger = logging.getLogger(__name__)
@@ -40,35 +49,54 @@ TWO_FOREGROUND_PROB = 0.5
 MAX_LOAD_ATTEMPTS = 10
 # Random redraws allowed to replace a sample that uses a file already known to be unreadable.
 MAX_REDRAWS = 100
+# Seed of the official foreground shuffle (``ImageFile.rng = np.random.RandomState(0)``).
+OFFICIAL_SHUFFLE_SEED = 0
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """``[H, W, C]`` float in [0, 1] -> uint8, the bit depth of the official pipeline."""
-    return np.round(image * 255).astype(np.uint8)
+def _official_foreground_names(fg_dir: str | Path, alpha_dir: str | Path) -> list[str]:
+    """Foreground names in the official order: the file-name stems (``glob`` + ``splitext``) of
+    both folders, intersected as Python sets, shuffled by ``RandomState(0)``."""
+    name_sets = [
+        {os.path.splitext(os.path.basename(path))[0] for path in glob.glob(os.path.join(d, "*"))}
+        for d in (fg_dir, alpha_dir)
+    ]
+    names = list(functools.reduce(operator.and_, name_sets))
+    np.random.RandomState(OFFICIAL_SHUFFLE_SEED).shuffle(names)
+    return names
 
 
-class DIMTrainDataset(ReseedableDataset):
+def _listdir_images(folder: str | Path) -> list[Path]:
+    """The image files of ``folder`` in ``os.listdir`` order (the official background order)."""
+    images = set(list_images(folder))
+    return [path for path in (Path(folder) / name for name in os.listdir(folder)) if path in images]
+
+
+class DIMTrainDataset(torch.utils.data.Dataset):
     """On-the-fly composited training samples with the official augmentations.
 
+    Indexed by :class:`~data.seeding.SampleKey` ``(epoch, index)`` (a plain index is epoch 0).
     Each sample is a dict with ``image``, ``fg``, ``bg`` ``[3, S, S]`` float32 in [0, 1] (RGB),
     ``alpha`` ``[1, S, S]`` float32 in [0, 1], ``trimap`` ``[1, S, S]`` float32 in {0, 0.5, 1}
     and ``image_name`` (the foreground's file name), with ``S = crop_size``.
 
-    Randomness comes from the generator managed by ``ReseedableDataset``: pass
-    ``data.seeding.seed_worker`` as the DataLoader's ``worker_init_fn``. An unreadable file is
-    logged and another random sample is drawn instead; an alpha whose size differs from its
-    foreground raises ``BadSampleError``.
+    Every random draw of a sample comes from ``sample_generator(seed, key)``, so the sample does
+    not depend on the worker or rank that builds it. Files are read as the official pipeline
+    reads them (``read_train_rgb``, ``read_train_alpha``: EXIF orientation applied). An
+    unreadable file is logged and another random sample is drawn instead; an alpha whose size
+    differs from its foreground raises ``BadSampleError``.
 
     Args:
         fg_dir: folder of foreground images.
         alpha_dir: folder of alpha mattes, matched to ``fg_dir`` by stem.
         bg_dir: folder of background images.
         crop_size: side of the square training crop in pixels (official: 512).
-        seed: base seed of the augmentation stream.
-        rank: distributed rank; ``None`` reads it when the dataset is built.
+        seed: base seed of the augmentations (non-negative).
+        official_order: list the files in the official order (see the module docstring) instead
+            of sorted by name.
 
     Raises:
         FileNotFoundError: a folder is missing, has no foreground/alpha pair or no background.
+        ValueError: a negative seed.
     """
 
     def __init__(
@@ -79,9 +107,10 @@ class DIMTrainDataset(ReseedableDataset):
         bg_dir: str | Path,
         crop_size: int = 512,
         seed: int = 0,
-        rank: int | None = None,
+        official_order: bool = False,
     ) -> None:
-        super().__init__(seed=seed, rank=rank)
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
         for folder in (fg_dir, alpha_dir, bg_dir):
             if not Path(folder).is_dir():
                 raise FileNotFoundError(f"training data folder {folder} does not exist")
@@ -99,12 +128,18 @@ class DIMTrainDataset(ReseedableDataset):
                 len(unmatched),
                 ", ".join(unmatched[:10]),
             )
+        if official_order:
+            paired = set(stems)
+            stems = [
+                name for name in _official_foreground_names(fg_dir, alpha_dir) if name in paired
+            ]
         self.fg_paths = [fgs[stem] for stem in stems]
         self.alpha_paths = [alphas[stem] for stem in stems]
-        self.bg_paths = list_images(bg_dir)
+        self.bg_paths = _listdir_images(bg_dir) if official_order else list_images(bg_dir)
         if not self.bg_paths:
             raise FileNotFoundError(f"no background image in {bg_dir}")
         self.crop_size = crop_size
+        self.seed = seed
         # Official `_composite_fg`: resize to 640 x 640 with probability 1/4 after the overlay.
         self.resize = RandomResize(size=640, prob=0.25)
         self.transform = train_transforms(crop_size)
@@ -120,7 +155,7 @@ class DIMTrainDataset(ReseedableDataset):
     def _read_foreground(self, fg_index: int) -> tuple[np.ndarray, np.ndarray]:
         """``fg`` ``[H, W, 3]`` uint8 RGB and ``alpha`` ``[H, W]`` float32 of one pair."""
         fg_path, alpha_path = self.fg_paths[fg_index], self.alpha_paths[fg_index]
-        fg, alpha = _to_uint8(read_rgb(fg_path)), read_gray(alpha_path)
+        fg, alpha = read_train_rgb(fg_path), read_train_alpha(alpha_path)
         if alpha.shape != fg.shape[:2]:
             raise BadSampleError(
                 alpha_path,
@@ -145,7 +180,7 @@ class DIMTrainDataset(ReseedableDataset):
         """
         fg_index = idx % self.num_foregrounds
         fg, alpha = self._read_foreground(fg_index)
-        bg = _to_uint8(read_rgb(self.bg_paths[idx]))
+        bg = read_train_rgb(self.bg_paths[idx])
         if rng.random() < TWO_FOREGROUND_PROB:
             # Official draw: a uniform offset added to idx, so the second may equal the first.
             fg2_index = (idx + int(rng.integers(self.num_foregrounds))) % self.num_foregrounds
@@ -174,8 +209,10 @@ class DIMTrainDataset(ReseedableDataset):
             f"almost every sample has an unreadable file: {sorted(self._unreadable)}"
         )
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
-        rng = self.rng
+    def __getitem__(self, key: SampleKey | int) -> dict[str, Any]:
+        key = SampleKey(0, key) if isinstance(key, int) else SampleKey(*key)
+        rng = sample_generator(self.seed, key)
+        idx = key.index
         for _ in range(MAX_LOAD_ATTEMPTS):
             idx = self._redraw_if_known_bad(idx, rng)
             try:

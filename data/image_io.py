@@ -14,6 +14,11 @@ writing images atomically.
 - orientation: EXIF orientation tags are ignored (as PIL does in the official inference), so an
   image stays pixel-aligned with its trimap and alpha.
 
+The training pipeline reads its files as the official one does, with ``cv2.imread``'s conversions:
+``read_train_rgb`` (foregrounds, backgrounds: ``cv2.imread(path)``, 8-bit colour, EXIF orientation
+applied, returned as RGB) and ``read_train_alpha`` (``cv2.imread(path, 0) / 255``, EXIF
+orientation applied), so a rotated JPEG and its alpha meet as in the official run.
+
 Two readers take maps with other rules: ``read_trimap`` (inference and evaluation inputs) accepts
 only 8-bit single-channel trimaps (a grayscale PNG saved as RGB included) and returns file value
 / 255, as the official inference feeds them; ``read_map_u8`` (``tools/evaluate.py``) returns the
@@ -41,11 +46,14 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "BadSampleError",
     "UnreadableImageError",
+    "encode_image",
     "list_images",
     "list_images_by_stem",
     "read_gray",
     "read_map_u8",
     "read_rgb",
+    "read_train_alpha",
+    "read_train_rgb",
     "read_trimap",
     "write_image",
 ]
@@ -110,13 +118,15 @@ def list_images_by_stem(folder: str | Path) -> dict[str, Path]:
     return dict(sorted(by_stem.items()))
 
 
-def _read_raw(path: Path) -> np.ndarray:
-    """Decode a file without any conversion (BGR(A) order, native bit depth)."""
+def _read_raw(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Decode a file with OpenCV's ``flags`` (by default without any conversion: BGR(A) order,
+    native bit depth, EXIF orientation ignored)."""
     if not path.is_file():
         raise UnreadableImageError(path, "file does not exist")
-    # imdecode instead of imread: no OpenCV warning on stderr, and non-ASCII paths work.
+    # imdecode instead of imread (same decoders and conversions): no OpenCV warning on stderr,
+    # and non-ASCII paths work.
     buffer = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    image = cv2.imdecode(buffer, flags) if buffer.size else None
     if image is None:
         raise UnreadableImageError(path, "cannot decode image (empty, truncated or unknown format)")
     return image
@@ -249,12 +259,46 @@ def read_map_u8(path: str | Path) -> np.ndarray:
     return image
 
 
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Encode ``image`` in the format of the file suffix (OpenCV's defaults) and write it
-    atomically.
+def read_train_rgb(path: str | Path) -> np.ndarray:
+    """Read a training foreground or background as the official pipeline does.
 
     Args:
-        path: output file; ``.png``, ``.jpg`` or another suffix OpenCV encodes.
+        path: image file, decoded as ``cv2.imread(path)``: 8-bit (16-bit values shifted down),
+            three channels (gray replicated, an alpha channel dropped), EXIF orientation applied.
+
+    Returns:
+        ``[H, W, 3]`` uint8 array, RGB order.
+
+    Raises:
+        UnreadableImageError: the file is missing or cannot be decoded.
+    """
+    image = _read_raw(Path(path), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
+
+
+def read_train_alpha(path: str | Path) -> np.ndarray:
+    """Read a training alpha matte as the official pipeline does:
+    ``cv2.imread(path, 0).astype(np.float32) / 255``.
+
+    Args:
+        path: image file, decoded as 8-bit grayscale (a colour file converted by the decoder),
+            EXIF orientation applied.
+
+    Returns:
+        ``[H, W]`` float32 array in [0, 1].
+
+    Raises:
+        UnreadableImageError: the file is missing or cannot be decoded.
+    """
+    return _read_raw(Path(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / _UINT8_MAX
+
+
+def encode_image(path: str | Path, image: np.ndarray) -> bytes:
+    """The bytes ``write_image`` would write: ``image`` encoded in the format of the file suffix
+    (OpenCV's defaults).
+
+    Args:
+        path: the file the bytes are for; ``.png``, ``.jpg`` or another suffix OpenCV encodes.
         image: ``[H, W]`` gray or ``[H, W, 3]`` BGR array, uint8 (or uint16 for PNG).
 
     Raises:
@@ -264,4 +308,19 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(path.suffix, image)
     if not ok:
         raise OSError(f"cannot encode {path} ({image.dtype} {image.shape})")
-    atomic_write(path, lambda file: file.write(encoded.tobytes()))
+    return encoded.tobytes()
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Encode ``image`` in the format of the file suffix (:func:`encode_image`) and write it
+    atomically.
+
+    Args:
+        path: output file; ``.png``, ``.jpg`` or another suffix OpenCV encodes.
+        image: ``[H, W]`` gray or ``[H, W, 3]`` BGR array, uint8 (or uint16 for PNG).
+
+    Raises:
+        OSError: OpenCV cannot encode the image in that format.
+    """
+    encoded = encode_image(path, image)
+    atomic_write(path, lambda file: file.write(encoded))

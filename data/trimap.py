@@ -20,8 +20,8 @@ __all__ = [
 
 # 8-bit trimap levels.
 TRIMAP_BG, TRIMAP_UNKNOWN, TRIMAP_FG = 0, 128, 255
-# alpha >= 1 - DEFINITE_EPS is definite foreground, alpha <= DEFINITE_EPS definite background
-# (official 1e-5).
+# Definite foreground: (alpha + DEFINITE_EPS) truncates to 1; definite background:
+# (1 - alpha + DEFINITE_EPS) does, computed in alpha's precision (official `GenMask`, 1e-5).
 DEFINITE_EPS = 1e-5
 # Official quantization of 8-bit trimaps for training: below 85 background, from 170 foreground,
 # unknown in between.
@@ -31,18 +31,25 @@ TRIMAP_FG_FROM = 170
 BACKGROUND, UNKNOWN, FOREGROUND = 0.0, 0.5, 1.0
 
 
-def _eroded(mask: np.ndarray, kernel_size: int) -> np.ndarray:
-    """``mask`` eroded by an elliptic ``kernel_size x kernel_size`` kernel (1: unchanged)."""
+def _eroded_definite(values: np.ndarray, kernel_size: int) -> np.ndarray:
+    """Where ``(values + DEFINITE_EPS)`` truncates to 1 (the official
+    ``.astype(int).astype(np.uint8)`` mask, in ``values``' precision), eroded by an elliptic
+    ``kernel_size x kernel_size`` kernel (1: unchanged)."""
+    mask = (values + DEFINITE_EPS).astype(int).astype(np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
-    return cv2.erode(mask.astype(np.uint8), kernel) == 1
+    return cv2.erode(mask, kernel) == 1
 
 
 def erosion_trimap(alpha: np.ndarray, fg_kernel: int, bg_kernel: int) -> np.ndarray:
     """Trimap of an alpha matte: its definite foreground and background, each eroded by an
     elliptic kernel, are 255 and 0; the rest (the band around every fractional alpha) is 128.
 
+    Definite foreground is where ``alpha + 1e-5`` truncates to 1, definite background where
+    ``1 - alpha + 1e-5`` does: the official expressions, evaluated in ``alpha``'s precision
+    (float32 in training, where they differ from ``alpha <= 1e-5`` just above 1e-5).
+
     Args:
-        alpha: ``[H, W]`` float alpha in [0, 1].
+        alpha: ``[H, W]`` float alpha in [0, 1] (slight overshoot from resampling allowed).
         fg_kernel: side in px of the kernel that erodes the definite foreground.
         bg_kernel: side in px of the kernel that erodes the definite background.
 
@@ -50,8 +57,8 @@ def erosion_trimap(alpha: np.ndarray, fg_kernel: int, bg_kernel: int) -> np.ndar
         ``[H, W]`` uint8 trimap in {0, 128, 255}.
     """
     trimap = np.full(alpha.shape, TRIMAP_UNKNOWN, np.uint8)
-    trimap[_eroded(alpha >= 1 - DEFINITE_EPS, fg_kernel)] = TRIMAP_FG
-    trimap[_eroded(alpha <= DEFINITE_EPS, bg_kernel)] = TRIMAP_BG
+    trimap[_eroded_definite(alpha, fg_kernel)] = TRIMAP_FG
+    trimap[_eroded_definite(1 - alpha, bg_kernel)] = TRIMAP_BG
     return trimap
 
 

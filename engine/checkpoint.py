@@ -4,13 +4,17 @@
 ``pretrained/preprocess.py``): ``torch.load(weights_only=True)``, which rebuilds only tensors and
 plain containers. A file that pickles other objects is loaded only when the caller trusts it
 (``--trust-checkpoint`` on the command lines, ``trusted=True`` in Python), since unpickling
-those objects runs code stored in the file. :func:`clean_state_dict` is the one place that
-removes DDP's ``module.`` key prefix and, for inference, the distillation teacher's weights.
+those objects runs code stored in the file. A checkpoint with a ``.sha256`` file next to it (the
+:class:`Checkpointer` writes one for every checkpoint, in ``sha256sum`` format) is checked against
+it first, so a corrupt file is an error instead of silently wrong weights.
+:func:`clean_state_dict` is the one place that removes DDP's ``module.`` key prefix and, for
+inference, the distillation teacher's weights.
 
 References: fvcore ``fvcore/common/checkpoint.py``; detectron2 ``DetectionCheckpointer``.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import pickle
@@ -26,13 +30,16 @@ from torch import nn
 
 from engine import comm
 from modeling.meta_arch.mematte import TEACHER_PREFIX
-from utils.file_io import atomic_write
+from utils.file_io import atomic_write, sha256_of_file
 
 __all__ = [
+    "CHECKSUM_SUFFIX",
     "DDP_PREFIX",
     "TRUST_CHECKPOINT_FLAG",
     "CheckpointError",
     "Checkpointer",
+    "CorruptCheckpointError",
+    "IncompatibleCheckpointError",
     "UntrustedCheckpointError",
     "add_trust_checkpoint_argument",
     "clean_state_dict",
@@ -47,12 +54,25 @@ DDP_PREFIX = "module."
 TRUST_CHECKPOINT_FLAG = "--trust-checkpoint"
 # How torch's weights-only unpickler names a refused object in its error ("... GLOBAL a.b ...").
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
+# The SHA-256 of a checkpoint file is kept in "{file}.sha256" as "<64 hex digits>  <file name>".
+CHECKSUM_SUFFIX = ".sha256"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# The iteration in a periodic checkpoint's file name ("model_0001234.pth").
+_PERIODIC_NAME = re.compile(r"_(\d+)\.pth$")
 
 Value = TypeVar("Value")
 
 
 class CheckpointError(ValueError):
     """A file that is not a usable checkpoint: corrupt, foreign, or of an unexpected structure."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A file whose bytes do not match its SHA-256 file, or that cannot be read at all."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """A checkpoint whose tensors have other shapes than the model's (with ``strict_shapes``)."""
 
 
 class UntrustedCheckpointError(CheckpointError):
@@ -70,6 +90,10 @@ def add_trust_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _unreadable(path: Path, error: Exception) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"{path}: not a readable PyTorch checkpoint ({error!r})")
+
+
 def _refused_globals(path: Path, error: Exception) -> list[str]:
     """The pickled objects that made ``weights_only=True`` refuse ``path`` ([] if none: then the
     file is corrupt or foreign). Read from the pickle's opcodes, not by unpickling."""
@@ -85,7 +109,7 @@ def _load_pickled_objects(path: Path, error: pickle.UnpicklingError, trusted: bo
     if not trusted:
         names = _refused_globals(path, error)
         if not names:
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"{path}: not a readable PyTorch checkpoint (corrupt, or not written by torch.save)"
             ) from error
         raise UntrustedCheckpointError(
@@ -97,7 +121,39 @@ def _load_pickled_objects(path: Path, error: pickle.UnpicklingError, trusted: bo
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # corrupt or foreign files raise many different types
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc!r})") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """The SHA-256 file that goes with a checkpoint: ``{path}.sha256``."""
+    return Path(f"{path}{CHECKSUM_SUFFIX}")
+
+
+def write_checksum(path: str | os.PathLike) -> None:
+    """Write ``{path}.sha256`` (``sha256sum -c`` checks it) atomically."""
+    path = Path(path)
+    line = f"{sha256_of_file(path)}  {path.name}\n"
+    atomic_write(checksum_path(path), lambda file: file.write(line.encode()))
+
+
+def verify_checksum(path: str | os.PathLike) -> None:
+    """Check a checkpoint against its ``.sha256`` file, if it has one.
+
+    Raises:
+        CorruptCheckpointError: the digests differ, or the ``.sha256`` file is malformed.
+    """
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return
+    fields = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    if not fields or not _SHA256_HEX.fullmatch(fields[0]):
+        raise CorruptCheckpointError(f"{sidecar}: not a SHA-256 line (<64 hex digits>  <file>)")
+    actual = sha256_of_file(path)
+    if actual != fields[0]:
+        raise CorruptCheckpointError(
+            f"{path} is corrupt: its SHA-256 is {actual[:16]}..., {sidecar.name} records "
+            f"{fields[0][:16]}..."
+        )
 
 
 def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[str, Any]:
@@ -116,18 +172,21 @@ def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[s
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
+        CorruptCheckpointError: the file does not match its ``.sha256`` file, or is not a
+            readable PyTorch checkpoint.
         UntrustedCheckpointError: the file pickles other objects and ``trusted`` is False.
-        CheckpointError: the file is corrupt, not a PyTorch checkpoint, or not a dict.
+        CheckpointError: the file is not a dict of the expected structure.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    verify_checksum(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         loaded = _load_pickled_objects(path, exc, trusted)
     except Exception as exc:  # corrupt or foreign files raise many different types
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc!r})") from exc
+        raise _unreadable(path, exc) from exc
     if not isinstance(loaded, Mapping):
         raise CheckpointError(
             f"{path}: expected a state dict or a dict with a 'model' entry, got a "
@@ -166,15 +225,31 @@ def _format_keys(keys: list[str]) -> str:
     return "\n".join(f"  {key}" for key in sorted(keys))
 
 
+def _shape_mismatches(
+    checkpoint: Mapping[str, Any], model_state: Mapping[str, Any]
+) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """``(key, checkpoint shape, model shape)`` of the tensors whose shapes differ."""
+    return [
+        (key, tuple(value.shape), tuple(model_state[key].shape))
+        for key, value in checkpoint.items()
+        if key in model_state
+        and hasattr(value, "shape")
+        and tuple(value.shape) != tuple(model_state[key].shape)
+    ]
+
+
 class Checkpointer(_FvcoreCheckpointer):
     """Save and load a model with extra checkpointables (e.g. ``trainer=trainer``, whose state
-    holds the iteration, optimizer, lr scheduler and grad scaler).
+    holds the iteration, optimizer, lr scheduler, grad scaler, data position and random states).
 
-    Differences from fvcore's: files and the ``last_checkpoint`` tag are written atomically;
-    only the main process saves by default; files are read by :func:`load_checkpoint` (a bare
-    state dict is accepted, pickled objects only when ``trusted``); incompatible keys are logged
-    as full lists. ``DistributedDataParallel`` models are unwrapped, and a ``module.`` prefix in
-    the checkpoint is stripped (:func:`clean_state_dict`).
+    Differences from fvcore's: files and the ``last_checkpoint`` tag are written atomically, each
+    checkpoint with a ``.sha256`` file checked when it is read; only the main process writes (but
+    :meth:`save` is collective: every rank calls it); files are read by :func:`load_checkpoint`
+    (a bare state dict is accepted, pickled objects only when ``trusted``); tensors whose shapes
+    differ from the model's are an error with ``strict_shapes``; missing and unexpected keys are
+    logged as full lists; :meth:`resume_or_load` falls back to the previous intact checkpoint
+    when the last one is corrupt. ``DistributedDataParallel`` models are unwrapped, and a
+    ``module.`` prefix in the checkpoint is stripped (:func:`clean_state_dict`).
 
     Args:
         model: the model (DDP-wrapped or not).
@@ -182,6 +257,8 @@ class Checkpointer(_FvcoreCheckpointer):
         save_to_disk: defaults to ``comm.is_main_process()``.
         trusted: also load files that pickle objects other than tensors (see
             :func:`load_checkpoint`).
+        strict_shapes: a checkpoint tensor whose shape differs from the model's is an error
+            listing every such key; False skips them with a warning (they keep their values).
         **checkpointables: objects with ``state_dict()`` / ``load_state_dict()``.
     """
 
@@ -192,52 +269,135 @@ class Checkpointer(_FvcoreCheckpointer):
         *,
         save_to_disk: bool | None = None,
         trusted: bool = False,
+        strict_shapes: bool = True,
         **checkpointables: Any,
     ) -> None:
         if save_to_disk is None:
             save_to_disk = comm.is_main_process()
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.trusted = trusted
+        self.strict_shapes = strict_shapes
 
     def save(self, name: str, **kwargs: Any) -> None:
-        """Write ``{save_dir}/{name}.pth`` (model, checkpointables, ``kwargs``) and tag it as the
-        last checkpoint; a failure midway leaves the previous files untouched."""
-        if not self.save_dir or not self.save_to_disk:
-            return
+        """Write ``{save_dir}/{name}.pth`` (model, checkpointables, ``kwargs``) and its
+        ``.sha256``, and tag it as the last checkpoint; a failure midway leaves the previous
+        files usable.
+
+        Collective: every rank gathers the checkpointables' states (a trainer's state holds
+        every rank's random generators); the main process writes.
+        """
         data = {"model": self.model.state_dict()}
         for key, checkpointable in self.checkpointables.items():
             data[key] = checkpointable.state_dict()
         data.update(kwargs)
+        if not self.save_dir or not self.save_to_disk:
+            return
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         os.makedirs(self.save_dir, exist_ok=True)
         logger.info("Saving checkpoint to %s", path)
+        # A stale checksum must never describe the new file (a crash before the new one).
+        checksum_path(path).unlink(missing_ok=True)
         atomic_write(path, lambda file: torch.save(data, file))
+        write_checksum(path)
         self.tag_last_checkpoint(basename)
+
+    def delete(self, name: str) -> None:
+        """Remove ``{save_dir}/{name}.pth`` and its ``.sha256`` (main process only)."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        checksum_path(path).unlink(missing_ok=True)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Atomically point ``last_checkpoint`` at ``last_filename_basename``."""
         path = os.path.join(self.save_dir, LAST_CHECKPOINT_FILE)
         atomic_write(path, lambda file: file.write(last_filename_basename.encode()))
 
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
+        """Load ``path`` (nothing if empty) into the model and the checkpointables.
+
+        Returns:
+            The checkpoint entries that were not consumed (e.g. ``iteration``).
+
+        Raises:
+            FileNotFoundError: ``path`` is not a file.
+            CheckpointError: see :func:`load_checkpoint`; also an
+                :class:`IncompatibleCheckpointError` with ``strict_shapes``.
+        """
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such checkpoint file")
+        return super().load(path, checkpointables)
+
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` in ``save_dir`` if ``resume`` and it exists (model and
         all checkpointables); otherwise load only the model weights from ``path`` (nothing if
         ``path`` is empty).
 
+        A last checkpoint that is missing or corrupt (see :class:`CorruptCheckpointError`) is
+        reported with a warning, and the newest intact periodic checkpoint before it is resumed
+        instead.
+
         Returns:
             The checkpoint entries that were not consumed (e.g. ``iteration``).
+
+        Raises:
+            CorruptCheckpointError: the last checkpoint and every earlier one are unusable.
         """
-        if resume and self.has_checkpoint():
-            last = self.get_checkpoint_file()
-            logger.info("Resuming from %s", last)
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        last = self.get_checkpoint_file()
+        logger.info("Resuming from %s", last)
+        try:
             return self.load(last)
-        return self.load(path, checkpointables=[])
+        except (CorruptCheckpointError, FileNotFoundError) as error:
+            logger.warning("Cannot resume from the last checkpoint: %s", error)
+            for previous in self._earlier_checkpoints(last):
+                try:
+                    extra = self.load(previous)
+                except (CorruptCheckpointError, FileNotFoundError) as previous_error:
+                    logger.warning("Cannot resume from %s either: %s", previous, previous_error)
+                    continue
+                logger.warning("Resumed from the previous intact checkpoint %s instead", previous)
+                return extra
+            raise CorruptCheckpointError(
+                f"Cannot resume: {error}; and no earlier checkpoint in {self.save_dir} is intact"
+            ) from error
+
+    def _earlier_checkpoints(self, last: str) -> list[str]:
+        """The periodic checkpoints of ``save_dir`` before ``last`` (all of them when ``last``
+        has no iteration in its name, e.g. ``model_final.pth``), newest first."""
+        match = _PERIODIC_NAME.search(os.path.basename(last))
+        before = int(match.group(1)) if match else None
+        found = []
+        for name in os.listdir(self.save_dir):
+            number = _PERIODIC_NAME.search(name)
+            if number and (before is None or int(number.group(1)) < before):
+                found.append((int(number.group(1)), os.path.join(self.save_dir, name)))
+        return [path for _, path in sorted(found, reverse=True)]
 
     def _load_file(self, f: str) -> dict[str, Any]:
-        """Read a checkpoint with :func:`load_checkpoint`; the model keys lose a ``module.``."""
+        """Read a checkpoint with :func:`load_checkpoint`; the model keys lose a ``module.``.
+
+        Raises:
+            IncompatibleCheckpointError: with ``strict_shapes``, tensors whose shapes differ from
+                the model's (listed), before anything is loaded.
+        """
         checkpoint = load_checkpoint(f, trusted=self.trusted)
         checkpoint["model"] = clean_state_dict(checkpoint["model"])
+        mismatches = _shape_mismatches(checkpoint["model"], self.model.state_dict())
+        if mismatches and self.strict_shapes:
+            listed = "\n".join(
+                f"  {key}: {list(ours)} in the checkpoint, {list(model)} in the model"
+                for key, ours, model in mismatches
+            )
+            raise IncompatibleCheckpointError(
+                f"{f}: {len(mismatches)} tensors have other shapes than in the model (a "
+                f"checkpoint of another configuration?); pass strict_shapes=False "
+                f"(train.init_strict=False) to skip them:\n{listed}"
+            )
         return checkpoint
 
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:

@@ -21,6 +21,7 @@ References: detectron2 ``detectron2/config/lazy.py`` and ``instantiate.py`` (int
 
 import ast
 import builtins
+import difflib
 import functools
 import inspect
 import logging
@@ -32,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra.utils
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from utils.file_io import atomic_write
 
-__all__ = ["LazyCall", "LazyConfig", "instantiate"]
+__all__ = ["KEY_ALIASES", "ConfigOverrideError", "LazyCall", "LazyConfig", "instantiate"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,12 @@ _CONFIG_MODULE_PREFIX = "_lazy_config"
 # Lower-case YAML words accepted in overrides in addition to Python literals (``train.amp=false``).
 _YAML_WORDS = {"true": True, "false": False, "null": None}
 _YAML_SCALARS = (str, int, float, bool, type(None))
-_MISSING = object()
+# OmegaConf's mark of a value that must be set (by a recipe or an override).
+_UNSET = "???"
+# Close matches offered when an override names no key.
+_SUGGESTIONS = 3
+# Official config keys that name one of ours (the official train.py logs every log_loss_period).
+KEY_ALIASES = {"train.log_loss_period": "train.log_period"}
 
 
 def _locate(path: str) -> Any:
@@ -169,10 +176,27 @@ def instantiate(cfg: Any) -> Any:
     Returns:
         The built object; dicts and lists that are not lazy nodes come back as plain Python
         containers (never DictConfig/ListConfig), both at top level and as arguments.
+
+    Raises:
+        Exception: what a target raised (e.g. ``FileNotFoundError`` for a missing data folder),
+            unwrapped from hydra's ``InstantiationException``, with hydra's note of the config
+            key it was building.
     """
-    if OmegaConf.is_config(cfg) or isinstance(cfg, dict | list):
+    if not (OmegaConf.is_config(cfg) or isinstance(cfg, dict | list)):
+        return cfg
+    try:
         return hydra.utils.instantiate(cfg, _convert_="all")
-    return cfg
+    except InstantiationException as error:
+        cause = error.__cause__
+        if cause is None:
+            raise
+        cause.add_note(f"(hydra) {str(error).splitlines()[0]} {_full_key(error)}".rstrip())
+        raise cause from None
+
+
+def _full_key(error: InstantiationException) -> str:
+    """The ``full_key: ...`` line of hydra's message (the config key being built), or ``""``."""
+    return next((line for line in str(error).splitlines() if line.startswith("full_key")), "")
 
 
 def _exec_config_file(path: Path) -> types.ModuleType:
@@ -243,11 +267,13 @@ def _unserializable_keys(value: Any, key: str = "") -> list[str]:
 
 
 def _parse_override_value(text: str) -> Any:
-    """Python literal if ``text`` is one (also ``true``/``false``/``null``), else the raw string."""
+    """Python literal if ``text`` is one (also ``true``/``false``/``null``; a tuple becomes a
+    list, as configs hold them), else the raw string."""
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return _YAML_WORDS.get(text.strip().lower(), text)
+    return list(value) if isinstance(value, tuple) else value
 
 
 class LazyConfig:
@@ -333,37 +359,172 @@ class LazyConfig:
 
     @staticmethod
     def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-        """Apply command-line overrides such as ``train.max_iter=10`` in place.
+        """Apply command-line overrides such as ``train.max_iter=10`` in place, checked first.
 
         Values are Python literals (``10``, ``1e-4``, ``[0, 1]``, ``True``, ``'a b'``; also
         ``true``/``false``/``null``); anything else stays a string (``train.output_dir=out/x``).
-        Dicts merge into existing nodes. A new key may be added under an existing node (a warning is
-        logged), but every parent of the key must already exist.
+        Each override is checked before it is applied (see :func:`_checked_value`):
+
+        * the key must exist, or be an argument that the callable of its lazy node accepts
+          (``model.backbone.use_act_checkpoint=True``); otherwise the error suggests close keys;
+        * the value must fit the current one: an int for an int, a number for a float, a bool for
+          a bool, a list for a list, a dict for a node (merged into it; one with another
+          ``_target_`` replaces it), any text for a string. ``None``, ``${...}`` interpolations
+          and values replacing ``None`` or ``???`` are always accepted.
+
+        ``KEY_ALIASES`` maps official key names to ours (``train.log_loss_period``).
 
         Returns:
             ``cfg``, modified.
 
         Raises:
-            ValueError: an override is not ``key=value``.
-            KeyError: a parent of the key is missing or is not a config node.
+            ConfigOverrideError: an override is not ``key=value``, names no key of the config, or
+                gives a value of the wrong type.
         """
         for override in overrides:
             key, sep, text = override.partition("=")
             key = key.strip()
             if not sep or not key:
-                raise ValueError(f"Override {override!r} is not of the form key=value")
-            parts = key.split(".")
-            for depth in range(1, len(parts)):
-                parent = ".".join(parts[:depth])
-                node = OmegaConf.select(cfg, parent, default=_MISSING)
-                if node is _MISSING:
-                    raise KeyError(f"Cannot override {key!r}: {parent!r} is not in the config")
-                if not OmegaConf.is_config(node):
-                    raise KeyError(
-                        f"Cannot override {key!r}: {parent!r} is a {type(node).__name__}, "
-                        "not a config node"
-                    )
-            if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
-                logger.warning("Override %r adds key %r, which is not in the config", override, key)
-            OmegaConf.update(cfg, key, _parse_override_value(text), merge=True)
+                raise ConfigOverrideError(f"Override {override!r} is not of the form key=value")
+            if key in KEY_ALIASES:
+                logger.info("%s is the official name of %s", key, KEY_ALIASES[key])
+                key = KEY_ALIASES[key]
+            parent, name = _parent_node(cfg, key, override)
+            value = _parse_override_value(text)
+            siblings = _raw_children(parent)
+            if name in siblings:
+                value = _checked_value(override, key, siblings[name], value, text)
+                replace = _replaces_node(siblings[name], value)
+            else:
+                _check_new_key(override, key, parent, list(siblings))
+                replace = False
+            OmegaConf.update(cfg, key, value, merge=not replace)
         return cfg
+
+
+class ConfigOverrideError(ValueError):
+    """A command-line override that is malformed, names no config key, or has a wrong type."""
+
+
+def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean x or y?)`` with the candidates closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, [str(c) for c in candidates], n=_SUGGESTIONS)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _raw_children(node: Any) -> dict[str, Any]:
+    """The children of a config node as written: interpolations and ``???`` unresolved, nested
+    nodes as plain containers; list indexes as strings."""
+    container = OmegaConf.to_container(node, resolve=False)
+    if isinstance(container, list):
+        return {str(index): value for index, value in enumerate(container)}
+    return container
+
+
+def _parent_node(cfg: DictConfig, key: str, override: str) -> tuple[Any, str]:
+    """The config node holding ``key``'s last part, and that part.
+
+    Raises:
+        ConfigOverrideError: a parent is not in the config (with suggestions) or is not a node.
+    """
+    parts = key.split(".")
+    node: Any = cfg
+    for depth, part in enumerate(parts[:-1]):
+        children = _raw_children(node)
+        path = ".".join(parts[: depth + 1])
+        if part not in children:
+            raise ConfigOverrideError(
+                f"Override {override!r}: {path} is not in the config"
+                + _did_you_mean(part, list(children))
+            )
+        if not isinstance(children[part], dict | list):
+            raise ConfigOverrideError(
+                f"Override {override!r}: {path} is a {type(children[part]).__name__}, "
+                "not a config node"
+            )
+        node = node[int(part)] if isinstance(node, ListConfig) else node[part]
+    return node, parts[-1]
+
+
+def _accepted_arguments(target: Any) -> set[str] | None:
+    """Keyword arguments a lazy node's ``_target_`` accepts; None when any is (``**kwargs``) or
+    when the target cannot be inspected."""
+    target = _locate(target) if isinstance(target, str) else target
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def _check_new_key(override: str, key: str, parent: Any, siblings: list[str]) -> None:
+    """Accept a key that is not in the config only as an argument of its lazy node's target.
+
+    Raises:
+        ConfigOverrideError: the parent is no lazy node, or its target takes no such argument.
+    """
+    name = key.rsplit(".", 1)[-1]
+    target = parent.get("_target_") if isinstance(parent, DictConfig) else None
+    accepted = _accepted_arguments(target) if target is not None else set()
+    if accepted is None or name in accepted:
+        return
+    problem = f"{target} takes no argument {name!r}" if target else f"{key} is not in the config"
+    candidates = sorted({*siblings, *accepted} - {"_target_"})
+    raise ConfigOverrideError(f"Override {override!r}: {problem}" + _did_you_mean(name, candidates))
+
+
+def _type_name(value: Any) -> str:
+    """``a config node``, ``a list``, ``an int``, ``a float``, ... for error messages."""
+    if isinstance(value, dict):
+        name = "config node"
+    else:
+        name = "list" if isinstance(value, list) else type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _checked_value(override: str, key: str, current: Any, value: Any, text: str) -> Any:
+    """``value`` for ``key`` once checked against its ``current`` (raw) value; ints become
+    floats where a float is expected, and a literal given for a string stays the text typed.
+
+    Raises:
+        ConfigOverrideError: ``value`` cannot take the place of ``current``.
+    """
+    free = current is None or (isinstance(current, str) and _is_unset_or_interpolation(current))
+    if free or value is None or (isinstance(value, str) and _is_unset_or_interpolation(value)):
+        return value
+    if isinstance(current, str):
+        return value if isinstance(value, str) else text.strip()
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(current, list):
+        ok = isinstance(value, list)
+    elif isinstance(current, dict):
+        ok = isinstance(value, dict)
+    else:  # an object stored in the config: nothing to compare with
+        ok = True
+    if not ok:
+        raise ConfigOverrideError(
+            f"Override {override!r}: {key} takes {_type_name(current)} (now {current!r}), "
+            f"not the {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _is_unset_or_interpolation(text: str) -> bool:
+    """``???`` (a value a recipe must set) or a string holding a ``${...}`` interpolation."""
+    return text == _UNSET or "${" in text
+
+
+def _replaces_node(current: Any, value: Any) -> bool:
+    """A dict with another ``_target_`` than the current node's replaces the node (merging the
+    old target's arguments into a new target would be wrong); other dicts merge into it."""
+    if not (isinstance(current, dict) and isinstance(value, dict) and "_target_" in value):
+        return False
+    return _target_name(value["_target_"]) != current.get("_target_")

@@ -1,5 +1,6 @@
 """What every training script does before and around the trainer: the command line, output
-folder, logging, saved config, seeds, device checks and the default event writers.
+folder, logging, saved config, seeds, device checks, the model summary, the default event writers,
+and one-line reports of setup errors.
 
 References: detectron2 ``detectron2/engine/defaults.py`` (interface only).
 """
@@ -9,21 +10,33 @@ import logging
 import os
 import random
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from engine import comm
-from engine.checkpoint import add_trust_checkpoint_argument
-from engine.config import LazyConfig
+from engine.checkpoint import CheckpointError, add_trust_checkpoint_argument
+from engine.config import ConfigOverrideError, LazyConfig
 from engine.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
+from utils.file_io import atomic_write
 
 __all__ = [
+    "EXIT_SETUP_ERROR",
+    "SETUP_ERRORS",
+    "SetupError",
+    "check_device",
     "check_init_checkpoint",
     "default_argument_parser",
     "default_setup",
     "default_writers",
+    "exit_on_setup_error",
+    "model_summary",
+    "remove_failed_setup",
+    "save_model_summary",
     "seed_all_rng",
     "setup_logging",
 ]
@@ -33,6 +46,27 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE_NAME = "config.yaml"
 LOG_FILE_NAME = "log.txt"
 METRICS_FILE_NAME = "metrics.json"
+MODEL_FILE_NAME = "model.txt"
+# What default_setup and the model summary write before training: a folder that holds nothing
+# else has no training result in it.
+SETUP_FILE_NAMES = frozenset({CONFIG_FILE_NAME, LOG_FILE_NAME, MODEL_FILE_NAME})
+# Exit status of a run that could not start (as argparse's for a bad command line).
+EXIT_SETUP_ERROR = 2
+
+
+class SetupError(ValueError):
+    """A run that cannot start as configured (device, evaluator, checkpoint path)."""
+
+
+# Errors of the user's setup, reported in one line (no traceback) by exit_on_setup_error.
+SETUP_ERRORS = (
+    SetupError,
+    ConfigOverrideError,
+    CheckpointError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+)
 LOG_FORMAT = "[%(asctime)s %(name)s %(levelname)s]: %(message)s"
 LOG_DATE_FORMAT = "%m/%d %H:%M:%S"
 
@@ -109,6 +143,19 @@ def seed_all_rng(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_device(device_name: str) -> None:
+    """Fail clearly on a CUDA ``train.device`` without a visible GPU.
+
+    Raises:
+        SetupError: ``device_name`` is CUDA but no GPU is visible.
+    """
+    if torch.device(device_name).type == "cuda" and not torch.cuda.is_available():
+        raise SetupError(
+            f"train.device={device_name} but no GPU is visible; run with train.device=cpu "
+            "(and train.amp.enabled=False or train.amp.precision=bf16)"
+        )
+
+
 def default_setup(cfg: Any, args: argparse.Namespace) -> None:
     """Output folder, logging, saved config, seeds and device checks, as detectron2 does.
 
@@ -117,8 +164,9 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> None:
         args: the parsed command line (logged; ``num_gpus`` shares the CPU cores).
 
     Raises:
-        RuntimeError: ``train.device`` is CUDA but no GPU is visible.
+        SetupError: ``train.device`` is CUDA but no GPU is visible.
     """
+    check_device(cfg.train.device)
     output_dir = cfg.train.output_dir
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
@@ -132,11 +180,6 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> None:
         logger.info("Full config saved to %s", path)
 
     device = torch.device(cfg.train.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"train.device={cfg.train.device} but no GPU is visible; run with train.device=cpu "
-            "(and train.amp.enabled=False or train.amp.precision=bf16)"
-        )
     if device.type == "cpu" and world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         # The CPU processes of one machine share its cores (torchrun sets OMP_NUM_THREADS).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.num_gpus))
@@ -146,18 +189,96 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> None:
     seed_all_rng(cfg.train.seed + rank)
 
 
-def check_init_checkpoint(path: str) -> None:
+def check_init_checkpoint(path: str, *, eval_only: bool = False, output_dir: str = "") -> None:
     """Fail clearly on a configured ``train.init_checkpoint`` that is not there (empty: none).
+
+    Args:
+        path: ``train.init_checkpoint``.
+        eval_only: the checkpoint is to be evaluated (a trained model), not trained from (a
+            prepared ViTMatte checkpoint): the message suggests the matching fix.
+        output_dir: ``train.output_dir``, where a trained model's checkpoints are.
 
     Raises:
         FileNotFoundError: ``path`` is set but is not a file.
     """
-    if path and not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"train.init_checkpoint={path} does not exist. Prepare it with "
-            "`python pretrained/preprocess.py --input ViTMatte_S_Com.pth --output "
-            f"{path}`, pass another path, or train.init_checkpoint='' to start from scratch"
+    if not path or os.path.isfile(path):
+        return
+    if eval_only:
+        final = os.path.join(output_dir or "OUTPUT_DIR", "model_final.pth")
+        hint = f"pass the trained checkpoint to evaluate, e.g. train.init_checkpoint={final}"
+    else:
+        hint = (
+            "prepare it with `python pretrained/preprocess.py --input ViTMatte_S_Com.pth "
+            f"--output {path}`, pass another path, or train.init_checkpoint='' to start from "
+            "scratch"
         )
+    raise FileNotFoundError(f"train.init_checkpoint={path} does not exist; {hint}")
+
+
+def model_summary(model: nn.Module) -> str:
+    """A table of parameter counts per top-level module (trainable and frozen), with totals."""
+
+    def counts(module: nn.Module) -> tuple[int, int]:
+        params = list(module.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        return trainable, sum(p.numel() for p in params) - trainable
+
+    rows = [("module", "class", "trainable", "frozen")]
+    for name, child in model.named_children():
+        trainable, frozen = counts(child)
+        if trainable or frozen:
+            rows.append((name, type(child).__name__, f"{trainable:,}", f"{frozen:,}"))
+    trainable, frozen = counts(model)
+    rows.append(("total", type(model).__name__, f"{trainable:,}", f"{frozen:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        )
+        for row in rows
+    )
+
+
+def save_model_summary(model: nn.Module, output_dir: str) -> None:
+    """Log :func:`model_summary` and write the model's full ``repr`` to ``model.txt`` in
+    ``output_dir`` (main process; console only without an output folder)."""
+    path = os.path.join(output_dir, MODEL_FILE_NAME) if output_dir else ""
+    where = f"; full structure in {path}" if path else ""
+    logger.info("Parameters%s:\n%s", where, model_summary(model))
+    if path and comm.is_main_process():
+        text = f"{model}\n"
+        atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def remove_failed_setup(output_dir: str) -> None:
+    """Remove ``output_dir`` after a run failed before training wrote anything into it: if the
+    folder holds only what setup wrote (``SETUP_FILE_NAMES``), those files and the folder go.
+
+    Call it only for a folder this run created (main process).
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir() or any(p.name not in SETUP_FILE_NAMES for p in folder.iterdir()):
+        return
+    setup_logging(None)  # closes log.txt
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    logger.info("Removed %s: the run failed before training wrote anything", folder)
+
+
+def exit_on_setup_error(prog: str, function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``function(*args)``; a :data:`SETUP_ERRORS` error is printed as one line
+    ``{prog}: error: ...`` on stderr and ends the process with :data:`EXIT_SETUP_ERROR`.
+
+    Returns:
+        What ``function`` returned.
+    """
+    try:
+        return function(*args)
+    except SETUP_ERRORS as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_SETUP_ERROR) from error
 
 
 def default_writers(cfg: Any) -> list[EventWriter]:

@@ -11,13 +11,15 @@ import json
 import logging
 import os
 from collections import defaultdict
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Self
 
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
 from torch.utils.tensorboard import SummaryWriter
 
+from utils.file_io import atomic_write
 from utils.memory import peak_memory_bytes
 
 __all__ = [
@@ -178,7 +180,11 @@ class EventStorage:
 
 
 class EventWriter:
-    """Base class of the writers: ``write()`` reads the current storage, ``close()`` releases."""
+    """Base class of the writers: ``start()`` before the first write, ``write()`` reads the
+    current storage, ``close()`` releases."""
+
+    def start(self, start_iter: int) -> None:
+        """Prepare to write a run that starts (or resumes) at iteration ``start_iter``."""
 
     def write(self) -> None:
         """Write what is new in the current :class:`EventStorage`."""
@@ -206,22 +212,54 @@ class _UnwrittenScalars:
         return dict(sorted(new.items()))
 
 
+def _rows_before(path: Path, start_iter: int) -> list[str]:
+    """The complete JSON lines of ``path`` whose ``iteration`` is below ``start_iter`` (a line
+    cut short by a killed process is dropped)."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("iteration", start_iter) < start_iter:
+            kept.append(line)
+    return kept
+
+
 class JSONWriter(EventWriter):
     """Append scalars to a JSON-lines file (``metrics.json``): one object per iteration.
 
-    Each line is ``{"iteration": i, name: value, ...}`` with smoothed values where hinted.
+    Each line is ``{"iteration": i, name: value, ...}`` with smoothed values where hinted. At
+    :meth:`start`, rows of iterations the run is about to (re)do are dropped from an existing
+    file, so a resumed run continues it without duplicates and a new run replaces it.
 
     Args:
-        json_file: path of the file; it is opened in append mode, so a resumed run continues it.
+        json_file: path of the file.
         window: smoothing window (see :meth:`EventStorage.latest_with_smoothing_hint`).
     """
 
     def __init__(self, json_file: str | os.PathLike, window: int = DEFAULT_WINDOW) -> None:
-        self._file = open(json_file, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._path = Path(json_file)
+        self._file: IO[str] | None = None
         self._unwritten = _UnwrittenScalars(window)
 
+    def start(self, start_iter: int) -> None:
+        """Keep only the rows before ``start_iter`` (rewritten atomically), then open for
+        appending."""
+        if self._path.is_file():
+            kept = _rows_before(self._path, start_iter)
+            text = "".join(f"{line}\n" for line in kept)
+            atomic_write(self._path, lambda file: file.write(text.encode("utf-8")))
+        self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
     def write(self) -> None:
-        """Append one line per iteration that has unwritten scalars."""
+        """Append one line per iteration that has unwritten scalars.
+
+        Raises:
+            RuntimeError: :meth:`start` was not called.
+        """
+        if self._file is None:
+            raise RuntimeError(f"JSONWriter({self._path}).start() must come before write()")
         for iteration, scalars in self._unwritten.pop(get_event_storage()).items():
             self._file.write(json.dumps({"iteration": iteration, **scalars}, sort_keys=True) + "\n")
         self._file.flush()
@@ -229,11 +267,15 @@ class JSONWriter(EventWriter):
 
     def close(self) -> None:
         """Close the file."""
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class TensorboardWriter(EventWriter):
     """Write scalars and queued images to TensorBoard event files.
+
+    The event file is created at :meth:`start`; a resumed run (``start_iter > 0``) tells
+    TensorBoard to hide the earlier runs' events from ``start_iter`` on (``purge_step``).
 
     Args:
         log_dir: directory of the event files.
@@ -242,11 +284,24 @@ class TensorboardWriter(EventWriter):
     """
 
     def __init__(self, log_dir: str | os.PathLike, window: int = DEFAULT_WINDOW, **kwargs) -> None:
-        self._writer = SummaryWriter(log_dir=str(log_dir), **kwargs)
+        self._log_dir = str(log_dir)
+        self._kwargs = kwargs
+        self._writer: SummaryWriter | None = None
         self._unwritten = _UnwrittenScalars(window)
 
+    def start(self, start_iter: int) -> None:
+        """Open the event file."""
+        purge_step = start_iter if start_iter > 0 else None
+        self._writer = SummaryWriter(log_dir=self._log_dir, purge_step=purge_step, **self._kwargs)
+
     def write(self) -> None:
-        """Write unwritten scalars and all queued images, then drop the images."""
+        """Write unwritten scalars and all queued images, then drop the images.
+
+        Raises:
+            RuntimeError: :meth:`start` was not called.
+        """
+        if self._writer is None:
+            raise RuntimeError(f"TensorboardWriter({self._log_dir}).start() must come first")
         storage = get_event_storage()
         for iteration, scalars in self._unwritten.pop(storage).items():
             for name, value in scalars.items():
@@ -258,7 +313,8 @@ class TensorboardWriter(EventWriter):
 
     def close(self) -> None:
         """Flush and close the event file."""
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class CommonMetricPrinter(EventWriter):
@@ -283,10 +339,11 @@ class CommonMetricPrinter(EventWriter):
         return str(datetime.timedelta(seconds=int(seconds)))
 
     def write(self) -> None:
-        """Log one line for the current iteration (once per iteration)."""
+        """Log one line for the current iteration (once per iteration; nothing after training,
+        when the storage points at ``max_iter``)."""
         storage = get_event_storage()
         iteration = storage.iter
-        if iteration == self._last_printed:
+        if iteration == self._last_printed or iteration >= self._max_iter:
             return
         self._last_printed = iteration
         histories = storage.histories()

@@ -6,7 +6,7 @@ Typical order (writers last, so that they see what the other hooks put in the st
     trainer.register_hooks([
         IterationTimer(),
         LRScheduler(scheduler=lr_multiplier),
-        PeriodicCheckpointer(checkpointer, period=2693) if comm.is_main_process() else None,
+        PeriodicCheckpointer(checkpointer, period=2693),
         EvalHook(eval_period, lambda: do_test(cfg, model)),
         ImageLogger(period=log_image_period),
         PeriodicWriter(writers, period=20) if comm.is_main_process() else None,
@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 from fvcore.common.param_scheduler import ParamScheduler
+from fvcore.common.timer import Timer
 
 from engine import comm
 from engine.checkpoint import Checkpointer
@@ -46,42 +46,63 @@ PRED_ALPHA_KEY = "phas"
 
 
 class IterationTimer(HookBase):
-    """Put each iteration's wall time as ``time`` and log the total time at the end.
+    """Put each iteration's wall time as ``time`` and log the training speed at the end, as
+    detectron2's ``IterationTimer`` does.
+
+    An iteration's time runs from this hook's ``before_step`` to its ``after_step``: register it
+    first, so that it covers the step and the other hooks' ``before_step`` only. The first
+    ``warmup_iter - 1`` iterations (slow from start-up) are not recorded, nor counted in the
+    speed logged at the end; from iteration ``start_iter + warmup_iter - 1`` on, every one is.
 
     Args:
-        warmup_iter: the first iterations, slow from start-up, are not recorded.
+        warmup_iter: see above.
     """
 
     def __init__(self, warmup_iter: int = 3) -> None:
         self._warmup_iter = warmup_iter
-        self._train_start = 0.0
-        self._step_start = 0.0
+        self._step_timer = Timer()
+        self._train_start = time.perf_counter()
+        # Time inside steps only (paused while the other hooks' after_step run).
+        self._steps_timer = Timer()
 
     def before_train(self) -> None:
-        """Start the total-time clock."""
+        """Start the clocks."""
         self._train_start = time.perf_counter()
+        self._steps_timer.reset()
+        self._steps_timer.pause()
 
     def before_step(self) -> None:
         """Start the step clock."""
-        self._step_start = time.perf_counter()
+        self._step_timer.reset()
+        self._steps_timer.resume()
 
     def after_step(self) -> None:
-        """Record the step time (registered first, so it excludes the other hooks' after_step)."""
-        elapsed = time.perf_counter() - self._step_start
-        if self.trainer.iter - self.trainer.start_iter >= self._warmup_iter:
-            self.trainer.storage.put_scalar("time", elapsed)
+        """Record the step time, or restart the clocks during warmup."""
+        iterations_done = self.trainer.storage.iter - self.trainer.start_iter + 1
+        if iterations_done >= self._warmup_iter:
+            self.trainer.storage.put_scalar("time", self._step_timer.seconds())
+        else:
+            self._train_start = time.perf_counter()
+            self._steps_timer.reset()
+        self._steps_timer.pause()
 
     def after_train(self) -> None:
-        """Log the total training time and the mean time per iteration."""
+        """Log the speed after warmup (steps only) and the total time (hooks included)."""
         total = time.perf_counter() - self._train_start
-        num_iter = self.trainer.iter - self.trainer.start_iter
-        if num_iter > 0:
+        steps = self._steps_timer.seconds()
+        num_iter = self.trainer.storage.iter + 1 - self.trainer.start_iter - self._warmup_iter
+        if num_iter > 0 and steps > 0:
             logger.info(
-                "Total training time: %s (%d iterations, %.4f s/it)",
-                datetime.timedelta(seconds=int(total)),
+                "Overall training speed: %d iterations in %s (%.4f s / it)",
                 num_iter,
-                total / num_iter,
+                datetime.timedelta(seconds=int(steps)),
+                steps / num_iter,
             )
+        logger.info(
+            "Total training time: %s (%s on hooks)",
+            datetime.timedelta(seconds=int(total)),
+            datetime.timedelta(seconds=int(total - steps)),
+        )
 
 
 class LRScheduler(HookBase):
@@ -137,16 +158,19 @@ class LRScheduler(HookBase):
             self.scheduler.load_state_dict(dict(state))
 
 
-class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
+class PeriodicCheckpointer(HookBase):
     """Save ``{file_prefix}_{iter:07d}.pth`` every ``period`` iterations and
-    ``{file_prefix}_final.pth`` after the last one, on the main process only.
+    ``{file_prefix}_final.pth`` after the last one.
 
-    The saved ``iteration`` is the one just finished: resume with ``start_iter = iteration + 1``.
+    Register it on every rank: saving gathers every rank's random generator states (see
+    :meth:`engine.train_loop.TrainerBase.state_dict`); the main process writes the files. The
+    saved ``iteration`` is the one just finished: resume with ``start_iter = iteration + 1``.
 
     Args:
         checkpointer: what to save (model, trainer state, ...).
         period: save after iterations ``period - 1``, ``2 * period - 1``, ...
-        max_to_keep: keep only the newest periodic checkpoints (the final one is always kept).
+        max_to_keep: keep only the newest periodic checkpoints of this run (the final one is
+            always kept).
         file_prefix: file name prefix.
     """
 
@@ -157,16 +181,36 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
         max_to_keep: int | None = None,
         file_prefix: str = "model",
     ) -> None:
-        super().__init__(checkpointer, period, max_to_keep=max_to_keep, file_prefix=file_prefix)
-
-    def before_train(self) -> None:
-        """Learn ``max_iter`` (for the final checkpoint) from the trainer."""
-        self.max_iter = self.trainer.max_iter
+        self.checkpointer = checkpointer
+        self.period = int(period)
+        self.max_to_keep = max_to_keep
+        self.file_prefix = file_prefix
+        self._recent: list[str] = []
 
     def after_step(self) -> None:
         """Save when the period or the last iteration is reached."""
-        if comm.is_main_process():
-            self.step(self.trainer.iter)
+        iteration = self.trainer.iter
+        if (iteration + 1) % self.period == 0:
+            name = f"{self.file_prefix}_{iteration:07d}"
+            self.checkpointer.save(name, iteration=iteration)
+            self._drop_old(name)
+        if iteration >= self.trainer.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", iteration=iteration)
+
+    def _drop_old(self, name: str) -> None:
+        """Delete this run's periodic checkpoints beyond the newest ``max_to_keep``."""
+        if self.max_to_keep is None or not comm.is_main_process():
+            return
+        self._recent.append(name)
+        while len(self._recent) > self.max_to_keep:
+            self.checkpointer.delete(self._recent.pop(0))
+
+
+def _current_cuda_device() -> list[int]:
+    """The CUDA device of this process, if any (whose generator ``fork_rng`` saves)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return [torch.cuda.current_device()]
+    return []
 
 
 class EvalHook(HookBase):
@@ -188,7 +232,10 @@ class EvalHook(HookBase):
         self._function = eval_function
 
     def _do_eval(self) -> None:
-        results = self._function()
+        # An evaluation must not change the training that follows: its random draws (if any)
+        # come from a copy of the generators.
+        with torch.random.fork_rng(devices=_current_cuda_device()):
+            results = self._function()
         if results:
             for name, value in results.items():
                 try:
@@ -211,7 +258,7 @@ class EvalHook(HookBase):
             self._do_eval()
 
     def after_train(self) -> None:
-        """Evaluate once more if training finished."""
+        """Evaluate once more if training finished (recorded at iteration ``max_iter``)."""
         if self.trainer.iter >= self.trainer.max_iter:
             self._do_eval()
 
@@ -227,6 +274,11 @@ class PeriodicWriter(HookBase):
     def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
         self._writers = list(writers)
         self._period = period
+
+    def before_train(self) -> None:
+        """Tell the writers where training starts (a resumed run drops what it will redo)."""
+        for writer in self._writers:
+            writer.start(self.trainer.start_iter)
 
     def after_step(self) -> None:
         """Write at the period and after the last iteration."""

@@ -77,6 +77,8 @@ def launch(
 
     Raises:
         ValueError: ``dist_url="auto"`` with several machines, or an empty world.
+        SystemExit: a spawned process exited with a non-zero status (``sys.exit``): the same
+            status, without the spawn traceback.
     """
     if all(name in os.environ for name in _TORCHRUN_ENV):
         _run_under_torchrun(main_func, args, timeout)
@@ -91,12 +93,26 @@ def launch(
         if num_machines != 1:
             raise ValueError("dist_url='auto' only works on one machine; pass tcp://host:port")
         dist_url = f"tcp://{_LOCALHOST}:{_find_free_port()}"
-    mp.start_processes(
-        _distributed_worker,
-        nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
-        start_method="spawn",
-    )
+    try:
+        mp.start_processes(
+            _distributed_worker,
+            nprocs=num_gpus_per_machine,
+            args=(
+                main_func,
+                world_size,
+                num_gpus_per_machine,
+                machine_rank,
+                dist_url,
+                args,
+                timeout,
+            ),
+            start_method="spawn",
+        )
+    except mp.ProcessExitedException as error:
+        if error.exit_code is None or error.exit_code <= 0:  # killed by a signal
+            raise
+        # A process that ended with an exit status (sys.exit) has said why: end with its status.
+        raise SystemExit(error.exit_code) from None
 
 
 def _run_under_torchrun(

@@ -1,9 +1,12 @@
 """Optimizer parameter groups: layer-wise lr decay for the ViT backbone, no weight decay on norms.
 
 The official MEMatte optimizer (from ViTMatte's ``configs/common/optimizer.py``) is AdamW, lr 5e-4,
-betas (0.9, 0.999), weight decay 0.1, except 0 on norm layers and ``pos_embed``, with backbone lrs
-scaled by ``0.65 ** (13 - layer_id)``. ``configs/common/optimizer.py`` builds it from the
-functions here (``optimizer.params.model`` is set to the model before instantiating).
+betas (0.9, 0.999), weight decay 0.1, except 0 on the norm layers of detectron2's norm list and
+on ``pos_embed``, with backbone lrs scaled by ``0.65 ** (13 - layer_id)``.
+``configs/common/optimizer.py`` builds it from the functions here (``optimizer.params.model`` is
+set to the model before instantiating). Every parameter gets the official lr and weight decay,
+and the groups come out in detectron2's order and sizes, so an official training checkpoint's
+optimizer state loads.
 
 References: ViTDet / ViTMatte ``get_vit_lr_decay_rate``; detectron2
 ``detectron2/solver/build.py`` ``get_default_optimizer_params`` (interface only).
@@ -13,6 +16,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from timm.layers import LayerNorm2d
 from torch import nn
 
 from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX
@@ -27,7 +31,23 @@ __all__ = [
 DEFAULT_OVERRIDES: Mapping[str, Mapping[str, float]] = MappingProxyType(
     {"pos_embed": {"weight_decay": 0.0}}
 )
-NORM_MODULE_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+# detectron2's norm list (``get_default_optimizer_params``): their parameters get weight_decay_norm.
+NORM_MODULE_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+# The ResBottleneck blocks' channels-first LayerNorm is timm's LayerNorm2d here, an nn.LayerNorm
+# subclass, but detectron2's own LayerNorm class in the official model, which is not in the list
+# above: the official optimizer decays it (weight decay 0.1), and so does this one.
+DECAYED_NORM_TYPES = (LayerNorm2d,)
 
 _BLOCKS = ".blocks."
 # A block's ResBottleneck (``backbone.blocks.{i}.residual.*``) is not decayed with its block.
@@ -62,15 +82,17 @@ def get_vit_lr_decay_rate(name: str, lr_decay_rate: float = 1.0, num_layers: int
 
 
 def _is_norm(module: nn.Module) -> bool:
-    """Norm layers, including channels-first LayerNorm classes defined by models."""
-    return isinstance(module, NORM_MODULE_TYPES) or "LayerNorm" in type(module).__name__
+    """A norm layer whose parameters get ``weight_decay_norm`` (detectron2's rule)."""
+    return isinstance(module, NORM_MODULE_TYPES) and not isinstance(module, DECAYED_NORM_TYPES)
 
 
 def _merge_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge single-parameter groups with identical hyperparameters, keeping first-seen order."""
+    """Merge single-parameter groups with identical hyperparameters (detectron2's
+    ``reduce_param_groups``): a group per distinct sequence of ``(name, value)`` pairs, in their
+    insertion order, groups ordered by their first parameter, parameters in visiting order."""
     merged: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
     for group in groups:
-        hyperparams = tuple(sorted((key, value) for key, value in group.items() if key != "params"))
+        hyperparams = tuple((key, value) for key, value in group.items() if key != "params")
         if hyperparams not in merged:
             merged[hyperparams] = {**dict(hyperparams), "params": []}
         merged[hyperparams]["params"].extend(group["params"])
@@ -87,16 +109,18 @@ def get_default_optimizer_params(
 ) -> list[dict[str, Any]]:
     """Parameter groups of the trainable parameters, with per-parameter hyperparameters.
 
-    Parameters with ``requires_grad=False`` (the frozen teacher) and repeated (shared) parameters
-    are skipped. Biases keep the regular weight decay. Groups with equal hyperparameters are merged.
+    Parameters are visited module by module (``model.named_modules()`` order, each module's own
+    parameters in registration order), as detectron2 does; those with ``requires_grad=False`` (the
+    frozen teacher) and repeated (shared) parameters are skipped. Biases keep the regular weight
+    decay. Groups with equal hyperparameters are merged (see :func:`_merge_param_groups`).
 
     Args:
         model: the (unwrapped) model.
         base_lr: lr of every group; required with ``lr_factor_func``. None leaves the lr to the
             optimizer's default.
         weight_decay: weight decay of every group; None leaves it to the optimizer's default.
-        weight_decay_norm: weight decay of norm-layer parameters (BatchNorm, LayerNorm, GroupNorm,
-            any class whose name contains "LayerNorm"); None treats them like the others.
+        weight_decay_norm: weight decay of the parameters of ``NORM_MODULE_TYPES`` modules other
+            than ``DECAYED_NORM_TYPES``; None treats them like the others.
         overrides: hyperparameters by the parameter's own name (``pos_embed``, ``bias``, ...),
             applied last; ``{}`` for none.
         lr_factor_func: full parameter name -> lr factor, e.g. a partial of

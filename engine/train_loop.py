@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 
 from engine import comm
 from engine.events import EventStorage
+from engine.rng import get_rng_state, set_rng_state
 from utils.device import PRECISIONS
 
 __all__ = ["AMPTrainer", "HookBase", "SimpleTrainer", "TrainerBase"]
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 LOSS_PREFIX = "loss_"
 KEEP_RATIOS_KEY = "keep_ratios"
+TOKEN_RATIO_PREFIX = "token_ratio/"
 
 
 class HookBase:
@@ -122,7 +124,9 @@ class TrainerBase:
             hook.before_train()
 
     def after_train(self) -> None:
-        """Call every hook's ``after_train``."""
+        """Point the storage at :attr:`iter` (``max_iter`` after success: a final evaluation is
+        recorded there, as in detectron2), then call every hook's ``after_train``."""
+        self.storage.iter = self.iter
         for hook in self._hooks:
             hook.after_train()
 
@@ -142,7 +146,10 @@ class TrainerBase:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"iteration": iter, "hooks": {hook class name: state}}`` (stateless hooks omitted).
+        """``{"iteration": iter, "hooks": {hook class name: state}, "rng_states": [...]}``
+        (stateless hooks omitted; ``rng_states`` holds every rank's global random generators).
+
+        Collective in a distributed run: every rank must call it (the checkpointer does).
 
         Raises:
             ValueError: two hooks of the same class both have state.
@@ -156,70 +163,121 @@ class TrainerBase:
             if name in hook_states:
                 raise ValueError(f"Two {name} hooks have state; their checkpoints would collide")
             hook_states[name] = state
-        return {"iteration": self.iter, "hooks": hook_states}
+        return {
+            "iteration": self.iter,
+            "hooks": hook_states,
+            "rng_states": comm.all_gather(get_rng_state()),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the iteration and the hooks' states from :meth:`state_dict`."""
+        """Restore the iteration, the hooks' states and this rank's random generators from
+        :meth:`state_dict` (a checkpoint without them, e.g. an official one, or of another
+        number of ranks keeps the current generators, with a warning)."""
         self.iter = int(state["iteration"])
         hook_states = state.get("hooks", {})
         for hook in self._hooks:
             name = type(hook).__qualname__
             if name in hook_states:
                 hook.load_state_dict(hook_states[name])
+        rng_states = state.get("rng_states", [])
+        if len(rng_states) == comm.get_world_size():
+            set_rng_state(rng_states[comm.get_rank()])
+        else:
+            logger.warning(
+                "The checkpoint holds the random generator states of %d ranks, this run has %d: "
+                "the generators are not restored, so the run will not replay an uninterrupted one",
+                len(rng_states),
+                comm.get_world_size(),
+            )
 
 
 class _EpochCycler:
-    """Endless iterator over a finite data loader.
+    """Endless iterator over a finite data loader that can resume inside an epoch.
 
     Calls ``data_loader.sampler.set_epoch(epoch)`` (when the sampler has it, like
-    ``DistributedSampler``) before each pass, so every epoch gets a new shuffle.
+    ``DistributedSampler``) before each pass, so every epoch gets a new shuffle. A resumed pass
+    starts after the batches already delivered: the sampler's ``skip(num_samples)`` (as
+    ``data.build.TrainSampler`` has) drops their samples before anything is loaded; with another
+    sampler the batches are loaded and dropped.
 
     Attributes:
         epoch: index of the pass in progress (-1 before the first batch).
+        batches: batches of that pass delivered so far.
     """
 
     def __init__(self, data_loader: Iterable[Any]) -> None:
         self._data_loader = data_loader
         self._iterator: Iterator[Any] | None = None
+        self._resume_at: tuple[int, int] | None = None
         self.epoch = -1
+        self.batches = 0
 
     def __iter__(self) -> "_EpochCycler":
         return self
 
     def __next__(self) -> Any:
-        if self._iterator is not None:
-            with contextlib.suppress(StopIteration):
-                return next(self._iterator)
-        self.epoch += 1
+        for _ in range(2):  # the pass in progress, else a new one
+            if self._iterator is None:
+                self._begin_pass()
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self._iterator = None
+                continue
+            self.batches += 1
+            return batch
+        raise RuntimeError(f"The data loader yielded no batch in epoch {self.epoch}")
+
+    def _begin_pass(self) -> None:
+        """Start the next pass, or the resumed one after its delivered batches."""
+        epoch, skip = self._resume_at or (self.epoch + 1, 0)
+        self._resume_at = None
+        self.epoch, self.batches = epoch, skip
         sampler = getattr(self._data_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
+            sampler.set_epoch(epoch)
+        batch_size = getattr(self._data_loader, "batch_size", None)
+        if skip and hasattr(sampler, "skip") and batch_size:
+            sampler.skip(skip * batch_size)
+            skip = 0
         self._iterator = iter(self._data_loader)
-        try:
-            return next(self._iterator)
-        except StopIteration:
-            raise RuntimeError(f"The data loader yielded no batch in epoch {self.epoch}") from None
+        for _ in range(skip):
+            if next(self._iterator, None) is None:
+                break
 
-    def start_after(self, epoch: int) -> None:
-        """Drop the current pass; the next batch starts epoch ``epoch + 1``."""
-        self.epoch = epoch
-        self._iterator = None
+    def state_dict(self) -> dict[str, int]:
+        """The position: ``{"epoch": ..., "batches": ...}``."""
+        return {"epoch": self.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Continue after ``state``'s position at the next batch.
+
+        Raises:
+            RuntimeError: the cycler already started a pass.
+        """
+        if self._iterator is not None:
+            raise RuntimeError("The data position can only be restored before the first batch")
+        if state["epoch"] >= 0:
+            self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
 
 class SimpleTrainer(TrainerBase):
     """Plain fp32 training: data, forward, sum of ``loss_*``, backward, optimizer step.
 
-    Per iteration it writes to the storage ``data_time``, ``total_loss``, every ``loss_*`` and, when
-    the model returns ``keep_ratios``, ``token_ratio/block{i}`` (``i`` counts routed blocks) and
-    ``token_ratio/mean``; these values are averaged over ranks (for logging only).
+    Per iteration it writes to the storage ``data_time`` (the slowest rank's), ``rank_data_time``
+    (this rank's), ``total_loss``, every ``loss_*`` and, when the model returns ``keep_ratios``,
+    ``token_ratio/block{i}`` (``i`` the backbone block index of the routed block) and
+    ``token_ratio/mean``; losses and ratios are averaged over ranks (for logging only).
 
-    Resuming restarts the data at the beginning of the next epoch: the position inside an epoch is
-    not saved.
+    Its state (saved in checkpoints) holds the optimizer and the data position (epoch and batches
+    delivered in it), so a resumed run continues with the very next batch.
 
     Args:
         model: a module following the model contract of this file, in train mode.
         data_loader: a finite or infinite iterable of batches; iterated endlessly.
         optimizer: the optimizer of the model's trainable parameters.
+        routed_block_indexes: the backbone block index of each entry of the model's
+            ``keep_ratios`` (MEMatte: ``model.backbone.routed_block_indexes``).
 
     Attributes:
         last_batch: the batch of the latest iteration (for image logging).
@@ -227,13 +285,18 @@ class SimpleTrainer(TrainerBase):
     """
 
     def __init__(
-        self, model: nn.Module, data_loader: Iterable[Any], optimizer: torch.optim.Optimizer
+        self,
+        model: nn.Module,
+        data_loader: Iterable[Any],
+        optimizer: torch.optim.Optimizer,
+        routed_block_indexes: Sequence[int] = (),
     ) -> None:
         super().__init__()
         model.train()
         self.model = model
         self.data_loader = data_loader
         self.optimizer = optimizer
+        self.routed_block_indexes = tuple(routed_block_indexes)
         self._data_iter = _EpochCycler(data_loader)
         self.last_batch: Any = None
         self.last_outputs: dict[str, torch.Tensor] = {}
@@ -290,10 +353,15 @@ class SimpleTrainer(TrainerBase):
         """Average the losses and token ratios over ranks and put them into the storage."""
         metrics = {name: value.detach() for name, value in loss_dict.items()}
         ratios = [ratio.detach().float().mean() for ratio in keep_ratios]
-        for index, ratio in enumerate(ratios):
-            metrics[f"token_ratio/block{index}"] = ratio
+        if ratios and len(ratios) != len(self.routed_block_indexes):
+            raise ValueError(
+                f"The model returned {len(ratios)} keep_ratios for the routed blocks "
+                f"{list(self.routed_block_indexes)} given to the trainer"
+            )
+        for block, ratio in zip(self.routed_block_indexes, ratios):
+            metrics[f"{TOKEN_RATIO_PREFIX}block{block}"] = ratio
         if ratios:
-            metrics["token_ratio/mean"] = torch.stack(ratios).mean()
+            metrics[f"{TOKEN_RATIO_PREFIX}mean"] = torch.stack(ratios).mean()
         reduced = comm.reduce_dict(metrics, average=True)
         names = list(reduced)
         # One device-to-host copy for all values.
@@ -304,23 +372,28 @@ class SimpleTrainer(TrainerBase):
             raise FloatingPointError(
                 f"Loss became infinite or NaN at iteration {self.iter}: {scalars}"
             )
-        # The slowest rank sets the pace, so report its data time.
+        # The slowest rank sets the pace, so report its data time (and this rank's, as detectron2).
         self.storage.put_scalar("data_time", max(comm.all_gather(data_time)))
+        self.storage.put_scalar("rank_data_time", data_time)
         self.storage.put_scalar("total_loss", total_loss)
         self.storage.put_scalars(**scalars)
 
     def state_dict(self) -> dict[str, Any]:
-        """Iteration, hook states, optimizer state and the data epoch."""
+        """:meth:`TrainerBase.state_dict` plus the optimizer state and the data position."""
         state = super().state_dict()
         state["optimizer"] = self.optimizer.state_dict()
-        state["data_epoch"] = self._data_iter.epoch
+        state["data"] = self._data_iter.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the data continues with the next epoch."""
+        """Restore :meth:`state_dict`; the data continues with the batch after the saved one (a
+        checkpoint without a data position, e.g. an official one, starts the data anew)."""
         super().load_state_dict(state)
         self.optimizer.load_state_dict(state["optimizer"])
-        self._data_iter.start_after(int(state.get("data_epoch", -1)))
+        if "data" in state:
+            self._data_iter.load_state_dict(state["data"])
+        else:
+            logger.info("The checkpoint has no data position: the data starts from epoch 0")
 
 
 def _device_type(model: nn.Module) -> str:
@@ -335,6 +408,7 @@ class AMPTrainer(SimpleTrainer):
         model: see :class:`SimpleTrainer`.
         data_loader: see :class:`SimpleTrainer`.
         optimizer: see :class:`SimpleTrainer`.
+        routed_block_indexes: see :class:`SimpleTrainer`.
         precision: ``"fp16"`` (CUDA only, with loss scaling), ``"bf16"`` (CUDA or CPU) or
             ``"fp32"`` (no autocast).
         grad_scaler: loss scaler for fp16; defaults to ``torch.amp.GradScaler("cuda")``.
@@ -348,6 +422,7 @@ class AMPTrainer(SimpleTrainer):
         model: nn.Module,
         data_loader: Iterable[Any],
         optimizer: torch.optim.Optimizer,
+        routed_block_indexes: Sequence[int] = (),
         precision: str = "fp16",
         grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
@@ -363,7 +438,7 @@ class AMPTrainer(SimpleTrainer):
             grad_scaler = grad_scaler or torch.amp.GradScaler(device_type)
         elif grad_scaler is not None:
             raise ValueError(f"A GradScaler is only used with fp16, not {precision}")
-        super().__init__(model, data_loader, optimizer)
+        super().__init__(model, data_loader, optimizer, routed_block_indexes)
         self.precision = precision
         self.device_type = device_type
         self.grad_scaler = grad_scaler

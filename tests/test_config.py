@@ -10,9 +10,10 @@ import pytest
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from engine.config import LazyCall, LazyConfig, instantiate
+from engine.config import ConfigOverrideError, LazyCall, LazyConfig, instantiate
 
 L = LazyCall
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "MEMatte_tiny_synthetic.py"
 LN_EPS = 1e-6
 
 
@@ -218,8 +219,7 @@ def test_apply_overrides(config_tree: Path) -> None:
             "model.backbone.window_block_indexes=[0,1]",
             "train.output_dir=out/x",
             "train.amp=True",
-            "model.backbone.name='vit small'",  # new key under an existing node
-            "train.resume=false",
+            "model.backbone.name='vit small'",  # a new argument of a target taking **kwargs
         ],
     )
     assert out is cfg
@@ -230,23 +230,92 @@ def test_apply_overrides(config_tree: Path) -> None:
     assert cfg.train.output_dir == "out/x"
     assert cfg.train.amp is True
     assert cfg.model.backbone.name == "vit small"
-    assert cfg.train.resume is False
+
+
+def test_apply_overrides_keeps_the_legitimate_cases(config_tree: Path) -> None:
+    cfg = LazyConfig.load(config_tree / "base.py")
+    cfg.train.batch_size = "???"
+    cfg.train.evaluator = None
+    LazyConfig.apply_overrides(
+        cfg,
+        [
+            "train.lr=1",  # an int where a float is expected
+            "train.batch_size=4",  # a value a recipe must set
+            "train.evaluator={'_target_': 'torch.nn.Identity'}",  # a node replacing None
+            "train.output_dir=2024",  # a number typed for a string stays the text
+            "model.decoder.out_features=${train.batch_size}",  # an interpolation
+            "model.decoder.bias=False",  # a new argument that the target accepts
+            "model.backbone.window_block_indexes=(3,)",  # a tuple for a list
+            "model.backbone=None",  # None replaces anything
+        ],
+    )
+    assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float
+    assert cfg.train.batch_size == 4
+    assert isinstance(instantiate(cfg.train.evaluator), torch.nn.Identity)
+    assert cfg.train.output_dir == "2024"
+    assert cfg.model.decoder.out_features == 4
+    assert cfg.model.backbone is None
+    assert instantiate(cfg.model.decoder).bias is None
+
+
+def test_a_dict_merges_into_a_node_unless_it_names_another_target(config_tree: Path) -> None:
+    cfg = LazyConfig.load(config_tree / "base.py")
+    LazyConfig.apply_overrides(cfg, ["model.decoder={'out_features': 3}"])
+    assert cfg.model.decoder.in_features == 8 and cfg.model.decoder.out_features == 3
+    LazyConfig.apply_overrides(cfg, ["model.decoder={'_target_': 'torch.nn.Identity'}"])
+    assert set(cfg.model.decoder) == {"_target_"}
+
+
+def test_the_official_logging_key_is_an_alias() -> None:
+    cfg = LazyConfig.load(TINY_CONFIG)
+    LazyConfig.apply_overrides(cfg, ["train.log_loss_period=7"])
+    assert cfg.train.log_period == 7 and "log_loss_period" not in cfg.train
 
 
 @pytest.mark.parametrize(
-    ("override", "error", "match"),
+    ("override", "match"),
     [
-        ("modle.backbone.topk=0.5", KeyError, "'modle' is not in the config"),
-        ("train.max_iter.value=3", KeyError, "is a int, not a config node"),
-        ("train.max_iter", ValueError, "not of the form key=value"),
+        (
+            "model.backbone.topkk=0.5",
+            r"modeling.ViT takes no argument 'topkk' \(did you mean topk\?\)",
+        ),
+        ("dataloader.train.batch_sise=2", r"did you mean batch_size\?"),
+        ("model.backbone.topk='0.5'", r"model.backbone.topk takes a float \(now 0.25\)"),
     ],
 )
-def test_apply_overrides_errors(
-    config_tree: Path, override: str, error: type[Exception], match: str
-) -> None:
-    cfg = LazyConfig.load(config_tree / "base.py")
-    with pytest.raises(error, match=match):
+def test_the_real_configs_reject_typos_and_wrong_types(override: str, match: str) -> None:
+    cfg = LazyConfig.load(TINY_CONFIG)
+    with pytest.raises(ConfigOverrideError, match=match):
         LazyConfig.apply_overrides(cfg, [override])
+    # The official keys that our configs do not list but the model takes are accepted.
+    LazyConfig.apply_overrides(cfg, ["model.backbone.use_act_checkpoint=True"])
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("modle.backbone.topk=0.5", r"modle is not in the config \(did you mean model\?\)"),
+        ("train.max_iters=5", r"train.max_iters is not in the config \(did you mean max_iter\?\)"),
+        (
+            "model.decoder.out_feature=2",
+            r"torch.nn.Linear takes no argument 'out_feature'.*"
+            r"did you mean out_features",
+        ),
+        ("train.max_iter=abc", r"train.max_iter takes an int \(now 100\), not the str 'abc'"),
+        ("train.max_iter=1.5", r"train.max_iter takes an int"),
+        ("model.backbone.topk='0.5'", r"model.backbone.topk takes a float.*not the str '0.5'"),
+        ("train.amp=1", r"train.amp takes a bool"),
+        ("model.pixel_mean=0.5", r"model.pixel_mean takes a list"),
+        ("model.backbone=3", r"model.backbone takes a config node"),
+        ("train.max_iter.value=3", r"train.max_iter is a int, not a config node"),
+        ("train.max_iter", r"not of the form key=value"),
+    ],
+)
+def test_apply_overrides_errors(config_tree: Path, override: str, match: str) -> None:
+    cfg = LazyConfig.load(config_tree / "base.py")
+    with pytest.raises(ConfigOverrideError, match=match):
+        LazyConfig.apply_overrides(cfg, [override])
+    assert cfg == LazyConfig.load(config_tree / "base.py")  # nothing applied
 
 
 def test_save_load_round_trip(config_tree: Path, tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ TRAINING_CONFIGS = (CONFIG_S, CONFIG_B, TINY_CONFIG)
 TRAINING_KEYS = {"model", "optimizer", "lr_multiplier", "train", "dataloader"}
 
 WARMUP_ITERS = 250
+# Parameter groups of the official optimizer (distinct lr x weight decay), S and B alike.
+OFFICIAL_NUM_GROUPS = 28
 # Official numbers, as the official configs compute them (linyiheng123/MEMatte
 # configs/MEMatte_{S,B}_topk0.25_win_global_long.py): int(43100 / 16 / 2 * 30) = 40406, ...
 OFFICIAL = {
@@ -156,21 +158,80 @@ def test_lr_multiplier_curve(path):
     assert at(max_iter - 1) == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize(("path", "name"), [(CONFIG_S, "S"), (CONFIG_B, "B")])
-def test_param_group_lrs_equal_the_official_optimizer(golden_dir, path, name):
-    """Every trainable parameter's lr (layer decay included) as the official code builds it."""
+def _official_and_ours(golden_dir: Path, path: Path, name: str):
+    """The official ``{parameter: [lr, weight decay]}`` (in the official model's parameter order)
+    and our model (meta device, teacher frozen) with its optimizer from the config."""
     official = json.loads((golden_dir / "optim_groups.json").read_text())[name]
     cfg = LazyConfig.load(path)
     with torch.device("meta"):
         model = instantiate(cfg.model)
     freeze_teacher(model)
     cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
+    return official, model, instantiate(cfg.optimizer)
+
+
+def _official_groups(official: dict[str, list[float]]) -> list[tuple[float, float, list[str]]]:
+    """detectron2's grouping, written out: one group per distinct (lr, weight decay), ordered by
+    its first parameter, parameters in the model's order (the JSON's key order)."""
+    groups: dict[tuple[float, float], list[str]] = {}
+    for param, (lr, weight_decay) in official.items():
+        groups.setdefault((lr, weight_decay), []).append(param)
+    return [(lr, weight_decay, params) for (lr, weight_decay), params in groups.items()]
+
+
+@pytest.mark.parametrize(("path", "name"), [(CONFIG_S, "S"), (CONFIG_B, "B")])
+def test_every_parameter_gets_the_official_lr_and_weight_decay(golden_dir, path, name):
+    """Every trainable parameter's lr (layer decay included) and weight decay (the ResBottleneck
+    norms keep 0.1) as the official code builds them, in detectron2's groups."""
+    official, model, optimizer = _official_and_ours(golden_dir, path, name)
     names = {id(p): n for n, p in model.named_parameters()}
-    ours = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    groups = optimizer.param_groups
+    ours = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert ours.keys() == official.keys()  # teacher excluded, every other parameter once
-    for param, (lr, _weight_decay) in official.items():
-        assert ours[param] == pytest.approx(lr, rel=1e-12), param
+    for param, (lr, weight_decay) in official.items():
+        assert ours[param][0] == pytest.approx(lr, rel=1e-12), param
+        assert ours[param][1] == weight_decay, param
+    ours_groups = [
+        (g["lr"], g["weight_decay"], [names[id(p)] for p in g["params"]])
+        for g in optimizer.param_groups
+    ]
+    official_groups = _official_groups(official)
+    assert len(ours_groups) == len(official_groups) == OFFICIAL_NUM_GROUPS
+    for (lr, wd, params), (official_lr, official_wd, official_params) in zip(
+        ours_groups, official_groups, strict=True
+    ):
+        assert lr == pytest.approx(official_lr, rel=1e-12) and wd == official_wd
+        assert params == official_params
+
+
+@pytest.mark.parametrize(("path", "name"), [(CONFIG_S, "S"), (CONFIG_B, "B")])
+def test_an_official_optimizer_state_loads(golden_dir, path, name):
+    """An AdamW state laid out as the official run saves it (groups in detectron2's order and
+    sizes, parameters numbered in that order) loads, and each moment reaches its parameter."""
+    official, model, optimizer = _official_and_ours(golden_dir, path, name)
+    by_name = dict(model.named_parameters())
+    groups = _official_groups(official)
+    saved_params = [param for _, _, params in groups for param in params]
+    state = {
+        index: {
+            "step": torch.tensor(float(index)),  # tells which parameter the entry was saved for
+            "exp_avg": torch.zeros(by_name[param].shape, device="meta"),
+            "exp_avg_sq": torch.zeros(by_name[param].shape, device="meta"),
+        }
+        for index, param in enumerate(saved_params)
+    }
+    defaults = {k: v for k, v in optimizer.defaults.items() if k not in ("lr", "weight_decay")}
+    param_groups, start = [], 0
+    for lr, weight_decay, params in groups:
+        indexes = list(range(start, start + len(params)))
+        param_groups.append({**defaults, "lr": lr, "weight_decay": weight_decay, "params": indexes})
+        start += len(params)
+
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    for index, param in enumerate(saved_params):
+        loaded = optimizer.state[by_name[param]]
+        assert loaded["step"].item() == index, param
+        assert loaded["exp_avg"].shape == by_name[param].shape, param
 
 
 def test_tiny_config_trains_on_cpu_without_distillation():

@@ -1,32 +1,33 @@
-"""Training pipeline, augmentations, worker seeding, test-set readers and image reading."""
+"""Training pipeline, sample keys and sampler, augmentations, test-set readers, image reading."""
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler
 
 from data import (
     BadSampleError,
     DIMTrainDataset,
     MattingEvalDataset,
+    SampleKey,
     UnreadableImageError,
     detect_layout,
-    make_generator,
     read_gray,
     read_map_u8,
     read_rgb,
     read_trimap,
     scan_test_set,
-    seed_worker,
     write_image,
 )
-from data.build import TrainSampler, build_train_loader, epoch_seed
-from data.image_io import list_images_by_stem
+from data.build import TrainSampler, build_train_loader
+from data.image_io import list_images_by_stem, read_train_alpha, read_train_rgb
 from data.transforms import (
     Composite,
     GenTrimap,
@@ -37,9 +38,11 @@ from data.transforms import (
     composite_two_foregrounds,
 )
 from data.trimap import erosion_trimap, quantize_trimap
+from engine import comm
 from tools.make_synthetic_dataset import make_synthetic_dataset
 
 CROP = 64  # small training crop keeps the tests fast
+ORIENTATION_TAG = 0x0112  # EXIF
 TRIMAP_LEVELS = {0, 128, 255}  # 8-bit, inside the pipeline
 NETWORK_TRIMAP_LEVELS = {0.0, 0.5, 1.0}  # what the training batch carries
 
@@ -104,75 +107,103 @@ def test_default_crop_is_official_512(synthetic_root: Path) -> None:
     assert dataset[0]["image"].shape == (3, 512, 512)  # 96 px inputs are upscaled first
 
 
-def test_same_seed_reproduces_and_other_seed_differs(synthetic_root: Path) -> None:
+def test_same_key_same_sample_other_seed_or_epoch_differs(synthetic_root: Path) -> None:
     first, again, other = (
-        [dataset[i] for i in (0, 1, 0)]
+        [dataset[key] for key in (SampleKey(0, 1), SampleKey(1, 1), SampleKey(0, 1))]
         for dataset in (_train_set(synthetic_root, seed=s) for s in (3, 3, 4))
     )
     for a, b in zip(first, again):
         _assert_same(a, b)
-    assert not torch.equal(first[0]["image"], first[2]["image"])  # the stream moves on
-    assert not all(torch.equal(a["image"], c["image"]) for a, c in zip(first, other))
+    _assert_same(first[0], first[2])  # a sample depends on its key, not on what came before
+    assert not torch.equal(first[0]["image"], first[1]["image"])  # another epoch: other draws
+    assert not torch.equal(first[0]["image"], other[0]["image"])
+    _assert_same(_train_set(synthetic_root, seed=3)[1], first[0])  # a plain index is epoch 0
 
 
-def test_streams_differ_across_workers_and_ranks(synthetic_root: Path) -> None:
-    dataset = _train_set(synthetic_root, seed=0, rank=0)
-    images = []
-    for rank, worker_id in ((0, 0), (0, 1), (1, 0)):
-        dataset.rank = rank
-        dataset.reseed(worker_id, torch_worker_seed=123)
-        images.append(dataset[0]["image"])
-    assert not torch.equal(images[0], images[1])
-    assert not torch.equal(images[0], images[2])
-    gen_a, gen_b = make_generator(0, 0, 1, 5), make_generator(0, 0, 1, 5)
-    assert gen_a.integers(1 << 60) == gen_b.integers(1 << 60)
-
-
-def _loader_images(dataset: DIMTrainDataset) -> list[torch.Tensor]:
-    torch.manual_seed(0)  # the trainer seeds torch; workers' seeds derive from it
-    loader = DataLoader(
-        dataset, batch_size=1, sampler=[0, 0], num_workers=2, worker_init_fn=seed_worker
+def _loader_batches(root: Path, num_workers: int, epochs: int = 2) -> list[torch.Tensor]:
+    loader = build_train_loader(
+        _train_set(root, seed=5), batch_size=2, num_workers=num_workers, seed=5
     )
-    return [batch["image"] for batch in loader]
-
-
-def test_dataloader_workers_reproducible_and_distinct(synthetic_root: Path) -> None:
-    dataset = _train_set(synthetic_root, seed=0, rank=0)
-    first, second = _loader_images(dataset), _loader_images(dataset)
-    # Both indices are 0; worker 0 serves the first, worker 1 the second: different augmentations.
-    assert not torch.equal(first[0], first[1])
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
-
-
-# --- training loader -------------------------------------------------------------------------
-
-
-def _first_batches(loader, epoch: int, count: int = 2) -> list[torch.Tensor]:
-    loader.sampler.set_epoch(epoch)
     batches = []
-    for batch in loader:
-        batches.append(batch["image"])
-        if len(batches) == count:
-            break
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        batches += [batch["image"] for batch in loader]
     return batches
 
 
-def test_train_loader_streams_depend_only_on_seed_and_epoch(synthetic_root):
-    def build(seed: int):
-        dataset = _train_set(synthetic_root, seed=seed)
-        return build_train_loader(dataset, batch_size=2, num_workers=0, seed=seed)
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 2 workers, few cores
+def test_samples_do_not_depend_on_the_loading_workers(synthetic_root: Path) -> None:
+    in_process = _loader_batches(synthetic_root, num_workers=0)
+    with_workers = _loader_batches(synthetic_root, num_workers=2)
+    assert len(in_process) == len(with_workers) == 2 * (7 // 2)
+    for a, b in zip(in_process, with_workers, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(in_process[0], in_process[3])  # epoch 1 is another shuffle
 
-    loader = build(seed=3)
-    assert isinstance(loader.sampler, TrainSampler) and loader.drop_last
-    epoch1 = _first_batches(loader, 1)
-    _first_batches(loader, 0)
-    again = _first_batches(loader, 1)  # after another epoch: the same samples and crops
-    other = _first_batches(build(seed=3), 2)
-    for a, b in zip(epoch1, again):
-        torch.testing.assert_close(a, b)
-    assert not torch.equal(epoch1[0], other[0])
-    assert epoch_seed(3, 0, 1) != epoch_seed(3, 1, 0)
+
+def test_loader_workers_persist_and_leave_the_global_generator_alone(synthetic_root):
+    loader = build_train_loader(_train_set(synthetic_root), batch_size=2, num_workers=1)
+    assert loader.persistent_workers and loader.generator is not None
+    state = torch.get_rng_state()
+    next(iter(loader))  # creating the iterator draws the workers' base seed
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# --- training sampler ----------------------------------------------------------------------------
+
+
+class _Sized(torch.utils.data.Dataset):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _keys(sampler: TrainSampler, epoch: int) -> list[SampleKey]:
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_sampler_order_is_distributed_samplers(monkeypatch, rank: int) -> None:
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "get_rank", lambda: rank)
+    dataset = _Sized(11)  # not a multiple of the ranks: ours drops, the official pads
+    ours = TrainSampler(dataset, seed=3)
+    official = TrainSampler(dataset, seed=0, official_order=True)
+    official_sampler = DistributedSampler(dataset, num_replicas=2, rank=rank)  # never set_epoch
+    for epoch in range(3):
+        reference = DistributedSampler(dataset, 2, rank, seed=3, drop_last=True)
+        reference.set_epoch(epoch)
+        assert _keys(ours, epoch) == [SampleKey(epoch, i) for i in reference]
+        assert _keys(official, epoch) == [SampleKey(epoch, i) for i in official_sampler]
+    assert len(_keys(ours, 0)) == 5 and len(_keys(official, 0)) == 6
+    assert _keys(ours, 1) != [SampleKey(1, key.index) for key in _keys(ours, 0)]
+
+
+def test_sampler_skips_the_start_of_one_pass() -> None:
+    sampler = TrainSampler(_Sized(8), seed=1)
+    full = _keys(sampler, 2)
+    sampler.set_epoch(2)
+    sampler.skip(5)
+    assert list(sampler) == full[5:]
+    assert list(sampler) == full  # the skip applies to one pass only
+
+
+def test_official_file_order(synthetic_root: Path, tmp_path: Path) -> None:
+    train = synthetic_root / "train"
+    dataset = _train_set(synthetic_root, official_order=True)
+    fg_names = {os.path.splitext(p)[0] for p in os.listdir(train / "fg")}
+    alpha_names = {os.path.splitext(p)[0] for p in os.listdir(train / "alpha")}
+    names = list(fg_names & alpha_names)
+    np.random.RandomState(0).shuffle(names)
+    assert [p.stem for p in dataset.fg_paths] == names
+    assert [p.stem for p in dataset.alpha_paths] == names
+    assert [p.name for p in dataset.bg_paths] == os.listdir(train / "bg")
+    default = _train_set(synthetic_root)
+    assert [p.name for p in default.bg_paths] == sorted(os.listdir(train / "bg"))
+    assert default.fg_paths == sorted(dataset.fg_paths)
 
 
 def test_train_loader_rejects_a_dataset_smaller_than_a_batch(synthetic_root):
@@ -254,6 +285,21 @@ def test_erosion_trimap_by_hand() -> None:
     row = erosion_trimap(alpha, fg_kernel=1, bg_kernel=5)[2]
     assert row.tolist() == [0, 0, 128, 128, 128, 255, 255, 255, 255]
     assert erosion_trimap(alpha, 3, 3).dtype == np.uint8
+
+
+def test_definite_regions_follow_the_official_float32_expressions() -> None:
+    # Just above 1e-5, (1 - alpha + 1e-5) still rounds to 1 in float32: official background.
+    alpha = np.array([[0.0, 1.0e-5, 1.000005e-5, 1.0043e-5, 1.0045e-5, 2e-5, 0.5, 1.0]], np.float32)
+    row = erosion_trimap(alpha, fg_kernel=1, bg_kernel=1)[0]
+    assert row.tolist() == [0, 0, 0, 0, 128, 128, 128, 255]
+    values = np.random.default_rng(0).uniform(-0.2, 1.2, (64, 64)).astype(np.float32)
+    values[::3] = np.float32(1e-5) + np.random.default_rng(1).uniform(-1e-7, 1e-7, (22, 64))
+    values[1::3] = np.float32(1 - 1e-5) + np.random.default_rng(2).uniform(-1e-7, 1e-7, (21, 64))
+    trimap = erosion_trimap(values, 1, 1)
+    official_fg = (values + 1e-5).astype(int).astype(np.uint8) == 1
+    official_bg = (1 - values + 1e-5).astype(int).astype(np.uint8) == 1
+    assert np.array_equal(trimap == 255, official_fg & ~official_bg)
+    assert np.array_equal(trimap == 0, official_bg)
 
 
 def test_quantize_trimap_uses_the_official_thresholds() -> None:
@@ -384,6 +430,33 @@ def test_read_conversions(tmp_path: Path) -> None:
         read_rgb(tmp_path / "broken.png")
     with pytest.raises(UnreadableImageError, match="nothere.png"):
         read_gray(tmp_path / "nothere.png")
+
+
+def _jpeg_with_orientation(path: Path, image: np.ndarray, orientation: int) -> None:
+    exif = Image.Image.getexif(Image.new("RGB", (1, 1)))
+    exif[ORIENTATION_TAG] = orientation
+    Image.fromarray(image).save(path, exif=exif.tobytes(), quality=100)
+
+
+def test_training_files_are_read_as_the_official_cv2_imread(tmp_path: Path) -> None:
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, :10] = (255, 0, 0)  # a red band on the left (RGB)
+    _jpeg_with_orientation(tmp_path / "rotated.jpg", image, orientation=6)  # 90 deg clockwise
+    official_fg = cv2.imread(str(tmp_path / "rotated.jpg"))  # BGR, orientation applied
+    official_alpha = cv2.imread(str(tmp_path / "rotated.jpg"), 0).astype(np.float32) / 255
+    fg, alpha = read_train_rgb(tmp_path / "rotated.jpg"), read_train_alpha(tmp_path / "rotated.jpg")
+    assert fg.shape == (40, 20, 3) and fg.dtype == np.uint8
+    assert np.array_equal(fg, official_fg[:, :, ::-1])  # RGB
+    assert fg[2, 10, 0] > 200 and fg[-3, 10, 0] < 50  # the band now on top
+    assert alpha.dtype == np.float32 and np.array_equal(alpha, official_alpha)
+    assert read_rgb(tmp_path / "rotated.jpg").shape == (20, 40, 3)  # inference: as stored
+    deep = (np.arange(24, dtype=np.uint16).reshape(4, 6) * 2000)[:, :, None].repeat(3, axis=2)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    assert np.array_equal(
+        read_train_rgb(tmp_path / "deep.png"), cv2.imread(str(tmp_path / "deep.png"))
+    )
+    with pytest.raises(UnreadableImageError, match="nothere.png"):
+        read_train_rgb(tmp_path / "nothere.png")
 
 
 def test_read_map_u8_gives_the_8bit_levels_of_16bit_and_colour_files(

@@ -4,7 +4,6 @@ groups, checkpoints and resume (CPU, a few seconds)."""
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +11,14 @@ import pytest
 import torch
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from timm.layers import LayerNorm2d as TimmLayerNorm2d
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import engine.checkpoint
+import engine.events
+from data.build import TrainSampler
+from data.seeding import SampleKey
 from engine.checkpoint import Checkpointer
 from engine.events import (
     CommonMetricPrinter,
@@ -41,6 +44,8 @@ NUM_SAMPLES = 4
 BATCH = 2
 BATCHES_PER_EPOCH = NUM_SAMPLES // BATCH
 NUM_ROUTERS = 2
+ROUTED_BLOCKS = (1, 3)  # backbone block indexes named in the token-ratio scalars
+NOISE = 0.01
 LR = 1e-2
 
 WARMUP_FACTOR = 0.001
@@ -49,7 +54,8 @@ LR_DECAY = 0.65
 
 
 class LayerNorm2d(nn.Module):
-    """Channels-first LayerNorm, as in the ResBottleneck blocks (detected by class name)."""
+    """Channels-first LayerNorm as a plain module, like detectron2's ``LayerNorm`` (not an
+    ``nn.LayerNorm``: the official optimizer does not treat it as a norm)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -76,6 +82,8 @@ class ToyMatting(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
         x = torch.cat([batch["image"], batch["trimap"]], dim=1)
         features = torch.relu(self.norm(self.backbone(x)))
+        if self.training:  # noise from torch's global generator, like the routers' gumbel noise
+            features = features + NOISE * torch.randn_like(features)
         phas = torch.sigmoid(self.head(features))
         keep_ratios = [torch.sigmoid(router(features)).mean() for router in self.routers]
         return {
@@ -94,11 +102,14 @@ class ToyDataset(Dataset):
         self.images = torch.rand(num_samples, 3, IMG, IMG, generator=gen)
         self.alphas = self.images.mean(dim=1, keepdim=True).pow(2)
         self.trimaps = torch.full_like(self.alphas, 0.5)  # all unknown
+        self.loaded: list[SampleKey | int] = []  # keys loaded, in order (in-process loading)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: SampleKey | int) -> dict[str, torch.Tensor]:
+        index = key.index if isinstance(key, SampleKey) else key
+        self.loaded.append(key)
         image = self.images[index]
         return {
             "image": image,
@@ -142,7 +153,8 @@ def make_model(seed: int = 0) -> ToyMatting:
 
 def make_trainer(model: nn.Module, loader: DataLoader | None = None) -> SimpleTrainer:
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    return SimpleTrainer(model, make_loader() if loader is None else loader, optimizer)
+    loader = make_loader() if loader is None else loader
+    return SimpleTrainer(model, loader, optimizer, routed_block_indexes=ROUTED_BLOCKS)
 
 
 def full_loss(model: nn.Module) -> float:
@@ -173,7 +185,7 @@ def test_simple_trainer_lowers_loss() -> None:
 def test_amp_trainer_bf16_on_cpu() -> None:
     model = make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    trainer = AMPTrainer(model, make_loader(), optimizer, precision="bf16")
+    trainer = AMPTrainer(model, make_loader(), optimizer, ROUTED_BLOCKS, precision="bf16")
     trainer.train(0, 3)
     assert math.isfinite(trainer.storage.history("total_loss").latest())
     assert "grad_scaler" not in trainer.state_dict()
@@ -195,7 +207,8 @@ def test_amp_trainer_rejects_fp16_on_cpu_and_stray_scaler() -> None:
 def test_amp_trainer_fp16_on_cuda() -> None:
     model = make_model().to("cuda")
     loader = [{k: v.to("cuda") for k, v in batch.items()} for batch in make_loader()]
-    trainer = AMPTrainer(model, loader, torch.optim.AdamW(model.parameters(), lr=LR))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    trainer = AMPTrainer(model, loader, optimizer, ROUTED_BLOCKS)
     trainer.train(0, 3)
     assert "grad_scaler" in trainer.state_dict()
     assert math.isfinite(trainer.storage.history("total_loss").latest())
@@ -206,7 +219,7 @@ def test_infinite_loader_calls_set_epoch() -> None:
     trainer = make_trainer(make_model(), loader)
     trainer.train(0, 2 * BATCHES_PER_EPOCH + 1)
     assert loader.sampler.set_epoch_calls == [0, 1, 2]
-    assert trainer.state_dict()["data_epoch"] == 2
+    assert trainer.state_dict()["data"] == {"epoch": 2, "batches": 1}
 
 
 def test_empty_loader_raises() -> None:
@@ -230,12 +243,13 @@ def test_trainer_logs_losses_and_token_ratios() -> None:
     trainer = make_trainer(make_model())
     trainer.train(0, 2)
     latest = trainer.storage.latest()
-    ratio_names = [f"token_ratio/block{i}" for i in range(NUM_ROUTERS)]
+    ratio_names = [f"token_ratio/block{i}" for i in ROUTED_BLOCKS]  # backbone block indexes
     for name in [
         "loss_l1",
         "loss_mse",
         "total_loss",
         "data_time",
+        "rank_data_time",
         "token_ratio/mean",
         *ratio_names,
     ]:
@@ -354,12 +368,15 @@ def test_writers_metrics_json_tensorboard_and_checkpoints(
     by_iter: dict[int, dict] = {}
     for line in lines:
         by_iter.setdefault(line["iteration"], {}).update(line)
-    assert sorted(by_iter) == [1, 3]
+    # The final evaluation is recorded at max_iter, as detectron2 records it.
+    assert sorted(by_iter) == [1, 3, max_iter]
+    assert by_iter[max_iter] == {"iteration": max_iter, "eval/sad": 1.5}
+    assert "eval/sad" in by_iter[1] and "eval/sad" not in by_iter[3]
     for iteration in (1, 3):
         record = by_iter[iteration]
-        for name in ["loss_l1", "loss_mse", "total_loss", "lr", "data_time", "time", "eval/sad"]:
+        for name in ["loss_l1", "loss_mse", "total_loss", "lr", "data_time", "time"]:
             assert name in record, (iteration, name)
-        assert {f"token_ratio/block{i}" for i in range(NUM_ROUTERS)} <= set(record)
+        assert {f"token_ratio/block{i}" for i in ROUTED_BLOCKS} <= set(record)
         assert "token_ratio/mean" in record
         assert record["lr"] == pytest.approx(expected_lr[iteration])
 
@@ -392,6 +409,23 @@ def test_writers_metrics_json_tensorboard_and_checkpoints(
     printed = [r.getMessage() for r in caplog.records if r.name == "engine.events"]
     assert len(printed) == 2 and printed[-1].startswith("eta: ")
     assert "iter: 3" in printed[-1] and "total_loss" in printed[-1] and "lr: " in printed[-1]
+
+
+@pytest.mark.parametrize("start_iter", [0, 10])
+def test_iteration_timer_skips_warmup_as_detectron2(
+    start_iter: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    warmup, num_iter = 3, 6
+    trainer = make_trainer(make_model())
+    trainer.register_hooks([IterationTimer(warmup_iter=warmup)])
+    with caplog.at_level(logging.INFO, logger="engine.hooks"):
+        trainer.train(start_iter, start_iter + num_iter)
+    timed = [iteration for _, iteration in trainer.storage.history("time").values()]
+    # detectron2 times from the warmup-th iteration on: start + 2, ..., start + 5.
+    assert timed == list(range(start_iter + warmup - 1, start_iter + num_iter))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith(f"Overall training speed: {len(timed)} iterations") for m in messages)
+    assert any(m.startswith("Total training time: ") for m in messages)
 
 
 def test_eval_hook_rejects_non_numbers() -> None:
@@ -482,7 +516,9 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.Linear(dim, dim)
-        self.residual = LayerNorm2d(dim) if residual else None
+        # The model's ResBottleneck norm (timm, an nn.LayerNorm subclass) and detectron2's own
+        # LayerNorm of the official model (a plain module): the official optimizer decays both.
+        self.residual = nn.Sequential(TimmLayerNorm2d(dim), LayerNorm2d(dim)) if residual else None
 
 
 class TinyViT(nn.Module):
@@ -522,8 +558,8 @@ def test_param_groups_apply_lr_factors_weight_decay_and_skip_the_frozen_teacher(
     group_of = {id(p): group for group in groups for p in group["params"]}
     assert set(group_of) == {id(p) for p in trainable.values()}  # frozen teacher excluded
     assert len(groups) < len(trainable)  # equal hyperparameters are merged
-    norm_names = ("norm1.", "residual.", "routers.0.0.", "routers.1.0.", "routers.2.0.")
-    norm_names += ("routers.3.0.", "decoder.1.", "decoder.2.")
+    norm_names = ("norm1.", "routers.0.0.", "routers.1.0.", "routers.2.0.", "routers.3.0.")
+    norm_names += ("decoder.1.", "decoder.2.")
     for name, param in trainable.items():
         group = group_of[id(param)]
         assert group["lr"] == pytest.approx(base_lr * factors[name]), name
@@ -590,44 +626,134 @@ def test_checkpoint_loads_bare_wrapped_and_ddp_prefixed_state_dicts(
         assert "1 checkpoint keys are not used" in messages and "teacher_backbone.extra" in messages
 
 
-def test_resume_gives_identical_weights(tmp_path: Path) -> None:
-    k = 2 * BATCHES_PER_EPOCH  # interrupt at an epoch boundary: the data order then matches
-    max_iter = 2 * k
+class InterruptError(Exception):
+    pass
 
-    class InterruptError(Exception):
-        pass
 
-    class InterruptAt(HookBase):
-        def before_step(self) -> None:
-            if self.trainer.iter == k:
-                raise InterruptError
+class InterruptAt(HookBase):
+    """Stop training (as a killed run) before iteration ``iteration``."""
 
-    def run(output_dir: Path, seed: int, resume: bool, interrupt: bool) -> nn.Module:
-        model = make_model(seed)
-        trainer = make_trainer(model)
-        checkpointer = Checkpointer(model, str(output_dir), trainer=trainer)
-        multiplier = WarmupParamScheduler(
-            MultiStepParamScheduler([1.0, 0.1], milestones=[k + 1], num_updates=max_iter),
-            warmup_factor=WARMUP_FACTOR,
-            warmup_length=1 / max_iter,
-        )
-        trainer.register_hooks(
-            [
-                LRScheduler(scheduler=multiplier),
-                PeriodicCheckpointer(checkpointer, period=k),
-                InterruptAt() if interrupt else None,
-            ]
-        )
-        checkpointer.resume_or_load("", resume=resume)
-        start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-        trainer.train(start_iter, max_iter)
-        return model
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
 
-    straight = run(tmp_path / "straight", seed=0, resume=False, interrupt=False)
+    def before_step(self) -> None:
+        if self.trainer.iter == self.iteration:
+            raise InterruptError
+
+
+def _resumable_run(
+    output_dir: Path, loader: DataLoader, *, seed: int, max_iter: int, period: int, stop: int
+) -> nn.Module:
+    """Train the toy with checkpoints, JSON metrics and an lr step; resume if output_dir holds a
+    checkpoint; stop before iteration ``stop`` (``max_iter``: no stop)."""
+    output_dir.mkdir(exist_ok=True)
+    model = make_model(seed)
+    trainer = make_trainer(model, loader)
+    checkpointer = Checkpointer(model, str(output_dir), trainer=trainer)
+    multiplier = WarmupParamScheduler(
+        MultiStepParamScheduler([1.0, 0.1], milestones=[period + 1], num_updates=max_iter),
+        warmup_factor=WARMUP_FACTOR,
+        warmup_length=1 / max_iter,
+    )
+    trainer.register_hooks(
+        [
+            LRScheduler(scheduler=multiplier),
+            PeriodicCheckpointer(checkpointer, period=period),
+            InterruptAt(stop),
+            PeriodicWriter([JSONWriter(output_dir / "metrics.json")], period=1),
+        ]
+    )
+    resume = checkpointer.has_checkpoint()
+    checkpointer.resume_or_load("", resume=resume)
+    trainer.train(trainer.iter + 1 if resume else 0, max_iter)
+    return model
+
+
+def _train_sampler_loader() -> DataLoader:
+    dataset = ToyDataset()
+    sampler = TrainSampler(dataset, seed=1)
+    return DataLoader(dataset, BATCH, sampler=sampler, generator=torch.Generator().manual_seed(0))
+
+
+def _epoch_shuffle_loader() -> DataLoader:
+    """A sampler without ``skip``: the resumed pass loads and drops the done batches."""
+    dataset = ToyDataset()
+    sampler = EpochShuffleSampler(len(dataset))
+    return DataLoader(dataset, BATCH, sampler=sampler, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("make", [_train_sampler_loader, _epoch_shuffle_loader])
+@pytest.mark.parametrize("stop", [BATCHES_PER_EPOCH + 1, 2 * BATCHES_PER_EPOCH])
+def test_resume_inside_or_at_the_end_of_an_epoch_replays_the_run(
+    tmp_path: Path, make, stop: int
+) -> None:
+    """Checkpoint after iteration ``stop - 1``: inside epoch 1, or at its end; the toy draws
+    noise from torch's global generator, as the routers do."""
+    max_iter, period = 3 * BATCHES_PER_EPOCH + 1, stop
+    straight = _resumable_run(
+        tmp_path / "straight", make(), seed=0, max_iter=max_iter, period=period, stop=max_iter
+    )
     with pytest.raises(InterruptError):
-        run(tmp_path / "resumed", seed=0, resume=False, interrupt=True)
-    assert (tmp_path / "resumed" / "last_checkpoint").read_text() == f"model_{k - 1:07d}.pth"
-    resumed = run(tmp_path / "resumed", seed=123, resume=True, interrupt=False)
+        _resumable_run(
+            tmp_path / "run", make(), seed=0, max_iter=max_iter, period=period, stop=stop + 1
+        )
+    assert (tmp_path / "run" / "last_checkpoint").read_text() == f"model_{stop - 1:07d}.pth"
+    rows = (tmp_path / "run" / "metrics.json").read_text().splitlines()
+    assert json.loads(rows[-1])["iteration"] == stop  # a row past the checkpoint, to be dropped
+
+    loader = make()
+    resumed = _resumable_run(
+        tmp_path / "run", loader, seed=123, max_iter=max_iter, period=period, stop=max_iter
+    )
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
-    assert os.path.exists(tmp_path / "resumed" / "model_final.pth")
+    iterations = [
+        json.loads(line)["iteration"]
+        for line in (tmp_path / "run" / "metrics.json").read_text().splitlines()
+    ]
+    assert iterations == list(range(max_iter))  # each iteration once
+    if isinstance(loader.sampler, TrainSampler):  # skipped samples are never loaded
+        done = (stop % BATCHES_PER_EPOCH) * BATCH
+        assert len(loader.dataset.loaded) == (max_iter - stop) * BATCH
+        assert loader.dataset.loaded[0] == SampleKey(
+            stop // BATCHES_PER_EPOCH, loader.dataset.loaded[0].index
+        )
+        assert done == 0 or loader.dataset.loaded[0].epoch == 1
+
+
+def test_loading_restores_the_generators_of_the_same_world_size_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = make_trainer(make_model()).state_dict()
+    saved = state["rng_states"][0]["torch"]
+    other = make_trainer(make_model(seed=1))  # reseeds torch's generator
+    other.load_state_dict(state)
+    assert torch.equal(torch.get_rng_state(), saved)
+
+    state["rng_states"] = state["rng_states"] * 2  # as saved by two ranks
+    other = make_trainer(make_model(seed=1))
+    current = torch.get_rng_state()
+    with caplog.at_level(logging.WARNING, logger="engine.train_loop"):
+        other.load_state_dict(state)
+    assert "random generator states of 2 ranks, this run has 1" in caplog.text
+    assert torch.equal(torch.get_rng_state(), current)
+
+
+def test_writers_start_drops_what_a_resumed_run_redoes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "metrics.json"
+    rows = [json.dumps({"iteration": i, "loss": float(i)}) for i in range(6)]
+    path.write_text("\n".join(rows) + '\n{"iteration": 6, "lo')  # cut short by a kill
+    writer = JSONWriter(path)
+    writer.start(4)
+    writer.close()
+    assert path.read_text().splitlines() == rows[:4]
+    created = {}
+    monkeypatch.setattr(
+        engine.events, "SummaryWriter", lambda **kwargs: created.update(kwargs) or object()
+    )
+    TensorboardWriter(tmp_path).start(4)
+    assert created["purge_step"] == 4  # TensorBoard hides the earlier run's events from 4 on
+    TensorboardWriter(tmp_path).start(0)
+    assert created["purge_step"] is None

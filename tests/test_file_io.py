@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
-from utils.file_io import atomic_write
+from utils.file_io import atomic_write, sha256_of_file
 
 
 def _write_bytes(data: bytes):
@@ -48,3 +49,21 @@ def test_a_planted_predictable_temporary_name_is_not_followed(tmp_path: Path) ->
     atomic_write(path, _write_bytes(b"new"))
     assert victim.read_bytes() == b"keep me"
     assert path.read_bytes() == b"new" and not path.is_symlink()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_permissions_follow_the_umask_as_open_does(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "out.bin", _write_bytes(b"x"))
+        (tmp_path / "reference").write_bytes(b"")
+    finally:
+        os.umask(previous)
+    mode = (tmp_path / "out.bin").stat().st_mode & 0o777
+    assert mode == (tmp_path / "reference").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_sha256_of_file_matches_hashlib(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 5000  # more than one read chunk
+    (tmp_path / "blob").write_bytes(data)
+    assert sha256_of_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()

@@ -67,10 +67,17 @@ def test_output_feeds_the_data_pipeline(tmp_path: Path) -> None:
     assert sample["image"].shape[1:] == sample["alpha"].shape[1:] == sample["trimap"].shape[1:]
 
 
-def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
+def test_same_arguments_write_nothing_other_arguments_need_overwrite(tmp_path: Path) -> None:
     make_synthetic_dataset(tmp_path, seed=0, **SMALL)
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    stamps = [p.stat().st_mtime_ns for p in files]
+    make_synthetic_dataset(tmp_path, seed=0, **SMALL)  # a recipe run twice
+    assert [p.stat().st_mtime_ns for p in files] == stamps
     with pytest.raises(FileExistsError, match="overwrite"):
         make_synthetic_dataset(tmp_path, seed=1, **SMALL)
+    (tmp_path / "train" / "bg" / "bg_000.jpg").write_bytes(b"edited")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        make_synthetic_dataset(tmp_path, seed=0, **SMALL)
     make_synthetic_dataset(tmp_path, seed=0, **{**SMALL, "num_bg": 2}, overwrite=True)
     assert len(list((tmp_path / "train" / "bg").iterdir())) == 2
 
@@ -81,3 +88,7 @@ def test_command_line(tmp_path: Path) -> None:
     command += ["--seed", "3", "--num-fg", "2", "--num-bg", "2", "--num-test", "1", "--size", "48"]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     assert len(list((tmp_path / "test" / "merged").iterdir())) == 1
+    again = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    assert "already holds this dataset" in again.stderr
+    other = subprocess.run([*command[:-1], "64"], cwd=REPO, capture_output=True, text=True)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "--overwrite" in other.stderr

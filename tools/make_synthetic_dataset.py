@@ -2,7 +2,9 @@
 
 Foregrounds are procedural: soft-edged blobs, hair-like anti-aliased strands and semi-transparent
 veils over a smooth colour field; backgrounds are gradients, noise or stripes. Nothing is
-downloaded, and the same arguments give byte-identical files.
+downloaded, and the same arguments give byte-identical files: running the tool again with the same
+arguments finds the dataset in place and writes nothing; other arguments over an existing dataset
+need ``--overwrite``.
 
 Output::
 
@@ -22,6 +24,7 @@ import argparse
 import logging
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -33,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from data.image_io import write_image  # noqa: E402
+from data.image_io import encode_image, write_image  # noqa: E402
 from data.trimap import erosion_trimap  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -158,14 +161,50 @@ def _fit_background(bg: np.ndarray, height: int, width: int) -> np.ndarray:
     return bg[:height, :width]
 
 
-def _prepare(out_dir: Path, overwrite: bool) -> None:
-    for name in TRAIN_DIRS + TEST_DIRS:
-        folder = out_dir / name
-        if folder.exists() and any(folder.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{folder} is not empty; pass overwrite=True (--overwrite)")
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+def _dataset_images(
+    seed: int, num_fg: int, num_bg: int, num_test: int, size: int
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Every file of the dataset, in order: ``(path relative to the output folder, image)``."""
+    fg_seeds, bg_seeds, test_seeds = np.random.SeedSequence(seed).spawn(3)
+    for i, item_seed in enumerate(fg_seeds.spawn(num_fg)):
+        fg, alpha = make_foreground(np.random.default_rng(item_seed), size)
+        yield f"train/fg/fg_{i:03d}.png", fg
+        yield f"train/alpha/fg_{i:03d}.png", alpha
+    for i, item_seed in enumerate(bg_seeds.spawn(num_bg)):
+        yield f"train/bg/bg_{i:03d}.jpg", make_background(np.random.default_rng(item_seed), size, i)
+    for i, item_seed in enumerate(test_seeds.spawn(num_test)):
+        rng = np.random.default_rng(item_seed)
+        fg, alpha = make_foreground(rng, size)
+        height, width = alpha.shape
+        bg = _fit_background(make_background(rng, size, kind=i), height, width)
+        a = alpha.astype(np.float32)[:, :, None] / 255
+        merged = np.round(fg * a + bg * (1 - a)).astype(np.uint8)
+        band = int(round(max(height, width) * rng.uniform(*TRIMAP_BAND_RANGE))) | 1  # odd side
+        yield f"test/merged/test_{i:03d}.png", merged
+        yield f"test/trimaps/test_{i:03d}.png", erosion_trimap(alpha / ALPHA_MAX, band, band)
+        yield f"test/alpha_copy/test_{i:03d}.png", alpha
+
+
+def _existing_files(out_dir: Path) -> set[str]:
+    """Files (relative paths) in the tool's sub-folders of ``out_dir``."""
+    return {
+        str(path.relative_to(out_dir))
+        for name in TRAIN_DIRS + TEST_DIRS
+        if (out_dir / name).is_dir()
+        for path in (out_dir / name).iterdir()
+    }
+
+
+def _holds(out_dir: Path, existing: set[str], images: Iterator[tuple[str, np.ndarray]]) -> bool:
+    """Whether the ``existing`` files are exactly ``images``, byte for byte (stops at the first
+    difference)."""
+    expected = set()
+    for relative, image in images:
+        path = out_dir / relative
+        if relative not in existing or path.read_bytes() != encode_image(path, image):
+            return False
+        expected.add(relative)
+    return expected == existing
 
 
 def make_synthetic_dataset(
@@ -180,6 +219,9 @@ def make_synthetic_dataset(
 ) -> dict[str, Path]:
     """Write the synthetic training and test sets under ``out_dir``.
 
+    If the tool's sub-folders already hold exactly the files these arguments make, nothing is
+    written (re-running a recipe is harmless).
+
     Args:
         out_dir: output folder (created if needed).
         seed: seed of every random choice; same arguments -> same bytes.
@@ -187,34 +229,41 @@ def make_synthetic_dataset(
         num_bg: training backgrounds (= training samples per epoch).
         num_test: test images.
         size: nominal image side in pixels.
-        overwrite: replace the tool's sub-folders if they already hold files.
+        overwrite: replace the tool's sub-folders if they hold other files.
 
     Returns:
         ``{"train": out_dir / "train", "test": out_dir / "test"}``.
+
+    Raises:
+        FileExistsError: the sub-folders hold other files and ``overwrite`` is False.
     """
     out = Path(out_dir)
-    _prepare(out, overwrite)
-    fg_seeds, bg_seeds, test_seeds = np.random.SeedSequence(seed).spawn(3)
-    for i, item_seed in enumerate(fg_seeds.spawn(num_fg)):
-        fg, alpha = make_foreground(np.random.default_rng(item_seed), size)
-        write_image(out / "train/fg" / f"fg_{i:03d}.png", fg)
-        write_image(out / "train/alpha" / f"fg_{i:03d}.png", alpha)
-    for i, item_seed in enumerate(bg_seeds.spawn(num_bg)):
-        bg = make_background(np.random.default_rng(item_seed), size, kind=i)
-        write_image(out / "train/bg" / f"bg_{i:03d}.jpg", bg)
-    for i, item_seed in enumerate(test_seeds.spawn(num_test)):
-        rng = np.random.default_rng(item_seed)
-        fg, alpha = make_foreground(rng, size)
-        height, width = alpha.shape
-        bg = _fit_background(make_background(rng, size, kind=i), height, width)
-        a = alpha.astype(np.float32)[:, :, None] / 255
-        merged = np.round(fg * a + bg * (1 - a)).astype(np.uint8)
-        band = int(round(max(height, width) * rng.uniform(*TRIMAP_BAND_RANGE))) | 1  # odd side
-        trimap = erosion_trimap(alpha / ALPHA_MAX, band, band)
-        write_image(out / "test/merged" / f"test_{i:03d}.png", merged)
-        write_image(out / "test/trimaps" / f"test_{i:03d}.png", trimap)
-        write_image(out / "test/alpha_copy" / f"test_{i:03d}.png", alpha)
-    return {"train": out / "train", "test": out / "test"}
+    folders = {"train": out / "train", "test": out / "test"}
+    arguments = (seed, num_fg, num_bg, num_test, size)
+    existing = _existing_files(out)
+    if existing and not overwrite:
+        if _holds(out, existing, _dataset_images(*arguments)):
+            logger.info("%s already holds this dataset (same arguments): nothing to write", out)
+            return folders
+        raise FileExistsError(
+            f"{out} holds another synthetic dataset (other arguments or changed files); pass "
+            "overwrite=True (--overwrite) to replace it"
+        )
+    for name in TRAIN_DIRS + TEST_DIRS:
+        if overwrite and (out / name).exists():
+            shutil.rmtree(out / name)
+        (out / name).mkdir(parents=True, exist_ok=True)
+    for relative, image in _dataset_images(*arguments):
+        write_image(out / relative, image)
+    logger.info(
+        "wrote %d fg/alpha pairs and %d backgrounds to %s, %d test images to %s",
+        num_fg,
+        num_bg,
+        folders["train"],
+        num_test,
+        folders["test"],
+    )
+    return folders
 
 
 def main() -> None:
@@ -225,26 +274,25 @@ def main() -> None:
     parser.add_argument("--num-bg", type=int, default=24, help="training backgrounds")
     parser.add_argument("--num-test", type=int, default=6, help="test images")
     parser.add_argument("--size", type=int, default=256, help="nominal image side (px)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset made with other arguments (the same arguments write nothing)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    folders = make_synthetic_dataset(
-        args.out,
-        args.seed,
-        num_fg=args.num_fg,
-        num_bg=args.num_bg,
-        num_test=args.num_test,
-        size=args.size,
-        overwrite=args.overwrite,
-    )
-    logger.info(
-        "wrote %d fg/alpha pairs and %d backgrounds to %s, %d test images to %s",
-        args.num_fg,
-        args.num_bg,
-        folders["train"],
-        args.num_test,
-        folders["test"],
-    )
+    try:
+        make_synthetic_dataset(
+            args.out,
+            args.seed,
+            num_fg=args.num_fg,
+            num_bg=args.num_bg,
+            num_test=args.num_test,
+            size=args.size,
+            overwrite=args.overwrite,
+        )
+    except FileExistsError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

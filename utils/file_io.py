@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees either the previous file or the complete new one.
+"""Atomic file writes (a reader sees either the previous file or the complete new one) and file
+digests.
 
 References: detectron2 ``detectron2/utils/file_io.py`` (the module's role only).
 """
@@ -6,48 +7,74 @@ References: detectron2 ``detectron2/utils/file_io.py`` (the module's role only).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "sha256_of_file"]
 
-# Permissions of a new file before the umask: what open(path, "w") would create.
+# Permissions of a new file before the umask: what open(path, "w") creates.
 _NEW_FILE_MODE = 0o666
+# Random bytes in a temporary file name (hex-encoded: twice as many characters).
+_TEMP_NAME_BYTES = 8
+# Attempts at an unused temporary name before giving up (a collision is astronomically rare).
+_TEMP_NAME_ATTEMPTS = 100
+# Read size when hashing a file.
+_HASH_CHUNK_BYTES = 1 << 20
 
 
-def _new_file_mode() -> int:
-    """``_NEW_FILE_MODE`` under the process umask (``mkstemp`` itself creates files as 0600)."""
-    umask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
-    return _NEW_FILE_MODE & ~umask
+def _create_exclusive(folder: Path, name: str) -> tuple[int, Path]:
+    """Create a new file ``.{name}.{random}.tmp`` in ``folder`` for writing, exclusively.
+
+    ``O_CREAT | O_EXCL`` fails on any existing path, a planted symlink included, so the file is
+    always a new one; its mode is ``_NEW_FILE_MODE`` under the process umask, as ``open`` gives
+    (``tempfile.mkstemp`` would give 0600, and reading the umask means setting it, which is not
+    thread-safe).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_TEMP_NAME_ATTEMPTS):
+        tmp_path = folder / f".{name}.{secrets.token_hex(_TEMP_NAME_BYTES)}.tmp"
+        try:
+            return os.open(tmp_path, flags, _NEW_FILE_MODE), tmp_path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary file name for {name} in {folder}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Write ``path`` through a temporary file in the same folder and a rename.
 
-    The temporary file is created exclusively with an unpredictable name (``tempfile.mkstemp``),
-    filled by ``write``, flushed to disk and renamed over ``path`` (``os.replace``), so ``path``
-    never holds a partial file, even if the process dies midway; on failure the temporary file is
-    removed and the error propagates. The new file gets the permissions ``open`` would give it.
-    The folder must exist.
+    The temporary file is created exclusively with an unpredictable name, filled by ``write``,
+    flushed to disk and renamed over ``path`` (``os.replace``), so ``path`` never holds a partial
+    file, even if the process dies midway; on failure the temporary file is removed and the error
+    propagates. The new file gets the permissions ``open`` would give it (0644 under the usual
+    umask 022). The folder must exist.
 
     Args:
         path: the file to (over)write.
         write: called once with the temporary file, opened for binary writing.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_path = _create_exclusive(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), _new_file_mode())
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_name)
+            os.remove(tmp_path)
         raise
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as 64 lower-case hex digits (``sha256sum``'s form)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -22,9 +22,13 @@ dataloader.train = L(build_train_loader)(
         bg_dir="datasets/coco/train2014",
         crop_size="${model.backbone.img_size}",  # the training crop sizes the rel-pos tables
         seed="${train.seed}",
+        official_order="${..official_order}",
     ),
     batch_size="???",  # per GPU, set by a recipe
     num_workers=2,  # per GPU
     seed="${train.seed}",
+    # True: the official sample order (file lists, one permutation repeated every epoch) for
+    # comparing runs with the official code; False: sorted files, reshuffled every epoch.
+    official_order=False,
 )
 dataloader.evaluator = None

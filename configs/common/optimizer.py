@@ -1,5 +1,8 @@
 """AdamW with layer-wise lr decay over the ViT blocks and no weight decay on norms / pos_embed.
 
+"Norms" are detectron2's norm list, as in the official run: the ResBottleneck blocks'
+channels-first LayerNorms keep the weight decay (``engine/optim.py``).
+
 ``main.py`` sets ``optimizer.params.model = model`` (teacher already frozen, hence excluded)
 before instantiating; ``base_lr`` follows ``optimizer.lr`` and the number of decayed layers the
 backbone's depth. Backbone lrs are scaled by ``lr_decay_rate ** (num_layers + 1 - layer_id)``:
