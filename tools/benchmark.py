@@ -73,10 +73,14 @@ from utils.memory import (  # noqa: E402
 from utils.token_budget import auto_max_number_token  # noqa: E402
 
 SCHEMA = "mematte-benchmark/1"
+# (model size, variant) -> config; the ViTMatte configs are the MEMatte ones with routing off.
 CONFIGS = {
-    "S": "configs/MEMatte_S_topk0.25_win_global_long.py",
-    "B": "configs/MEMatte_B_topk0.25_win_global_long.py",
+    ("S", "mematte"): "configs/MEMatte_S_topk0.25_win_global_long.py",
+    ("B", "mematte"): "configs/MEMatte_B_topk0.25_win_global_long.py",
+    ("S", "vitmatte"): "configs/ViTMatte_S_Com.py",
+    ("B", "vitmatte"): "configs/ViTMatte_B_Com.py",
 }
+MODEL_SIZES = ("S", "B")
 VARIANTS = ("mematte", "vitmatte")
 MIB = 2**20
 # Synthetic trimap: an ellipse with semi-axes 0.35 H x 0.30 W and an unknown ring of this area.
@@ -122,12 +126,9 @@ def make_inputs(height: int, width: int, seed: int = 0) -> dict[str, Tensor]:
 
 
 def build_model(model_size: str, variant: str, overrides: list[str], seed: int) -> nn.Module:
-    """MEMatte (or the ViTMatte variant: routing off) in eval mode with seeded random weights."""
-    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[model_size]))
-    all_overrides = ["model.teacher_backbone=None", *overrides]
-    if variant == "vitmatte":
-        all_overrides.append("model.backbone.use_routing=False")
-    LazyConfig.apply_overrides(cfg, all_overrides)
+    """MEMatte (or ViTMatte: its config, routing off) in eval mode with seeded random weights."""
+    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[model_size, variant]))
+    LazyConfig.apply_overrides(cfg, ["model.teacher_backbone=None", *overrides])
     torch.manual_seed(seed)
     return instantiate(cfg.model).eval()
 
@@ -411,7 +412,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(1024, 1024)])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["mematte"])
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="S")
+    parser.add_argument("--model", choices=MODEL_SIZES, default="S")
     parser.add_argument("--devices", nargs="+", default=["cpu"])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--cap-ratio", type=float, default=0.25, help="cap / tokens (mematte)")
