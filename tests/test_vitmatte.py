@@ -6,12 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, make_batch, randomize_
+from conftest import REPO_ROOT, make_batch, official_vitmatte_shapes, randomize_
 
 import inference
 from engine.config import LazyConfig, instantiate
 from evaluation.evaluator import MattingEvaluator
-from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX
 from tools.make_synthetic_dataset import make_synthetic_dataset
 
 VITMATTE_S = REPO_ROOT / "configs" / "ViTMatte_S_Com.py"
@@ -24,20 +23,6 @@ TINY_VITMATTE = [
     "model.distill=False",
 ]
 ALPHA_LEVELS = 255
-
-
-def official_vitmatte_shapes(manifest) -> dict[str, list[int]]:
-    """ViTMatte's state dict from a MEMatte manifest: the teacher's entries as ``backbone.*``
-    and the decoder's, i.e. what the official ``ViTMatte_{S,B}_Com.pth`` hold."""
-    shapes = {}
-    for line in manifest.read_text().splitlines():
-        key, shape = line.split(" ", 1)
-        dims = [int(s) for s in shape.strip("[]").split(",") if s]
-        if key.startswith(TEACHER_PREFIX):
-            shapes[BACKBONE_PREFIX + key.removeprefix(TEACHER_PREFIX)] = dims
-        elif key.startswith("decoder."):
-            shapes[key] = dims
-    return shapes
 
 
 @pytest.mark.parametrize(("config", "name"), [(VITMATTE_S, "S"), (VITMATTE_B, "B")])
