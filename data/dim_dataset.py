@@ -9,11 +9,17 @@ Folder layout (files matched by stem, any of ``IMAGE_EXTENSIONS``)::
     alpha_dir/  a.jpg  b.png ...   alpha mattes, same size as their foreground
     bg_dir/     x.jpg  y.jpg ...   backgrounds (COCO train2014 in the official recipe)
 
+``fg_dir`` and ``alpha_dir`` may also be equally long lists of folders (several training sets
+pooled, e.g. Composition-1k, Distinctions-646 and AM-2K): the i-th alpha folder holds the mattes
+of the i-th foreground folder, stems are matched within each pair, and the pairs are pooled in
+list order.
+
 One epoch visits every background once: ``len(dataset) == number of backgrounds`` and sample
 ``idx`` uses background ``idx`` and foreground ``idx % number of foregrounds`` (names sorted).
 """
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,38 @@ MAX_LOAD_ATTEMPTS = 10
 MAX_REDRAWS = 100
 
 
+def _folder_list(folders: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One folder, or a sequence of them, as a list of paths."""
+    if isinstance(folders, str | Path):
+        return [Path(folders)]
+    return [Path(folder) for folder in folders]
+
+
+def _pairs_by_stem(fg_dir: Path, alpha_dir: Path) -> list[tuple[Path, Path]]:
+    """(foreground, alpha) files of one folder pair sharing a stem, sorted by stem.
+
+    Raises:
+        FileNotFoundError: no stem in common.
+    """
+    fgs, alphas = list_images_by_stem(fg_dir), list_images_by_stem(alpha_dir)
+    stems = sorted(fgs.keys() & alphas.keys())
+    if not stems:
+        raise FileNotFoundError(
+            f"no foreground/alpha pair in {fg_dir} and {alpha_dir}: {len(fgs)} foreground and "
+            f"{len(alphas)} alpha images, none sharing a file stem"
+        )
+    unmatched = sorted(fgs.keys() ^ alphas.keys())
+    if unmatched:
+        logger.warning(
+            "%d foreground/alpha files without a partner in %s and %s are ignored: %s",
+            len(unmatched),
+            fg_dir,
+            alpha_dir,
+            ", ".join(unmatched[:10]),
+        )
+    return [(fgs[stem], alphas[stem]) for stem in stems]
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     """``[H, W, C]`` float in [0, 1] -> uint8, the bit depth of the official pipeline."""
     return np.round(image * 255).astype(np.uint8)
@@ -60,8 +98,9 @@ class DIMTrainDataset(ReseedableDataset):
     foreground raises ``BadSampleError``.
 
     Args:
-        fg_dir: folder of foreground images.
-        alpha_dir: folder of alpha mattes, matched to ``fg_dir`` by stem.
+        fg_dir: folder of foreground images, or a list of such folders (pooled).
+        alpha_dir: folder of alpha mattes, matched to ``fg_dir`` by stem; a list of as many
+            folders as ``fg_dir`` when that is a list.
         bg_dir: folder of background images.
         crop_size: side of the square training crop in pixels (official: 512).
         seed: base seed of the augmentation stream.
@@ -69,38 +108,32 @@ class DIMTrainDataset(ReseedableDataset):
 
     Raises:
         FileNotFoundError: a folder is missing, has no foreground/alpha pair or no background.
+        ValueError: ``fg_dir`` and ``alpha_dir`` list different numbers of folders.
     """
 
     def __init__(
         self,
         *,
-        fg_dir: str | Path,
-        alpha_dir: str | Path,
+        fg_dir: str | Path | Sequence[str | Path],
+        alpha_dir: str | Path | Sequence[str | Path],
         bg_dir: str | Path,
         crop_size: int = 512,
         seed: int = 0,
         rank: int | None = None,
     ) -> None:
         super().__init__(seed=seed, rank=rank)
-        for folder in (fg_dir, alpha_dir, bg_dir):
+        fg_dirs, alpha_dirs = _folder_list(fg_dir), _folder_list(alpha_dir)
+        if len(fg_dirs) != len(alpha_dirs):
+            raise ValueError(
+                f"{len(fg_dirs)} foreground folders but {len(alpha_dirs)} alpha folders: "
+                "fg_dir and alpha_dir must list the folders pairwise"
+            )
+        for folder in (*fg_dirs, *alpha_dirs, bg_dir):
             if not Path(folder).is_dir():
                 raise FileNotFoundError(f"training data folder {folder} does not exist")
-        fgs, alphas = list_images_by_stem(fg_dir), list_images_by_stem(alpha_dir)
-        stems = sorted(fgs.keys() & alphas.keys())
-        if not stems:
-            raise FileNotFoundError(
-                f"no foreground/alpha pair in {fg_dir} and {alpha_dir}: {len(fgs)} foreground and "
-                f"{len(alphas)} alpha images, none sharing a file stem"
-            )
-        unmatched = sorted(fgs.keys() ^ alphas.keys())
-        if unmatched:
-            logger.warning(
-                "%d foreground/alpha files without a partner are ignored: %s",
-                len(unmatched),
-                ", ".join(unmatched[:10]),
-            )
-        self.fg_paths = [fgs[stem] for stem in stems]
-        self.alpha_paths = [alphas[stem] for stem in stems]
+        pairs = [pair for dirs in zip(fg_dirs, alpha_dirs) for pair in _pairs_by_stem(*dirs)]
+        self.fg_paths = [fg for fg, _ in pairs]
+        self.alpha_paths = [alpha for _, alpha in pairs]
         self.bg_paths = list_images(bg_dir)
         if not self.bg_paths:
             raise FileNotFoundError(f"no background image in {bg_dir}")
