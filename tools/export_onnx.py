@@ -322,35 +322,31 @@ def _tile_loop(tile: onnx.ModelProto) -> onnx.NodeProto:
     return helper.make_node("Loop", [_NUM_TILES, ""], [_TILES], name="tile_loop", body=body)
 
 
-def _routed_outputs(model: MEMatte) -> tuple[list[str], list[str]]:
+def _routed_outputs(model: MEMatte) -> list[str]:
     blocks = model.backbone.routed_block_indexes
-    return [KEEP_OUTPUT.format(i) for i in blocks], [SCORES_OUTPUT.format(i) for i in blocks]
+    return [KEEP_OUTPUT.format(i) for i in blocks] + [SCORES_OUTPUT.format(i) for i in blocks]
 
 
-def build_graph(model: MEMatte) -> onnx.ModelProto:
-    """The ONNX model of ``model`` (in eval mode, weights loaded), checked by ``onnx.checker``."""
-    model = to_reference(copy.deepcopy(model)).eval()
+def _trace_parts(model: MEMatte) -> tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto]:
+    """The backbone, decoder-tile and assembly graphs of a reference (not lean) model."""
     height, width = export_input_size(model)
-    gen = torch.Generator().manual_seed(0)
-    image = torch.rand(1, 3, height, width, generator=gen)
+    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     trimap = torch.full((1, 1, height, width), 0.5)
-    keeps, scores = _routed_outputs(model)
+    routing = _routed_outputs(model)
     spatial = {2: "height", 3: "width"}
-    routing_axes = {name: {1: "grid_h", 2: "grid_w"} for name in (*keeps, *scores)}
     with torch.no_grad():
         args = (image, trimap, torch.tensor(DECODER_PATCH, dtype=torch.int64))
-        outputs = [_FEATURES, _IMAGES, _NUM_TILES, _NUM_COLS, *keeps, *scores]
         backbone = _trace(
             _BackboneGraph(model),
             args,
             [IMAGE_INPUT, TRIMAP_INPUT, MAX_NUMBER_TOKEN_INPUT],
-            outputs,
+            [_FEATURES, _IMAGES, _NUM_TILES, _NUM_COLS, *routing],
             {
                 IMAGE_INPUT: spatial,
                 TRIMAP_INPUT: spatial,
                 _FEATURES: spatial,
                 _IMAGES: spatial,
-                **routing_axes,
+                **{name: {1: "grid_h", 2: "grid_w"} for name in routing},
             },
         )
         features, images, num_tiles, num_cols, *_ = _BackboneGraph(model)(*args)
@@ -361,26 +357,50 @@ def build_graph(model: MEMatte) -> onnx.ModelProto:
             [_TILE],
             {_FEATURES: spatial, _IMAGES: spatial},
         )
-        tiles = torch.zeros(int(num_tiles), 1, 1, DECODER_PATCH, DECODER_PATCH)
         assembly = _trace(
             _AssemblyGraph(),
-            (tiles, image),
+            (torch.zeros(int(num_tiles), 1, 1, DECODER_PATCH, DECODER_PATCH), image),
             [_TILES, IMAGE_INPUT],
             [PHAS_OUTPUT],
             {_TILES: {0: "num_tiles"}, IMAGE_INPUT: spatial, PHAS_OUTPUT: spatial},
         )
+    return backbone, tile, assembly
+
+
+def _join(
+    backbone: onnx.ModelProto, tile: onnx.ModelProto, assembly: onnx.ModelProto, routing: list[str]
+) -> onnx.ModelProto:
+    """One model: the backbone graph, the tile loop, the assembly; outputs alpha and routing."""
     graph = backbone.graph
     graph.node.append(_tile_loop(tile))
     interface = (_TILES, IMAGE_INPUT, PHAS_OUTPUT)
     assemble = _renamed(assembly.graph, "assemble/", keep=interface, rename={})
     graph.node.extend(assemble.node)
     graph.initializer.extend(assemble.initializer)
-    routing = [output for output in graph.output if output.name in (*keeps, *scores)]
+    routing_outputs = [output for output in graph.output if output.name in routing]
     graph.ClearField("output")
-    graph.output.extend([*assemble.output, *routing])
+    graph.output.extend([*assemble.output, *routing_outputs])
     graph.name = "mematte"
-    onnx.checker.check_model(backbone, full_check=True)
     return backbone
+
+
+def build_graph(model: MEMatte, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """The ONNX model of ``model`` (in eval mode, weights loaded), checked by ``onnx.checker``.
+
+    Its metadata holds ``metadata`` and what the runtime reads: the model's cap
+    (``max_number_token``, JSON, the runtime's default) and ``routed_blocks`` (JSON list).
+    """
+    metadata = {
+        **(metadata or {}),
+        "max_number_token": json.dumps(model.backbone.max_number_token),
+        "routed_blocks": json.dumps(model.backbone.routed_block_indexes),
+    }
+    reference = to_reference(copy.deepcopy(model)).eval()
+    joined = _join(*_trace_parts(reference), routing=_routed_outputs(reference))
+    helper.set_model_props(joined, metadata)
+    joined.producer_name = "MEMatte tools/export_onnx.py"
+    onnx.checker.check_model(joined, full_check=True)
+    return joined
 
 
 def export_onnx(
@@ -402,17 +422,12 @@ def export_onnx(
     """
     model = build_inference_model(config_file, overrides)
     load_inference_weights(model, checkpoint, trusted=trusted)
-    graph = build_graph(model.eval())
-    backbone = model.backbone
     metadata = {
         "config_file": str(config_file),
         "overrides": json.dumps(list(overrides)),
         "checkpoint": str(checkpoint),
-        "max_number_token": json.dumps(backbone.max_number_token),
-        "routed_blocks": json.dumps(backbone.routed_block_indexes),
     }
-    helper.set_model_props(graph, metadata)
-    graph.producer_name = "MEMatte tools/export_onnx.py"
+    graph = build_graph(model.eval(), metadata)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(output, lambda file: file.write(graph.SerializeToString()))
