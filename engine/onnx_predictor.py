@@ -165,6 +165,10 @@ class OnnxMattingPredictor:
                 "'auto' rule of utils/token_budget.py models the PyTorch forward's memory)"
             )
         options = ort.SessionOptions()
+        # Memory patterns plan one block for all activations of an input shape, allocated next
+        # to the arena's: with image sizes that vary, they double the peak (measured at
+        # 2048 x 2048 from the second call on: +1151 MiB against +577 MiB without).
+        options.enable_mem_pattern = False
         if threads is not None:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(model_path), options, providers=_providers(device))

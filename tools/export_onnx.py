@@ -39,7 +39,7 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
@@ -63,13 +63,25 @@ from engine.onnx_predictor import (  # noqa: E402
     TRIMAP_INPUT,
 )
 from engine.predictor import build_inference_model, load_inference_weights  # noqa: E402
-from modeling.backbone.attention import Attention  # noqa: E402
+from modeling.backbone.attention import (  # noqa: E402
+    Attention,
+    window_partition,
+    window_unpartition,
+)
 from modeling.backbone.vit import Block, ViT  # noqa: E402
 from modeling.lean.mode import to_reference  # noqa: E402
 from modeling.meta_arch.mematte import DECODER_OVERLAP, DECODER_PATCH, MEMatte  # noqa: E402
 from utils.file_io import atomic_write  # noqa: E402
 
-__all__ = ["OPSET", "QUERY_CHUNKS", "build_graph", "export_input_size", "export_onnx"]
+__all__ = [
+    "OPSET",
+    "QUERY_CHUNKS",
+    "ROW_CHUNKS",
+    "WINDOW_CHUNKS",
+    "build_graph",
+    "export_input_size",
+    "export_onnx",
+]
 
 logger = logging.getLogger("export_onnx")
 
@@ -77,6 +89,10 @@ OPSET = 17
 # Routed tokens attend in this many query chunks: at most heads x ceil(k / chunks) x k attention
 # scores exist at once for k routed tokens (cap 18500, ViT-S: 0.5 GB instead of 8.2 GB).
 QUERY_CHUNKS = 16
+# Window attention runs over this many chunks of windows, the MLPs over this many chunks of token
+# rows (at 4872 x 6017 a whole-map MLP hidden state alone takes 0.7 GB).
+WINDOW_CHUNKS = 8
+ROW_CHUNKS = 8
 # Values passed between the traced parts (backbone -> tile loop -> assembly).
 _FEATURES, _IMAGES, _NUM_TILES, _NUM_COLS, _TILES = (
     "tile_features",
@@ -125,34 +141,62 @@ def _topk_routing(scores: Tensor, max_number_token: Tensor) -> tuple[Tensor, Ten
     return index, valid, keep
 
 
-def _chunked_attention(attn: Attention, x: Tensor) -> Tensor:
-    """``attn`` (no rel-pos) over ``x [1, k, C]`` in ``QUERY_CHUNKS`` chunks of queries."""
+def _in_chunks(fn: Callable[[Tensor], Tensor], x: Tensor, dim: int, chunks: int) -> Tensor:
+    """``fn`` over ``chunks`` equal slices of ``x`` along ``dim``, concatenated: only one
+    slice's intermediates exist at a time. ``x`` is zero-padded along ``dim`` to a multiple of
+    ``chunks`` (``fn``'s outputs for the padding are dropped), so that no slice is empty
+    whatever the traced size."""
+    size = x.shape[dim]
+    filler = x.new_zeros((*x.shape[:dim], (-size) % chunks, *x.shape[dim + 1 :]))
+    padded = torch.cat([x, filler], dim)
+    step = padded.shape[dim] // chunks
+    lead = (slice(None),) * dim
+    parts = [fn(padded[(*lead, slice(i * step, (i + 1) * step))]) for i in range(chunks)]
+    return torch.cat(parts, dim)[(*lead, slice(0, size))]
+
+
+def _global_attention(attn: Attention, x: Tensor) -> Tensor:
+    """``attn`` (no rel-pos) over ``x [1, k, C]``, queries in ``QUERY_CHUNKS`` chunks."""
     _, k, C = x.shape
     heads = attn.num_heads
     # [1, k, 3C] -> [1, k, 3, heads, d] -> 3 x [1, heads, k, d]
     q, key, value = attn.qkv(x).reshape(1, k, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
-    bounds = [k * i // QUERY_CHUNKS for i in range(QUERY_CHUNKS + 1)]
-    out = torch.cat(
-        [
-            F.scaled_dot_product_attention(q[:, :, lo:hi], key, value)
-            for lo, hi in zip(bounds, bounds[1:])
-        ],
+    out = _in_chunks(
+        lambda queries: F.scaled_dot_product_attention(queries, key, value),
+        q,
         dim=2,
+        chunks=QUERY_CHUNKS,
     )
     return attn.proj(out.transpose(1, 2).reshape(1, k, C))  # [1, heads, k, d] -> [1, k, C]
 
 
-def _routed_block(block: Block, x: Tensor, index: Tensor, valid: Tensor) -> Tensor:
-    """:meth:`Block.forward` of a routed block in inference (:meth:`Block.forward_sparse`), with
+def _window_attention(block: Block, x: Tensor) -> Tensor:
+    """:meth:`Block.attend` of a window block, windows in ``WINDOW_CHUNKS`` chunks."""
+    H, W = x.shape[1], x.shape[2]
+    windows, pad_hw = window_partition(x, block.window_size)
+    out = _in_chunks(block.attn, windows, dim=0, chunks=WINDOW_CHUNKS)
+    return window_unpartition(out, block.window_size, pad_hw, (H, W))
+
+
+def _routed_update(block: Block, x: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+    """The attention branch of a routed block in inference (:meth:`Block.forward_sparse`), with
     the routed tokens given by ``index [1, k]`` (``valid`` ``[1, k, 1]`` marks the real ones)."""
     _, H, W, C = x.shape
     update = block.efficient_block(x).reshape(1, H * W, C)
     gather = index.unsqueeze(-1).expand(-1, -1, C)  # [1, k, C]
     routed = x.reshape(1, H * W, C).gather(1, gather)
-    attended = block.drop_path(_chunked_attention(block.attn, block.norm1(routed)))
+    attended = block.drop_path(_global_attention(block.attn, block.norm1(routed)))
     attended = torch.where(valid > 0, attended, update.gather(1, gather))
-    x = x + update.scatter(1, gather, attended).reshape(1, H, W, C)
-    x = x + block.drop_path(block.mlp(block.norm2(x)))
+    return update.scatter(1, gather, attended).reshape(1, H, W, C)
+
+
+def _block(block: Block, x: Tensor, attention: Tensor) -> Tensor:
+    """:meth:`Block.forward` given its attention branch ``[1, H, W, C]``; the MLP runs over
+    ``ROW_CHUNKS`` chunks of token rows."""
+    x = x + attention
+    x = x + _in_chunks(
+        lambda rows: block.drop_path(block.mlp(block.norm2(rows))), x, dim=1, chunks=ROW_CHUNKS
+    )
     if block.use_residual_block:
         # channels-last -> channels-first for the conv block, and back
         x = block.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -166,26 +210,34 @@ class _BackboneGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: Tensor, trimap: Tensor, max_number_token: Tensor) -> tuple:
-        model, backbone = self.model, self.model.backbone
-        _, _, height, width = shape_as_tensor(image)
-        padded_h, padded_w = _padded_hw(height, width, model.size_divisibility)
+    def normalized(self, image: Tensor, trimap: Tensor, height: Tensor, width: Tensor) -> Tensor:
+        """Normalised RGB + trimap ``[1, 4, height, width]``, zero-padded (after normalisation)."""
+        model = self.model
         images = torch.cat([(image - model.pixel_mean) / model.pixel_std, trimap], dim=1)
-        images = F.pad(images, (0, padded_w - width, 0, padded_h - height))
-        x = backbone.embed(images)
+        return F.pad(images, (0, width - image.shape[3], 0, height - image.shape[2]))
+
+    def forward(self, image: Tensor, trimap: Tensor, max_number_token: Tensor) -> tuple:
+        backbone = self.model.backbone
+        _, _, height, width = shape_as_tensor(image)
+        padded_h, padded_w = _padded_hw(height, width, self.model.size_divisibility)
+        x = backbone.embed(self.normalized(image, trimap, padded_h, padded_w))
         _, h, w, C = x.shape
         keeps, scores = [], []
         routers = iter(backbone.routers)
         for block in backbone.blocks:
-            if not block.use_efficient_block:
-                x = block(x)
-                continue
-            score = next(routers)(x.reshape(1, h * w, C))
-            index, valid, keep = _topk_routing(score, max_number_token)
-            x = _routed_block(block, x, index, valid)
-            keeps.append(keep.reshape(1, h, w, 1))
-            scores.append(score.reshape(1, h, w, 2))
+            if block.use_efficient_block:
+                score = next(routers)(x.reshape(1, h * w, C))
+                index, valid, keep = _topk_routing(score, max_number_token)
+                x = _block(block, x, _routed_update(block, x, index, valid))
+                keeps.append(keep.reshape(1, h, w, 1))
+                scores.append(score.reshape(1, h, w, 2))
+            elif block.window_size:
+                x = _block(block, x, block.drop_path(_window_attention(block, block.norm1(x))))
+            else:
+                x = _block(block, x, block.drop_path(block.attend(block.norm1(x))))
         # The decoder tiles read zeros beyond the padded input (decode_patches' zero_padded_crop).
+        # The input is normalised again here rather than kept: one image-sized tensor less
+        # during the backbone.
         stride = backbone.patch_embed.proj.stride[0]
         tile_h = _ceil_div(padded_h, DECODER_PATCH) * DECODER_PATCH
         tile_w = _ceil_div(padded_w, DECODER_PATCH) * DECODER_PATCH
@@ -193,7 +245,7 @@ class _BackboneGraph(nn.Module):
             x.permute(0, 3, 1, 2),  # [1, h, w, C] -> [1, C, h, w]
             (0, (tile_w - padded_w) // stride, 0, (tile_h - padded_h) // stride),
         )
-        images = F.pad(images, (0, tile_w - padded_w, 0, tile_h - padded_h))
+        images = self.normalized(image, trimap, tile_h, tile_w)
         num_cols = _ceil_div(width, DECODER_PATCH)
         num_tiles = _ceil_div(height, DECODER_PATCH) * num_cols
         return (features, images, num_tiles, num_cols, *keeps, *scores)
