@@ -162,16 +162,52 @@ def test_hf_architecture_becomes_config_overrides(tiny_hf_folder, tmp_path):
         metadata = file.metadata()
     assert metadata["source_format"] == "huggingface"
     assert metadata["architecture"] == " ".join(weights.overrides)
-    # The hub's small model is exactly configs/ViTMatte_S_Com.py.
-    small = {"model_type": "vitmatte", "backbone_config": {"model_type": "vitdet", **HF_SMALL}}
-    cfg = LazyConfig.load(str(VITMATTE_S))
+
+
+def _published(hidden_size: int, backbone: dict) -> dict:
+    """A config.json as published on the hub (hustvl/vitmatte-*): only non-default fields."""
+    return {
+        "architectures": ["VitMatteForImageMatting"],
+        "backbone_config": {
+            **backbone,
+            "image_size": 512,
+            "model_type": "vitdet",
+            "num_channels": 4,
+            "out_features": ["stage12"],
+            "out_indices": [12],
+            "residual_block_indices": [2, 5, 8, 11],
+            "use_relative_position_embeddings": True,
+            "window_block_indices": [0, 1, 3, 4, 6, 7, 9, 10],
+            "window_size": 14,
+        },
+        "convstream_hidden_sizes": [48, 96, 192],
+        "fusion_hidden_sizes": [256, 128, 64, 32],
+        "hidden_size": hidden_size,
+        "initializer_range": 0.02,
+        "model_type": "vitmatte",
+        "torch_dtype": "float32",
+    }
+
+
+@pytest.mark.parametrize(
+    ("published", "config"),
+    [
+        (_published(384, {"hidden_size": 384, "num_attention_heads": 6}), VITMATTE_S),
+        (_published(768, {}), REPO_ROOT / "configs" / "ViTMatte_B_Com.py"),  # ViT-B: defaults
+    ],
+    ids=["small", "base"],
+)
+def test_published_hub_configs_are_the_vitmatte_configs(published, config):
     converted = LazyConfig.apply_overrides(
-        LazyConfig.load(str(VITMATTE_S)), hf_config_overrides(small)
+        LazyConfig.load(str(VITMATTE_S)), hf_config_overrides(published)
     )
     with torch.device("meta"):
-        models = [instantiate(c.model) for c in (cfg, converted)]
-    assert str(models[0]) == str(models[1])
-    shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in models]
+        ours, expected = (
+            instantiate(converted.model),
+            instantiate(LazyConfig.load(str(config)).model),
+        )
+    assert str(ours) == str(expected)
+    shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in (ours, expected)]
     assert shapes[0] == shapes[1]
 
 
