@@ -171,11 +171,12 @@ def test_vitmatte_exports_with_relative_position_in_global_blocks():
     import onnxruntime as ort
 
     model = build_tiny_mematte().eval()
-    model.backbone = randomize_(tiny_vit(use_routing=False)).eval()
+    # Rel-pos tables of a 32 x 32 grid (512 px), as ViTMatte-S: a grid the export could take.
+    model.backbone = randomize_(tiny_vit(use_routing=False, img_size=512)).eval()
     to_lean(model)
     session = ort.InferenceSession(build_graph(model).SerializeToString())
     assert {value.name for value in session.get_inputs()} == {"image", "trimap"}
-    for hw in ((64, 64), (224, 224), (600, 530)):  # grid 4 = the rel-pos tables' grid
+    for hw in ((64, 64), (512, 512), (600, 530), (1024, 768)):  # 512: the tables' own grid
         batch = make_batch(1, *hw, seed=1)
         ours = run_session(session, batch["image"], batch["trimap"], 0)
         reference = torch_forward(model, batch["image"], batch["trimap"], None)

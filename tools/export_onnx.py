@@ -297,19 +297,28 @@ class _AssemblyGraph(nn.Module):
 
 
 def export_input_size(model: MEMatte) -> tuple[int, int]:
-    """``(H, W)`` of the tracing input: off the padding grid, with a token grid that needs
-    window padding and differs from the position-embedding grid, so that every shape branch of
-    the reference forward takes its general (size-independent) side."""
+    """``(H, W)`` of the tracing input: off the padding grid, with token-grid sides that need
+    window padding and differ from the grids of the position embedding and of the global
+    rel-pos tables, so that every shape branch of the reference forward takes its general
+    (size-independent) side for both axes."""
     backbone: ViT = model.backbone
     patch = backbone.patch_embed.proj.stride[0]
     windows = {block.window_size for block in backbone.blocks if block.window_size}
-    pretrain_grid = int(backbone.pos_embed.shape[1] ** 0.5) if backbone.pos_embed is not None else 0
+    # grids that a resize branch compares with: the position embedding's, the rel-pos tables'
+    special = {
+        (block.attn.rel_pos_h.shape[0] + 1) // 2
+        for block in backbone.blocks
+        if block.attn.use_rel_pos
+    }
+    if backbone.pos_embed is not None:
+        special.add(int((backbone.pos_embed.shape[1] - backbone.pretrain_use_cls_token) ** 0.5))
     step = model.size_divisibility // patch  # the padded grid moves in these steps
-    grid = step * -(-_MIN_EXPORT_GRID // step)
-    while grid == pretrain_grid or any(grid % window == 0 for window in windows):
+    grids, grid = [], step * -(-_MIN_EXPORT_GRID // step)
+    while len(grids) < 2:  # two different sides, each taking the general branches
+        if grid not in special and all(grid % window for window in windows):
+            grids.append(grid)
         grid += step
-    side = grid * patch - patch // 2  # off the padding grid: padded up to grid * patch
-    return side, side + step * patch
+    return tuple(g * patch - patch // 2 for g in grids)  # off the padding grid: padded up
 
 
 def _trace(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], axes: dict):
