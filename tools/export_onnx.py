@@ -14,7 +14,8 @@ The graph is the whole inference forward for one image (batch 1), with dynamic h
 - the backbone, with inference routing as the official code: argmax of each router, then the
   ``max_number_token`` tokens of largest margin ``s0 - s1``. The routed tokens are taken with
   ``TopK`` on the margin, attend among themselves (in ``QUERY_CHUNKS`` query chunks) and are
-  written back with ``ScatterElements``; every other token gets the LTRM;
+  written back with ``ScatterElements``; every other token gets the LTRM. Window attention and
+  the MLPs run in chunks too (``WINDOW_CHUNKS``, ``ROW_CHUNKS``) to bound the activations;
 - the official patch decoder: an ONNX ``Loop`` over the 512 px tiles, each decoded with its 64 px
   context (:meth:`MEMatte.decode_patches`), so decoder memory stays that of one tile;
 - outputs ``phas`` ``[1, 1, H, W]`` (alpha in [0, 1], known regions not forced), and per routed
