@@ -1,7 +1,7 @@
 """Convert ViTMatte weights between the official layout, safetensors and Hugging Face transformers.
 
 Usage:
-    python pretrained/convert.py SRC DST [--trust-checkpoint]
+    python pretrained/convert.py SRC DST [--trust-checkpoint] [--config-file CFG [key=value ...]]
 
 SRC is one of:
 
@@ -12,15 +12,19 @@ SRC is one of:
 - a hub id (``hustvl/vitmatte-small-composition-1k``), downloaded with ``huggingface_hub`` into
   its cache and then read as such a folder.
 
-DST is a ``.pth`` (``{"model": state_dict}``, the official layout) or a ``.safetensors`` file (the
+DST is a ``.pth`` (``{"model": state_dict}``, the official layout), a ``.safetensors`` file (the
 same keys; its metadata records the source, the source format and, for Hugging Face sources, the
-architecture as config overrides). Files are written atomically.
+architecture as config overrides), or a folder: a transformers ``save_pretrained`` folder
+(``config.json`` + ``model.safetensors``) whose architecture is that of ``--config-file`` (a
+ViTMatte config, e.g. ``configs/ViTMatte_S_Com.py``, with overrides), which the weights must fit.
+Files are written atomically.
 
 Hugging Face keys are renamed to the official ones (the inverse of transformers'
-``convert_vitmatte_to_hf.py``: :func:`hf_to_official_key`). The architecture is read from
-``config.json`` and expressed as overrides of ``configs/ViTMatte_S_Com.py``
-(:func:`hf_config_overrides`); a field the project's ViT and decoder cannot express (another
-activation, dropout, 3 input channels, ...) is refused with its name.
+``convert_vitmatte_to_hf.py``: :func:`hf_to_official_key`, and :func:`official_to_hf_key` back).
+The architecture is read from ``config.json`` and expressed as overrides of
+``configs/ViTMatte_S_Com.py`` (:func:`hf_config_overrides`); a field the project's ViT and decoder
+cannot express (another activation, dropout, 3 input channels, ...) is refused with its name, as
+is a config that transformers' VitMatte cannot express (:func:`hf_config`: routing on, ...).
 
 ``.pth`` and ``pytorch_model.bin`` files are read with ``weights_only=True``; a file that also
 pickles other objects is refused unless ``--trust-checkpoint``.
@@ -29,18 +33,21 @@ pickles other objects is refused unless ``--trust-checkpoint``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import huggingface_hub
+import hydra.utils
 import safetensors.torch
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 # Running as `python pretrained/convert.py` puts pretrained/ (not the repository root) on
 # sys.path; add the root so that the repository's packages import.
@@ -54,6 +61,7 @@ from engine.checkpoint import (  # noqa: E402
     add_trust_checkpoint_argument,
     load_checkpoint,
 )
+from engine.config import LazyConfig, instantiate  # noqa: E402
 from utils.file_io import atomic_write  # noqa: E402
 
 __all__ = [
@@ -61,10 +69,12 @@ __all__ = [
     "LoadedWeights",
     "UnsupportedArchitectureError",
     "convert",
+    "hf_config",
     "hf_config_overrides",
     "hf_to_official_key",
     "load_weights",
     "official_to_hf_key",
+    "save_hf_folder",
     "save_weights",
 ]
 
@@ -133,6 +143,14 @@ _VITMATTE_FIXED = {
     "batch_norm_eps": (1e-5, 1e-5),
 }
 _VITMATTE_HIDDEN_SIZE_DEFAULT = 384
+# Config values (under ``model.``) that transformers' VitMatte has no setting for: the one it has.
+_CONFIG_FIXED = {
+    "backbone.use_routing": False,  # no routers, no LTRMs
+    "backbone.in_chans": 4,
+    "backbone.pretrain_use_cls_token": True,
+    "decoder.img_chans": 4,
+}
+HF_WEIGHTS_FILE = "model.safetensors"
 _SQUARE_FIELDS = ("image_size", "pretrain_image_size", "patch_size")
 
 
@@ -243,6 +261,51 @@ def hf_config_overrides(config: Mapping[str, Any]) -> list[str]:
     for name, (key, default) in _VITMATTE_FIELDS.items():
         overrides.append(f"model.{key}={list(config.get(name, default))!r}")
     return overrides
+
+
+def _config_value(model: DictConfig, key: str) -> Any:
+    """``model.<key>`` of a config, resolved; the constructor's default where the config does
+    not set it (``backbone.pretrain_img_size`` -> ``ViT``'s 224)."""
+    node_key, _, name = key.rpartition(".")
+    node = OmegaConf.select(model, node_key)
+    if name in node:
+        value = OmegaConf.select(node, name)
+        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    target = hydra.utils.get_object(node["_target_"])
+    return inspect.signature(target).parameters[name].default
+
+
+def hf_config(model: DictConfig) -> dict[str, Any]:
+    """transformers' ``config.json`` for the ``model`` node of a ViTMatte config: the inverse of
+    :func:`hf_config_overrides`.
+
+    Raises:
+        UnsupportedArchitectureError: a config value transformers' VitMatte cannot express
+            (routing on, other input channels, ...); the message names the config key.
+    """
+    for key, required in _CONFIG_FIXED.items():
+        value = _config_value(model, key)
+        if value != required:
+            raise UnsupportedArchitectureError(
+                f"model.{key}={value!r}: transformers' VitMatte only has {required!r}"
+            )
+    backbone = {name: _config_value(model, key) for name, (key, _) in _VITDET_FIELDS.items()}
+    backbone["window_block_indices"] = list(backbone["window_block_indices"])
+    backbone["residual_block_indices"] = list(backbone["residual_block_indices"])
+    depth = backbone["num_hidden_layers"]
+    backbone.update(
+        {name: required for name, (required, _) in _VITDET_FIXED.items()},
+        out_features=[f"stage{depth}"],
+        out_indices=[depth],
+    )
+    config = {name: required for name, (required, _) in _VITMATTE_FIXED.items()}
+    config.update(
+        {name: list(_config_value(model, key)) for name, (key, _) in _VITMATTE_FIELDS.items()},
+        architectures=["VitMatteForImageMatting"],
+        hidden_size=backbone["hidden_size"],
+        backbone_config=backbone,
+    )
+    return config
 
 
 def _read_hf_state_dict(folder: Path, *, trusted: bool) -> dict[str, torch.Tensor]:
@@ -371,10 +434,69 @@ def save_weights(weights: LoadedWeights, destination: str | Path) -> None:
         )
 
 
-def convert(source: str | Path, destination: str | Path, *, trusted: bool = False) -> LoadedWeights:
-    """:func:`load_weights` from ``source``, :func:`save_weights` to ``destination``."""
+def _check_fits(state: Mapping[str, torch.Tensor], model: DictConfig, config_file: str) -> None:
+    """Raise ``CheckpointError`` unless ``state`` holds exactly the weights of ``model``."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in instantiate(model).state_dict().items()}
+    problems = sorted(shapes.keys() ^ state.keys())
+    problems += [k for k in shapes.keys() & state.keys() if shapes[k] != state[k].shape]
+    if problems:
+        raise CheckpointError(
+            f"the weights do not fit {config_file} ({len(problems)} keys missing, unexpected or "
+            f"of another shape): {', '.join(problems[:8])}"
+        )
+
+
+def save_hf_folder(
+    weights: LoadedWeights, folder: str | Path, config_file: str, overrides: Sequence[str] = ()
+) -> None:
+    """Write a transformers ``save_pretrained`` folder: ``config.json`` of ``config_file``'s
+    architecture (:func:`hf_config`) and ``model.safetensors`` with transformers' key names.
+
+    Raises:
+        UnsupportedArchitectureError: a config transformers' VitMatte cannot express.
+        CheckpointError: weights that do not fit the config.
+    """
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(config_file)), list(overrides))
+    config = hf_config(cfg.model)
+    state = weights.checkpoint["model"]
+    _check_fits(state, cfg.model, config_file)
+    hf_state = {official_to_hf_key(key): value for key, value in state.items()}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = safetensors.torch.save(_independent_tensors(hf_state), metadata={"format": "pt"})
+    atomic_write(folder / HF_WEIGHTS_FILE, lambda file: file.write(data))
+    text = json.dumps(config, indent=2) + "\n"
+    atomic_write(folder / HF_CONFIG_FILE, lambda file: file.write(text.encode()))
+
+
+def convert(
+    source: str | Path,
+    destination: str | Path,
+    *,
+    trusted: bool = False,
+    config_file: str | None = None,
+    overrides: Sequence[str] = (),
+) -> LoadedWeights:
+    """:func:`load_weights` from ``source``; :func:`save_weights` to a ``.pth`` or
+    ``.safetensors`` ``destination``, :func:`save_hf_folder` to a folder (a path without a
+    suffix, or an existing folder), which needs ``config_file``."""
     weights = load_weights(source, trusted=trusted)
-    save_weights(weights, destination)
+    destination = Path(destination)
+    if destination.suffix in (PTH_SUFFIX, SAFETENSORS_SUFFIX):
+        save_weights(weights, destination)
+    elif destination.suffix and not destination.is_dir():
+        raise ValueError(
+            f"{destination}: the destination must end in {PTH_SUFFIX} or {SAFETENSORS_SUFFIX}, "
+            "or be a folder (no suffix) for a transformers save_pretrained folder"
+        )
+    elif config_file is None:
+        raise ValueError(
+            f"{destination}: a transformers folder needs --config-file (its architecture); "
+            f"other destinations end in {PTH_SUFFIX} or {SAFETENSORS_SUFFIX}"
+        )
+    else:
+        save_hf_folder(weights, destination, config_file, overrides)
     return weights
 
 
@@ -383,12 +505,24 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("source", help=".pth, .safetensors, save_pretrained folder or hub id")
-    parser.add_argument("destination", type=Path, help=".pth or .safetensors")
+    parser.add_argument(
+        "destination", type=Path, help=".pth, .safetensors or a transformers folder"
+    )
+    parser.add_argument(
+        "--config-file", help="the ViTMatte config of a transformers folder destination"
+    )
     add_trust_checkpoint_argument(parser)
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="config overrides key=value (--config-file)")
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        weights = convert(args.source, args.destination, trusted=args.trust_checkpoint)
+        weights = convert(
+            args.source,
+            args.destination,
+            trusted=args.trust_checkpoint,
+            config_file=args.config_file,
+            overrides=args.opts,
+        )
     except (FileNotFoundError, ValueError) as exc:
         logger.error("error: %s", exc)
         return 1

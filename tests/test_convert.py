@@ -329,3 +329,28 @@ def test_preprocess_of_a_transformers_folder_gives_the_mematte_s_keys(golden_dir
     assert sorted(result.unexpected_keys) == sorted(set(expected) - set(official))
     with pytest.raises(CheckpointError, match="already"):
         preprocess.convert(output, tmp_path / "again.pth")
+
+
+def test_official_weights_convert_back_to_a_transformers_folder(tiny_hf_folder, tmp_path):
+    folder, hf = tiny_hf_folder
+    official = tmp_path / "vitmatte.pth"
+    weights = convert(folder, official)
+    argv = [str(official), str(tmp_path / "back"), "--config-file", str(VITMATTE_S)]
+    assert convert_module.main([*argv, *weights.overrides]) == 0
+    reloaded, info = transformers.VitMatteForImageMatting.from_pretrained(
+        tmp_path / "back", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for key, value in hf.state_dict().items():  # bit-exact round trip
+        assert torch.equal(reloaded.state_dict()[key], value), key
+    images = torch.randn(1, 4, 96, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(images).alphas, hf(images).alphas)
+    # The architecture must be one transformers can build, and the weights must fit it.
+    mematte = str(REPO_ROOT / "configs" / "MEMatte_S_topk0.25_win_global_long.py")
+    with pytest.raises(UnsupportedArchitectureError, match="model.backbone.use_routing=True"):
+        convert(official, tmp_path / "no", config_file=mematte)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        convert(official, tmp_path / "no", config_file=str(VITMATTE_S))
+    with pytest.raises(ValueError, match="needs --config-file"):
+        convert(official, tmp_path / "no")
