@@ -9,6 +9,11 @@ Folder layout (files matched by stem, any of ``IMAGE_EXTENSIONS``)::
     alpha_dir/  a.jpg  b.png ...   alpha mattes, same size as their foreground
     bg_dir/     x.jpg  y.jpg ...   backgrounds (COCO train2014 in the official recipe)
 
+``fg_dir`` and ``alpha_dir`` may also be equally long lists of folders (several training sets
+pooled, e.g. Composition-1k, Distinctions-646 and AM-2K): the i-th alpha folder holds the mattes
+of the i-th foreground folder, stems are matched within each pair, and the pairs are pooled in
+list order.
+
 One epoch visits every background once: ``len(dataset) == number of backgrounds`` and sample
 ``idx`` uses background ``idx`` and foreground ``idx % number of foregrounds``. Both lists are
 sorted by name; with ``official_order=True`` they are in the official order instead: the
@@ -22,6 +27,7 @@ import glob
 import logging
 import operator
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +71,42 @@ def _official_foreground_names(fg_dir: str | Path, alpha_dir: str | Path) -> lis
     return names
 
 
+def _folder_list(folders: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One folder, or a sequence of them, as a list of paths."""
+    if isinstance(folders, str | Path):
+        return [Path(folders)]
+    return [Path(folder) for folder in folders]
+
+
+def _pairs_by_stem(fg_dir: Path, alpha_dir: Path, official_order: bool) -> list[tuple[Path, Path]]:
+    """(foreground, alpha) files of one folder pair sharing a stem: sorted by stem, or in the
+    official order (see the module docstring).
+
+    Raises:
+        FileNotFoundError: no stem in common.
+    """
+    fgs, alphas = list_images_by_stem(fg_dir), list_images_by_stem(alpha_dir)
+    stems = sorted(fgs.keys() & alphas.keys())
+    if not stems:
+        raise FileNotFoundError(
+            f"no foreground/alpha pair in {fg_dir} and {alpha_dir}: {len(fgs)} foreground and "
+            f"{len(alphas)} alpha images, none sharing a file stem"
+        )
+    unmatched = sorted(fgs.keys() ^ alphas.keys())
+    if unmatched:
+        logger.warning(
+            "%d foreground/alpha files without a partner in %s and %s are ignored: %s",
+            len(unmatched),
+            fg_dir,
+            alpha_dir,
+            ", ".join(unmatched[:10]),
+        )
+    if official_order:
+        paired = set(stems)
+        stems = [name for name in _official_foreground_names(fg_dir, alpha_dir) if name in paired]
+    return [(fgs[stem], alphas[stem]) for stem in stems]
+
+
 def _listdir_images(folder: str | Path) -> list[Path]:
     """The image files of ``folder`` in ``os.listdir`` order (the official background order)."""
     images = set(list_images(folder))
@@ -86,8 +128,9 @@ class DIMTrainDataset(torch.utils.data.Dataset):
     differs from its foreground raises ``BadSampleError``.
 
     Args:
-        fg_dir: folder of foreground images.
-        alpha_dir: folder of alpha mattes, matched to ``fg_dir`` by stem.
+        fg_dir: folder of foreground images, or a list of such folders (pooled).
+        alpha_dir: folder of alpha mattes, matched to ``fg_dir`` by stem; a list of as many
+            folders as ``fg_dir`` when that is a list.
         bg_dir: folder of background images.
         crop_size: side of the square training crop in pixels (official: 512).
         seed: base seed of the augmentations (non-negative).
@@ -96,14 +139,15 @@ class DIMTrainDataset(torch.utils.data.Dataset):
 
     Raises:
         FileNotFoundError: a folder is missing, has no foreground/alpha pair or no background.
-        ValueError: a negative seed.
+        ValueError: a negative seed, or ``fg_dir`` and ``alpha_dir`` list different numbers
+            of folders.
     """
 
     def __init__(
         self,
         *,
-        fg_dir: str | Path,
-        alpha_dir: str | Path,
+        fg_dir: str | Path | Sequence[str | Path],
+        alpha_dir: str | Path | Sequence[str | Path],
         bg_dir: str | Path,
         crop_size: int = 512,
         seed: int = 0,
@@ -111,30 +155,22 @@ class DIMTrainDataset(torch.utils.data.Dataset):
     ) -> None:
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
-        for folder in (fg_dir, alpha_dir, bg_dir):
+        fg_dirs, alpha_dirs = _folder_list(fg_dir), _folder_list(alpha_dir)
+        if len(fg_dirs) != len(alpha_dirs):
+            raise ValueError(
+                f"{len(fg_dirs)} foreground folders but {len(alpha_dirs)} alpha folders: "
+                "fg_dir and alpha_dir must list the folders pairwise"
+            )
+        for folder in (*fg_dirs, *alpha_dirs, bg_dir):
             if not Path(folder).is_dir():
                 raise FileNotFoundError(f"training data folder {folder} does not exist")
-        fgs, alphas = list_images_by_stem(fg_dir), list_images_by_stem(alpha_dir)
-        stems = sorted(fgs.keys() & alphas.keys())
-        if not stems:
-            raise FileNotFoundError(
-                f"no foreground/alpha pair in {fg_dir} and {alpha_dir}: {len(fgs)} foreground and "
-                f"{len(alphas)} alpha images, none sharing a file stem"
-            )
-        unmatched = sorted(fgs.keys() ^ alphas.keys())
-        if unmatched:
-            logger.warning(
-                "%d foreground/alpha files without a partner are ignored: %s",
-                len(unmatched),
-                ", ".join(unmatched[:10]),
-            )
-        if official_order:
-            paired = set(stems)
-            stems = [
-                name for name in _official_foreground_names(fg_dir, alpha_dir) if name in paired
-            ]
-        self.fg_paths = [fgs[stem] for stem in stems]
-        self.alpha_paths = [alphas[stem] for stem in stems]
+        pairs = [
+            pair
+            for dirs in zip(fg_dirs, alpha_dirs, strict=True)
+            for pair in _pairs_by_stem(*dirs, official_order)
+        ]
+        self.fg_paths = [fg for fg, _ in pairs]
+        self.alpha_paths = [alpha for _, alpha in pairs]
         self.bg_paths = _listdir_images(bg_dir) if official_order else list_images(bg_dir)
         if not self.bg_paths:
             raise FileNotFoundError(f"no background image in {bg_dir}")

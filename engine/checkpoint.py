@@ -4,9 +4,10 @@
 ``pretrained/preprocess.py``): ``torch.load(weights_only=True)``, which rebuilds only tensors and
 plain containers. A file that pickles other objects is loaded only when the caller trusts it
 (``--trust-checkpoint`` on the command lines, ``trusted=True`` in Python), since unpickling
-those objects runs code stored in the file. A checkpoint with a ``.sha256`` file next to it (the
-:class:`Checkpointer` writes one for every checkpoint, in ``sha256sum`` format) is checked against
-it first, so a corrupt file is an error instead of silently wrong weights.
+those objects runs code stored in the file. A ``.safetensors`` file (``pretrained/convert.py``)
+holds tensors only and is read as a bare state dict. A checkpoint with a ``.sha256`` file next to
+it (the :class:`Checkpointer` writes one for every checkpoint, in ``sha256sum`` format) is checked
+against it first, so a corrupt file is an error instead of silently wrong weights.
 :func:`clean_state_dict` is the one place that removes DDP's ``module.`` key prefix and, for
 inference, the distillation teacher's weights.
 
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import safetensors.torch
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
@@ -35,6 +37,7 @@ from utils.file_io import atomic_write, sha256_of_file
 __all__ = [
     "CHECKSUM_SUFFIX",
     "DDP_PREFIX",
+    "SAFETENSORS_SUFFIX",
     "TRUST_CHECKPOINT_FLAG",
     "CheckpointError",
     "Checkpointer",
@@ -52,6 +55,8 @@ LAST_CHECKPOINT_FILE = "last_checkpoint"
 # Key prefix of a state dict saved from a DistributedDataParallel-wrapped model.
 DDP_PREFIX = "module."
 TRUST_CHECKPOINT_FLAG = "--trust-checkpoint"
+# Files with this suffix are read with safetensors (tensors only, nothing to unpickle).
+SAFETENSORS_SUFFIX = ".safetensors"
 # How torch's weights-only unpickler names a refused object in its error ("... GLOBAL a.b ...").
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
 # The SHA-256 of a checkpoint file is kept in "{file}.sha256" as "<64 hex digits>  <file name>".
@@ -160,7 +165,8 @@ def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[s
     """Read a checkpoint file onto the CPU as ``{"model": state_dict, ...}``.
 
     Official (``{"model": ...}``), trainer (model, trainer state, iteration) and bare state-dict
-    files are accepted; a bare state dict comes back as ``{"model": state_dict}``.
+    files are accepted; a bare state dict, and a ``.safetensors`` file, come back as
+    ``{"model": state_dict}``.
 
     Args:
         path: the checkpoint file.
@@ -181,6 +187,8 @@ def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[s
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     verify_checksum(path)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return {"model": _load_safetensors(path)}
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -198,6 +206,14 @@ def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[s
             f"{path}: the 'model' entry is a {type(checkpoint['model']).__name__}, not a state dict"
         )
     return checkpoint
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU."""
+    try:
+        return safetensors.torch.load_file(path, device="cpu")
+    except Exception as exc:  # safetensors raises its own error type, and OSError
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
 def clean_state_dict(

@@ -8,8 +8,11 @@ Usage:
     python pretrained/preprocess.py --input pretrained/ViTMatte_S_Com.pth \
         --output pretrained/ViTMatte_S_Com_with_teacher.pth [--trust-checkpoint]
 
-The input is read with ``weights_only=True``; a file that also pickles other objects is refused
-unless ``--trust-checkpoint`` (unpickling runs code stored in the file).
+The input is any form ``pretrained/convert.py`` reads: an official ``.pth``, a ``.safetensors``
+with the official keys, a Hugging Face transformers save_pretrained folder or a hub id
+(``hustvl/vitmatte-small-composition-1k``). A ``.pth`` is read with ``weights_only=True``; a file
+that also pickles other objects is refused unless ``--trust-checkpoint`` (unpickling runs code
+stored in the file).
 """
 
 from __future__ import annotations
@@ -27,12 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from engine.checkpoint import (  # noqa: E402
-    CheckpointError,
-    add_trust_checkpoint_argument,
-    load_checkpoint,
-)
+from engine.checkpoint import CheckpointError, add_trust_checkpoint_argument  # noqa: E402
 from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX  # noqa: E402
+from pretrained.convert import load_weights  # noqa: E402
 from utils.file_io import atomic_write  # noqa: E402
 
 logger = logging.getLogger("preprocess")
@@ -55,21 +55,24 @@ def add_teacher_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def convert(input_path: Path, output_path: Path, *, trusted: bool = False) -> int:
+def convert(input_path: str | Path, output_path: Path, *, trusted: bool = False) -> int:
     """Write the converted checkpoint atomically; returns the number of teacher entries added.
 
     Args:
-        input_path: a ViTMatte checkpoint (``{"model": ...}`` with any other entries, or a bare
-            state dict), read by :func:`engine.checkpoint.load_checkpoint`.
+        input_path: ViTMatte weights in any form :func:`pretrained.convert.load_weights` reads
+            (a ``.pth`` keeps its entries other than ``model``).
         output_path: the MEMatte training checkpoint to write (the input's entries, with the
             teacher weights added to ``model``).
         trusted: also read an input that pickles objects other than tensors.
 
     Raises:
-        FileNotFoundError, CheckpointError: unreadable or untrusted input, or not a ViTMatte
-            state dict.
+        FileNotFoundError, ValueError: unreadable or untrusted input, a transformers
+            architecture this project cannot build, or not a ViTMatte state dict.
     """
-    checkpoint = load_checkpoint(input_path, trusted=trusted)
+    weights = load_weights(input_path, trusted=trusted)
+    if weights.overrides:
+        logger.info("architecture of %s: %s", input_path, " ".join(weights.overrides))
+    checkpoint = weights.checkpoint
     try:
         model = add_teacher_weights(dict(checkpoint["model"]))
     except CheckpointError as exc:
@@ -81,7 +84,11 @@ def convert(input_path: Path, output_path: Path, *, trusted: bool = False) -> in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=Path("pretrained/ViTMatte_S_Com.pth"))
+    parser.add_argument(
+        "--input",
+        default="pretrained/ViTMatte_S_Com.pth",
+        help=".pth, .safetensors, Hugging Face save_pretrained folder or hub id",
+    )
     parser.add_argument(
         "--output", type=Path, default=Path("pretrained/ViTMatte_S_Com_with_teacher.pth")
     )
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         added = convert(args.input, args.output, trusted=args.trust_checkpoint)
-    except (FileNotFoundError, CheckpointError) as exc:
+    except (FileNotFoundError, ValueError) as exc:
         logger.error("error: %s", exc)
         return 1
     logger.info("wrote %s (%d teacher_backbone entries added)", args.output, added)

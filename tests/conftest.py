@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from modeling import DetailCapture, MattingCriterion, MEMatte, ViT
+from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -110,3 +111,24 @@ def make_batch(batch: int, height: int, width: int, seed: int = 0, train: bool =
         "fg": image.clone(),
         "bg": torch.rand(batch, 3, height, width, generator=gen),
     }
+
+
+def read_manifest(path: Path) -> dict[str, list[int]]:
+    """A key manifest of ``../shared/golden`` (``key [d0,d1,...]`` per line) as key -> shape."""
+    entries = {}
+    for line in path.read_text().splitlines():
+        key, shape = line.split(" ", 1)
+        entries[key] = [int(s) for s in shape.strip("[]").split(",") if s]
+    return entries
+
+
+def official_vitmatte_shapes(manifest: Path) -> dict[str, list[int]]:
+    """ViTMatte's state dict from a MEMatte manifest: the teacher's entries as ``backbone.*`` and
+    the decoder's, i.e. what the official ``ViTMatte_{S,B}_Com.pth`` hold."""
+    shapes = {}
+    for key, shape in read_manifest(manifest).items():
+        if key.startswith(TEACHER_PREFIX):
+            shapes[BACKBONE_PREFIX + key.removeprefix(TEACHER_PREFIX)] = shape
+        elif key.startswith("decoder."):
+            shapes[key] = shape
+    return shapes

@@ -26,6 +26,7 @@ TINY_OVERRIDES = [
 RESULT_KEYS = {
     "model",
     "variant",
+    "backend",
     "size",
     "device",
     "device_name",

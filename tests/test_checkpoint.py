@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from torch import nn
 from untrusted import save_untrusted_checkpoint
@@ -119,6 +120,17 @@ def test_checkpointer_loads_pickled_objects_only_when_trusted(tmp_path: Path) ->
     Checkpointer(model, trusted=True).load(str(path))
     assert marker.is_dir()
     assert torch.equal(model.weight, source["weight"])
+
+
+def test_safetensors_files_read_as_bare_state_dicts(tmp_path: Path) -> None:
+    state = _state()
+    safetensors.torch.save_file(state, tmp_path / "weights.safetensors")
+    checkpoint = load_checkpoint(tmp_path / "weights.safetensors")
+    assert set(checkpoint) == {"model"}
+    assert all(torch.equal(checkpoint["model"][k], v) for k, v in state.items())
+    (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(CheckpointError, match="broken.safetensors: not a readable safetensors"):
+        load_checkpoint(tmp_path / "broken.safetensors")
 
 
 # --- integrity ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIG_B, CONFIG_S
+from conftest import CONFIG_B, CONFIG_S, read_manifest
 
 from engine.config import LazyConfig, instantiate
 from modeling.backbone.attention import softmax_with_policy
@@ -21,14 +21,6 @@ SMALL_MODEL_OVERRIDES = [
     "model.decoder.in_chans=96",
     "model.teacher_backbone=None",
 ]
-
-
-def _manifest(path):
-    entries = {}
-    for line in path.read_text().splitlines():
-        key, shape = line.split(" ", 1)
-        entries[key] = [int(s) for s in shape.strip("[]").split(",") if s]
-    return entries
 
 
 def _state_dict_shapes(config, overrides=()):
@@ -48,7 +40,7 @@ def _state_dict_shapes(config, overrides=()):
     ],
 )
 def test_state_dict_matches_official_manifest(golden_dir, config, manifest, overrides):
-    assert _state_dict_shapes(config, overrides) == _manifest(golden_dir / manifest)
+    assert _state_dict_shapes(config, overrides) == read_manifest(golden_dir / manifest)
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,22 @@ seeded image and trimap (an ellipse with a ~5 % unknown ring), runs ``--warmup``
   traced with the real input so the actual routed tokens are counted, with a handle for
   ``aten::scaled_dot_product_attention``; the decoder is counted per distinct tile.
 
+``--backends torch onnxruntime`` also measures the model exported by ``tools/export_onnx.py``
+(the same seeded weights, exported once per variant before the workers start) under onnxruntime
+(float32, ``--threads`` intra-op threads): wall time, peak memory and routed tokens as above; the
+graph has no backbone/decoder split and no FLOP count.
+
 JSON schema (``--json``)::
 
     {"schema": "mematte-benchmark/1", "created": ISO-8601, "argv": [...],
      "results": [{
-        "model": "S", "variant": "mematte" | "vitmatte", "size": [H, W],
+        "model": "S", "variant": "mematte" | "vitmatte", "backend": "torch" | "onnxruntime",
+        "size": [H, W],
         "device": "cpu" | "cuda", "device_name": str, "precision": "fp32" | "bf16" | "fp16",
         "torch": str, "threads": int, "repeats": int, "warmup": int, "tokens": int (per image),
         "max_number_token": int | null, "routed_tokens": [int per routed block],
-        "time_s": {"median": float, "runs": [float], "backbone": float, "decoder": float,
-                   "cpu": float (process CPU seconds per run, median)},
+        "time_s": {"median": float, "runs": [float], "backbone": float | null,
+                   "decoder": float | null, "cpu": float (process CPU seconds per run, median)},
         "memory_mib": {"peak": float, "before": float, "increment": float},
         "gflops": {"total": float, "backbone": float, "decoder": float} | null,
         "vs_fp32": {"alpha_max_abs_diff": float, "alpha_mean_abs_diff": float,
@@ -43,15 +49,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,11 +83,16 @@ from utils.memory import (  # noqa: E402
 from utils.token_budget import auto_max_number_token  # noqa: E402
 
 SCHEMA = "mematte-benchmark/1"
+# (model size, variant) -> config; the ViTMatte configs are the MEMatte ones with routing off.
 CONFIGS = {
-    "S": "configs/MEMatte_S_topk0.25_win_global_long.py",
-    "B": "configs/MEMatte_B_topk0.25_win_global_long.py",
+    ("S", "mematte"): "configs/MEMatte_S_topk0.25_win_global_long.py",
+    ("B", "mematte"): "configs/MEMatte_B_topk0.25_win_global_long.py",
+    ("S", "vitmatte"): "configs/ViTMatte_S_Com.py",
+    ("B", "vitmatte"): "configs/ViTMatte_B_Com.py",
 }
+MODEL_SIZES = ("S", "B")
 VARIANTS = ("mematte", "vitmatte")
+BACKENDS = ("torch", "onnxruntime")
 MIB = 2**20
 # Synthetic trimap: an ellipse with semi-axes 0.35 H x 0.30 W and an unknown ring of this area.
 ELLIPSE_AXES = (0.35, 0.30)
@@ -122,12 +137,9 @@ def make_inputs(height: int, width: int, seed: int = 0) -> dict[str, Tensor]:
 
 
 def build_model(model_size: str, variant: str, overrides: list[str], seed: int) -> nn.Module:
-    """MEMatte (or the ViTMatte variant: routing off) in eval mode with seeded random weights."""
-    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[model_size]))
-    all_overrides = ["model.teacher_backbone=None", *overrides]
-    if variant == "vitmatte":
-        all_overrides.append("model.backbone.use_routing=False")
-    LazyConfig.apply_overrides(cfg, all_overrides)
+    """MEMatte (or ViTMatte: its config, routing off) in eval mode with seeded random weights."""
+    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[model_size, variant]))
+    LazyConfig.apply_overrides(cfg, ["model.teacher_backbone=None", *overrides])
     torch.manual_seed(seed)
     return instantiate(cfg.model).eval()
 
@@ -305,14 +317,7 @@ def run_worker(spec: dict) -> dict:
     patch = backbone.patch_embed.proj.kernel_size[0]
     Hp, Wp = padded_size((H, W), model.size_divisibility)
     tokens = (Hp // patch) * (Wp // patch)
-    cap = None
-    if spec["variant"] == "mematte":
-        if spec["max_number_token"] == "auto":
-            cap = auto_max_number_token(model, (H, W), device)
-        elif spec["max_number_token"] is not None:
-            cap = int(spec["max_number_token"])
-        else:
-            cap = int(spec["cap_ratio"] * tokens)
+    cap = resolve_cap(spec, tokens, lambda: auto_max_number_token(model, (H, W), device))
     backbone.max_number_token = cap
     batch = {k: v.to(device) for k, v in make_inputs(H, W, spec["seed"]).items()}
     timer = _StageTimer(model, device)
@@ -342,7 +347,7 @@ def run_worker(spec: dict) -> dict:
     del out
     gflops = count_gflops(model, batch) if spec["flops"] else None
     return {
-        **{k: spec[k] for k in ("model", "variant", "size", "device", "precision")},
+        **{k: spec[k] for k in ("model", "variant", "backend", "size", "device", "precision")},
         **{k: spec[k] for k in ("repeats", "warmup")},
         "device_name": device_name,
         "torch": torch.__version__,
@@ -360,6 +365,91 @@ def run_worker(spec: dict) -> dict:
         "memory_mib": {"peak": peak, "before": before, "increment": peak - before},
         "gflops": gflops,
         "vs_fp32": vs_fp32,
+        "load_avg": load_avg,
+        "malloc_pinned": malloc_pinned,
+        "status": "ok",
+        "error": None,
+    }
+
+
+def resolve_cap(spec: dict, tokens: int, auto: Callable[[], int] | None) -> int | None:
+    """The token cap of a measurement: none for ViTMatte; ``auto()`` for ``auto``; else the
+    absolute ``max_number_token`` or ``cap_ratio`` of the tokens.
+
+    Raises:
+        ValueError: ``auto`` where there is no rule for it (onnxruntime).
+    """
+    if spec["variant"] != "mematte":
+        return None
+    if spec["max_number_token"] == "auto":
+        if auto is None:
+            raise ValueError("the 'auto' cap models the PyTorch forward; give an integer cap")
+        return auto()
+    if spec["max_number_token"] is not None:
+        return int(spec["max_number_token"])
+    return int(spec["cap_ratio"] * tokens)
+
+
+def export_for_onnxruntime(spec: dict, folder: Path) -> Path:
+    """The ONNX graph of the measured model (its seeded random weights), written to ``folder``."""
+    from tools.export_onnx import build_graph
+
+    model = build_model(spec["model"], spec["variant"], spec["overrides"], spec["seed"])
+    path = folder / f"{spec['model']}_{spec['variant']}.onnx"
+    path.write_bytes(build_graph(model).SerializeToString())
+    return path
+
+
+def run_onnxruntime_worker(spec: dict) -> dict:
+    """:func:`run_worker` for the onnxruntime backend: the exported graph at ``onnx_path``."""
+    from engine.onnx_predictor import OnnxMattingPredictor
+
+    if spec["precision"] != "fp32":
+        raise ValueError("onnxruntime runs the exported float32 graph only")
+    malloc_pinned = spec["pin_malloc"] and configure_malloc()
+    H, W = spec["size"]
+    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[spec["model"], spec["variant"]]))
+    LazyConfig.apply_overrides(cfg, spec["overrides"])
+    Hp, Wp = padded_size((H, W), cfg.model.size_divisibility)
+    patch = cfg.model.backbone.patch_size
+    tokens = (Hp // patch) * (Wp // patch)
+    cap = resolve_cap(spec, tokens, auto=None)
+    predictor = OnnxMattingPredictor(
+        spec["onnx_path"], device=spec["device"], max_number_token=cap, threads=spec["threads"]
+    )
+    batch = make_inputs(H, W, spec["seed"])
+    image = (batch["image"][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    trimap = (batch["trimap"][0, 0] * 255).round().to(torch.uint8).numpy()
+    del batch
+    runs, cpu = [], []
+    before = current_memory_bytes("cpu") / MIB
+    load_avg = list(os.getloadavg())
+    for i in range(spec["warmup"] + spec["repeats"]):
+        t0, c0 = time.perf_counter(), time.process_time()
+        _, routing = predictor(image, trimap, return_routing=True)
+        if i >= spec["warmup"]:
+            runs.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    peak = peak_memory_bytes("cpu") / MIB
+    return {
+        **{k: spec[k] for k in ("model", "variant", "backend", "size", "device", "precision")},
+        **{k: spec[k] for k in ("repeats", "warmup")},
+        "device_name": f"{cpu_name()}, {predictor.session.get_providers()[0]}",
+        "torch": torch.__version__,
+        "threads": spec["threads"] or os.cpu_count(),
+        "tokens": tokens,
+        "max_number_token": cap,
+        "routed_tokens": [int(keep.sum()) for keep in routing.keep],
+        "time_s": {
+            "median": statistics.median(runs),
+            "runs": runs,
+            "backbone": None,
+            "decoder": None,
+            "cpu": statistics.median(cpu),
+        },
+        "memory_mib": {"peak": peak, "before": before, "increment": peak - before},
+        "gflops": None,
+        "vs_fp32": None,
         "load_avg": load_avg,
         "malloc_pinned": malloc_pinned,
         "status": "ok",
@@ -385,13 +475,17 @@ def run_in_subprocess(spec: dict, timeout: float | None, script: Path = Path(__f
 def markdown_table(results: list[dict]) -> str:
     """One row per result: configuration, routed tokens, times, memory, GFLOPs, allocator."""
     header = (
-        "| model | variant | input (HxW) | device | precision | cap | routed tokens per block "
-        "| wall s (median) | backbone s | decoder s | peak MiB | increment MiB | GFLOPs | malloc |"
+        "| model | variant | backend | input (HxW) | device | precision | cap "
+        "| routed tokens per block | wall s (median) | backbone s | decoder s | peak MiB "
+        "| increment MiB | GFLOPs | malloc |"
     )
-    lines = [header, "|" + " --- |" * 14]
+    lines = [header, "|" + " --- |" * 15]
     for r in results:
         size = "x".join(str(s) for s in r["size"])
-        head = f"| {r['model']} | {r['variant']} | {size} | {r['device']} | {r['precision']} "
+        head = (
+            f"| {r['model']} | {r['variant']} | {r['backend']} | {size} | {r['device']} "
+            f"| {r['precision']} "
+        )
         if r["status"] != "ok":
             lines.append(head + f"| error: {r['error']} |" + " |" * 9)
             continue
@@ -399,9 +493,10 @@ def markdown_table(results: list[dict]) -> str:
         cap = r["max_number_token"] if r["max_number_token"] is not None else "-"
         routed = " / ".join(str(n) for n in r["routed_tokens"]) or f"all {r['tokens']}"
         gflops = f"{r['gflops']['total']:.0f}" if r["gflops"] else "-"
+        stages = [f"{t[k]:.2f}" if t[k] is not None else "-" for k in ("backbone", "decoder")]
         lines.append(
-            head + f"| {cap} | {routed} | {t['median']:.2f} | {t['backbone']:.2f} "
-            f"| {t['decoder']:.2f} | {m['peak']:.0f} | {m['increment']:.0f} | {gflops} "
+            head + f"| {cap} | {routed} | {t['median']:.2f} | {stages[0]} "
+            f"| {stages[1]} | {m['peak']:.0f} | {m['increment']:.0f} | {gflops} "
             f"| {'pinned' if r['malloc_pinned'] else 'default'} |"
         )
     return "\n".join(lines) + "\n"
@@ -412,7 +507,14 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(1024, 1024)])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["mematte"])
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="S")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=["torch"],
+        help="onnxruntime: the graph of tools/export_onnx.py",
+    )
+    parser.add_argument("--model", choices=MODEL_SIZES, default="S")
     parser.add_argument("--devices", nargs="+", default=["cpu"])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--cap-ratio", type=float, default=0.25, help="cap / tokens (mematte)")
@@ -421,7 +523,9 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, help="torch / onnxruntime threads (default: their choice)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
     parser.add_argument(
@@ -436,35 +540,44 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(run_worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        worker = run_onnxruntime_worker if spec["backend"] == "onnxruntime" else run_worker
+        print(json.dumps(worker(spec)))
         return
     cap = args.max_number_token
     if cap is not None and cap != "auto":
         cap = int(cap)
     results = []
-    for size in args.sizes:
-        for variant in args.variants:
-            for device in args.devices:
-                for precision in args.precisions or ["fp32"]:
-                    spec = {
-                        "model": args.model,
-                        "variant": variant,
-                        "size": list(size),
-                        "device": device,
-                        "precision": precision,
-                        "repeats": args.repeats,
-                        "warmup": args.warmup,
-                        "threads": args.threads,
-                        "seed": args.seed,
-                        "cap_ratio": args.cap_ratio,
-                        "max_number_token": cap,
-                        "flops": not args.no_flops,
-                        "pin_malloc": not args.default_malloc,
-                        "overrides": args.override,
-                    }
-                    result = run_in_subprocess(spec, args.timeout)
-                    results.append(result)
-                    print(markdown_table([result]).splitlines()[-1], flush=True)
+    exports = Path(tempfile.mkdtemp(prefix="benchmark_onnx_"))
+    onnx_paths: dict[str, str] = {}  # variant -> exported graph, made once
+    for size, variant, backend, device, precision in itertools.product(
+        args.sizes, args.variants, args.backends, args.devices, args.precisions or ["fp32"]
+    ):
+        spec = {
+            "model": args.model,
+            "variant": variant,
+            "backend": backend,
+            "size": list(size),
+            "device": device,
+            "precision": precision,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "threads": args.threads,
+            "seed": args.seed,
+            "cap_ratio": args.cap_ratio,
+            "max_number_token": cap,
+            "flops": not args.no_flops,
+            "pin_malloc": not args.default_malloc,
+            "overrides": args.override,
+        }
+        if backend == "onnxruntime":
+            if variant not in onnx_paths:
+                onnx_paths[variant] = str(export_for_onnxruntime(spec, exports))
+            spec["onnx_path"] = onnx_paths[variant]
+        result = run_in_subprocess(spec, args.timeout)
+        results.append(result)
+        print(markdown_table([result]).splitlines()[-1], flush=True)
+    shutil.rmtree(exports)
     report = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.UTC).isoformat(),

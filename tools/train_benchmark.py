@@ -37,7 +37,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from engine.config import LazyConfig, instantiate  # noqa: E402
 from engine.optim import freeze_teacher  # noqa: E402
-from tools.benchmark import CONFIGS, cpu_name, run_in_subprocess  # noqa: E402
+from tools.benchmark import CONFIGS, MODEL_SIZES, cpu_name, run_in_subprocess  # noqa: E402
 from utils.device import autocast, resolve_device  # noqa: E402
 from utils.memory import configure_malloc, current_memory_bytes, peak_memory_bytes  # noqa: E402
 
@@ -87,7 +87,7 @@ def run_worker(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = resolve_device(spec["device"])
-    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[spec["model"]]))
+    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[spec["model"], "mematte"]))
     LazyConfig.apply_overrides(cfg, [*FLAGS[spec["flags"]], *spec["overrides"]])
     torch.manual_seed(spec["seed"])
     model = instantiate(cfg.model).to(device).train()
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument(
         "--flags", nargs="+", choices=sorted(FLAGS), default=["off"], help="checkpointing"
     )
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="S", help="MEMatte-S or -B")
+    parser.add_argument("--model", choices=MODEL_SIZES, default="S", help="MEMatte-S or -B")
     parser.add_argument("--devices", nargs="+", default=["cpu"], help="cpu, cuda or auto")
     parser.add_argument(
         "--precisions",

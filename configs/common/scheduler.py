@@ -57,7 +57,7 @@ def set_epoch_schedule(
     num_gpus: int,
     epochs: int,
     lr_step_epochs: Sequence[int],
-    checkpoint_epochs: int,
+    checkpoint_epochs: float,
     samples_per_epoch: int = DIM_TRAIN_SAMPLES,
 ) -> None:
     """:func:`set_schedule` in epochs, as the official configs compute it: iterations per epoch

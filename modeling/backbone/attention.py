@@ -86,7 +86,7 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
     Returns:
         ``[q_size, k_size, C]``.
     """
-    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    max_rel_dist = 2 * max(q_size, k_size) - 1  # no int(): a traced (ONNX) size stays dynamic
     if rel_pos.shape[0] != max_rel_dist:
         # [L, C] -> [1, C, L] for 1-d interpolation -> [max_rel_dist, C]
         resized = F.interpolate(

@@ -161,9 +161,10 @@ class MEMatte(nn.Module):
                 out.features, images
             )
         keep_ratios = [keep.mean() for keep in out.keep]
-        losses["loss_token_ratio"] = self.token_loss_ratio * batr_loss(
-            keep_ratios, self.backbone.topk
-        )
+        if keep_ratios:  # a backbone without routed blocks (ViTMatte) has no routing loss
+            losses["loss_token_ratio"] = self.token_loss_ratio * batr_loss(
+                keep_ratios, self.backbone.topk
+            )
         return {**losses, "phas": phas.detach(), "keep_ratios": [r.detach() for r in keep_ratios]}
 
     def distillation_loss(self, features: Tensor, images: Tensor) -> Tensor:
