@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data.image_io import to_unit_float
 from modeling.lean.chunking import map_strips
 from utils.device import resolve_device
 
@@ -63,17 +64,8 @@ STRIP_PIXELS = 2**21
 # Rows a full-resolution strip needs beyond its own: each step reads RADIUS rows further (even,
 # so that strips start on even rows, where the coarser level's pixels start).
 _HALO = FULL_ITERATIONS * RADIUS + FULL_ITERATIONS * RADIUS % 2
-_UINT8_MAX = 255.0
 # (rows, columns) of a tile.
 Tile = tuple[slice, slice]
-
-
-def _unit_float(array: np.ndarray | Tensor, device: torch.device) -> Tensor:
-    """An 8-bit (0..255) or float (0..1) array as a float32 tensor on ``device``."""
-    tensor = torch.as_tensor(array).to(device)
-    if tensor.dtype == torch.uint8:
-        return tensor.float().div_(_UINT8_MAX)
-    return tensor.float()
 
 
 def _window_sums(x: Tensor, radius: int, dim: int) -> Tensor:
@@ -247,7 +239,8 @@ def estimate_foreground(
     """Foreground colours of ``image`` under ``alpha`` (module docstring).
 
     Args:
-        image: ``[H, W, 3]`` RGB, uint8 (0..255) or float (0..1), numpy or torch.
+        image: ``[H, W, 3]`` RGB, uint8 (0..255), uint16 (0..65535) or float (0..1), numpy or
+            torch.
         alpha: ``[H, W]`` alpha, uint8 (0..255) or float (0..1), numpy or torch.
         device: where to compute (``"cpu"``, ``"cuda"``, ``"auto"``); of the full resolution,
             only one strip is there at a time.
@@ -270,8 +263,8 @@ def estimate_foreground(
 
     def unit_strip(top: int, bottom: int) -> tuple[Tensor, Tensor]:
         """Rows ``[top, bottom)`` as ``[3, h, W]`` RGB and ``[1, h, W]`` alpha floats."""
-        rgb = _unit_float(image[top:bottom], device).permute(2, 0, 1)  # [h, W, 3] -> [3, h, W]
-        return rgb, _unit_float(alpha[top:bottom], device)[None]  # [h, W] -> [1, h, W]
+        rgb = to_unit_float(image[top:bottom], device).permute(2, 0, 1)  # [h, W, 3] -> [3, h, W]
+        return rgb, to_unit_float(alpha[top:bottom], device)[None]  # [h, W] -> [1, h, W]
 
     # The pyramid below full resolution, finest first: [4, h, w] maps of RGB and alpha; its first
     # level is built from strips of even height, so no full-resolution float copy exists.
