@@ -601,6 +601,7 @@ def report(args: argparse.Namespace, summary: Summary, ranks: list[Summary]) -> 
         if len(ranks) > 1:
             record["ranks"] = [rank.record() | {"rank": r} for r, rank in enumerate(ranks)]
         text = json.dumps(record, indent=2)
+        args.report.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.report, lambda file: file.write(text.encode()))
         logger.info("wrote the report to %s", args.report)
 
@@ -628,8 +629,8 @@ def _unknown_width_arg(value: str) -> str:
     return value
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (usage errors exit with status 2)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -780,6 +781,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides key=value (after the options)"
     )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (usage errors exit with status 2)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -843,8 +850,8 @@ def _check_setup(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"{args.config_file}: no such config file")
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
-    parse_composite(args.composite)
-    check_output_dir(Path(args.output_dir))
+    for folder in make_outputs(args).folders:  # the output folder and its sub-folders
+        check_output_dir(folder)
     if args.report is not None:
         check_output_dir(args.report.parent)
         if args.report.is_dir():

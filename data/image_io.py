@@ -147,10 +147,11 @@ def _ends_complete(head: bytes, tail: bytes) -> bool | None:
 
 
 def is_complete_image(path: str | Path) -> bool:
-    """Whether ``path`` is a non-empty file that, if PNG or JPEG, ends with its end marker.
+    """Whether ``path`` is a whole image file: a ``.png`` with the PNG signature and end chunk,
+    a ``.jpg``/``.jpeg`` with the JPEG start and end markers, any other suffix non-empty.
 
     Reads only the two ends of the file (no decoding): the check for outputs that an earlier run
-    may have left behind.
+    may have left behind (empty, cut short, or overwritten by something else).
     """
     path = Path(path)
     try:
@@ -161,7 +162,10 @@ def is_complete_image(path: str | Path) -> bool:
             tail = file.read()
     except OSError:
         return False
-    return size > 0 and _ends_complete(head, tail) is not False
+    start = {".png": PNG_SIGNATURE, ".jpg": JPEG_START, ".jpeg": JPEG_START}.get(
+        path.suffix.lower(), b""
+    )
+    return size > 0 and head.startswith(start) and _ends_complete(head, tail) is not False
 
 
 def _check_not_truncated(path: Path, buffer: np.ndarray) -> None:
