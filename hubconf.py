@@ -31,7 +31,7 @@ import torch
 
 from engine.predictor import MattingPredictor as _MattingPredictor
 
-dependencies = ["torch", "torchvision", "numpy", "cv2", "PIL", "scipy", "omegaconf", "hydra"]
+dependencies = ["torch", "numpy", "cv2", "PIL", "scipy", "timm", "fvcore", "omegaconf", "hydra"]
 
 REPO_DIR = _Path(__file__).resolve().parent
 CONFIG_S = "configs/MEMatte_S_topk0.25_win_global_long.py"
