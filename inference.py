@@ -64,7 +64,7 @@ from data.image_io import (
     write_image,
 )
 from data.readers import FOLDER_LAYOUTS, scan_test_set
-from data.trimap import trimap_from_mask, unknown_width_pixels
+from data.trimap import parse_unknown_width, trimap_from_mask
 from engine import comm
 from engine.checkpoint import add_trust_checkpoint_argument
 from engine.foreground import estimate_foreground
@@ -211,10 +211,8 @@ class _Samples(Dataset):
         try:
             image = read_rgb_levels(item.image)
             if item.mask is not None:
-                guide_path, trimap = (
-                    item.mask,
-                    trimap_from_mask(mask_levels(item.mask), self.unknown_width),
-                )
+                guide_path, mask = item.mask, mask_levels(item.mask)
+                trimap = trimap_from_mask(mask, self.unknown_width, source=str(item.mask))
             else:
                 guide_path, trimap = item.trimap, read_trimap_levels(item.trimap)
             if trimap.shape != image.shape[:2]:
@@ -392,12 +390,6 @@ def _device(args: argparse.Namespace) -> str:
     return args.device
 
 
-def _unknown_width(args: argparse.Namespace) -> float | None:
-    if args.unknown_width is None:
-        return None
-    return float(args.unknown_width) if "." in args.unknown_width else int(args.unknown_width)
-
-
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """A batch of same-sized tensors (a view for one: no copy of a large image)."""
     return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
@@ -421,7 +413,7 @@ def run_shard(
         overrides=args.opts,
         trust_checkpoint=args.trust_checkpoint,
     )
-    samples = _Samples(items, _unknown_width(args))
+    samples = _Samples(items, args.unknown_width)
     loader = DataLoader(
         samples,
         batch_size=None,
@@ -621,12 +613,11 @@ def _max_number_token(value: str) -> int | str:
     return cap
 
 
-def _unknown_width_arg(value: str) -> str:
+def _unknown_width_arg(text: str) -> float:
     try:
-        unknown_width_pixels(float(value) if "." in value else int(value), (1, 1))
+        return parse_unknown_width(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ __all__ = [
     "binarize_mask",
     "erosion_trimap",
     "non_trimap_share",
+    "parse_unknown_width",
     "quantize_trimap",
     "trimap_from_mask",
     "unknown_width_pixels",
@@ -135,7 +136,20 @@ def unknown_width_pixels(unknown_width: float, shape: tuple[int, ...]) -> float:
     return float(unknown_width) * min(shape[:2])
 
 
-def trimap_from_mask(mask: np.ndarray, unknown_width: float) -> np.ndarray:
+def parse_unknown_width(text: str) -> float:
+    """A command-line width: ``"20"`` -> 20 px (int), ``"0.02"`` -> a fraction (float).
+
+    Raises:
+        ValueError: not a number, or negative.
+    """
+    value = float(text) if any(c in text for c in ".eE") else int(text)
+    unknown_width_pixels(value, (1, 1))  # validates
+    return value
+
+
+def trimap_from_mask(
+    mask: np.ndarray, unknown_width: float, *, source: str = "the mask"
+) -> np.ndarray:
     """Trimap of a (rough) mask: unknown within ``unknown_width`` px of its boundary.
 
     The mask is thresholded at half its range (:func:`binarize_mask`). A pixel is unknown (128)
@@ -147,6 +161,7 @@ def trimap_from_mask(mask: np.ndarray, unknown_width: float) -> np.ndarray:
         mask: ``[H, W]`` mask (bool, uint8, uint16 or float).
         unknown_width: pixels (int, or float >= 1) or a fraction of the image's shorter side
             (float < 1) on each side of the boundary; 0 gives no unknown band.
+        source: what the mask is (a file name) for the warning.
 
     Returns:
         ``[H, W]`` uint8 trimap in {0, 128, 255}. An empty or full mask gives all 0 or all 255
@@ -163,7 +178,8 @@ def trimap_from_mask(mask: np.ndarray, unknown_width: float) -> np.ndarray:
         if raw.dtype == np.uint8 and 0 < raw.max() <= 1:
             hint = " (values 0 and 1 in an 8-bit mask: scale it to 0/255)"
         logger.warning(
-            "the mask is %s%s: the trimap is all %s",
+            "%s is %s%s: the trimap is all %s",
+            source,
             "empty" if not foreground.any() else "full",
             hint,
             "background" if not foreground.any() else "foreground",

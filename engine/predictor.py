@@ -421,7 +421,8 @@ class MattingPredictor:
                     "a mask needs unknown_width: px (e.g. 20) or a fraction of the shorter side "
                     "(e.g. 0.02)"
                 )
-            trimap_map = trimap_from_mask(mask_levels(mask), unknown_width)
+            source = str(mask) if isinstance(mask, str | Path) else "the mask"
+            trimap_map = trimap_from_mask(mask_levels(mask), unknown_width, source=source)
         else:
             trimap_map = trimap_input_levels(trimap)
         if trimap_map.shape != tuple(levels.shape[-2:]):
