@@ -26,7 +26,8 @@ pixels with ``0 < alpha < 1`` change, so every level runs only on the ``TILE``-p
 hold such pixels; elsewhere ``F = I``: exact where alpha is 1, invisible where it is 0. The
 full-resolution level runs in row strips with the halo its steps need, so memory stays bounded
 on 6K images; window sums add their terms in the same order everywhere, so the result does not
-depend on the strip size, bit for bit.
+depend on the strip size (up to float rounding: vectorised and scalar loops may round a product
+differently, 2e-7).
 
 References: M. Forte, F. Pitie, "Approximate Fast Foreground Colour Estimation", ICIP 2021
 (blur fusion); M. Germer et al., "Fast Multi-Level Foreground Estimation", ICPR 2020 (the
@@ -56,7 +57,7 @@ MIN_SIDE = 16
 # Added to the local means of alpha and 1 - alpha before dividing by them (as in the paper).
 EPS = 1e-5
 # Side in px of the tiles a level runs on when they hold fractional alpha (even).
-TILE = 256
+TILE = 128
 # Pixels per row strip of the full-resolution level (without its halo): 2**21 px hold the
 # strip's maps (image, alpha, foreground, background: 10 floats per pixel) in 80 MiB; a 6017 px
 # wide image is processed 348 rows at a time.
@@ -142,9 +143,10 @@ class _TileSteps:
         # F_mean = box_sum(alpha F) / (box_sum(alpha) + EPS count), likewise with 1 - alpha.
         scales = torch.cat([alpha_sums, counts - alpha_sums]).add_(EPS * counts).reciprocal_()
         self.scales = scales.repeat_interleave(3, dim=0)[:, *self.inner]
-        self.inner_weights = self.weights[:, *self.inner]
-        norm = (self.inner_weights[::3] ** 2).sum(0, keepdim=True)  # alpha^2 + (1 - alpha)^2
-        self.gains = self.inner_weights / norm
+        self.alpha = crop_alpha[:, *self.inner]
+        self.beta = 1 - self.alpha
+        norm = self.alpha * self.alpha + self.beta * self.beta
+        self.fg_gain, self.bg_gain = self.alpha / norm, self.beta / norm
         self.image = image[:, *tile]
 
     def __call__(self, colours: Tensor) -> Tensor:
@@ -155,9 +157,13 @@ class _TileSteps:
         """
         sums = _window_sum_2d(colours[:, *self.crop] * self.weights, RADIUS)[:, *self.inner]
         means = sums.mul_(self.scales)
-        weighted = means * self.inner_weights
-        residual = self.image - weighted[:3] - weighted[3:]  # I - alpha F_mean - (1-alpha) B_mean
-        return means.addcmul_(self.gains, residual.repeat(2, 1, 1)).clamp_(0, 1)
+        fg_mean, bg_mean = means.split(3)
+        # r = I - alpha F_mean - (1 - alpha) B_mean, then F and B move along it.
+        residual = torch.addcmul(self.image, self.alpha, fg_mean, value=-1)
+        residual.addcmul_(self.beta, bg_mean, value=-1)
+        fg_mean.addcmul_(self.fg_gain, residual)
+        bg_mean.addcmul_(self.bg_gain, residual)
+        return means.clamp_(0, 1)
 
 
 def _refine_level(
@@ -263,15 +269,17 @@ def estimate_foreground(
 
     def unit_strip(top: int, bottom: int) -> tuple[Tensor, Tensor]:
         """Rows ``[top, bottom)`` as ``[3, h, W]`` RGB and ``[1, h, W]`` alpha floats."""
-        rgb = to_unit_float(image[top:bottom], device).permute(2, 0, 1)  # [h, W, 3] -> [3, h, W]
+        rgb = to_unit_float(image[top:bottom], device)
+        rgb = rgb.permute(2, 0, 1).contiguous()  # [h, W, 3] -> [3, h, W]
         return rgb, to_unit_float(alpha[top:bottom], device)[None]  # [h, W] -> [1, h, W]
 
     # The pyramid below full resolution, finest first: [4, h, w] maps of RGB and alpha; its first
     # level is built from strips of even height, so no full-resolution float copy exists.
     pyramid = []
     if min(H, W) > MIN_SIDE:
-        strips = (torch.cat(unit_strip(top, top + rows)) for top in range(0, H, rows))
-        pyramid.append(torch.cat([_downsample(s) for s in strips], dim=1))
+        strips = (unit_strip(top, top + rows) for top in range(0, H, rows))
+        halves = [torch.cat([_downsample(rgb), _downsample(weight)]) for rgb, weight in strips]
+        pyramid.append(torch.cat(halves, dim=1))
     while pyramid and min(pyramid[-1].shape[-2:]) > MIN_SIDE:
         pyramid.append(_downsample(pyramid[-1]))
     colours = None  # [6, h, w]: F and B of the last level done
@@ -293,14 +301,20 @@ def estimate_foreground(
         tiles = _fractional_tiles(fractional)
         # Start from I (exact where alpha is 1 or 0) and, at fractional pixels, from the
         # upsampled colours of the coarser level.
-        start = rgb.repeat(2, 1, 1)
+        start = rgb.repeat(2, 1, 1)  # [3, h, W] -> [6, h, W]: F and B
         for rows, cols in tiles if colours is not None else ():
             upsampled = _upsample(colours, slice(top + rows.start, top + rows.stop), cols)
             tile = start[:, rows, cols]
             torch.where(fractional[:, rows, cols], upsampled, tile, out=tile)
         fg = _refine_level(rgb, weight, start, tiles, FULL_ITERATIONS)[:3]
-        # Where alpha is 0 or 1 the step left F = I up to rounding, or an invisible colour.
-        return torch.where(fractional, fg, rgb).permute(1, 2, 0)  # [3, h, W] -> [h, W, 3]
+        # F = I except at the fractional pixels (where alpha is 0 or 1 the step left I up to
+        # rounding, or an invisible colour).
+        out = to_unit_float(image[top:bottom], device).clone()  # [h, W, 3]
+        for rows, cols in tiles:
+            tile = out[rows, cols]
+            tile_fg = fg[:, rows, cols].permute(1, 2, 0)  # [3, th, tw] -> [th, tw, 3]
+            torch.where(fractional[0, rows, cols, None], tile_fg, tile, out=tile)
+        return out
 
     out = torch.empty(H, W, 3)
     map_strips(strip, H, rows, dim=0, halo=_HALO, out=out)

