@@ -64,7 +64,7 @@ from data.image_io import (
     write_image,
 )
 from data.readers import FOLDER_LAYOUTS, scan_test_set
-from data.trimap import parse_unknown_width, trimap_from_mask
+from data.trimap import trimap_from_mask, unknown_width_argument
 from engine import comm
 from engine.checkpoint import add_trust_checkpoint_argument
 from engine.foreground import estimate_foreground
@@ -613,13 +613,6 @@ def _max_number_token(value: str) -> int | str:
     return cap
 
 
-def _unknown_width_arg(text: str) -> float:
-    try:
-        return parse_unknown_width(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line's options."""
     parser = argparse.ArgumentParser(
@@ -662,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--unknown-width",
-        type=_unknown_width_arg,
+        type=unknown_width_argument,
         metavar="W",
         help="with --mask: the unknown band on each side of the mask boundary, in px (e.g. 20) "
         "or as a fraction of the shorter image side (e.g. 0.02)",

@@ -12,6 +12,7 @@ References: GCA-Matting / ViTMatte ``GenMask`` (trimap by erosion) and ``ToTenso
 thresholds of training).
 """
 
+import argparse
 import logging
 import numbers
 
@@ -29,6 +30,7 @@ __all__ = [
     "parse_unknown_width",
     "quantize_trimap",
     "trimap_from_mask",
+    "unknown_width_argument",
     "unknown_width_pixels",
 ]
 
@@ -145,6 +147,14 @@ def parse_unknown_width(text: str) -> float:
     value = float(text) if any(c in text for c in ".eE") else int(text)
     unknown_width_pixels(value, (1, 1))  # validates
     return value
+
+
+def unknown_width_argument(text: str) -> float:
+    """:func:`parse_unknown_width` as an argparse ``type``: errors are usage errors that say why."""
+    try:
+        return parse_unknown_width(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def trimap_from_mask(

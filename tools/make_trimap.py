@@ -34,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from data.image_io import BadSampleError, list_images, read_map_levels, write_image  # noqa: E402
-from data.trimap import parse_unknown_width, trimap_from_mask  # noqa: E402
+from data.trimap import trimap_from_mask, unknown_width_argument  # noqa: E402
 
 logger = logging.getLogger("make_trimap")
 
@@ -85,13 +85,6 @@ def make_trimaps(
     return failed
 
 
-def _width(text: str) -> float:
-    try:
-        return parse_unknown_width(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = argparse.ArgumentParser(
@@ -102,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     widths = parser.add_mutually_exclusive_group(required=True)
     widths.add_argument(
         "--width",
-        type=_width,
+        type=unknown_width_argument,
         metavar="W",
         help="unknown band on each side of the boundary: px (e.g. 20) or a fraction of the "
         "shorter side (e.g. 0.02)",
