@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import re
 import sys
@@ -118,6 +119,7 @@ class Summary:
     routed_share_sums: dict[int, float] = field(default_factory=lambda: defaultdict(float))
 
     def fail(self, path: Path | str, reason: str) -> None:
+        """Record (and log) a failed item."""
         logger.error("failed: %s: %s", path, reason)
         self.failed.append({"path": str(path), "reason": reason})
 
@@ -412,11 +414,15 @@ def run_shard(
         trust_checkpoint=args.trust_checkpoint,
     )
     samples = _Samples(items, args.unknown_width)
+    # Processes spawned by --num-gpus would start their loader processes by spawning too, each
+    # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
+    fork = "fork" if args.workers and "fork" in multiprocessing.get_all_start_methods() else None
     loader = DataLoader(
         samples,
         batch_size=None,
         num_workers=args.workers,
         prefetch_factor=PREFETCH_PER_WORKER if args.workers else None,
+        multiprocessing_context=fork,
         shuffle=False,
     )
     writes: list[tuple[str, Path, Future]] = []
@@ -807,8 +813,9 @@ def _process_main(args: argparse.Namespace, status_file: str) -> None:
     process reads: the one spawned processes share, or each torchrun process's own."""
     _setup_logging()
     if comm.get_world_size() > 1 and args.device == "cpu":
-        # CPU processes share the cores.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_world_size()))
+        # The CPU processes of this machine share its cores.
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     try:
         summary, ranks = run(args)
         code = exit_code(summary)

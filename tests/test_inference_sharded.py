@@ -32,17 +32,19 @@ TIMEOUT_S = 300
 pytestmark = pytest.mark.slow
 
 
-def _arguments(data: Path, out: Path, report: Path) -> list[str]:
+def _arguments(data: Path, out: Path, report: Path, workers: int = 0) -> list[str]:
     return [
         "--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT),
         "--data-dir", str(data), "--output-dir", str(out), "--report", str(report),
-        "--device", "cpu", "--workers", "0", "--save-routing",
+        "--device", "cpu", "--workers", str(workers), "--save-routing",
     ]  # fmt: skip
 
 
-def _sharded(spelling: str, data: Path, out: Path, report: Path) -> subprocess.CompletedProcess:
+def _sharded(
+    spelling: str, data: Path, out: Path, report: Path, workers: int = 0
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = SPELLINGS[spelling] + _arguments(data, out, report)
+    command = SPELLINGS[spelling] + _arguments(data, out, report, workers)
     return subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
     )
@@ -62,7 +64,7 @@ def one_process(tmp_path_factory) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_two_processes_write_the_pngs_of_one_each_item_once(one_process, tmp_path, spelling):
     out, report = tmp_path / "out", tmp_path / "report.json"
-    completed = _sharded(spelling, DEMO, out, report)
+    completed = _sharded(spelling, DEMO, out, report, workers=1)  # with a loader process
     assert completed.returncode == 0, completed.stderr[-3000:]
     pngs = _pngs(out)
     assert sorted(pngs) == NAMES
