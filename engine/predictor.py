@@ -344,8 +344,8 @@ class MattingPredictor:
         if hw not in self._auto_caps:
             cap = auto_max_number_token(self.model, hw, self.device)
             self._auto_caps[hw] = cap
-            chosen = "no cap (every token fits)" if cap is None else f"{cap} tokens"
-            logger.info("max_number_token auto for %dx%d images: %s", *hw, chosen)
+            chosen = "no cap (every token fits)" if cap is None else f"cap {cap} tokens"
+            logger.info("max_number_token auto for %dx%d (HxW) images: %s", *hw, chosen)
         self.model.backbone.max_number_token = self._auto_caps[hw]
 
     def predict_levels(self, image: Tensor, trimap: Tensor) -> BatchPrediction:
