@@ -182,7 +182,11 @@ def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, 
         raise UsageError("--image needs --trimap or --mask (one per image)")
     if len(guides) != len(args.image):
         flag = "--trimap" if args.trimap is not None else "--mask"
-        raise UsageError(f"{len(args.image)} --image but {len(guides)} {flag}: give one per image")
+        overrides = any("=" in guide for guide in guides)
+        hint = " (config overrides after a list of files go after --)" if overrides else ""
+        raise UsageError(
+            f"{len(args.image)} --image but {len(guides)} {flag}: give one per image{hint}"
+        )
     items, seen = [], {}
     for image, guide in zip(args.image, guides):
         image = Path(image)
@@ -769,7 +773,10 @@ def build_parser() -> argparse.ArgumentParser:
         "memory, routed share per block, and per-rank records in sharded runs",
     )
     parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="config overrides key=value (after the options)"
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides key=value, after the options (after -- when the last option "
+        "takes a list of files)",
     )
     return parser
 
@@ -778,6 +785,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (usage errors exit with status 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.opts[:1] == ["--"]:
+        args.opts = args.opts[1:]
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.num_gpus < 1:
@@ -836,7 +845,8 @@ def _check_setup(args: argparse.Namespace) -> None:
     collect_items(args)  # a missing folder, no layout, bad single-image options
     for path in [*(args.image or ()), *(args.trimap or ()), *(args.mask or ())]:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+            hint = " (config overrides after a list of files go after --)" if "=" in path else ""
+            raise FileNotFoundError(f"{path}: no such file{hint}")
     if not Path(args.config_file).is_file():
         raise FileNotFoundError(f"{args.config_file}: no such config file")
     if not Path(args.checkpoint).is_file():
