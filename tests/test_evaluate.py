@@ -221,3 +221,9 @@ def test_cli(folders: dict, tmp_path: Path) -> None:
         expected = compute_metrics(*folders["arrays"][name])
         for metric, value in expected.items():
             assert math.isclose(float(rows[name][metric]), value, rel_tol=1e-8, abs_tol=1e-12)
+
+
+def test_a_missing_folder_is_a_setup_error(folders, tmp_path, caplog):
+    dirs = {**folders["dirs"], "pred": tmp_path / "nowhere"}
+    assert _run(dirs) == 2
+    assert "nowhere" in caplog.text
