@@ -288,8 +288,12 @@ class Outputs:
         return sorted({path.parent for path in self.paths("x")})
 
     def complete(self, name: str) -> bool:
-        """Whether every output of ``name`` exists and is a whole image file."""
-        return all(is_complete_image(path) for path in self.paths(name))
+        """Whether every output of ``name`` exists and is a whole image file (the alpha PNG, the
+        official output, is also decoded)."""
+        *extras, alpha = self.paths(name)
+        return all(is_complete_image(path) for path in extras) and is_complete_image(
+            alpha, decode=True
+        )
 
     @property
     def needs_foreground(self) -> bool:

@@ -146,14 +146,23 @@ def _ends_complete(head: bytes, tail: bytes) -> bool | None:
     return None
 
 
-def is_complete_image(path: str | Path) -> bool:
+def is_complete_image(path: str | Path, *, decode: bool = False) -> bool:
     """Whether ``path`` is a whole image file: a ``.png`` with the PNG signature and end chunk,
     a ``.jpg``/``.jpeg`` with the JPEG start and end markers, any other suffix non-empty.
 
-    Reads only the two ends of the file (no decoding): the check for outputs that an earlier run
-    may have left behind (empty, cut short, or overwritten by something else).
+    Without ``decode`` it reads only the two ends of the file: the check for outputs that an
+    earlier run may have left behind (empty, cut short, or overwritten by something else).
+
+    Args:
+        path: the file.
+        decode: also decode it (finds damage between intact ends).
     """
     path = Path(path)
+    if decode:
+        try:
+            _read_raw(path)
+        except BadSampleError:
+            return False
     try:
         size = path.stat().st_size
         with open(path, "rb") as file:

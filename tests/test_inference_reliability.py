@@ -117,7 +117,9 @@ def test_resume_redoes_items_with_incomplete_outputs(tmp_path, caplog):
     (out / "test_000.png").write_bytes(b"")  # zero bytes
     (out / "test_001.png").write_bytes(b"not a png at all")  # undecodable
     whole = (out / "test_002.png").read_bytes()
-    (out / "test_002.png").write_bytes(whole[: len(whole) // 2])  # cut short
+    middle = len(whole) // 2
+    damaged = whole[:middle] + bytes(64) + whole[middle + 64 :]  # intact ends, broken data
+    (out / "test_002.png").write_bytes(damaged)
     (out / "routing" / "test_003.jpg").unlink()  # a requested extra output missing
     caplog.clear()
     caplog.set_level(logging.INFO)
