@@ -20,9 +20,9 @@ summary): --num-gpus N (N processes: one per GPU, or N CPU processes with --devi
 torchrun --nproc-per-node N [--nnodes M ...] inference.py ...
 
 Files already in the output folder are skipped unless --overwrite, so an interrupted run resumes;
-an item whose outputs are incomplete (empty or cut-short files, a requested extra output missing)
-is done again. A bad item (unreadable or truncated file, missing or mismatched trimap) is
-reported with its path and skipped.
+an item whose outputs are incomplete (an alpha PNG that is empty, cut short or does not decode, a
+requested extra output missing or cut short) is done again. A bad item (unreadable or truncated
+file, missing or mismatched trimap) is reported with its path and skipped.
 
 Exit status: 0 every item done or already present; 1 some items failed (listed at the end and
 in --report); 2 usage or setup error (bad option, missing input folder or checkpoint, an output
