@@ -1,239 +1,885 @@
-"""Matting inference over a test-set folder: one 8-bit alpha PNG per image.
+"""Matting inference: a test-set folder, your own images, or a dataset sharded over processes.
 
-    python inference.py --config-file configs/MEMatte_S_topk0.25_win_global_long.py \
-        --checkpoint MEMatte_ViTS_DIM.pth --data-dir datasets/Composition-1k \
-        --output-dir output/predictions [--batch-size 2] [--save-routing] [key=value ...]
+Test-set folder (the official protocol: one 8-bit alpha PNG per image, named as the image):
 
-The official spellings (``--config-dir``, ``--checkpoint-dir``, ``--inference-dir``) work too.
-Images are grouped by size into batches; each image's result equals its batch-1 result. Files
-already in the output folder are skipped unless ``--overwrite``, so an interrupted run resumes.
-A bad item (unreadable file, missing or mismatched trimap) is reported and skipped; the exit
-status is 1 when any item failed.
+    python inference.py --config-file configs/MEMatte_S_topk0.25_win_global_long.py \\
+        --checkpoint MEMatte_ViTS_DIM.pth --data-dir datasets/Composition-1k \\
+        --output-dir output/comp1k_vits
 
-The checkpoint is read with ``weights_only=True``; one that also pickles other objects is refused
-unless ``--trust-checkpoint`` (unpickling runs code stored in the file).
+The official command's spellings work too: --config-dir (= --config-file), --checkpoint-dir
+(= --checkpoint), --inference-dir (= --output-dir: the folder the PNGs are written to).
+
+Your own images, with a trimap or a rough mask (a trimap is made from the mask, unknown within
+--unknown-width of its boundary), with a clean cutout (foreground colours estimated):
+
+    python inference.py --config-file CFG --checkpoint CKPT --image photo.jpg \\
+        --mask mask.png --unknown-width 0.02 --output-dir output/mine --save-rgba
+
+Sharded over processes (each takes a disjoint share of the images; rank 0 prints the merged
+summary): --num-gpus N (N processes: one per GPU, or N CPU processes with --device cpu), or
+torchrun --nproc-per-node N [--nnodes M ...] inference.py ...
+
+Files already in the output folder are skipped unless --overwrite, so an interrupted run resumes;
+an item whose outputs are incomplete (an alpha PNG that is empty, cut short or does not decode, a
+requested extra output missing or cut short) is done again. A bad item (unreadable or truncated
+file, missing or mismatched trimap) is reported with its path and skipped.
+
+Exit status: 0 every item done or already present; 1 some items failed (listed at the end and
+in --report); 2 usage or setup error (bad option, missing input folder or checkpoint, an output
+folder that is a file or not writable), reported before any model is loaded where possible.
+
+Checkpoints are read with weights_only=True; one that also pickles other objects is refused
+unless --trust-checkpoint (unpickling runs code stored in the file). Config files are code too:
+only from a trusted source.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import multiprocessing
+import os
+import re
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from threading import BoundedSemaphore
 
+import cv2
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.eval_dataset import MattingEvalDataset
-from data.image_io import BadSampleError, write_image
-from data.readers import FOLDER_LAYOUTS, MattingItem, scan_test_set
+from data.image_io import (
+    BadSampleError,
+    is_complete_image,
+    read_rgb_levels,
+    read_trimap_levels,
+    write_image,
+)
+from data.readers import FOLDER_LAYOUTS, scan_test_set
+from data.trimap import trimap_from_mask, unknown_width_argument
+from engine import comm
 from engine.checkpoint import add_trust_checkpoint_argument
-from engine.predictor import alpha_to_uint8, build_inference_model, load_inference_weights, predict
-from modeling.backbone.router import GLOBAL_ROUTE
-from utils.device import resolve_device
+from engine.foreground import estimate_foreground
+from engine.launch import launch
+from engine.predictor import AUTO, MattingPredictor, alpha_to_uint8, mask_levels
+from utils.file_io import atomic_write
 from utils.memory import peak_memory_bytes
-from utils.token_budget import auto_max_number_token
 from utils.visualizer import routing_figure
 
 logger = logging.getLogger("inference")
 
-ROUTING_DIR = "routing"
-MIB = 1024**2
-AUTO = "auto"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+ROUTING_DIR, FOREGROUND_DIR, RGBA_DIR, COMPOSITE_DIR, TRIMAP_DIR = (
+    "routing",
+    "foreground",
+    "rgba",
+    "composite",
+    "trimap",
+)
+MIB = 2**20
+UINT8_MAX = 255
+# Items whose outputs may wait for the background writer at once (each holds its image and
+# outputs in memory; 2 keeps a 6K run's memory bounded while decoding, compute and writing
+# overlap).
+MAX_PENDING_WRITES = 2
+# Images decoded ahead of the model by each loader process.
+PREFETCH_PER_WORKER = 2
+_HEX_COLOUR = re.compile(r"#?([0-9a-fA-F]{6})")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to predict and where its trimap (or mask) comes from."""
+
+    name: str
+    image: Path
+    trimap: Path | None = None
+    mask: Path | None = None
 
 
 @dataclass
 class Summary:
-    """Counts, timings and routing statistics of one run."""
+    """What one process (or, merged, the whole run) did."""
 
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[Path, str]] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
     model_seconds: float = 0.0
-    routed_ratio_sums: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    wall_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    routed_share_sums: dict[int, float] = field(default_factory=lambda: defaultdict(float))
 
-    def log(self, device: torch.device) -> None:
-        logger.info(
-            "done %d, skipped (already present) %d, failed %d",
-            self.done,
-            self.skipped,
-            len(self.failed),
+    def fail(self, path: Path | str, reason: str) -> None:
+        """Record (and log) a failed item."""
+        logger.error("failed: %s: %s", path, reason)
+        self.failed.append({"path": str(path), "reason": reason})
+
+    def record(self) -> dict:
+        """The JSON record of this summary (``--report``)."""
+        done = len(self.done)
+        return {
+            "done": done,
+            "skipped": len(self.skipped),
+            "failed": self.failed,
+            "done_items": sorted(self.done),
+            "skipped_items": sorted(self.skipped),
+            "seconds_per_image": self.wall_seconds / done if done else None,
+            "model_seconds_per_image": self.model_seconds / done if done else None,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "routed_share": {
+                str(block): total / done for block, total in sorted(self.routed_share_sums.items())
+            }
+            if done
+            else {},
+        }
+
+
+def merge(summaries: list[Summary]) -> Summary:
+    """One summary of the ranks' summaries (peak memory: the largest)."""
+    merged = Summary()
+    for summary in summaries:
+        merged.done += summary.done
+        merged.skipped += summary.skipped
+        merged.failed += summary.failed
+        merged.model_seconds += summary.model_seconds
+        merged.wall_seconds = max(merged.wall_seconds, summary.wall_seconds)
+        merged.peak_memory_bytes = max(merged.peak_memory_bytes, summary.peak_memory_bytes)
+        for block, total in summary.routed_share_sums.items():
+            merged.routed_share_sums[block] += total
+    return merged
+
+
+class UsageError(ValueError):
+    """A bad combination of options or inputs (exit status 2)."""
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, str]]]:
+    """The items of the run, sorted by name, and the images that cannot be items (no trimap).
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: bad single-image options, or a test-set
+            folder that is missing or has no supported layout.
+    """
+    if args.data_dir is not None:
+        test_set = scan_test_set(args.data_dir, args.layout)
+        items = [Item(i.name, i.image_path, trimap=i.trimap_path) for i in test_set.items]
+        missing = [{"path": str(p), "reason": "no trimap"} for p in test_set.missing_trimaps]
+        return items, missing
+    guides = args.trimap if args.trimap is not None else args.mask
+    if guides is None:
+        raise UsageError("--image needs --trimap or --mask (one per image)")
+    if len(guides) != len(args.image):
+        flag = "--trimap" if args.trimap is not None else "--mask"
+        overrides = any("=" in guide for guide in guides)
+        hint = " (config overrides after a list of files go after --)" if overrides else ""
+        raise UsageError(
+            f"{len(args.image)} --image but {len(guides)} {flag}: give one per image{hint}"
         )
-        for path, reason in self.failed:
-            logger.error("failed: %s: %s", path, reason)
-        if self.done:
-            logger.info("model time: %.3f s per image", self.model_seconds / self.done)
-            ratios = ", ".join(
-                f"block {i}: {100 * s / self.done:.1f}%"
-                for i, s in sorted(self.routed_ratio_sums.items())
+    items, seen = [], {}
+    for image, guide in zip(args.image, guides):
+        image = Path(image)
+        if image.stem in seen:
+            raise UsageError(
+                f"{seen[image.stem]} and {image} have the same name {image.stem!r}: their outputs "
+                "would overwrite each other"
             )
-            logger.info("mean share of tokens in global attention: %s", ratios)
-        kind = "CUDA allocated" if device.type == "cuda" else "RSS"
-        logger.info("peak memory: %.0f MiB (%s)", peak_memory_bytes(device) / MIB, kind)
+        seen[image.stem] = image
+        kind = "trimap" if args.trimap is not None else "mask"
+        items.append(Item(image.stem, image, **{kind: Path(guide)}))
+    return sorted(items, key=lambda item: item.name), []
 
 
-class _SafeSamples(Dataset):
-    """Loads test items; a bad item becomes ``{"error": ..., "path": ...}`` instead of raising."""
+class _Samples(Dataset):
+    """Decodes the pending items (in loader processes): image levels and the trimap, made from
+    the mask when the item has one. A bad item becomes ``{"error": ..., "path": ...}``."""
 
-    def __init__(self, items: list[MattingItem]) -> None:
+    def __init__(self, items: list[Item], unknown_width: float | None) -> None:
         self.items = items
-        self.dataset = MattingEvalDataset(items=items)
+        self.unknown_width = unknown_width
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, idx: int) -> dict:
+        item = self.items[idx]
         try:
-            sample = self.dataset[idx]
+            image = read_rgb_levels(item.image)
+            if item.mask is not None:
+                guide_path, mask = item.mask, mask_levels(item.mask)
+                trimap = trimap_from_mask(mask, self.unknown_width, source=str(item.mask))
+            else:
+                guide_path, trimap = item.trimap, read_trimap_levels(item.trimap)
+            if trimap.shape != image.shape[:2]:
+                raise BadSampleError(
+                    guide_path,
+                    f"size {trimap.shape[1]}x{trimap.shape[0]} differs from image "
+                    f"{item.image.name} {image.shape[1]}x{image.shape[0]} (W x H)",
+                )
         except BadSampleError as exc:
-            return {"error": exc.reason, "path": exc.path}
-        sample["stem"] = self.items[idx].name
-        return sample
+            return {"index": idx, "error": exc.reason, "path": str(exc.path)}
+        except ValueError as exc:  # a mask of an unsupported type
+            return {"index": idx, "error": str(exc), "path": str(item.mask or item.image)}
+        return {
+            "index": idx,
+            "image": torch.from_numpy(image).permute(2, 0, 1),  # [H, W, 3] -> [3, H, W]
+            "trimap": torch.from_numpy(trimap)[None],
+        }
 
 
-def _run_batch(samples: list[dict], model, args, device, output_dir: Path, summary: Summary):
-    batch = {k: torch.stack([s[k] for s in samples]) for k in ("image", "trimap")}
-    if args.max_number_token == AUTO:
-        model.backbone.max_number_token = auto_max_number_token(
-            model, tuple(batch["image"].shape[-2:]), device
+# --- outputs ---------------------------------------------------------------------------------
+
+
+def parse_composite(value: str | None) -> np.ndarray | Path | None:
+    """``--composite``: an RGB colour ``#rrggbb`` (uint8 ``[3]``) or a background image path.
+
+    Raises:
+        UsageError: neither a colour nor an existing file.
+    """
+    if value is None:
+        return None
+    match = _HEX_COLOUR.fullmatch(value)
+    if match:
+        return np.frombuffer(bytes.fromhex(match.group(1)), np.uint8).copy()
+    path = Path(value)
+    if not path.is_file():
+        raise UsageError(f"--composite {value}: neither a colour like #00ff00 nor an image file")
+    return path
+
+
+@dataclass
+class Outputs:
+    """Where one run writes and what it writes besides the alpha PNGs."""
+
+    root: Path
+    routing: bool = False
+    foreground: bool = False
+    rgba: bool = False
+    composite: np.ndarray | Path | None = None
+    trimap: bool = False
+    round_alpha: bool = False
+    _backgrounds: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    def paths(self, name: str) -> list[Path]:
+        """Every file item ``name`` gets; the alpha PNG last."""
+        extras = [
+            (self.routing, ROUTING_DIR, ".jpg"),
+            (self.foreground, FOREGROUND_DIR, ".png"),
+            (self.rgba, RGBA_DIR, ".png"),
+            (self.composite is not None, COMPOSITE_DIR, ".png"),
+            (self.trimap, TRIMAP_DIR, ".png"),
+        ]
+        paths = [self.root / folder / f"{name}{suffix}" for on, folder, suffix in extras if on]
+        return [*paths, self.root / f"{name}.png"]
+
+    @property
+    def folders(self) -> list[Path]:
+        return sorted({path.parent for path in self.paths("x")})
+
+    def complete(self, name: str) -> bool:
+        """Whether every output of ``name`` exists and is a whole image file (the alpha PNG, the
+        official output, is also decoded)."""
+        *extras, alpha = self.paths(name)
+        return all(is_complete_image(path) for path in extras) and is_complete_image(
+            alpha, decode=True
         )
-    start = time.perf_counter()
-    out = predict(
-        model, batch, device=device, precision=args.precision, patch_decoder=args.patch_decoder
+
+    @property
+    def needs_foreground(self) -> bool:
+        return self.foreground or self.rgba or self.composite is not None
+
+    def _background(self, hw: tuple[int, int]) -> np.ndarray:
+        """The composite background ``[H, W, 3]`` float32 RGB in [0, 1] for an image size."""
+        if hw not in self._backgrounds:
+            if isinstance(self.composite, Path):
+                image = read_rgb_levels(self.composite)
+                scale = float(np.iinfo(image.dtype).max)
+                resized = cv2.resize(image, hw[::-1], interpolation=cv2.INTER_AREA)
+                self._backgrounds[hw] = resized.astype(np.float32) / scale
+            else:
+                colour = self.composite.astype(np.float32) / UINT8_MAX
+                self._backgrounds[hw] = np.broadcast_to(colour, (*hw, 3))
+        return self._backgrounds[hw]
+
+    def write(
+        self,
+        name: str,
+        alpha: np.ndarray,
+        trimap: torch.Tensor,
+        foreground: np.ndarray | None,
+        figure: Callable[[], np.ndarray] | None,
+    ) -> None:
+        """Write every output of one item (each atomically; the alpha PNG last).
+
+        Args:
+            name: the item's name.
+            alpha: ``[H, W]`` float32 alpha, known regions forced.
+            trimap: ``[1, H, W]`` uint8, the trimap the model saw.
+            foreground: ``[H, W, 3]`` uint8 RGB foreground colours, when an output needs them.
+            figure: draws the routing picture (BGR), when requested.
+
+        Raises:
+            OSError: a file cannot be encoded or written (names the file).
+        """
+        alpha_png = alpha_to_uint8(alpha, rounding=self.round_alpha)
+        folder = self.root
+        if figure is not None:
+            write_image(folder / ROUTING_DIR / f"{name}.jpg", figure())
+        if foreground is not None:
+            if self.foreground:
+                write_image(folder / FOREGROUND_DIR / f"{name}.png", foreground[:, :, ::-1])
+            if self.rgba:
+                bgra = np.dstack([foreground[:, :, ::-1], alpha_png])
+                write_image(folder / RGBA_DIR / f"{name}.png", bgra)
+            if self.composite is not None:
+                weight = alpha_png[:, :, None].astype(np.float32) / UINT8_MAX
+                background = self._background(alpha_png.shape)
+                colours = foreground.astype(np.float32) / UINT8_MAX
+                mixed = colours * weight + background * (1 - weight)
+                composite = np.round(mixed * UINT8_MAX).astype(np.uint8)
+                write_image(folder / COMPOSITE_DIR / f"{name}.png", composite[:, :, ::-1])
+        if self.trimap:
+            write_image(folder / TRIMAP_DIR / f"{name}.png", trimap[0].numpy())
+        write_image(folder / f"{name}.png", alpha_png)
+
+
+def check_output_dir(path: Path) -> None:
+    """An output folder must be a writable folder, or creatable in a writable one.
+
+    Raises:
+        UsageError: it is a file, or cannot be written.
+    """
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output folder {path} exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {path}: {existing} is not writable")
+
+
+def _create_folders(folders: list[Path]) -> list[Path]:
+    """Create the missing output folders; return those it created (parents first)."""
+    created = []
+    for folder in folders:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+        folder.mkdir(parents=True, exist_ok=True)
+        created += [p for p in missing if p not in created]
+    return created
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders this run created that it left empty (deepest first)."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): keep it
+            continue
+
+
+# --- the run of one process ------------------------------------------------------------------
+
+
+def _device(args: argparse.Namespace) -> str:
+    """This process's device: the GPU of its local rank in sharded CUDA runs."""
+    if comm.get_world_size() > 1 and args.device != "cpu" and torch.cuda.is_available():
+        return f"cuda:{comm.get_local_rank()}"
+    return args.device
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A batch of same-sized tensors (a view for one: no copy of a large image)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
+def run_shard(
+    args: argparse.Namespace, items: list[Item], outputs: Outputs, summary: Summary
+) -> None:
+    """Predict this rank's pending items into ``outputs`` (the predictor built here).
+
+    Raises:
+        FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
+    """
+    predictor = MattingPredictor.from_config(
+        args.config_file,
+        args.checkpoint,
+        device=_device(args),
+        precision=args.precision,
+        max_number_token=args.max_number_token,
+        patch_decoder=args.patch_decoder,
+        overrides=args.opts,
+        trust_checkpoint=args.trust_checkpoint,
     )
-    summary.model_seconds += time.perf_counter() - start
-    blocks = model.backbone.routed_block_indexes
-    for i, sample in enumerate(samples):
-        alpha = alpha_to_uint8(out["phas"][i, 0], sample["trimap"][0], rounding=args.round)
-        write_image(output_dir / f"{sample['stem']}.png", alpha)
-        keeps = [k[i, ..., 0].float().cpu().numpy() for k in out["keep"]]
-        for index, keep in zip(blocks, keeps):
-            summary.routed_ratio_sums[index] += float(keep.mean())
-        if args.save_routing:
-            # router log-probabilities [B, h, w, 2] -> p(global) [h, w]
-            probs = [
-                s[i, ..., GLOBAL_ROUTE].float().exp().cpu().numpy() for s in out["router_scores"]
-            ]
-            image = sample["image"].permute(1, 2, 0).numpy()
-            figure = routing_figure(image, keeps, blocks, probabilities=probs)
-            write_image(output_dir / ROUTING_DIR / f"{sample['stem']}.jpg", figure)
-        summary.done += 1
+    samples = _Samples(items, args.unknown_width)
+    # Processes spawned by --num-gpus would start their loader processes by spawning too, each
+    # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
+    fork = "fork" if args.workers and "fork" in multiprocessing.get_all_start_methods() else None
+    loader = DataLoader(
+        samples,
+        batch_size=None,
+        num_workers=args.workers,
+        prefetch_factor=PREFETCH_PER_WORKER if args.workers else None,
+        multiprocessing_context=fork,
+        shuffle=False,
+    )
+    writes: list[tuple[str, Path, Future]] = []
+    slots = BoundedSemaphore(MAX_PENDING_WRITES)
+    buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+
+        def predict(batch: list[dict]) -> None:
+            start = time.perf_counter()
+            try:
+                prediction = predictor.predict_levels(
+                    *(_stack([s[key] for s in batch]) for key in ("image", "trimap"))
+                )
+            except RuntimeError as exc:  # out of memory, or another failure of the forward
+                for sample in batch:
+                    summary.fail(items[sample["index"]].image, f"inference failed: {exc}")
+                return
+            summary.model_seconds += time.perf_counter() - start
+            for i, sample in enumerate(batch):
+                item = items[sample["index"]]
+                alpha = prediction.alpha[i].numpy()
+                routing = prediction.routing(i)
+                for block, keep in routing.keep.items():
+                    summary.routed_share_sums[block] += float(keep.mean())
+                foreground = None
+                if outputs.needs_foreground:
+                    image_hwc = sample["image"].permute(1, 2, 0)  # [3, H, W] -> [H, W, 3]
+                    colours = estimate_foreground(image_hwc, alpha, device=predictor.device)
+                    # 8-bit RGB: what the files hold, a quarter of the memory while queued
+                    foreground = np.round(colours * UINT8_MAX).astype(np.uint8)
+                    del colours
+                figure = None
+                if outputs.routing:
+
+                    def figure(image=sample["image"], routing=routing) -> np.ndarray:
+                        return routing_figure(
+                            image.permute(1, 2, 0).numpy(),
+                            list(routing.keep.values()),
+                            list(routing.keep),
+                            probabilities=list(routing.probability.values()),
+                        )
+
+                slots.acquire()
+                future = writer.submit(
+                    outputs.write, item.name, alpha, sample["trimap"], foreground, figure
+                )
+                future.add_done_callback(lambda _: slots.release())
+                writes.append((item.name, item.image, future))
+
+        progress = tqdm(
+            loader,
+            total=len(items),
+            desc="inference",
+            unit="img",
+            disable=not comm.is_main_process(),
+        )
+        for sample in progress:
+            if "error" in sample:
+                summary.fail(sample["path"], sample["error"])
+                continue
+            bucket = buckets[tuple(sample["image"].shape[-2:])]
+            bucket.append(sample)
+            if len(bucket) == args.batch_size:
+                predict(bucket)
+                bucket.clear()
+        for bucket in buckets.values():
+            if bucket:
+                predict(bucket)
+    for name, image_path, future in writes:  # the writer has finished: collect its outcomes
+        error = future.exception()
+        if error is None:
+            summary.done.append(name)
+        else:
+            summary.fail(image_path, f"cannot write its outputs: {error}")
+    summary.peak_memory_bytes = peak_memory_bytes(predictor.device)
 
 
-def run(args: argparse.Namespace) -> Summary:
-    """Predict every pending item of ``args.data_dir`` into ``args.output_dir``."""
-    device = resolve_device(args.device)
-    test_set = scan_test_set(args.data_dir, args.layout)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if args.save_routing:
-        (output_dir / ROUTING_DIR).mkdir(exist_ok=True)
-    summary = Summary(failed=[(p, "no trimap") for p in test_set.missing_trimaps])
+def make_outputs(args: argparse.Namespace) -> Outputs:
+    """The outputs the command line asks for."""
+    return Outputs(
+        Path(args.output_dir),
+        routing=args.save_routing,
+        foreground=args.save_foreground,
+        rgba=args.save_rgba,
+        composite=parse_composite(args.composite),
+        trimap=args.save_trimap,
+        round_alpha=args.round,
+    )
+
+
+def run(args: argparse.Namespace) -> tuple[Summary, list[Summary]]:
+    """This process's share of the run (all of it in one process).
+
+    Returns:
+        the merged summary of all ranks and the summary of each rank (every rank gets both).
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: a setup error (raised on every rank).
+    """
+    start = time.perf_counter()
+    rank, world = comm.get_rank(), comm.get_world_size()
+    items, missing = collect_items(args)
+    outputs = make_outputs(args)
+    summary = Summary()
+    if rank == 0:
+        for entry in missing:
+            summary.fail(entry["path"], entry["reason"])
+    share = items[rank::world]  # deterministic and disjoint: the sorted items, round robin
     pending = []
-    for item in test_set.items:
-        if not args.overwrite and (output_dir / f"{item.name}.png").exists():
-            summary.skipped += 1
+    for item in share:
+        if not args.overwrite and outputs.complete(item.name):
+            summary.skipped.append(item.name)
         else:
             pending.append(item)
-    logger.info(
-        "%s (%s layout): %d images, %d to predict",
-        test_set.root,
-        test_set.layout.name,
-        len(test_set.items),
-        len(pending),
-    )
-    if not pending:
-        return summary
+    where = f"rank {rank} of {world}: " if world > 1 else ""
+    logger.info("%s%d images, %d to predict", where, len(share), len(pending))
 
-    model = build_inference_model(args.config_file, args.opts)
-    load_inference_weights(model, args.checkpoint, trusted=args.trust_checkpoint)
-    model.to(device).eval()
-    if args.max_number_token not in (None, AUTO):
-        model.backbone.max_number_token = int(args.max_number_token)
-
-    loader = DataLoader(
-        _SafeSamples(pending), batch_size=None, num_workers=args.workers, shuffle=False
-    )
-    buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    for sample in tqdm(loader, total=len(pending), desc="inference", unit="img"):
-        if "error" in sample:
-            logger.error("skipping %s: %s", sample["path"], sample["error"])
-            summary.failed.append((sample["path"], sample["error"]))
-            continue
-        bucket = buckets[tuple(sample["image"].shape[-2:])]
-        bucket.append(sample)
-        if len(bucket) == args.batch_size:
-            _run_batch(bucket, model, args, device, output_dir, summary)
-            bucket.clear()
-    for bucket in buckets.values():
-        if bucket:
-            _run_batch(bucket, model, args, device, output_dir, summary)
-    summary.log(device)
-    return summary
+    created: list[Path] = []
+    setup_error = None
+    if any(comm.all_gather(bool(pending))):
+        if rank == 0:
+            created = _create_folders(outputs.folders)
+        comm.synchronize()
+        if pending:
+            try:
+                run_shard(args, pending, outputs, summary)
+            except (FileNotFoundError, ValueError) as exc:  # the same on every rank
+                setup_error = str(exc)
+    summary.wall_seconds = time.perf_counter() - start
+    gathered = comm.all_gather((summary, setup_error))
+    if rank == 0:
+        _remove_if_empty(created)
+    errors = sorted({error for _, error in gathered if error is not None})
+    if errors:
+        raise ValueError("; ".join(errors))
+    ranks = [rank_summary for rank_summary, _ in gathered]
+    return merge(ranks), ranks
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def exit_code(summary: Summary) -> int:
+    """0 when nothing failed, 1 otherwise."""
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def report(args: argparse.Namespace, summary: Summary, ranks: list[Summary]) -> None:
+    """Log the merged summary and write ``--report`` (rank 0 only).
+
+    The report is ``Summary.record()`` of the whole run plus ``exit_code`` and, in sharded runs,
+    ``ranks``: one record per rank (with its ``rank``).
+    """
+    done, skipped, failed = len(summary.done), len(summary.skipped), len(summary.failed)
+    logger.info("done %d, skipped (already present) %d, failed %d", done, skipped, failed)
+    for entry in summary.failed:
+        logger.error("failed: %s: %s", entry["path"], entry["reason"])
+    record = summary.record()
+    if done:
+        logger.info(
+            "time per image: %.3f s (model %.3f s)",
+            record["seconds_per_image"],
+            record["model_seconds_per_image"],
+        )
+        shares = ", ".join(f"block {b}: {100 * v:.1f}%" for b, v in record["routed_share"].items())
+        logger.info("mean share of tokens in global attention: %s", shares)
+        peak = summary.peak_memory_bytes / MIB
+        logger.info("peak memory: %.0f MiB (the largest over the processes)", peak)
+    if skipped and not done:
+        logger.info(
+            "%d outputs were already in %s; pass --overwrite to predict them again",
+            skipped,
+            args.output_dir,
+        )
+    if args.report is not None:
+        record["exit_code"] = exit_code(summary)
+        if len(ranks) > 1:
+            record["ranks"] = [rank.record() | {"rank": r} for r, rank in enumerate(ranks)]
+        text = json.dumps(record, indent=2)
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.report, lambda file: file.write(text.encode()))
+        logger.info("wrote the report to %s", args.report)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def _max_number_token(value: str) -> int | str:
+    if value == AUTO:
+        return AUTO
+    try:
+        cap = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("takes an integer or 'auto'") from None
+    if cap < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return cap
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", "--config-dir", dest="config_file", required=True)
-    parser.add_argument("--checkpoint", "--checkpoint-dir", dest="checkpoint", required=True)
+    parser.add_argument(
+        "--config-file",
+        "--config-dir",
+        dest="config_file",
+        required=True,
+        metavar="FILE",
+        help="model config (a LazyConfig .py or .yaml; configs are code: trusted sources only). "
+        "--config-dir is the official spelling",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        "--checkpoint-dir",
+        dest="checkpoint",
+        required=True,
+        metavar="FILE",
+        help="model weights: an official checkpoint (e.g. MEMatte_ViTS_DIM.pth) or one written "
+        "by main.py. --checkpoint-dir is the official spelling (a file, despite the name)",
+    )
     add_trust_checkpoint_argument(parser)
-    parser.add_argument("--data-dir", required=True, help="test-set folder")
-    parser.add_argument("--output-dir", "--inference-dir", dest="output_dir", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", metavar="DIR", help="a test-set folder (see --layout)")
+    source.add_argument(
+        "--image", nargs="+", metavar="PATH", help="image files (with --trimap or --mask)"
+    )
+    guide = parser.add_mutually_exclusive_group()
+    guide.add_argument(
+        "--trimap", nargs="+", metavar="PATH", help="one trimap per --image (0/128/255)"
+    )
+    guide.add_argument(
+        "--mask",
+        nargs="+",
+        metavar="PATH",
+        help="one rough mask per --image (thresholded at half its range); the trimap is "
+        "unknown within --unknown-width of the mask boundary",
+    )
+    parser.add_argument(
+        "--unknown-width",
+        type=unknown_width_argument,
+        metavar="W",
+        help="with --mask: the unknown band on each side of the mask boundary, in px (e.g. 20) "
+        "or as a fraction of the shorter image side (e.g. 0.02)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        "--inference-dir",
+        dest="output_dir",
+        required=True,
+        metavar="DIR",
+        help="output folder: <name>.png alpha mattes (and the sub-folders of the --save "
+        "options). --inference-dir is the official spelling",
+    )
     parser.add_argument(
         "--layout",
         choices=[layout.name for layout in FOLDER_LAYOUTS],
-        help="test-set layout (default: detected from the folder)",
+        help="test-set layout of --data-dir (default: detected from its sub-folders)",
     )
     parser.add_argument(
         "--max-number-token",
+        type=_max_number_token,
         default=None,
-        help="cap on tokens in one global attention per image: an integer, 'auto' (from the "
-        "device's free memory) or unset (the config's value, 18500 as official)",
+        metavar="N|auto",
+        help="cap on the tokens in one global attention per image: an integer, 'auto' (the "
+        "largest that fits the device's free memory, logged per image size) or unset (the "
+        "config's, 18500 as official)",
     )
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="B",
+        help="images of equal size predicted together (same results as one by one)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs; auto = CUDA when available",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast precision (fp16: CUDA only; bf16 is fast on GPUs and CPUs with bf16 units)",
+    )
     parser.add_argument(
         "--no-patch-decoder",
         dest="patch_decoder",
         action="store_false",
-        help="decode the whole image at once instead of 512 px tiles",
+        help="decode the whole image at once instead of the official 512 px tiles (can change "
+        "results slightly at tile borders)",
     )
     parser.add_argument(
-        "--save-routing", action="store_true", help="also write routing/<name>.jpg pictures"
+        "--save-routing",
+        action="store_true",
+        help="also write routing/<name>.jpg: the tokens each routed block sent to global "
+        "attention and the router's probabilities",
+    )
+    parser.add_argument(
+        "--save-foreground",
+        action="store_true",
+        help="also write foreground/<name>.png: the estimated foreground colours (RGB)",
+    )
+    parser.add_argument(
+        "--save-rgba",
+        action="store_true",
+        help="also write rgba/<name>.png: the foreground colours with the alpha PNG as alpha",
+    )
+    parser.add_argument(
+        "--composite",
+        metavar="COLOR|IMAGE",
+        help="also write composite/<name>.png: the foreground over a colour (#00ff00) or an "
+        "image (resized to each image)",
+    )
+    parser.add_argument(
+        "--save-trimap",
+        action="store_true",
+        help="with --mask: also write trimap/<name>.png, the trimap made from the mask",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo existing outputs")
     parser.add_argument(
         "--round", action="store_true", help="round alpha to 8 bits (official: truncate)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="image-loading processes")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="image-decoding processes per inference process (0: decode in the main process)",
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        metavar="N",
+        help="inference processes on this machine: one per GPU, or N CPU processes with "
+        "--device cpu (torchrun sets its own)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write the run's summary as JSON: done/skipped/failed items, time per image, peak "
+        "memory, routed share per block, and per-rank records in sharded runs",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides key=value, after the options (after -- when the last option "
+        "takes a list of files)",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (usage errors exit with status 2)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.opts[:1] == ["--"]:
+        args.opts = args.opts[1:]
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    if args.max_number_token not in (None, AUTO):
-        try:
-            args.max_number_token = int(args.max_number_token)
-        except ValueError:
-            parser.error("--max-number-token takes an integer or 'auto'")
+    if args.num_gpus < 1:
+        parser.error("--num-gpus must be at least 1")
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
+    if args.data_dir is not None and (args.trimap or args.mask):
+        parser.error("--trimap and --mask go with --image; --data-dir has its trimaps")
+    if args.mask is not None and args.unknown_width is None:
+        parser.error("--mask needs --unknown-width (px, or a fraction of the shorter side)")
+    if args.unknown_width is not None and args.mask is None:
+        parser.error("--unknown-width goes with --mask")
+    if args.save_trimap and args.mask is None:
+        parser.error("--save-trimap writes the trimap made from a --mask")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = parse_args(argv)
+def _setup_logging() -> None:
+    """INFO on rank 0, warnings and errors on the other ranks, each line with its rank in
+    sharded runs."""
+    rank, world = comm.get_rank(), comm.get_world_size()
+    prefix = f"[rank {rank}] " if world > 1 else ""
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s {prefix}%(name)s %(levelname)s: %(message)s",
+        force=world > 1,  # a torchrun process configured it before it knew its rank
+    )
+
+
+def _process_main(args: argparse.Namespace, status_file: str) -> None:
+    """What every inference process runs: its share, then (rank 0) the merged report. Every rank
+    writes the run's exit status (the same on all ranks) to ``status_file``, which the launching
+    process reads: the one spawned processes share, or each torchrun process's own."""
+    _setup_logging()
+    if comm.get_world_size() > 1 and args.device == "cpu":
+        # The CPU processes of this machine share its cores.
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     try:
-        summary = run(args)
-    except (FileNotFoundError, ValueError) as exc:
+        summary, ranks = run(args)
+        code = exit_code(summary)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
-        return 2
-    return 1 if summary.failed else 0
+        summary, ranks, code = None, [], EXIT_USAGE
+    if comm.is_main_process() and summary is not None:
+        report(args, summary, ranks)
+    atomic_write(status_file, lambda file: file.write(str(code).encode()))
+
+
+def _check_setup(args: argparse.Namespace) -> None:
+    """Setup errors found before any process or model starts.
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: bad inputs, output folder or report path.
+    """
+    collect_items(args)  # a missing folder, no layout, bad single-image options
+    for path in [*(args.image or ()), *(args.trimap or ()), *(args.mask or ())]:
+        if not Path(path).is_file():
+            hint = " (config overrides after a list of files go after --)" if "=" in path else ""
+            raise FileNotFoundError(f"{path}: no such file{hint}")
+    if not Path(args.config_file).is_file():
+        raise FileNotFoundError(f"{args.config_file}: no such config file")
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    for folder in make_outputs(args).folders:  # the output folder and its sub-folders
+        check_output_dir(folder)
+    if args.report is not None:
+        check_output_dir(args.report.parent)
+        if args.report.is_dir():
+            raise UsageError(f"--report {args.report} is a folder")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status (0, 1 or 2, see the module docstring)."""
+    args = parse_args(argv)
+    _setup_logging()
+    try:
+        _check_setup(args)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    with tempfile.TemporaryDirectory(prefix="mematte-inference-") as tmp:
+        status_file = str(Path(tmp) / "exit_status")
+        try:
+            launch(_process_main, args.num_gpus, args=(args, status_file))
+        except Exception as exc:  # a process died (its traceback is printed above)
+            logger.error("an inference process failed: %s", exc)
+            return EXIT_FAILED
+        return int(Path(status_file).read_text())
 
 
 if __name__ == "__main__":

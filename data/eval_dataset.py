@@ -1,9 +1,10 @@
 """Dataset over the items of a test-set folder, for inference and evaluation.
 
-Images, trimaps and alphas are read as in the official inference (``to_tensor`` of the files):
-values scaled to [0, 1], trimap levels kept as stored (128 -> 128 / 255, not re-quantized); a
-trimap must be an 8-bit single-channel map. See ``data.image_io`` for the conversions of
-grayscale, RGBA and 16-bit files.
+Samples hold the files' levels, not floats: the RGB image as uint8 (or uint16 for 16-bit files),
+the trimap and the ground-truth alpha as 8-bit maps, so a loader moves a quarter of the bytes and
+the float copy is made once, where the model runs (``engine.predictor``: image / 255 or / 65535,
+trimap / 255, as the official inference). A trimap must be an 8-bit single-channel map. See
+``data.image_io`` for the conversions of grayscale, RGBA and 16-bit files.
 """
 
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.image_io import BadSampleError, read_gray, read_rgb, read_trimap
+from data.image_io import BadSampleError, read_map_u8, read_rgb_levels, read_trimap_levels
 from data.readers import MattingItem, scan_test_set
 
 __all__ = ["MattingEvalDataset"]
@@ -30,10 +31,10 @@ def _check_size(path: Path, array: np.ndarray, image: np.ndarray, image_path: Pa
 class MattingEvalDataset(torch.utils.data.Dataset):
     """Test images with their trimaps (and alphas when the folder has them).
 
-    A sample is a dict with ``image`` ``[3, H, W]`` float32 RGB in [0, 1], ``trimap``
-    ``[1, H, W]`` float32 in [0, 1] (file value / 255), ``alpha`` ``[1, H, W]`` float32 in [0, 1]
-    only for items that have one, and ``image_name`` (the image's file name). Images differ in
-    size: load with ``batch_size=1``.
+    A sample is a dict with ``image`` ``[3, H, W]`` RGB levels (uint8, or uint16 for 16-bit
+    files), ``trimap`` ``[1, H, W]`` uint8, ``alpha`` ``[1, H, W]`` uint8 (the 8-bit levels the
+    metrics compare) only for items that have one, and ``image_name`` (the image's file name).
+    Images differ in size: load with ``batch_size=1`` (or ``None``).
 
     Args:
         folder: test-set folder (see ``data.readers`` for the layouts).
@@ -42,9 +43,9 @@ class MattingEvalDataset(torch.utils.data.Dataset):
             ignored).
 
     Raises (per item, from ``__getitem__``):
-        BadSampleError: unreadable file, trimap that is not 8-bit single-channel, or trimap/alpha
-            size differing from the image; the exception's ``path`` names the file, so callers
-            can report it and skip the item.
+        BadSampleError: unreadable or truncated file, trimap that is not 8-bit single-channel,
+            colour alpha, or trimap/alpha size differing from the image; the exception's
+            ``path`` names the file, so callers can report it and skip the item.
     """
 
     def __init__(
@@ -65,16 +66,16 @@ class MattingEvalDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor | str]:
         item = self.items[idx]
-        image = read_rgb(item.image_path)
-        trimap = read_trimap(item.trimap_path)
+        image = read_rgb_levels(item.image_path)
+        trimap = read_trimap_levels(item.trimap_path)
         _check_size(item.trimap_path, trimap, image, item.image_path)
         sample: dict[str, torch.Tensor | str] = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # HWC->CHW
+            "image": torch.from_numpy(image).permute(2, 0, 1),  # [H, W, 3] -> [3, H, W] view
             "trimap": torch.from_numpy(trimap[None]),
             "image_name": item.image_path.name,
         }
         if item.alpha_path is not None:
-            alpha = read_gray(item.alpha_path)
+            alpha = read_map_u8(item.alpha_path)
             _check_size(item.alpha_path, alpha, image, item.image_path)
             sample["alpha"] = torch.from_numpy(alpha[None])
         return sample

@@ -19,25 +19,37 @@ The training pipeline reads its files as the official one does, with ``cv2.imrea
 applied, returned as RGB) and ``read_train_alpha`` (``cv2.imread(path, 0) / 255``, EXIF
 orientation applied), so a rotated JPEG and its alpha meet as in the official run.
 
-Two readers take maps with other rules: ``read_trimap`` (inference and evaluation inputs) accepts
-only 8-bit single-channel trimaps (a grayscale PNG saved as RGB included) and returns file value
-/ 255, as the official inference feeds them; ``read_map_u8`` (``tools/evaluate.py``) returns the
-8-bit levels the official MATLAB evaluation compares: 16-bit values become ``round(v / 257)`` and
-a colour file keeps its red channel, as ``evaluate.m`` keeps ``(:, :, 1)`` of the RGB image.
+``read_rgb_levels`` returns the same RGB image without the float conversion (uint8 or uint16), so
+that inference sends 8-bit pixels to the device and converts them there, once.
+
+Two readers take maps with other rules: ``read_trimap_levels`` (inference and evaluation inputs)
+accepts only 8-bit single-channel trimaps (a grayscale PNG saved as RGB included), and warns,
+naming the file, when values other than 0, 128 and 255 occur; ``read_trimap`` gives those levels
+/ 255, as the official inference feeds them. ``read_map_u8`` (``tools/evaluate.py``) returns the
+8-bit levels the official MATLAB evaluation compares: 16-bit values become ``round(v / 257)``. A
+colour file where a map is expected is an error (``evaluate.m`` would silently keep its red
+channel; a gray image saved as RGB is fine).
 
 Problems with one file raise ``BadSampleError`` (or its subclass ``UnreadableImageError``), which
-carries the path, so callers can report the file and skip it.
+carries the path, so callers can report the file and skip it. A PNG or JPEG file that stops before
+its end marker is unreadable (truncated), whatever a decoder would make of the rest (OpenCV 4
+fills a truncated JPEG with grey and only says so on stderr); ``is_complete_image`` makes the same
+check on a written file without decoding it.
 
 ``write_image`` encodes by the file suffix and writes through ``utils.file_io.atomic_write``, so an
 interrupted run never leaves a truncated image behind.
 """
 
+import io
 import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from PIL import Image
 
+from data.trimap import non_trimap_share
 from utils.file_io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -47,14 +59,22 @@ __all__ = [
     "BadSampleError",
     "UnreadableImageError",
     "encode_image",
+    "is_complete_image",
     "list_images",
     "list_images_by_stem",
     "read_gray",
+    "read_map_levels",
     "read_map_u8",
     "read_rgb",
+    "read_rgb_levels",
     "read_train_alpha",
     "read_train_rgb",
     "read_trimap",
+    "read_trimap_levels",
+    "to_map_levels",
+    "to_rgb_levels",
+    "to_unit_float",
+    "trimap_levels",
     "write_image",
 ]
 
@@ -64,7 +84,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 _UINT8_MAX = 255.0
 _UINT16_MAX = 65535.0
 UINT16_PER_UINT8 = _UINT16_MAX / _UINT8_MAX  # 257: 16-bit value v is 8-bit round(v / 257)
-_BGR_RED = 2  # channel index of red in OpenCV's BGR order
+# Where PNG and JPEG files start and end: a file without its end marker was cut short.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC, the last bytes of every PNG
+JPEG_START = b"\xff\xd8"
+JPEG_END = b"\xff\xd9"
+# Bytes read at each end of a file to check its markers (JPEG writers may pad the end with zeros).
+_MARKER_BYTES = 64
 
 
 class BadSampleError(Exception):
@@ -118,6 +144,60 @@ def list_images_by_stem(folder: str | Path) -> dict[str, Path]:
     return dict(sorted(by_stem.items()))
 
 
+def _ends_complete(head: bytes, tail: bytes) -> bool | None:
+    """Whether a PNG or JPEG file (by its first bytes) ends with its format's end marker; None
+    for other formats."""
+    if head.startswith(PNG_SIGNATURE):
+        return tail.endswith(PNG_END)
+    if head.startswith(JPEG_START):
+        return tail.rstrip(b"\x00").endswith(JPEG_END)
+    return None
+
+
+def is_complete_image(path: str | Path, *, decode: bool = False) -> bool:
+    """Whether ``path`` is a whole image file: a ``.png`` with the PNG signature and end chunk,
+    a ``.jpg``/``.jpeg`` with the JPEG start and end markers, any other suffix non-empty.
+
+    Without ``decode`` it reads only the two ends of the file: the check for outputs that an
+    earlier run may have left behind (empty, cut short, or overwritten by something else).
+
+    Args:
+        path: the file.
+        decode: also decode it (finds damage between intact ends).
+    """
+    path = Path(path)
+    if decode:
+        try:
+            _read_raw(path)
+        except BadSampleError:
+            return False
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            head = file.read(len(PNG_SIGNATURE))
+            file.seek(max(0, size - _MARKER_BYTES))
+            tail = file.read()
+    except OSError:
+        return False
+    start = {".png": PNG_SIGNATURE, ".jpg": JPEG_START, ".jpeg": JPEG_START}.get(
+        path.suffix.lower(), b""
+    )
+    return size > 0 and head.startswith(start) and _ends_complete(head, tail) is not False
+
+
+def _check_not_truncated(path: Path, buffer: np.ndarray) -> None:
+    """Raise if a PNG or JPEG file stops before its end marker. Files with data after the marker
+    (phone photos with an appended video) are decoded once by PIL to tell them from cut ones."""
+    head, tail = buffer[: len(PNG_SIGNATURE)].tobytes(), buffer[-_MARKER_BYTES:].tobytes()
+    if _ends_complete(head, tail) is not False:
+        return
+    try:
+        with Image.open(io.BytesIO(buffer.tobytes())) as image:
+            image.load()
+    except OSError as exc:
+        raise UnreadableImageError(path, f"truncated file ({exc})") from exc
+
+
 def _read_raw(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     """Decode a file with OpenCV's ``flags`` (by default without any conversion: BGR(A) order,
     native bit depth, EXIF orientation ignored)."""
@@ -126,9 +206,12 @@ def _read_raw(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     # imdecode instead of imread (same decoders and conversions): no OpenCV warning on stderr,
     # and non-ASCII paths work.
     buffer = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(buffer, flags) if buffer.size else None
+    if not buffer.size:
+        raise UnreadableImageError(path, "empty file")
+    _check_not_truncated(path, buffer)
+    image = cv2.imdecode(buffer, flags)
     if image is None:
-        raise UnreadableImageError(path, "cannot decode image (empty, truncated or unknown format)")
+        raise UnreadableImageError(path, "cannot decode image (truncated or unknown format)")
     return image
 
 
@@ -150,6 +233,44 @@ def _colour_channels(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def to_rgb_levels(image: np.ndarray, source: str | Path, *, bgr: bool = False) -> np.ndarray:
+    """A decoded image as ``[H, W, 3]`` RGB at its native bit depth: gray replicated, an alpha
+    channel (gray + alpha, RGBA) dropped, as PIL's ``convert("RGB")``.
+
+    Args:
+        image: ``[H, W]``, ``[H, W, 1]``, ``[H, W, 2]``, ``[H, W, 3]`` or ``[H, W, 4]``.
+        source: the file (or a description of the array) for error messages.
+        bgr: the colour channels are in OpenCV's BGR(A) order.
+
+    Raises:
+        BadSampleError: another shape, or a pixel type other than uint8 and uint16.
+    """
+    image = _colour_channels(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)  # gray [H, W] -> [H, W, 3]
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise BadSampleError(source, f"unsupported image shape {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise BadSampleError(source, f"unsupported pixel type {image.dtype} (8 or 16 bits)")
+    return np.ascontiguousarray(image[:, :, ::-1] if bgr else image)  # BGR -> RGB
+
+
+def read_rgb_levels(path: str | Path) -> np.ndarray:
+    """Read a colour image as RGB at its native bit depth (see the module docstring).
+
+    Returns:
+        ``[H, W, 3]`` uint8 or uint16 array, RGB order.
+
+    Raises:
+        UnreadableImageError: the file is missing, truncated or cannot be decoded.
+        BadSampleError: unsupported pixel type or channel count.
+    """
+    path = Path(path)
+    return to_rgb_levels(_read_raw(path), path, bgr=True)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read a colour image as RGB float32 in [0, 1].
 
@@ -160,24 +281,17 @@ def read_rgb(path: str | Path) -> np.ndarray:
         ``[H, W, 3]`` float32 array, RGB order.
 
     Raises:
-        UnreadableImageError: the file is missing or cannot be decoded.
+        UnreadableImageError: the file is missing, truncated or cannot be decoded.
         BadSampleError: unsupported pixel type or channel count.
     """
     path = Path(path)
-    image = _colour_channels(_read_raw(path))
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)  # gray [H, W] -> [H, W, 3]
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise BadSampleError(path, f"unsupported image shape {image.shape}")
-    return np.ascontiguousarray(_to_unit_float(image, path)[:, :, ::-1])  # BGR -> RGB
+    return _to_unit_float(read_rgb_levels(path), path)
 
 
-def _read_map(path: Path) -> np.ndarray:
-    """Decode a map at its native bit depth: ``[H, W]`` for a gray file (alpha channel dropped,
-    gray saved as colour collapsed), ``[H, W, 3]`` BGR when the colour channels differ."""
-    image = _colour_channels(_read_raw(path))
+def _as_map(image: np.ndarray, source: str | Path) -> np.ndarray:
+    """A decoded map at its native bit depth: ``[H, W]`` for a gray image (alpha channel
+    dropped, gray saved as colour collapsed), ``[H, W, 3]`` when the colour channels differ."""
+    image = _colour_channels(np.asarray(image))
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 3 and image.shape[2] == 3:
@@ -186,7 +300,12 @@ def _read_map(path: Path) -> np.ndarray:
             image = first
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
         return np.ascontiguousarray(image)
-    raise BadSampleError(path, f"unsupported map shape {image.shape}")
+    raise BadSampleError(source, f"unsupported map shape {image.shape}")
+
+
+def _read_map(path: Path) -> np.ndarray:
+    """Decode a map file with :func:`_as_map` (colour channels in BGR order)."""
+    return _as_map(_read_raw(path), path)
 
 
 def read_gray(path: str | Path) -> np.ndarray:
@@ -209,27 +328,99 @@ def read_gray(path: str | Path) -> np.ndarray:
     return _to_unit_float(image, path)
 
 
-def read_trimap(path: str | Path) -> np.ndarray:
-    """Read an 8-bit trimap as the official inference feeds it: file value / 255.
+def trimap_levels(image: np.ndarray, source: str | Path) -> np.ndarray:
+    """Check a decoded trimap: 8-bit, single-channel (equal colour channels collapse); warn,
+    naming ``source``, when values other than 0, 128 and 255 occur (they are fed as they are).
+
+    Args:
+        image: ``[H, W]`` or ``[H, W, C]`` array.
+        source: the file (or a description of the array) for messages.
+
+    Returns:
+        ``[H, W]`` uint8 array.
+
+    Raises:
+        BadSampleError: not 8-bit, or a colour image.
+    """
+    image = _as_map(image, source)
+    if image.ndim != 2:
+        raise BadSampleError(source, "trimap must be single-channel, got a colour image")
+    if image.dtype != np.uint8:
+        raise BadSampleError(source, f"trimap must be 8-bit (0..255), got {image.dtype}")
+    share = non_trimap_share(image)
+    if share:
+        logger.warning(
+            "%s: %.2f%% of the trimap's pixels are neither 0, 128 nor 255; they are fed as they "
+            "are (value / 255; only 0 and 255 force the alpha)",
+            source,
+            100 * share,
+        )
+    return image
+
+
+def read_trimap_levels(path: str | Path) -> np.ndarray:
+    """Read an 8-bit trimap (see :func:`trimap_levels`).
 
     Args:
         path: single-channel 8-bit image file (0 background, 128 unknown, 255 foreground); a
             grayscale PNG saved as RGB(A) is accepted.
 
     Returns:
-        ``[H, W]`` float32 array (128 -> 128 / 255: levels are kept, not re-quantized).
+        ``[H, W]`` uint8 array.
 
     Raises:
-        UnreadableImageError: the file is missing or cannot be decoded.
+        UnreadableImageError: the file is missing, truncated or cannot be decoded.
         BadSampleError: not 8-bit, or a colour image.
     """
     path = Path(path)
-    image = _read_map(path)
+    return trimap_levels(_read_raw(path), path)
+
+
+def read_trimap(path: str | Path) -> np.ndarray:
+    """Read an 8-bit trimap as the official inference feeds it: file value / 255.
+
+    Returns:
+        ``[H, W]`` float32 array (128 -> 128 / 255: levels are kept, not re-quantized).
+
+    Raises:
+        UnreadableImageError, BadSampleError: as :func:`read_trimap_levels`.
+    """
+    return read_trimap_levels(path).astype(np.float32) / _UINT8_MAX
+
+
+def to_map_levels(image: np.ndarray, source: str | Path) -> np.ndarray:
+    """A decoded single-channel map (alpha matte, mask) at its native bit depth.
+
+    Args:
+        image: ``[H, W]`` or ``[H, W, C]`` array; equal colour channels collapse, an alpha channel
+            is dropped.
+        source: the file (or a description of the array) for error messages.
+
+    Returns:
+        ``[H, W]`` array.
+
+    Raises:
+        BadSampleError: a colour image (its channels differ).
+    """
+    image = _as_map(image, source)
     if image.ndim == 3:
-        raise BadSampleError(path, "trimap must be single-channel, got a colour image")
-    if image.dtype != np.uint8:
-        raise BadSampleError(path, f"trimap must be 8-bit (0..255), got {image.dtype}")
-    return image.astype(np.float32) / _UINT8_MAX
+        raise BadSampleError(
+            source,
+            "a colour image where a single-channel map (alpha matte, trimap, mask) is expected "
+            "(evaluate.m would silently use its red channel)",
+        )
+    return image
+
+
+def read_map_levels(path: str | Path) -> np.ndarray:
+    """Read a single-channel map at its native bit depth (see :func:`to_map_levels`).
+
+    Raises:
+        UnreadableImageError: the file is missing, truncated or cannot be decoded.
+        BadSampleError: a colour image.
+    """
+    path = Path(path)
+    return to_map_levels(_read_raw(path), path)
 
 
 def read_map_u8(path: str | Path) -> np.ndarray:
@@ -237,26 +428,39 @@ def read_map_u8(path: str | Path) -> np.ndarray:
     evaluation compares.
 
     Args:
-        path: 8- or 16-bit image file; 16-bit values become ``round(v / 257)``; a colour file
-            (channels differ) keeps its red channel, with a warning.
+        path: 8- or 16-bit single-channel image file (a gray image saved as RGB included);
+            16-bit values become ``round(v / 257)``.
 
     Returns:
         ``[H, W]`` uint8 array.
 
     Raises:
-        UnreadableImageError: the file is missing or cannot be decoded.
-        BadSampleError: unsupported pixel type or channel count.
+        UnreadableImageError: the file is missing, truncated or cannot be decoded.
+        BadSampleError: a colour image, or an unsupported pixel type.
     """
     path = Path(path)
-    image = _read_map(path)
-    if image.ndim == 3:
-        logger.warning("%s is a colour image; using its red channel, as evaluate.m does", path)
-        image = np.ascontiguousarray(image[:, :, _BGR_RED])
+    image = read_map_levels(path)
     if image.dtype == np.uint16:
         return np.round(image.astype(np.float64) / UINT16_PER_UINT8).astype(np.uint8)
     if image.dtype != np.uint8:
         raise BadSampleError(path, f"unsupported pixel type {image.dtype}")
     return image
+
+
+def to_unit_float(levels: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Pixel levels as float32 in [0, 1] on ``device``: uint8 / 255, uint16 / 65535, floats as
+    they are. The levels travel to the device; the float copy is made there, once.
+
+    Args:
+        levels: an array or tensor of any shape.
+        device: where the float copy goes.
+    """
+    tensor = torch.as_tensor(levels).to(device, non_blocking=True)
+    if tensor.dtype == torch.uint8:
+        return tensor.float().div_(_UINT8_MAX)
+    if tensor.dtype == torch.uint16:
+        return tensor.float().div_(_UINT16_MAX)
+    return tensor.float()
 
 
 def read_train_rgb(path: str | Path) -> np.ndarray:

@@ -1,11 +1,20 @@
-"""Trimaps: generated from an alpha matte by erosion, and quantized for the network.
+"""Trimaps: generated from an alpha matte by erosion (training) or from a mask by a Euclidean
+band (your own images), checked, and quantized for the network.
 
 An 8-bit trimap (a file, or the training pipeline before ``ToTensor``) holds 0 (background), 128
 (unknown) and 255 (foreground); the network takes {0, 0.5, 1}.
 
+The training pipeline keeps :func:`erosion_trimap` (elliptic kernels, as GCA-Matting): the
+Euclidean band of :func:`trimap_from_mask` would change its trimaps, so the two share the levels
+and nothing else.
+
 References: GCA-Matting / ViTMatte ``GenMask`` (trimap by erosion) and ``ToTensor`` (the 85 / 170
 thresholds of training).
 """
+
+import argparse
+import logging
+import numbers
 
 import cv2
 import numpy as np
@@ -13,13 +22,27 @@ import numpy as np
 __all__ = [
     "TRIMAP_BG",
     "TRIMAP_FG",
+    "TRIMAP_LEVELS",
     "TRIMAP_UNKNOWN",
+    "binarize_mask",
     "erosion_trimap",
+    "non_trimap_share",
+    "parse_unknown_width",
     "quantize_trimap",
+    "trimap_from_mask",
+    "unknown_width_argument",
+    "unknown_width_pixels",
 ]
+
+logger = logging.getLogger(__name__)
 
 # 8-bit trimap levels.
 TRIMAP_BG, TRIMAP_UNKNOWN, TRIMAP_FG = 0, 128, 255
+TRIMAP_LEVELS = (TRIMAP_BG, TRIMAP_UNKNOWN, TRIMAP_FG)
+# Masks are thresholded at half their range: floats above 0.5, integers above half their maximum.
+FLOAT_MASK_THRESHOLD = 0.5
+# The boundary of a mask runs half-way between the centres of neighbouring pixels on its two sides.
+HALF_PIXEL = 0.5
 # Definite foreground: (alpha + DEFINITE_EPS) truncates to 1; definite background:
 # (1 - alpha + DEFINITE_EPS) does, computed in alpha's precision (official `GenMask`, 1e-5).
 DEFINITE_EPS = 1e-5
@@ -75,3 +98,118 @@ def quantize_trimap(trimap: np.ndarray) -> np.ndarray:
     out[trimap < TRIMAP_BG_BELOW] = BACKGROUND
     out[trimap >= TRIMAP_FG_FROM] = FOREGROUND
     return out
+
+
+def binarize_mask(mask: np.ndarray) -> np.ndarray:
+    """A mask thresholded at half its range: bool as is, uint8 ``> 127``, uint16 ``> 32767``,
+    float ``> 0.5`` (soft masks welcome).
+
+    Args:
+        mask: ``[H, W]`` (or ``[H, W, 1]``) bool, uint8, uint16 or float array.
+
+    Returns:
+        ``[H, W]`` bool, True in the foreground.
+
+    Raises:
+        ValueError: another shape or dtype (e.g. an int64 label map: convert it first).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be [H, W], got shape {mask.shape}")
+    if mask.dtype == bool:
+        return mask
+    if mask.dtype in (np.uint8, np.uint16):
+        return mask > np.iinfo(mask.dtype).max // 2
+    if np.issubdtype(mask.dtype, np.floating):
+        return mask > FLOAT_MASK_THRESHOLD
+    raise ValueError(
+        f"a mask must be bool, uint8 (0..255), uint16 or float (0..1), got {mask.dtype}"
+    )
+
+
+def unknown_width_pixels(unknown_width: float, shape: tuple[int, ...]) -> float:
+    """An unknown-band width in pixels: an int (or a float of at least 1) is pixels, a float
+    below 1 a fraction of the image's shorter side.
+
+    Raises:
+        ValueError: a negative width, or not a number.
+    """
+    if isinstance(unknown_width, bool) or not isinstance(unknown_width, numbers.Real):
+        raise ValueError(f"unknown_width must be a number, got {unknown_width!r}")
+    if unknown_width < 0:
+        raise ValueError(f"unknown_width must be >= 0, got {unknown_width}")
+    if isinstance(unknown_width, numbers.Integral) or unknown_width >= 1:
+        return float(unknown_width)
+    return float(unknown_width) * min(shape[:2])
+
+
+def parse_unknown_width(text: str) -> float:
+    """A command-line width: ``"20"`` -> 20 px (int), ``"0.02"`` -> a fraction (float).
+
+    Raises:
+        ValueError: not a number, or negative.
+    """
+    value = float(text) if any(c in text for c in ".eE") else int(text)
+    unknown_width_pixels(value, (1, 1))  # validates
+    return value
+
+
+def unknown_width_argument(text: str) -> float:
+    """:func:`parse_unknown_width` as an argparse ``type``: errors are usage errors that say why."""
+    try:
+        return parse_unknown_width(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def trimap_from_mask(
+    mask: np.ndarray, unknown_width: float, *, source: str = "the mask"
+) -> np.ndarray:
+    """Trimap of a (rough) mask: unknown within ``unknown_width`` px of its boundary.
+
+    The mask is thresholded at half its range (:func:`binarize_mask`). A pixel is unknown (128)
+    when the Euclidean distance from its centre to the mask boundary, which runs half-way between
+    the centres of neighbouring foreground and background pixels, is at most ``unknown_width``,
+    on either side; the rest is foreground (255) or background (0).
+
+    Args:
+        mask: ``[H, W]`` mask (bool, uint8, uint16 or float).
+        unknown_width: pixels (int, or float >= 1) or a fraction of the image's shorter side
+            (float < 1) on each side of the boundary; 0 gives no unknown band.
+        source: what the mask is (a file name) for the warning.
+
+    Returns:
+        ``[H, W]`` uint8 trimap in {0, 128, 255}. An empty or full mask gives all 0 or all 255
+        with a warning.
+
+    Raises:
+        ValueError: bad mask shape or dtype, or a negative width.
+    """
+    raw = np.asarray(mask)
+    foreground = binarize_mask(raw)
+    width = unknown_width_pixels(unknown_width, foreground.shape)
+    if not foreground.any() or foreground.all():
+        hint = ""
+        if raw.dtype == np.uint8 and 0 < raw.max() <= 1:
+            hint = " (values 0 and 1 in an 8-bit mask: scale it to 0/255)"
+        logger.warning(
+            "%s is %s%s: the trimap is all %s",
+            source,
+            "empty" if not foreground.any() else "full",
+            hint,
+            "background" if not foreground.any() else "foreground",
+        )
+        return np.full(foreground.shape, TRIMAP_FG if foreground.any() else TRIMAP_BG, np.uint8)
+    trimap = np.where(foreground, TRIMAP_FG, TRIMAP_BG).astype(np.uint8)
+    # Pixel-centre distance to the nearest pixel on the other side (exact Euclidean).
+    for side in (foreground, ~foreground):
+        distance = cv2.distanceTransform(side.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        trimap[side & (distance <= width + HALF_PIXEL)] = TRIMAP_UNKNOWN
+    return trimap
+
+
+def non_trimap_share(levels: np.ndarray) -> float:
+    """Share of the pixels of an 8-bit map whose value is not 0, 128 or 255."""
+    return float(1 - np.isin(levels, TRIMAP_LEVELS).mean()) if levels.size else 0.0

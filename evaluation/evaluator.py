@@ -11,22 +11,16 @@ import logging
 import math
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from data.eval_dataset import MattingEvalDataset
 from data.image_io import BadSampleError
-from engine.predictor import UINT8_MAX, alpha_to_uint8, predict
+from engine.predictor import MattingPredictor, alpha_to_uint8
 from evaluation.metrics import METRIC_NAMES, Region, compute_metrics
 
 __all__ = ["MattingEvaluator"]
 
 logger = logging.getLogger(__name__)
-
-
-def _to_uint8(values: torch.Tensor) -> torch.Tensor:
-    """File values read as ``v / 255`` back to the original 8-bit levels."""
-    return (values * UINT8_MAX).round().to(torch.uint8)
 
 
 class MattingEvaluator:
@@ -67,9 +61,13 @@ class MattingEvaluator:
     def __call__(self, model: nn.Module) -> dict[str, float]:
         """Evaluate ``model`` (DDP-wrapped or not); restores its train/eval mode afterwards."""
         model = getattr(model, "module", model)
-        device = next(model.parameters()).device
         was_training = model.training
-        model.eval()
+        predictor = MattingPredictor(
+            model,
+            device=next(model.parameters()).device,
+            precision=self.precision,
+            patch_decoder=self.patch_decoder,
+        )
         per_image = []
         try:
             for idx in range(len(self.dataset)):
@@ -78,17 +76,9 @@ class MattingEvaluator:
                 except BadSampleError as exc:
                     logger.error("evaluation skips %s: %s", exc.path, exc.reason)
                     continue
-                batch = {"image": sample["image"][None], "trimap": sample["trimap"][None]}
-                out = predict(
-                    model,
-                    batch,
-                    device=device,
-                    precision=self.precision,
-                    patch_decoder=self.patch_decoder,
-                )
-                pred = alpha_to_uint8(out["phas"][0, 0], sample["trimap"][0])
-                gt = _to_uint8(sample["alpha"][0]).numpy()
-                trimap = _to_uint8(sample["trimap"][0]).numpy()
+                prediction = predictor.predict_levels(sample["image"][None], sample["trimap"][None])
+                pred = alpha_to_uint8(prediction.alpha[0])
+                gt, trimap = sample["alpha"][0].numpy(), sample["trimap"][0].numpy()
                 per_image.append(compute_metrics(pred, gt, trimap, self.region))
         finally:
             model.train(was_training)

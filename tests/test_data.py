@@ -459,8 +459,8 @@ def test_training_files_are_read_as_the_official_cv2_imread(tmp_path: Path) -> N
         read_train_rgb(tmp_path / "nothere.png")
 
 
-def test_read_map_u8_gives_the_8bit_levels_of_16bit_and_colour_files(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_read_map_u8_gives_the_8bit_levels_of_16bit_files_and_refuses_colour(
+    tmp_path: Path,
 ) -> None:
     levels = np.array([[0, 1, 127, 128], [129, 200, 254, 255]], np.uint8)
     cv2.imwrite(str(tmp_path / "gray.png"), levels)
@@ -473,9 +473,8 @@ def test_read_map_u8_gives_the_8bit_levels_of_16bit_and_colour_files(
     for name in ("gray", "gray_as_rgb", "deep"):
         read = read_map_u8(tmp_path / f"{name}.png")
         assert read.dtype == np.uint8 and np.array_equal(read, levels), name
-    with caplog.at_level(logging.WARNING, logger="data.image_io"):
-        assert np.array_equal(read_map_u8(tmp_path / "colour.png"), levels)  # its red channel
-    assert "colour.png" in caplog.text and "red channel" in caplog.text
+    with pytest.raises(BadSampleError, match="colour.png.*colour image"):
+        read_map_u8(tmp_path / "colour.png")
 
 
 def test_read_trimap_takes_8bit_single_channel_maps_only(tmp_path: Path) -> None:
@@ -576,10 +575,11 @@ def test_eval_dataset_values_and_bad_items(tmp_path: Path) -> None:
     root = _make_test_folder(tmp_path, "images", "trimaps", "alphas")
     dataset = MattingEvalDataset(root)
     sample = dataset[0]
-    assert sample["image"].shape == (3, 12, 16) and sample["image"].dtype == torch.float32
+    assert sample["image"].shape == (3, 12, 16) and sample["image"].dtype == torch.uint8
     assert sample["trimap"].shape == (1, 12, 16) and sample["alpha"].shape == (1, 12, 16)
-    levels = torch.tensor([0, 128, 255], dtype=torch.float32) / 255
-    assert torch.equal(sample["trimap"].unique(), levels)  # stored value / 255, not re-quantized
+    assert sample["trimap"].dtype == sample["alpha"].dtype == torch.uint8
+    levels = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    assert torch.equal(sample["trimap"].unique(), levels)  # the file's levels
     assert sample["image_name"] == "x.jpg"
     batch = next(iter(DataLoader(dataset, batch_size=1)))
     assert batch["image"].shape == (1, 3, 12, 16)

@@ -2,7 +2,14 @@
 
 import numpy as np
 
-from utils.visualizer import GAP, PANEL_MAX_SIDE, TITLE_HEIGHT, routing_figure
+from utils.visualizer import (
+    GAP,
+    LEGEND_LINE_HEIGHT,
+    LEGEND_MARGIN,
+    PANEL_MAX_SIDE,
+    TITLE_HEIGHT,
+    routing_figure,
+)
 
 PATCH = 16
 
@@ -16,25 +23,39 @@ def _inputs():
     return image, keep, probability
 
 
-def test_one_row_per_map_kind_and_one_column_per_block():
+def test_one_row_per_map_kind_one_column_per_block_and_a_legend():
     image, keep, probability = _inputs()
     width = PANEL_MAX_SIDE  # the longer side (96 px) is scaled to the panel size
     height = round(64 * PANEL_MAX_SIDE / 96)
     decisions = routing_figure(image, [keep, keep], [2, 5])
-    assert decisions.shape == (TITLE_HEIGHT + height, 2 * width + GAP, 3)
+    legend = 2 * LEGEND_LINE_HEIGHT + LEGEND_MARGIN  # two lines: global and LTRM tokens
+    assert decisions.shape == (TITLE_HEIGHT + height + legend, 2 * width + GAP, 3)
     both = routing_figure(image, [keep, keep], [2, 5], probabilities=[probability] * 2)
-    assert both.shape == (2 * (TITLE_HEIGHT + height) + GAP, 2 * width + GAP, 3)
+    legend += LEGEND_LINE_HEIGHT  # the colour bar of the probabilities
+    assert both.shape == (2 * (TITLE_HEIGHT + height) + GAP + legend, 2 * width + GAP, 3)
+    swatch = both[-legend + LEGEND_MARGIN + 2, LEGEND_MARGIN + 2].astype(int)  # first swatch, BGR
+    assert swatch[2] > swatch[0] + 50  # the orange of global tokens
+
+
+def test_8_bit_images_draw_like_float_images():
+    image, keep, probability = _inputs()
+    as_uint8 = np.round(image * 255).astype(np.uint8)
+    figure = routing_figure(image, [keep], [2], probabilities=[probability])
+    np.testing.assert_allclose(
+        routing_figure(as_uint8, [keep], [2], probabilities=[probability]), figure, atol=1
+    )
 
 
 def test_global_tokens_are_tinted_and_probabilities_coloured_blue_to_red():
     image, keep, probability = _inputs()
-    figure = routing_figure(image, [keep], [2], probabilities=[probability])  # BGR
+    figure = routing_figure(image, [keep], [2], probabilities=[probability]).astype(int)  # BGR
     token = PANEL_MAX_SIDE // 6  # one token in panel pixels
-    top = figure[TITLE_HEIGHT : TITLE_HEIGHT + 4 * token]
+    height = round(64 * PANEL_MAX_SIDE / 96)  # panel height
+    top = figure[TITLE_HEIGHT : TITLE_HEIGHT + height]
     routed, refined = top[token // 2, token // 2], top[token // 2, 3 * token]
     assert routed[2] > routed[0] + 50  # orange: red over blue
     assert refined.max() < 128  # LTRM tokens dimmed below the grey input
-    bottom = figure[2 * TITLE_HEIGHT + 4 * token + GAP :]
+    bottom = figure[2 * TITLE_HEIGHT + height + GAP : 2 * (TITLE_HEIGHT + height) + GAP]
     sure, unsure = bottom[-token // 2, -token // 2], bottom[token // 2, token // 2]
     assert sure[2] > sure[0] + 50  # p = 1: red
     assert unsure[0] > unsure[2] + 50  # p = 0: blue

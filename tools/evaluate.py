@@ -5,14 +5,21 @@ References: Deep Image Matting evaluation protocol (official MATLAB `evaluate.m`
 
 Usage:
     python tools/evaluate.py --pred-dir P --label-dir L --trimap-dir T \
-        [--region unknown|all] [--workers N] [--csv per_image.csv]
+        [--region unknown|all] [--workers N] [--csv per_image.csv] [--allow-missing]
 
 Files are matched by stem: predictions are ``*.png``; labels and trimaps may be ``.png`` or
-``.jpg``/``.jpeg``. Missing and extra files are logged and the intersection is evaluated. Files are
-read as 8-bit maps by ``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``, a
-colour file keeps its red channel as ``evaluate.m`` does). An image that cannot be read, or whose
-pred/label/trimap sizes differ, is reported and skipped; the exit status is then non-zero (also
-when nothing can be evaluated).
+``.jpg``/``.jpeg``. A label without a prediction (or without a trimap, or a trimap without a label)
+is an error naming the files, since the mean would silently cover fewer images; pass
+``--allow-missing`` to evaluate a partial run knowingly. Extra predictions are reported and left
+out. Files are read as 8-bit single-channel maps by ``data.image_io.read_map_u8`` (16-bit values
+become ``round(v / 257)``). An image is reported and left out of the mean when one of its files
+cannot be read or is truncated, is a colour image, when its sizes differ, when its trimap holds
+values other than 0, 128 and 255, or when its label looks like a trimap (only 0, 128 and 255,
+with 128: label and trimap folders swapped?).
+
+The results table is printed first, then the per-image CSV is written (``--csv``; an unwritable
+path is reported before any work). Exit status: 0 every image evaluated; 1 some image failed or
+is missing; 2 usage or setup error (a folder that does not exist, an unwritable CSV path).
 """
 
 import argparse
@@ -38,6 +45,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from data.image_io import BadSampleError, read_map_u8  # noqa: E402
+from data.trimap import TRIMAP_LEVELS, TRIMAP_UNKNOWN, non_trimap_share  # noqa: E402
 from evaluation.metrics import METRIC_NAMES, Region, compute_metrics  # noqa: E402
 from utils.file_io import atomic_write  # noqa: E402
 
@@ -45,13 +53,22 @@ logger = logging.getLogger(__name__)
 
 PRED_SUFFIXES: tuple[str, ...] = (".png",)
 LABEL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")  # preferred first on a stem clash
-LOSSY_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
 CSV_FLOAT_FORMAT = "{:.10g}"
-MAX_NAMES_LOGGED = 10  # longer lists of unmatched names are abbreviated in warnings
-TABLE_HEADER = f"{'SAD':>10} {'MSE(x1e-3)':>12} {'Grad(x1e3)':>12} {'Conn(x1e3)':>12}"
+MAX_NAMES_LOGGED = 10  # longer lists of unmatched names are abbreviated in messages
+# Each header says how the printed number comes from the official value (paper units).
+TABLE_HEADER = f"{'SAD(/1e3)':>10} {'MSE(x1e3)':>12} {'Grad(/1e3)':>12} {'Conn(/1e3)':>12}"
 TABLE_ROW = "{sad:>10.4f} {mse:>12.4f} {grad:>12.4f} {conn:>12.4f}"
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class MissingFilesError(ValueError):
+    """Labels without prediction or trimap (or trimaps without label): an incomplete set."""
+
+
+class CsvPathError(ValueError):
+    """A ``--csv`` path that cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -98,51 +115,63 @@ def _index_dir(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, 
     return found
 
 
-def _warn_unmatched(names: Iterable[str], message: str) -> None:
-    """Log one warning listing ``names`` (abbreviated) if there are any."""
+def _listed(names: Iterable[str], message: str) -> str | None:
+    """``"<n> <message>: a, b, ..."`` (abbreviated), or None without names."""
     names = sorted(names)
-    if names:
-        shown = ", ".join(names[:MAX_NAMES_LOGGED])
-        if len(names) > MAX_NAMES_LOGGED:
-            shown += ", ..."
-        logger.warning("%d %s: %s", len(names), message, shown)
+    if not names:
+        return None
+    shown = ", ".join(names[:MAX_NAMES_LOGGED])
+    if len(names) > MAX_NAMES_LOGGED:
+        shown += f" and {len(names) - MAX_NAMES_LOGGED} more"
+    return f"{len(names)} {message}: {shown}"
 
 
-def match_files(pred_dir: Path, label_dir: Path, trimap_dir: Path) -> dict[str, ItemPaths]:
+def match_files(
+    pred_dir: Path, label_dir: Path, trimap_dir: Path, *, allow_missing: bool = False
+) -> dict[str, ItemPaths]:
     """Match predictions, labels and trimaps by file stem.
 
-    Missing predictions, predictions without label/trimap, and labels without trimap (or vice
-    versa) are logged as warnings; only names present in all three folders are returned.
+    Predictions without label and trimap are logged as warnings and left out.
 
     Args:
         pred_dir: folder of predicted alpha PNGs.
         label_dir: folder of ground-truth alpha mattes (.png/.jpg).
         trimap_dir: folder of trimaps (.png/.jpg).
+        allow_missing: only warn about labels without prediction or trimap and trimaps without
+            label, and evaluate the names present in all three folders.
 
     Returns:
         ``{name: ItemPaths}`` sorted by name.
 
     Raises:
         FileNotFoundError: a folder does not exist.
+        MissingFilesError: (without ``allow_missing``) names missing in a folder, listed.
         ValueError: no name is present in all three folders.
     """
     preds = _index_dir(Path(pred_dir), PRED_SUFFIXES, "predictions")
     labels = _index_dir(Path(label_dir), LABEL_SUFFIXES, "labels")
     trimaps = _index_dir(Path(trimap_dir), LABEL_SUFFIXES, "trimaps")
     references = labels.keys() & trimaps.keys()
-    _warn_unmatched(references - preds.keys(), f"predictions missing in {pred_dir}")
-    _warn_unmatched(preds.keys() - references, "extra predictions without label and trimap")
-    _warn_unmatched(labels.keys() - trimaps.keys(), f"labels without trimap in {trimap_dir}")
-    _warn_unmatched(trimaps.keys() - labels.keys(), f"trimaps without label in {label_dir}")
+    extra = _listed(preds.keys() - references, "extra predictions without label and trimap")
+    if extra:
+        logger.warning("%s (left out)", extra)
+    missing = [
+        _listed(references - preds.keys(), f"predictions missing in {pred_dir}"),
+        _listed(labels.keys() - trimaps.keys(), f"labels without trimap in {trimap_dir}"),
+        _listed(trimaps.keys() - labels.keys(), f"trimaps without label in {label_dir}"),
+    ]
+    missing = [message for message in missing if message]
+    if missing and not allow_missing:
+        raise MissingFilesError(
+            "; ".join(missing) + ". The mean would cover fewer images: complete the folders, or "
+            "pass --allow-missing to evaluate the others knowingly"
+        )
+    for message in missing:
+        logger.warning("%s (--allow-missing: evaluating the others)", message)
     names = sorted(references & preds.keys())
     if not names:
         raise ValueError(
             f"nothing to evaluate: no common file stem in {pred_dir}, {label_dir}, {trimap_dir}"
-        )
-    lossy = [name for name in names if trimaps[name].suffix.lower() in LOSSY_SUFFIXES]
-    if lossy:
-        logger.warning(
-            "%d trimaps are JPEG: lossy values near 128 are not unknown pixels", len(lossy)
         )
     return {name: ItemPaths(preds[name], labels[name], trimaps[name]) for name in names}
 
@@ -165,10 +194,30 @@ def evaluate_item(name: str, paths: ItemPaths, region: Region) -> ItemResult:
         if len(set(shapes.values())) > 1:
             sizes = ", ".join(f"{path} {shape[1]}x{shape[0]}" for path, shape in shapes.items())
             raise ValueError(f"size mismatch (WxH): {sizes}")
+        _check_roles(paths, label, trimap)
         result.metrics = compute_metrics(pred, label, trimap, region=region)
     except (BadSampleError, ValueError, TypeError) as exc:
         result.error = str(exc)
     return result
+
+
+def _check_roles(paths: ItemPaths, label: np.ndarray, trimap: np.ndarray) -> None:
+    """A trimap holds only 0, 128 and 255; a label that does (with 128) is a trimap.
+
+    Raises:
+        ValueError: naming the file and what is wrong with it.
+    """
+    share = non_trimap_share(trimap)
+    if share:
+        raise ValueError(
+            f"{paths.trimap}: {100 * share:.2f}% of the pixels are neither 0, 128 nor 255: not a "
+            "trimap (label and trimap folders swapped? a JPEG trimap?)"
+        )
+    if (label == TRIMAP_UNKNOWN).any() and not non_trimap_share(label):
+        raise ValueError(
+            f"{paths.label}: only the values {TRIMAP_LEVELS}: a trimap, not an alpha matte "
+            "(label and trimap folders swapped?)"
+        )
 
 
 def evaluate_items(
@@ -227,7 +276,9 @@ def mean_metrics(per_image: dict[str, dict[str, float]]) -> dict[str, float]:
         ``{"sad", "mse", "grad", "conn"}`` means (NaN for every key if ``per_image`` is empty).
     """
     nan_mse = [name for name, values in per_image.items() if math.isnan(values["mse"])]
-    _warn_unmatched(nan_mse, "images without unknown pixel (MSE is NaN, so is its mean)")
+    message = _listed(nan_mse, "images without unknown pixel (MSE is NaN, so is its mean)")
+    if message:
+        logger.warning("%s", message)
     if not per_image:
         return {name: math.nan for name in METRIC_NAMES}
     return {
@@ -265,12 +316,29 @@ def format_table(mean: dict[str, float], num_images: int, region: Region) -> str
     """
     where = "unknown region (trimap == 128)" if region == "unknown" else "whole image"
     lines = [
-        f"Mean over {num_images} images, {where}, paper units: SAD = sum|d_alpha| / 1e3, "
-        "MSE = mean(d_alpha^2) x 1e3, Grad = sum / 1e3, Conn = sum / 1e3",
+        f"Mean over {num_images} images, {where}, in paper units (each column: the official "
+        "value scaled as its header says): SAD = sum|d_alpha| / 1e3, MSE = mean(d_alpha^2) x "
+        "1e3, Grad = sum / 1e3, Conn = sum / 1e3",
         TABLE_HEADER,
         TABLE_ROW.format(**mean),
     ]
     return "\n".join(lines)
+
+
+def _check_csv_path(path: Path) -> None:
+    """An output CSV must be creatable: not a folder, in a folder that exists or can be made
+    and is writable.
+
+    Raises:
+        CsvPathError: naming the path and the problem.
+    """
+    if path.is_dir():
+        raise CsvPathError(f"--csv {path} is a folder")
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CsvPathError(f"--csv {path}: {existing} is not a writable folder")
 
 
 def run(
@@ -280,30 +348,42 @@ def run(
     region: Region,
     workers: int,
     csv_path: Path | None,
+    allow_missing: bool = False,
 ) -> int:
-    """Evaluate, print the mean table, optionally write the CSV; return the exit status."""
+    """Evaluate, print the mean table, then write the CSV; return the exit status."""
     try:
-        items = match_files(pred_dir, label_dir, trimap_dir)
-    except (FileNotFoundError, ValueError) as exc:
+        if csv_path is not None:
+            _check_csv_path(csv_path)
+        items = match_files(pred_dir, label_dir, trimap_dir, allow_missing=allow_missing)
+    except (FileNotFoundError, CsvPathError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except ValueError as exc:  # missing files, or nothing to evaluate
         logger.error("%s", exc)
         return EXIT_FAILURE
     per_image, failures = evaluate_items(items, region=region, workers=workers, progress=True)
-    if csv_path is not None:
-        write_csv(csv_path, per_image)
-        logger.info("wrote per-image metrics to %s", csv_path)
     if not per_image:
         logger.error("no image could be evaluated")
         return EXIT_FAILURE
-    print(format_table(mean_metrics(per_image), len(per_image), region))
+    print(format_table(mean_metrics(per_image), len(per_image), region), flush=True)
+    if csv_path is not None:
+        write_csv(csv_path, per_image)
+        logger.info("wrote per-image metrics to %s", csv_path)
     if failures:
-        logger.error("%d of %d images failed (see errors above)", len(failures), len(items))
+        logger.error(
+            "%d of %d images failed (see errors above) and are not in the mean",
+            len(failures),
+            len(items),
+        )
         return EXIT_FAILURE
     return EXIT_OK
 
 
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pred-dir", type=Path, required=True, help="predicted alpha PNGs")
     parser.add_argument("--label-dir", type=Path, required=True, help="ground-truth alphas")
     parser.add_argument("--trimap-dir", type=Path, required=True, help="trimaps (128 = unknown)")
@@ -320,10 +400,23 @@ def main() -> None:
         help="worker processes (1 = in-process)",
     )
     parser.add_argument("--csv", type=Path, default=None, help="write per-image metrics here")
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="evaluate a partial run: labels without prediction (or trimap) are warnings",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     sys.exit(
-        run(args.pred_dir, args.label_dir, args.trimap_dir, args.region, args.workers, args.csv)
+        run(
+            args.pred_dir,
+            args.label_dir,
+            args.trimap_dir,
+            args.region,
+            args.workers,
+            args.csv,
+            allow_missing=args.allow_missing,
+        )
     )
 
 

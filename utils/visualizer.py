@@ -1,5 +1,5 @@
 """Pictures of the routing: which tokens each routed block sent to global attention, and how sure
-its router was (the router's probability of global attention as a heat map)."""
+its router was (the router's probability of global attention as a heat map), with a legend."""
 
 from __future__ import annotations
 
@@ -21,31 +21,73 @@ TEXT_SCALE = 0.6
 # argmax routing sends a token to global attention when p(global) > 0.5.
 PROBABILITY_COLORMAP = cv2.COLORMAP_JET
 PROBABILITY_BLEND = 0.6  # weight of the heat map over the image
+LEGEND_LINE_HEIGHT = 22  # px per legend line
+LEGEND_SWATCH = 14  # px side of a legend colour swatch
+LEGEND_MARGIN = 6  # px
+LEGEND_TEXT_SCALE = 0.45
+_WHITE = 255
+_MAX_LEVEL = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
-def _panel(image: np.ndarray, keep: np.ndarray, patch: int, size: tuple[int, int]) -> np.ndarray:
-    """One block's overlay, ``[h, w, 3]`` uint8 RGB."""
-    H, W = image.shape[:2]
-    # token grid -> pixel mask (nearest), cropped to the unpadded image
-    mask = np.kron(keep.astype(np.float32), np.ones((patch, patch), np.float32))[:H, :W]
-    mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)[..., None]
-    base = cv2.resize(image, size, interpolation=cv2.INTER_AREA) * 255.0
+def _token_map(values: np.ndarray, patch: int, hw: tuple[int, int], size: tuple[int, int]):
+    """A token-grid map ``[h, w]`` as a ``size`` (width, height) pixel map (nearest), after
+    cropping the padded grid to the image ``hw``."""
+    H, W = hw
+    pixels = np.kron(values.astype(np.float32), np.ones((patch, patch), np.float32))[:H, :W]
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_NEAREST)
+
+
+def _panel(base: np.ndarray, keep: np.ndarray, patch: int, hw: tuple[int, int]) -> np.ndarray:
+    """One block's overlay on ``base`` (the scaled image, float 0..255), ``[h, w, 3]`` RGB."""
+    mask = _token_map(keep, patch, hw, base.shape[1::-1])[..., None]
     routed = (1 - TINT) * base + TINT * GLOBAL_COLOUR
     return (mask * routed + (1 - mask) * LTRM_DIM * base).clip(0, 255).astype(np.uint8)
 
 
 def _probability_panel(
-    image: np.ndarray, probability: np.ndarray, patch: int, size: tuple[int, int]
+    base: np.ndarray, probability: np.ndarray, patch: int, hw: tuple[int, int]
 ) -> np.ndarray:
-    """One block's router probability of global attention over the image, ``[h, w, 3]`` RGB."""
-    H, W = image.shape[:2]
-    heat = np.kron(probability.astype(np.float32), np.ones((patch, patch), np.float32))[:H, :W]
-    heat = cv2.resize(heat, size, interpolation=cv2.INTER_NEAREST)
+    """One block's router probability of global attention over ``base``, ``[h, w, 3]`` RGB."""
+    heat = _token_map(probability, patch, hw, base.shape[1::-1])
     heat = cv2.applyColorMap((heat.clip(0, 1) * 255).astype(np.uint8), PROBABILITY_COLORMAP)
-    base = cv2.resize(image, size, interpolation=cv2.INTER_AREA) * 255.0
     heat_rgb = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32)
     blended = PROBABILITY_BLEND * heat_rgb + (1 - PROBABILITY_BLEND) * base
     return blended.clip(0, 255).astype(np.uint8)
+
+
+def _colour_bar(width: int) -> np.ndarray:
+    """``[LEGEND_SWATCH, width, 3]`` RGB: the probability colormap from 0 (left) to 1."""
+    ramp = np.linspace(0, 255, width).astype(np.uint8)[None].repeat(LEGEND_SWATCH, axis=0)
+    return cv2.cvtColor(cv2.applyColorMap(ramp, PROBABILITY_COLORMAP), cv2.COLOR_BGR2RGB)
+
+
+def _legend(width: int, probabilities: bool) -> np.ndarray:
+    """What the colours and tints mean, ``[h, width, 3]`` RGB on white."""
+    grey = np.full(3, 128.0)
+    lines = [
+        ((1 - TINT) * grey + TINT * GLOBAL_COLOUR, "token sent to global attention"),
+        (LTRM_DIM * grey, "token refined by the LTRM (image dimmed)"),
+    ]
+    height = LEGEND_LINE_HEIGHT * (len(lines) + probabilities) + LEGEND_MARGIN
+    legend = np.full((height, width, 3), _WHITE, np.uint8)
+    text_x = 2 * LEGEND_MARGIN + LEGEND_SWATCH
+    for row, (colour, text) in enumerate(lines):
+        top = LEGEND_MARGIN + row * LEGEND_LINE_HEIGHT
+        legend[top : top + LEGEND_SWATCH, LEGEND_MARGIN : LEGEND_MARGIN + LEGEND_SWATCH] = colour
+        _text(legend, text, (text_x, top + LEGEND_SWATCH - 2))
+    if probabilities:
+        top = LEGEND_MARGIN + len(lines) * LEGEND_LINE_HEIGHT
+        bar_width = 6 * LEGEND_SWATCH
+        legend[top : top + LEGEND_SWATCH, LEGEND_MARGIN : LEGEND_MARGIN + bar_width] = _colour_bar(
+            bar_width
+        )
+        caption = "router p(global): 0 ... 1; argmax routing sends p > 0.5"
+        _text(legend, caption, (2 * LEGEND_MARGIN + bar_width, top + LEGEND_SWATCH - 2))
+    return legend
+
+
+def _text(image: np.ndarray, text: str, origin: tuple[int, int]) -> None:
+    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, LEGEND_TEXT_SCALE, (0, 0, 0), 1)
 
 
 def _titled(panel: np.ndarray, caption: str) -> np.ndarray:
@@ -73,7 +115,8 @@ def routing_figure(
     """Panels, one column per routed block, of the tokens routed to global attention.
 
     Args:
-        image: ``[H, W, 3]`` RGB float in [0, 1].
+        image: ``[H, W, 3]`` RGB: uint8, uint16 or float in [0, 1] (scaled down to the panel
+            size before anything else, so a 6K image costs no full-size float copy).
         keeps: per routed block, the ``[h, w]`` 0/1 decisions (1 = global attention) on the
             padded token grid (``h * patch >= H``).
         block_indexes: backbone block index of each map, for the captions.
@@ -84,23 +127,29 @@ def routing_figure(
     Returns:
         ``[height, width, 3]`` uint8 BGR image, ready for ``cv2.imwrite``. Top row: global-
         attention tokens tinted orange, LTRM tokens dimmed. Bottom row (with ``probabilities``):
-        p(global) from blue (0) to red (1).
+        p(global) from blue (0) to red (1). Captions name the backbone block index; a legend
+        below explains the colours.
     """
     H, W = image.shape[:2]
     scale = PANEL_MAX_SIDE / max(H, W)
     size = (max(1, round(W * scale)), max(1, round(H * scale)))  # cv2 takes (width, height)
+    small = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+    base = small.astype(np.float32) * (255.0 / _MAX_LEVEL.get(small.dtype, 1.0))
     decisions = [
-        _titled(_panel(image, keep, patch, size), f"block {index}: {100 * keep.mean():.1f}% global")
+        _titled(
+            _panel(base, keep, patch, (H, W)), f"block {index}: {100 * keep.mean():.1f}% global"
+        )
         for keep, index in zip(keeps, block_indexes, strict=True)
     ]
     rows = [_row(decisions)]
     if probabilities is not None:
         heat_maps = [
             _titled(
-                _probability_panel(image, prob, patch, size),
+                _probability_panel(base, prob, patch, (H, W)),
                 f"block {index}: p(global) max {prob.max():.2f}",
             )
             for prob, index in zip(probabilities, block_indexes, strict=True)
         ]
-        rows += [np.full((GAP, rows[0].shape[1], 3), 255, np.uint8), _row(heat_maps)]
+        rows += [np.full((GAP, rows[0].shape[1], 3), _WHITE, np.uint8), _row(heat_maps)]
+    rows.append(_legend(rows[0].shape[1], probabilities is not None))
     return cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR)

@@ -1,0 +1,90 @@
+"""data.image_io: truncated files are unreadable whatever the decoder makes of them, the check of
+written files, native-level readers and the trimap warning."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from data.image_io import (
+    UnreadableImageError,
+    is_complete_image,
+    read_map_u8,
+    read_rgb_levels,
+    read_trimap_levels,
+    to_unit_float,
+)
+
+
+def _smooth(shape: tuple[int, ...]) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return cv2.GaussianBlur((rng.random(shape) * 255).astype(np.uint8), (0, 0), 3)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    image = _smooth((64, 80, 3))
+    paths = {}
+    for suffix in (".png", ".jpg"):
+        path = tmp_path / f"whole{suffix}"
+        cv2.imwrite(str(path), image)
+        paths[suffix] = path
+    return paths
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+@pytest.mark.parametrize("keep", [0.5, 0.98])
+def test_a_truncated_file_is_unreadable_and_named(files, tmp_path, suffix, keep):
+    data = files[suffix].read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(UnreadableImageError, match=f"cut\\{suffix}.*truncated"):
+        read_rgb_levels(cut)
+    with pytest.raises(UnreadableImageError, match=f"cut\\{suffix}"):
+        read_map_u8(cut)
+    assert not is_complete_image(cut)
+    assert is_complete_image(files[suffix])
+
+
+def test_data_after_the_jpeg_end_marker_is_not_a_truncation(files, tmp_path):
+    """Phone photos may carry a video after the JPEG: the image itself is whole."""
+    extended = tmp_path / "motion.jpg"
+    extended.write_bytes(files[".jpg"].read_bytes() + b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    assert np.array_equal(read_rgb_levels(extended), read_rgb_levels(files[".jpg"]))
+
+
+def test_incomplete_outputs(files, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image, but long enough to have two ends to check")
+    jpeg_as_png = tmp_path / "jpeg.png"
+    jpeg_as_png.write_bytes(files[".jpg"].read_bytes())
+    for name in ("empty.png", "text.png", "jpeg.png", "missing.png"):
+        assert not is_complete_image(tmp_path / name), name
+
+
+def test_native_levels_and_unit_floats(tmp_path):
+    deep = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)[:, :, None].repeat(3, axis=2)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    levels = read_rgb_levels(tmp_path / "deep.png")
+    assert levels.dtype == np.uint16 and np.array_equal(levels, deep)
+    np.testing.assert_array_equal(to_unit_float(levels, "cpu").numpy(), deep / np.float32(65535))
+    eight = np.array([[0, 128, 255]], np.uint8)
+    np.testing.assert_array_equal(to_unit_float(eight, "cpu").numpy(), eight / np.float32(255))
+
+
+def test_trimap_values_other_than_the_levels_warn_with_file_and_share(tmp_path, caplog):
+    trimap = np.full((10, 10), 128, np.uint8)
+    trimap[0, :5] = 77
+    cv2.imwrite(str(tmp_path / "soft.png"), trimap)
+    with caplog.at_level(logging.WARNING, logger="data.image_io"):
+        assert np.array_equal(read_trimap_levels(tmp_path / "soft.png"), trimap)
+    assert "soft.png" in caplog.text and "5.00%" in caplog.text
+    caplog.clear()
+    cv2.imwrite(str(tmp_path / "clean.png"), np.full((4, 4), 255, np.uint8))
+    with caplog.at_level(logging.WARNING, logger="data.image_io"):
+        read_trimap_levels(tmp_path / "clean.png")
+    assert not caplog.text
