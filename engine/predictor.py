@@ -33,7 +33,7 @@ from data.image_io import (
     to_unit_float,
     trimap_levels,
 )
-from data.trimap import TRIMAP_BG, TRIMAP_FG, trimap_from_mask
+from data.trimap import trimap_from_mask
 from engine.checkpoint import CheckpointError, clean_state_dict, load_checkpoint
 from engine.config import LazyConfig, instantiate
 from modeling.backbone.router import GLOBAL_ROUTE
@@ -360,19 +360,21 @@ class MattingPredictor:
         """
         if self.auto_cap:
             self._set_auto_cap(tuple(image.shape[-2:]))
-        trimap_levels = trimap.to(self.device, non_blocking=True)
+        # uint8 levels go to the model as they are: it converts them crop by crop (value / 255),
+        # so a 6K image never exists as floats; other depths are converted here.
         inputs = {
-            "image": to_unit_float(image, self.device),
-            "trimap": to_unit_float(trimap_levels, self.device),
+            key: levels.to(self.device, non_blocking=True)
+            if levels.dtype == torch.uint8
+            else to_unit_float(levels, self.device)
+            for key, levels in (("image", image), ("trimap", trimap))
         }
         with torch.inference_mode():
             with autocast(self.device, self.precision):
-                out = self.model(inputs, patch_decoder=self.patch_decoder)
+                # The official clamp of the known regions, done by the model, which then skips
+                # the decoder work that the clamp overwrites.
+                out = self.model(inputs, patch_decoder=self.patch_decoder, clamp_known=True)
             del inputs
             alpha = out["phas"][:, 0].float()
-            # The official clamp of the known regions.
-            alpha[trimap_levels[:, 0] == TRIMAP_BG] = 0.0
-            alpha[trimap_levels[:, 0] == TRIMAP_FG] = 1.0
         return BatchPrediction(
             alpha=alpha.cpu(),
             keep=[keep[..., 0].float().cpu() for keep in out["keep"]],
