@@ -59,6 +59,8 @@ TOO_LARGE_HW = (300, 400)
 SERVER_START_SECONDS = 180
 RESULT_SECONDS = 60  # wait for one run's results on a busy CPU (the tiny model takes < 1 s)
 MASK_WIDTH = 10  # the page's default unknown width, px
+# A canvas showing a demo image has thousands of colours; a blank one a handful.
+PICTURE_COLOURS = 1000
 STROKE_STEPS = 4  # mouse moves per painted stroke (each one is rendered: software WebGL is slow)
 # Peak-RSS increments of one request over the idle process (MattingSession.run, then
 # write_results with a composite; tiny model, CPU, fp32, utils.memory.configure_malloc applied;
@@ -539,6 +541,17 @@ def test_page_makes_the_trimap_of_a_mask(page, predictor):
     assert np.array_equal(_decoded(_result(page, "alpha-output")), alpha)
 
 
+def _wait_for_picture(canvas) -> None:
+    """Wait until ``canvas`` shows a picture (many colours), not a blank or flat area."""
+    deadline = time.monotonic() + RESULT_SECONDS
+    while (
+        len(np.unique(_decoded(canvas.screenshot())[..., :3].reshape(-1, 3), axis=0))
+        < PICTURE_COLOURS
+    ):
+        assert time.monotonic() < deadline, "the painting canvas does not show the image"
+        time.sleep(0.5)
+
+
 def _stroke(page, brush: int, y: float) -> None:
     """A horizontal stroke across the middle of the painting canvas with brush ``brush``
     (0 foreground, 1 unknown, 2 background), at ``y`` (fraction of the canvas height)."""
@@ -559,7 +572,7 @@ def test_page_makes_the_trimap_of_a_painting(page):
     _set_file(page, "image-input", demo_files("test_000")["image"])
     page.get_by_role("tab", name="Paint").click()
     editor = page.locator("#paint-input")
-    editor.locator("canvas").first.wait_for()
+    _wait_for_picture(editor.locator("canvas").first)  # the image to paint on is shown
     editor.locator("button[aria-label=Brush]").click()
     _stroke(page, 0, 0.4)
     _stroke(page, 1, 0.6)

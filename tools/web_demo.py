@@ -406,7 +406,7 @@ def build_app(handlers: DemoHandlers, title: str) -> gr.Blocks:
                         label="Unknown width: px on each side of the mask's edge",
                         elem_id="unknown-width",
                     )
-                with gr.Tab("Paint", id="paint", render_children=True) as paint_tab:
+                with gr.Tab("Paint", id="paint") as paint_tab:
                     painting = gr.ImageEditor(
                         label="Paint the trimap: white foreground, gray unknown, black "
                         "background; unpainted pixels are background",
