@@ -541,13 +541,15 @@ def test_page_makes_the_trimap_of_a_mask(page, predictor):
     assert np.array_equal(_decoded(_result(page, "alpha-output")), alpha)
 
 
+def _colours(image: np.ndarray) -> int:
+    """Distinct colours of an ``[H, W, 3 or 4]`` image (its alpha channel left out)."""
+    return len(np.unique(image[..., :3].reshape(-1, 3), axis=0))
+
+
 def _wait_for_picture(canvas) -> None:
     """Wait until ``canvas`` shows a picture (many colours), not a blank or flat area."""
     deadline = time.monotonic() + RESULT_SECONDS
-    while (
-        len(np.unique(_decoded(canvas.screenshot())[..., :3].reshape(-1, 3), axis=0))
-        < PICTURE_COLOURS
-    ):
+    while _colours(_decoded(canvas.screenshot())) < PICTURE_COLOURS:
         assert time.monotonic() < deadline, "the painting canvas does not show the image"
         time.sleep(0.5)
 
