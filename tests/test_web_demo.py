@@ -423,6 +423,20 @@ def test_results_are_written_as_inference_writes_them(tmp_path, session):
     assert "| token cap | 18500 (config) |" in web_demo.numbers_markdown(result.numbers)
 
 
+@pytest.mark.slow
+def test_model_runs_share_one_queue_slot(session):
+    web_demo = importlib.import_module("tools.web_demo")
+    handlers = web_demo.DemoHandlers(session, "fp32")
+    try:
+        app = web_demo.build_app(handlers, "test")
+    finally:
+        handlers.folders.remove()
+    queued = {fn.name: fn for fn in app.fns.values() if fn.queue}
+    assert set(queued) == {"page_run", "api_matte"}  # the rest is cheap and skips the queue
+    assert {(fn.concurrency_id, fn.concurrency_limit) for fn in queued.values()} == {("model", 1)}
+    assert queued["api_matte"].api_name == "matte"
+
+
 # --- in a browser ----------------------------------------------------------------------------
 
 
@@ -430,8 +444,8 @@ def _chromium() -> str:
     path = os.environ.get("MEMATTE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).is_file():
         pytest.skip(
-            "no Chromium: install Debian's chromium package (CI's .ci/run does) or set "
-            "MEMATTE_CHROMIUM"
+            f"no Chromium at {path}: install Debian's chromium package (CI's .ci/run does) or "
+            "set MEMATTE_CHROMIUM"
         )
     return path
 
