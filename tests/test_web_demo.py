@@ -41,7 +41,8 @@ from utils.matting_session import (
     Upload,
     default_max_pixels,
     painted_trimap,
-    planned_request_bytes,
+    planned_forward_bytes,
+    planned_results_bytes,
 )
 from utils.token_budget import SAFETY
 
@@ -267,9 +268,14 @@ def test_non_images_and_images_above_the_limit_are_refused_and_the_session_keeps
     assert session.run(image, trimap=trimap).alpha.shape == (292, 248)
 
 
+def _planned_on_cpu(model, hw: tuple[int, int]) -> int:
+    """A request's planned peak on the CPU: its forward or its results, the larger."""
+    return max(planned_forward_bytes(model, hw), planned_results_bytes(hw))
+
+
 @pytest.mark.parametrize(("hw", "increment_mib"), MEASURED_REQUEST_INCREMENTS)
 def test_planned_request_memory_covers_the_measured_peaks(session, hw, increment_mib):
-    planned = planned_request_bytes(session.model, hw)
+    planned = _planned_on_cpu(session.model, hw)
     assert increment_mib * MIB <= planned <= MAX_OVERESTIMATE * increment_mib * MIB
 
 
@@ -278,10 +284,25 @@ def test_default_max_pixels_is_the_largest_square_that_fits(session):
     pixels = default_max_pixels(model, "cpu", free_bytes=free)
     side = int(pixels**0.5)
     assert side**2 == pixels
-    planned = [planned_request_bytes(model, (s, s)) for s in (side, side + 1)]
+    planned = [_planned_on_cpu(model, (s, s)) for s in (side, side + 1)]
     assert planned[0] <= SAFETY * free < planned[1]
     assert default_max_pixels(model, "cpu", free_bytes=2 * free) > pixels
     assert default_max_pixels(model, "cpu", free_bytes=2**20) == 0
+
+
+def test_default_max_pixels_on_cuda_plans_the_forward_on_the_gpu_and_the_results_on_the_host(
+    session,
+):
+    model, free = session.model, 8 * 2**30
+    cpu = default_max_pixels(model, "cpu", free_bytes=free)
+    # Plenty of host memory: the forward on the GPU decides.
+    gpu_bound = default_max_pixels(model, "cuda", free_bytes=free, host_free_bytes=2**40)
+    side = int(gpu_bound**0.5)
+    assert planned_forward_bytes(model, (side, side)) <= SAFETY * free
+    assert planned_forward_bytes(model, (side + 1, side + 1)) > SAFETY * free
+    assert gpu_bound > cpu  # the tiny model's forward needs less than its results
+    # Little host memory: the results decide.
+    assert default_max_pixels(model, "cuda", free_bytes=2**40, host_free_bytes=free) == cpu
 
 
 # --- the server ------------------------------------------------------------------------------

@@ -594,8 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels",
         type=_max_pixels,
         metavar="N",
-        help="largest image (H x W pixels) a request may bring; default: what fits the "
-        "device's free memory at start (the token-budget model, with the config's token cap)",
+        help="largest image (H x W pixels) a request may bring; default: what fits the free "
+        "memory at start (the token-budget model with the config's token cap for the forward, "
+        "and the results' memory; on CUDA the forward on the GPU, the results on the host)",
     )
     return parser
 

@@ -46,7 +46,8 @@ __all__ = [
     "Upload",
     "default_max_pixels",
     "painted_trimap",
-    "planned_request_bytes",
+    "planned_forward_bytes",
+    "planned_results_bytes",
 ]
 
 # Brushes of a painted trimap: each paints its trimap level as a gray (RGB hex).
@@ -162,11 +163,9 @@ def painted_trimap(layers: Sequence[np.ndarray], hw: tuple[int, int]) -> np.ndar
     return trimap
 
 
-def planned_request_bytes(model: nn.Module, hw: tuple[int, int]) -> int:
-    """Planned peak bytes of one request on an image of size ``hw`` under the model's token cap:
-    its forward (:func:`utils.token_budget.peak_bytes`, every token routed up to the cap) or the
-    results made after it (``OUTPUT_FIXED_BYTES + OUTPUT_BYTES_PER_PIXEL`` per pixel), whichever
-    is larger.
+def planned_forward_bytes(model: nn.Module, hw: tuple[int, int]) -> int:
+    """Planned peak bytes of a request's forward on an image of size ``hw`` under the model's
+    token cap: :func:`utils.token_budget.peak_bytes` with every token routed up to the cap.
 
     Args:
         model: a MEMatte (reads the backbone's width, heads, patch size and token cap, and the
@@ -178,7 +177,7 @@ def planned_request_bytes(model: nn.Module, hw: tuple[int, int]) -> int:
     Hp, Wp = padded_size(hw, model.size_divisibility)
     tokens = (Hp // patch) * (Wp // patch)
     cap = backbone.max_number_token
-    forward = peak_bytes(
+    return peak_bytes(
         hw,
         tokens if cap is None else min(cap, tokens),
         backbone.embed_dim,
@@ -186,31 +185,52 @@ def planned_request_bytes(model: nn.Module, hw: tuple[int, int]) -> int:
         patch,
         model.size_divisibility,
     )
-    return max(forward, OUTPUT_FIXED_BYTES + OUTPUT_BYTES_PER_PIXEL * hw[0] * hw[1])
+
+
+def planned_results_bytes(hw: tuple[int, int]) -> int:
+    """Planned peak bytes, in host memory, of a request's results on an image of size ``hw``
+    (after the forward): ``OUTPUT_FIXED_BYTES + OUTPUT_BYTES_PER_PIXEL`` per pixel."""
+    return OUTPUT_FIXED_BYTES + OUTPUT_BYTES_PER_PIXEL * hw[0] * hw[1]
 
 
 def default_max_pixels(
-    model: nn.Module, device: torch.device | str, free_bytes: int | None = None
+    model: nn.Module,
+    device: torch.device | str,
+    free_bytes: int | None = None,
+    host_free_bytes: int | None = None,
 ) -> int:
     """The largest image, in pixels, whose request fits the free memory: the square of the
-    largest side whose planned peak (:func:`planned_request_bytes`) stays within ``SAFETY``
-    times the free memory, the rule of the auto token cap (:mod:`utils.token_budget`).
+    largest side whose planned peaks stay within ``SAFETY`` times the free memory, the rule of
+    the auto token cap (:mod:`utils.token_budget`). On the CPU the forward and the results use
+    the same memory, one after the other (:func:`planned_forward_bytes`,
+    :func:`planned_results_bytes`: the larger must fit); on CUDA the forward must fit the GPU and
+    the results the host.
 
     Args:
         model: the MEMatte that serves the requests (its ``backbone.max_number_token`` is the cap
             planned for).
         device: where it runs.
-        free_bytes: free memory to plan for; default: :func:`utils.memory.free_memory_bytes`.
+        free_bytes: free memory of ``device`` to plan for; default:
+            :func:`utils.memory.free_memory_bytes`.
+        host_free_bytes: with a CUDA device, the host's free memory; default: read as above.
 
     Returns:
         the pixel count, 0 when not even a 1 px image fits.
     """
+    device = torch.device(device)
     if free_bytes is None:
         free_bytes = free_memory_bytes(device)
-    budget = SAFETY * free_bytes
+    if device.type == "cpu":
+        host_free_bytes = free_bytes
+    elif host_free_bytes is None:
+        host_free_bytes = free_memory_bytes("cpu")
 
     def fits(side: int) -> bool:
-        return planned_request_bytes(model, (side, side)) <= budget
+        hw = (side, side)
+        return (
+            planned_forward_bytes(model, hw) <= SAFETY * free_bytes
+            and planned_results_bytes(hw) <= SAFETY * host_free_bytes
+        )
 
     if not fits(1):
         return 0
