@@ -27,6 +27,8 @@ RESULT_KEYS = {
     "model",
     "variant",
     "backend",
+    "mode",
+    "unknown",
     "size",
     "device",
     "device_name",
@@ -54,16 +56,21 @@ def test_parse_size():
     assert benchmark.parse_size("4872x6017") == (4872, 6017)
 
 
-def test_inputs_are_seeded_with_a_five_percent_unknown_band():
-    batch = benchmark.make_inputs(300, 420, seed=3)
+@pytest.mark.parametrize("unknown", [0.05, 0.1, 0.3])
+def test_inputs_are_seeded_with_an_unknown_band_of_the_requested_share(unknown):
+    batch = benchmark.make_inputs(300, 420, seed=3, unknown=unknown)
     assert batch["image"].shape == (1, 3, 300, 420)
     assert batch["trimap"].shape == (1, 1, 300, 420)
     assert batch["image"].min() >= 0 and batch["image"].max() <= 1
     assert set(batch["trimap"].unique().tolist()) == {0.0, 0.5, 1.0}
-    unknown = (batch["trimap"] == 0.5).float().mean().item()
-    assert unknown == pytest.approx(benchmark.UNKNOWN_FRACTION, rel=0.1)
-    again = benchmark.make_inputs(300, 420, seed=3)
+    band = batch["trimap"] == 0.5
+    assert band.float().mean().item() == pytest.approx(unknown, rel=0.1)
+    # one band along the subject's edge: between the foreground and the background everywhere
+    inside = (batch["trimap"] == 1).nonzero()[:, 2:].float().mean(dim=0)
+    assert torch.allclose(inside, torch.tensor([150.0, 210.0]), atol=15)
+    again = benchmark.make_inputs(300, 420, seed=3, unknown=unknown)
     assert torch.equal(batch["image"], again["image"])
+    assert torch.equal(batch["trimap"], again["trimap"])
 
 
 class _SDPA(nn.Module):
@@ -133,6 +140,9 @@ def test_tool_writes_json_and_markdown(tmp_path):
         str(REPO_ROOT / "tools" / "benchmark.py"),
         "--sizes",
         "128",
+        "--modes",
+        "forward",
+        "predictor",
         "--repeats",
         "1",
         "--json",
@@ -142,20 +152,26 @@ def test_tool_writes_json_and_markdown(tmp_path):
         "--override",
         *TINY_OVERRIDES,
     ]
-    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=600)
+    proc = subprocess.run(
+        command, check=True, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     report = json.loads(out_json.read_text())
     assert report["schema"] == benchmark.SCHEMA
-    (result,) = report["results"]
-    assert set(result) == RESULT_KEYS
-    assert result["status"] == "ok", result["error"]
-    assert result["size"] == [128, 128] and result["tokens"] == 64
-    assert result["max_number_token"] == 16  # --cap-ratio 0.25 of 8 x 8 tokens
-    assert len(result["routed_tokens"]) == 4
-    assert all(0 <= n <= 16 for n in result["routed_tokens"])
-    assert set(result["time_s"]) == {"median", "runs", "backbone", "decoder", "cpu"}
-    assert len(result["time_s"]["runs"]) == 1
-    assert set(result["memory_mib"]) == {"peak", "before", "increment"}
-    assert result["memory_mib"]["peak"] >= result["memory_mib"]["before"] > 0
-    assert set(result["gflops"]) == {"total", "backbone", "decoder"}
-    table = out_md.read_text().splitlines()
-    assert table[0].startswith("| model | variant |") and len(table) == 3
+    forward, predictor = report["results"]
+    for result in (forward, predictor):
+        assert set(result) == RESULT_KEYS
+        assert result["status"] == "ok", result["error"]
+        assert result["size"] == [128, 128] and result["tokens"] == 64
+        assert result["max_number_token"] == 16  # --cap-ratio 0.25 of 8 x 8 tokens
+        assert len(result["routed_tokens"]) == 4
+        assert all(0 <= n <= 16 for n in result["routed_tokens"])
+        assert set(result["time_s"]) == {"median", "runs", "backbone", "decoder", "cpu"}
+        assert len(result["time_s"]["runs"]) == 1
+        assert set(result["memory_mib"]) == {"peak", "before", "increment"}
+        assert result["memory_mib"]["peak"] >= result["memory_mib"]["before"] > 0
+    assert (forward["mode"], predictor["mode"]) == ("forward", "predictor")
+    assert forward["gflops"]["total"] > 0 and predictor["gflops"] is None
+    # Each row is printed once, as its measurement ends, under one header.
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| S |")]
+    assert len(rows) == 2 and proc.stdout.count("| model |") == 1
+    assert out_md.read_text().splitlines()[2:] == rows

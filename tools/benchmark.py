@@ -2,10 +2,15 @@
 
 Every measurement runs in a fresh subprocess (``benchmark.py --worker SPEC``), so peak memory is
 that of one configuration only. A worker builds the model with seeded random weights, generates a
-seeded image and trimap (an ellipse with a ~5 % unknown ring), runs ``--warmup`` untimed and
-``--repeats`` timed forwards (patch decoder on, batch 1, ``torch.inference_mode``), and reports:
+seeded image and trimap (a subject with a smooth, wavy edge and an unknown band along it holding
+``--unknown`` of the pixels: 10 % by default, as real trimaps have), runs ``--warmup`` untimed and
+``--repeats`` timed calls (patch decoder on, batch 1), and reports:
 
-- wall time: the median over the timed runs, split into backbone and decoder (forward hooks);
+- wall time: the median over the timed runs, split into backbone and decoder (forward hooks).
+  ``--modes forward`` times the raw model call on float tensors (``torch.inference_mode``);
+  ``--modes predictor`` times the whole ``MattingPredictor`` call on uint8 arrays (input
+  conversion, the model with the known regions clamped, which skips the decoder tiles and strips
+  the clamp overwrites, the alpha back as an array): what ``inference.py`` does per image;
 - peak memory: CPU: peak RSS (``ru_maxrss``) and its increment over the RSS of the idle process
   right before the first forward (model and inputs already built), with glibc's mmap threshold
   pinned unless ``--default-malloc`` (``utils.memory.configure_malloc``); CUDA:
@@ -25,6 +30,7 @@ JSON schema (``--json``)::
     {"schema": "mematte-benchmark/1", "created": ISO-8601, "argv": [...],
      "results": [{
         "model": "S", "variant": "mematte" | "vitmatte", "backend": "torch" | "onnxruntime",
+        "mode": "forward" | "predictor", "unknown": float (share of unknown pixels),
         "size": [H, W],
         "device": "cpu" | "cuda", "device_name": str, "precision": "fp32" | "bf16" | "fp16",
         "torch": str, "threads": int, "repeats": int, "warmup": int, "tokens": int (per image),
@@ -43,6 +49,7 @@ Usage::
 
     python tools/benchmark.py --sizes 1024 2048 4872x6017 --variants mematte vitmatte \\
         --repeats 3 --json bench.json --markdown bench.md
+    python tools/benchmark.py --sizes 2048 --modes forward predictor --unknown 0.05 0.1 0.3
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -72,6 +80,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from engine.config import LazyConfig, instantiate  # noqa: E402
+from engine.predictor import MattingPredictor  # noqa: E402
 from modeling.lean.input import NormalizedInput  # noqa: E402
 from modeling.meta_arch.mematte import padded_size  # noqa: E402
 from utils.device import autocast, resolve_device  # noqa: E402
@@ -93,10 +102,15 @@ CONFIGS = {
 MODEL_SIZES = ("S", "B")
 VARIANTS = ("mematte", "vitmatte")
 BACKENDS = ("torch", "onnxruntime")
+MODES = ("forward", "predictor")
 MIB = 2**20
 # Synthetic trimap: an ellipse with semi-axes 0.35 H x 0.30 W and an unknown ring of this area.
+# Synthetic trimap: a foreground ellipse (semi-axes ELLIPSE_AXES of H and W) whose edge is wavy
+# (two sine harmonics of the angle), with an unknown band along it of --unknown of the pixels.
 ELLIPSE_AXES = (0.35, 0.30)
-UNKNOWN_FRACTION = 0.05
+EDGE_WAVES = ((7, 0.08, 0.0), (23, 0.04, 1.0))  # (frequency, relative amplitude, phase)
+DEFAULT_UNKNOWN = 0.10
+QUANTILE_STRIDE = 8  # the band width is fitted on every 8th pixel of every 8th row
 ROWS_PER_CHUNK = 256  # input generation works on row chunks to keep the idle RSS low
 
 
@@ -110,12 +124,28 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def make_inputs(height: int, width: int, seed: int = 0) -> dict[str, Tensor]:
+def _edge_distance(rows: Tensor, height: int, width: int) -> Tensor:
+    """Signed distance in px (negative inside) of the pixels of ``rows`` to the wavy ellipse,
+    measured along the normalised radius: ``[len(rows), W]``."""
+    a, b = ELLIPSE_AXES[0] * height, ELLIPSE_AXES[1] * width
+    y = ((rows.float() - height / 2) / a)[:, None]
+    x = ((torch.arange(width, dtype=torch.float32) - width / 2) / b)[None, :]
+    angle = torch.atan2(y, x)
+    edge = torch.ones_like(angle)
+    for frequency, amplitude, phase in EDGE_WAVES:
+        edge += amplitude * torch.sin(frequency * angle + phase)
+    return (torch.sqrt(y * y + x * x) - edge) * min(a, b)
+
+
+def make_inputs(
+    height: int, width: int, seed: int = 0, unknown: float = DEFAULT_UNKNOWN
+) -> dict[str, Tensor]:
     """Seeded image ``[1, 3, H, W]`` in 0..1 and trimap ``[1, 1, H, W]`` in {0, 0.5, 1}.
 
-    The image is smooth ramps plus uniform noise; the trimap is a foreground ellipse whose
-    boundary ring of normalised half-width ``delta`` is unknown, with ``delta`` chosen so the
-    ring covers ``UNKNOWN_FRACTION`` of the image (ring area ``4 pi a b delta``).
+    The image is smooth ramps plus uniform noise. The trimap is a foreground ellipse with a
+    smooth, wavy edge (the subject) and an unknown band of constant width along that edge,
+    the width chosen so that the band covers ``unknown`` of the pixels (a thin band, as real
+    trimaps have, at the default 10 %).
     """
     gen = torch.Generator().manual_seed(seed)
     image = torch.rand(1, 3, height, width, generator=gen).mul_(0.5)
@@ -123,16 +153,14 @@ def make_inputs(height: int, width: int, seed: int = 0) -> dict[str, Tensor]:
     ramp_x = torch.linspace(0, 0.25, width).view(1, width)
     for c in range(3):
         image[0, c].add_(ramp_y if c != 1 else ramp_x).add_(ramp_x if c != 2 else ramp_y)
-    a, b = ELLIPSE_AXES[0] * height, ELLIPSE_AXES[1] * width
-    delta = UNKNOWN_FRACTION * height * width / (4 * math.pi * a * b)
+    sample = _edge_distance(torch.arange(0, height, QUANTILE_STRIDE), height, width)
+    band = torch.quantile(sample[:, ::QUANTILE_STRIDE].abs().flatten(), unknown).item()
     trimap = torch.empty(1, 1, height, width)
-    xs = ((torch.arange(width) - width / 2) / b).square_()  # [W]
     for r0 in range(0, height, ROWS_PER_CHUNK):
-        ys = ((torch.arange(r0, min(height, r0 + ROWS_PER_CHUNK)) - height / 2) / a).square_()
-        radius = (ys[:, None] + xs[None, :]).sqrt_()  # normalised elliptic radius, rows x W
+        distance = _edge_distance(torch.arange(r0, min(height, r0 + ROWS_PER_CHUNK)), height, width)
         rows = trimap[0, 0, r0 : r0 + ROWS_PER_CHUNK]
-        rows.copy_((radius < 1).to(rows.dtype))
-        rows[(radius - 1).abs_() < delta] = 0.5
+        rows.copy_((distance < 0).to(rows.dtype))
+        rows[distance.abs_() <= band] = 0.5
     return {"image": image, "trimap": trimap}
 
 
@@ -304,8 +332,69 @@ class _StageTimer:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
 
 
+def uint8_inputs(batch: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """The generated inputs as a user has them: ``[H, W, 3]`` RGB and ``[H, W]`` trimap levels."""
+    image = (batch["image"][0].permute(1, 2, 0) * 255).round_().to(torch.uint8).numpy()
+    trimap = (batch["trimap"][0, 0] * 255).round_().to(torch.uint8).numpy()
+    return image, trimap
+
+
+def _timed_runs(spec: dict, call: Callable[[], object], device: torch.device, timer=None) -> dict:
+    """``--warmup`` untimed then ``--repeats`` timed calls: wall and CPU seconds, memory."""
+    runs, cpu, stages = [], [], []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    before = current_memory_bytes(device) / MIB
+    load_avg = list(os.getloadavg())
+    for i in range(spec["warmup"] + spec["repeats"]):
+        if timer is not None:
+            timer.reset()
+        t0, c0 = time.perf_counter(), time.process_time()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= spec["warmup"]:
+            runs.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            stages.append(dict(timer.seconds) if timer is not None else {})
+    peak = peak_memory_bytes(device) / MIB
+    return {
+        "time_s": {
+            "median": statistics.median(runs),
+            "runs": runs,
+            **{
+                stage: statistics.median(s[stage] for s in stages) if timer is not None else None
+                for stage in ("backbone", "decoder")
+            },
+            "cpu": statistics.median(cpu),
+        },
+        "memory_mib": {"peak": peak, "before": before, "increment": peak - before},
+        "load_avg": load_avg,
+    }
+
+
+def _result(spec: dict, **measured: object) -> dict:
+    """A JSON result: the spec's configuration and what was measured."""
+    keys = ("model", "variant", "backend", "mode", "unknown", "size", "device", "precision")
+    return {
+        **{k: spec[k] for k in (*keys, "repeats", "warmup")},
+        "torch": torch.__version__,
+        "gflops": None,
+        "vs_fp32": None,
+        **measured,
+        "status": "ok",
+        "error": None,
+    }
+
+
 def run_worker(spec: dict) -> dict:
-    """One measurement, in this (fresh) process. ``spec`` holds the keys of a JSON result."""
+    """One measurement, in this (fresh) process. ``spec`` holds the keys of a JSON result.
+
+    ``mode`` ``forward`` times ``model(batch)`` on float tensors (the raw alpha); ``predictor``
+    times the whole :class:`~engine.predictor.MattingPredictor` call on uint8 arrays (input
+    conversion, the model with the known-region clamp, the alpha back as a numpy array).
+    """
     malloc_pinned = spec["pin_malloc"] and configure_malloc()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -313,63 +402,46 @@ def run_worker(spec: dict) -> dict:
     H, W = spec["size"]
     model = build_model(spec["model"], spec["variant"], spec["overrides"], spec["seed"])
     model.to(device)
-    backbone = model.backbone
-    patch = backbone.patch_embed.proj.kernel_size[0]
+    patch = model.backbone.patch_embed.proj.kernel_size[0]
     Hp, Wp = padded_size((H, W), model.size_divisibility)
     tokens = (Hp // patch) * (Wp // patch)
     cap = resolve_cap(spec, tokens, lambda: auto_max_number_token(model, (H, W), device))
-    backbone.max_number_token = cap
-    batch = {k: v.to(device) for k, v in make_inputs(H, W, spec["seed"]).items()}
-    timer = _StageTimer(model, device)
-    runs, cpu, stages = [], [], []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    before = current_memory_bytes(device) / MIB
-    load_avg = list(os.getloadavg())
-    with torch.inference_mode(), autocast(device, spec["precision"]):
-        for i in range(spec["warmup"] + spec["repeats"]):
-            timer.reset()
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = model(batch, patch_decoder=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= spec["warmup"]:
-                runs.append(time.perf_counter() - t0)
-                cpu.append(time.process_time() - c0)
-                stages.append(dict(timer.seconds))
-    peak = peak_memory_bytes(device) / MIB
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    routed = [int(k[0].sum()) for k in out["keep"]]
-    for handle in timer.handles:
-        handle.remove()
-    vs_fp32 = None if spec["precision"] == "fp32" else compare_with_fp32(model, batch, out)
-    del out
-    gflops = count_gflops(model, batch) if spec["flops"] else None
-    return {
-        **{k: spec[k] for k in ("model", "variant", "backend", "size", "device", "precision")},
-        **{k: spec[k] for k in ("repeats", "warmup")},
-        "device_name": device_name,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "tokens": tokens,
-        "max_number_token": cap,
-        "routed_tokens": routed,
-        "time_s": {
-            "median": statistics.median(runs),
-            "runs": runs,
-            "backbone": statistics.median(s["backbone"] for s in stages),
-            "decoder": statistics.median(s["decoder"] for s in stages),
-            "cpu": statistics.median(cpu),
-        },
-        "memory_mib": {"peak": peak, "before": before, "increment": peak - before},
-        "gflops": gflops,
-        "vs_fp32": vs_fp32,
-        "load_avg": load_avg,
-        "malloc_pinned": malloc_pinned,
-        "status": "ok",
-        "error": None,
-    }
+    model.backbone.max_number_token = cap
+    batch = make_inputs(H, W, spec["seed"], spec["unknown"])
+    last = {}  # the model's latest output (its routing maps)
+    hook = model.register_forward_hook(lambda module, args, out: last.update(out=out))
+    if spec["mode"] == "predictor":
+        image, trimap = uint8_inputs(batch)
+        del batch
+        predictor = MattingPredictor(model, device=device, precision=spec["precision"])
+        measured = _timed_runs(
+            spec, lambda: predictor(image, trimap), device, _StageTimer(model, device)
+        )
+    else:
+        batch = {k: v.to(device) for k, v in batch.items()}
+
+        def forward() -> None:
+            with torch.inference_mode(), autocast(device, spec["precision"]):
+                model(batch, patch_decoder=True)
+
+        measured = _timed_runs(spec, forward, device, _StageTimer(model, device))
+    hook.remove()
+    out = last["out"]
+    if spec["mode"] == "forward":
+        if spec["precision"] != "fp32":
+            measured["vs_fp32"] = compare_with_fp32(model, batch, out)
+        if spec["flops"]:
+            measured["gflops"] = count_gflops(model, batch)
+    return _result(
+        spec,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        threads=torch.get_num_threads(),
+        tokens=tokens,
+        max_number_token=cap,
+        routed_tokens=[int(k[0].sum()) for k in out["keep"]],
+        malloc_pinned=malloc_pinned,
+        **measured,
+    )
 
 
 def resolve_cap(spec: dict, tokens: int, auto: Callable[[], int] | None) -> int | None:
@@ -417,44 +489,23 @@ def run_onnxruntime_worker(spec: dict) -> dict:
     predictor = OnnxMattingPredictor(
         spec["onnx_path"], device=spec["device"], max_number_token=cap, threads=spec["threads"]
     )
-    batch = make_inputs(H, W, spec["seed"])
-    image = (batch["image"][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    trimap = (batch["trimap"][0, 0] * 255).round().to(torch.uint8).numpy()
-    del batch
-    runs, cpu = [], []
-    before = current_memory_bytes("cpu") / MIB
-    load_avg = list(os.getloadavg())
-    for i in range(spec["warmup"] + spec["repeats"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        _, routing = predictor(image, trimap, return_routing=True)
-        if i >= spec["warmup"]:
-            runs.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-    peak = peak_memory_bytes("cpu") / MIB
-    return {
-        **{k: spec[k] for k in ("model", "variant", "backend", "size", "device", "precision")},
-        **{k: spec[k] for k in ("repeats", "warmup")},
-        "device_name": f"{cpu_name()}, {predictor.session.get_providers()[0]}",
-        "torch": torch.__version__,
-        "threads": spec["threads"] or os.cpu_count(),
-        "tokens": tokens,
-        "max_number_token": cap,
-        "routed_tokens": [int(keep.sum()) for keep in routing.keep],
-        "time_s": {
-            "median": statistics.median(runs),
-            "runs": runs,
-            "backbone": None,
-            "decoder": None,
-            "cpu": statistics.median(cpu),
-        },
-        "memory_mib": {"peak": peak, "before": before, "increment": peak - before},
-        "gflops": None,
-        "vs_fp32": None,
-        "load_avg": load_avg,
-        "malloc_pinned": malloc_pinned,
-        "status": "ok",
-        "error": None,
-    }
+    image, trimap = uint8_inputs(make_inputs(H, W, spec["seed"], spec["unknown"]))
+    last = {}
+    measured = _timed_runs(
+        spec,
+        lambda: last.update(out=predictor(image, trimap, return_routing=True)),
+        torch.device("cpu"),
+    )
+    return _result(
+        spec,
+        device_name=f"{cpu_name()}, {predictor.session.get_providers()[0]}",
+        threads=spec["threads"] or os.cpu_count(),
+        tokens=tokens,
+        max_number_token=cap,
+        routed_tokens=[int(keep.sum()) for keep in last["out"][1].keep],
+        malloc_pinned=malloc_pinned,
+        **measured,
+    )
 
 
 def run_in_subprocess(spec: dict, timeout: float | None, script: Path = Path(__file__)) -> dict:
@@ -475,16 +526,16 @@ def run_in_subprocess(spec: dict, timeout: float | None, script: Path = Path(__f
 def markdown_table(results: list[dict]) -> str:
     """One row per result: configuration, routed tokens, times, memory, GFLOPs, allocator."""
     header = (
-        "| model | variant | backend | input (HxW) | device | precision | cap "
+        "| model | variant | backend | call | input (HxW) | unknown | device | precision | cap "
         "| routed tokens per block | wall s (median) | backbone s | decoder s | peak MiB "
         "| increment MiB | GFLOPs | malloc |"
     )
-    lines = [header, "|" + " --- |" * 15]
+    lines = [header, "|" + " --- |" * 17]
     for r in results:
         size = "x".join(str(s) for s in r["size"])
         head = (
-            f"| {r['model']} | {r['variant']} | {r['backend']} | {size} | {r['device']} "
-            f"| {r['precision']} "
+            f"| {r['model']} | {r['variant']} | {r['backend']} | {r['mode']} | {size} "
+            f"| {100 * r['unknown']:.0f} % | {r['device']} | {r['precision']} "
         )
         if r["status"] != "ok":
             lines.append(head + f"| error: {r['error']} |" + " |" * 9)
@@ -505,8 +556,36 @@ def markdown_table(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(1024, 1024)])
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["mematte"])
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=parse_size,
+        default=[(1024, 1024)],
+        help="input sizes: N (N x N) or HxW, e.g. 2048 4872x6017",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=["mematte"],
+        help="mematte (its config) or vitmatte (configs/ViTMatte_*_Com.py: routing off)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=["forward"],
+        help="forward: the raw model call on float tensors; predictor: the whole "
+        "MattingPredictor call on uint8 arrays (known regions clamped, decoder work they "
+        "overwrite skipped)",
+    )
+    parser.add_argument(
+        "--unknown",
+        nargs="+",
+        type=float,
+        default=[DEFAULT_UNKNOWN],
+        help="share of unknown pixels in the trimap's band along the subject's edge",
+    )
     parser.add_argument(
         "--backends",
         nargs="+",
@@ -514,9 +593,14 @@ def main() -> None:
         default=["torch"],
         help="onnxruntime: the graph of tools/export_onnx.py",
     )
-    parser.add_argument("--model", choices=MODEL_SIZES, default="S")
-    parser.add_argument("--devices", nargs="+", default=["cpu"])
-    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--model", choices=MODEL_SIZES, default="S", help="ViT-S or ViT-B")
+    parser.add_argument("--devices", nargs="+", default=["cpu"], help="cpu, cuda, cuda:1 or auto")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast precision (default fp32; fp16 on CUDA only)",
+    )
     parser.add_argument("--cap-ratio", type=float, default=0.25, help="cap / tokens (mematte)")
     parser.add_argument(
         "--max-number-token", help="absolute cap (e.g. 18500) or 'auto'; overrides --cap-ratio"
@@ -526,7 +610,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="torch / onnxruntime threads (default: their choice)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
     parser.add_argument(
         "--default-malloc",
@@ -550,13 +634,28 @@ def main() -> None:
     results = []
     exports = Path(tempfile.mkdtemp(prefix="benchmark_onnx_"))
     onnx_paths: dict[str, str] = {}  # variant -> exported graph, made once
-    for size, variant, backend, device, precision in itertools.product(
-        args.sizes, args.variants, args.backends, args.devices, args.precisions or ["fp32"]
-    ):
+    configurations = list(
+        itertools.product(
+            args.sizes,
+            args.unknown,
+            args.variants,
+            args.backends,
+            args.modes,
+            args.devices,
+            args.precisions or ["fp32"],
+        )
+    )
+    print(f"{len(configurations)} configurations, each in a fresh process", flush=True)
+    print("\n".join(markdown_table([]).splitlines()[:2]), flush=True)
+    for size, unknown, variant, backend, mode, device, precision in configurations:
+        if backend == "onnxruntime" and mode == "predictor":
+            continue  # the onnxruntime backend always times its predictor
         spec = {
             "model": args.model,
             "variant": variant,
             "backend": backend,
+            "mode": "predictor" if backend == "onnxruntime" else mode,
+            "unknown": unknown,
             "size": list(size),
             "device": device,
             "precision": precision,
@@ -574,6 +673,8 @@ def main() -> None:
             if variant not in onnx_paths:
                 onnx_paths[variant] = str(export_for_onnxruntime(spec, exports))
             spec["onnx_path"] = onnx_paths[variant]
+        described = f"{args.model} {variant} {backend} {mode} {'x'.join(map(str, size))}"
+        print(f"measuring {described} {device} {precision} ...", file=sys.stderr, flush=True)
         result = run_in_subprocess(spec, args.timeout)
         results.append(result)
         print(markdown_table([result]).splitlines()[-1], flush=True)
@@ -587,11 +688,9 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown_table(results)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table)
-    print(table)
+        args.markdown.write_text(markdown_table(results))
 
 
 if __name__ == "__main__":
