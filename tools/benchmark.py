@@ -43,6 +43,7 @@ JSON schema (``--json``)::
                     "flipped_decisions": [int per routed block]} | null (fp32 runs),
         "load_avg": [1 min, 5 min, 15 min] before the run (CPU contention),
         "malloc_pinned": bool (glibc mmap threshold pinned, see configure_malloc),
+        "profile": {part: seconds} (only with --profile: one more call under torch.profiler),
         "status": "ok" | "error", "error": str | null}]}
 
 Usage::
@@ -71,9 +72,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -388,6 +391,71 @@ def _result(spec: dict, **measured: object) -> dict:
     }
 
 
+def _profile_labels(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The modules whose calls the profile breakdown names: ``(module, label)``."""
+    backbone = model.backbone
+    labelled = [(backbone.patch_embed, "backbone.patch_embed")]
+    labelled += [(router, "backbone.router") for router in backbone.routers]
+    for blk in backbone.blocks:
+        kind = "window" if blk.window_size else "global"
+        labelled += [(blk.attn, f"backbone.{kind}_attention"), (blk.mlp, "backbone.mlp")]
+        if blk.use_efficient_block:
+            labelled.append((blk.efficient_block, "backbone.ltrm"))
+        if blk.use_residual_block:
+            labelled.append((blk.residual, "backbone.residual_conv"))
+    return [*labelled, (model.decoder, "decoder")]
+
+
+def profile_breakdown(
+    model: nn.Module, call: Callable[[], object], image: np.ndarray, alpha: np.ndarray
+) -> dict[str, float]:
+    """Seconds per part of one call, from ``torch.profiler`` ranges opened by module hooks (and
+    the lean decoder's own stage labels), plus the PNG decoding of the input image and the PNG
+    encoding of the alpha that ``inference.py`` adds (it overlaps them with compute)."""
+    ranges: list = []
+
+    def enter(label: str):
+        def hook(module, args):
+            ranges.append(record_function(label))
+            ranges[-1].__enter__()
+
+        return hook
+
+    def leave(module, args, out):
+        ranges.pop().__exit__(None, None, None)
+
+    handles = []
+    for module, label in _profile_labels(model):
+        handles += [
+            module.register_forward_pre_hook(enter(label)),
+            module.register_forward_hook(leave),
+        ]
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            start = time.perf_counter()
+            call()
+            total = time.perf_counter() - start
+    finally:
+        for handle in handles:
+            handle.remove()
+    seconds = {
+        event.key: event.cpu_time_total / 1e6
+        for event in profile.key_averages()
+        if event.key.startswith(("backbone.", "decoder"))
+    }
+    parts = [key for key in seconds if key.startswith("backbone.")] + ["decoder"]
+    seconds["other"] = total - sum(seconds.get(key, 0.0) for key in parts)
+    seconds["total"] = total
+    ok, encoded = cv2.imencode(".png", image[:, :, ::-1])
+    start = time.perf_counter()
+    cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    seconds["io.decode_image_png"] = time.perf_counter() - start
+    start = time.perf_counter()
+    cv2.imencode(".png", alpha)
+    seconds["io.encode_alpha_png"] = time.perf_counter() - start
+    return seconds
+
+
 def run_worker(spec: dict) -> dict:
     """One measurement, in this (fresh) process. ``spec`` holds the keys of a JSON result.
 
@@ -408,23 +476,27 @@ def run_worker(spec: dict) -> dict:
     cap = resolve_cap(spec, tokens, lambda: auto_max_number_token(model, (H, W), device))
     model.backbone.max_number_token = cap
     batch = make_inputs(H, W, spec["seed"], spec["unknown"])
+    image, trimap = uint8_inputs(batch)
     last = {}  # the model's latest output (its routing maps)
     hook = model.register_forward_hook(lambda module, args, out: last.update(out=out))
     if spec["mode"] == "predictor":
-        image, trimap = uint8_inputs(batch)
         del batch
         predictor = MattingPredictor(model, device=device, precision=spec["precision"])
-        measured = _timed_runs(
-            spec, lambda: predictor(image, trimap), device, _StageTimer(model, device)
-        )
+
+        def call() -> None:
+            predictor(image, trimap)
+
     else:
         batch = {k: v.to(device) for k, v in batch.items()}
 
-        def forward() -> None:
+        def call() -> None:
             with torch.inference_mode(), autocast(device, spec["precision"]):
                 model(batch, patch_decoder=True)
 
-        measured = _timed_runs(spec, forward, device, _StageTimer(model, device))
+    measured = _timed_runs(spec, call, device, _StageTimer(model, device))
+    if spec.get("profile"):
+        alpha = (last["out"]["phas"][0, 0] * 255).to(torch.uint8).cpu().numpy()
+        measured["profile"] = profile_breakdown(model, call, image, alpha)
     hook.remove()
     out = last["out"]
     if spec["mode"] == "forward":
@@ -613,6 +685,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more call under torch.profiler: seconds per part (patch embedding, routers, "
+        "window and global attention, LTRM, MLP, residual convs, decoder stages; PNG I/O)",
+    )
+    parser.add_argument(
         "--default-malloc",
         action="store_true",
         help="keep glibc's adaptive mmap threshold (see configure_malloc)",
@@ -666,6 +744,7 @@ def main() -> None:
             "cap_ratio": args.cap_ratio,
             "max_number_token": cap,
             "flops": not args.no_flops,
+            "profile": args.profile,
             "pin_malloc": not args.default_malloc,
             "overrides": args.override,
         }

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from modeling.decoder.detail_capture import (
     TRIMAP_CHANNEL,
@@ -113,11 +114,12 @@ class LeanDetailCapture(DetailCapture):
         d0 = crop(images, cone.detail[0]).contiguous(memory_format=torch.channels_last)
         details = [(d0, origin(cone.detail[0]))]
         for k, block in enumerate(self.convstream.convs, start=1):
-            previous, previous_origin = details[-1]
-            down = spans(cone.detail[k], down_need, sizes[k - 1])
-            start = (down[0][0] // 2, down[1][0] // 2)  # output origin of the stride-2 conv
-            out = self._conv(block, crop(previous, down, previous_origin), folded)
-            details.append((crop(out, cone.detail[k], start), origin(cone.detail[k])))
+            with record_function(f"decoder.convstream{k}"):  # a profiler label (no cost without)
+                previous, previous_origin = details[-1]
+                down = spans(cone.detail[k], down_need, sizes[k - 1])
+                start = (down[0][0] // 2, down[1][0] // 2)  # output origin of the stride-2 conv
+                out = self._conv(block, crop(previous, down, previous_origin), folded)
+                details.append((crop(out, cone.detail[k], start), origin(cone.detail[k])))
         return details
 
     def _fuse(
@@ -142,14 +144,15 @@ class LeanDetailCapture(DetailCapture):
         """
         num_fusions = len(self.fusion_blks)
         for i in stages:
-            detail, detail_origin = details[num_fusions - 1 - i]
-            in_origin = origin(cone.inputs[i])
-            up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            up = crop(up, shift(cone.fusion_in[i], (2 * in_origin[0], 2 * in_origin[1])))
-            fused = torch.cat([crop(detail, cone.fusion_in[i], detail_origin), up], dim=1)
-            del up  # not alive during the conv: the largest map of a decoder tile
-            out = self._conv(self.fusion_blks[i].conv, fused, folded)
-            x = crop(out, cone.inputs[i + 1], origin(cone.fusion_in[i]))
+            with record_function(f"decoder.fusion{i}"):
+                detail, detail_origin = details[num_fusions - 1 - i]
+                in_origin = origin(cone.inputs[i])
+                up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+                up = crop(up, shift(cone.fusion_in[i], (2 * in_origin[0], 2 * in_origin[1])))
+                fused = torch.cat([crop(detail, cone.fusion_in[i], detail_origin), up], dim=1)
+                del up  # not alive during the conv: the largest map of a decoder tile
+                out = self._conv(self.fusion_blks[i].conv, fused, folded)
+                x = crop(out, cone.inputs[i + 1], origin(cone.fusion_in[i]))
         return x
 
     @staticmethod
@@ -160,7 +163,8 @@ class LeanDetailCapture(DetailCapture):
     def _head(self, x: Tensor, folded: dict) -> Tensor:
         conv, _, _, out_conv = self.matting_head.matting_convs
         weight, bias = folded[self.matting_head]
-        return out_conv(F.conv2d(x, weight, bias, conv.stride, conv.padding).relu_())
+        with record_function("decoder.head"):
+            return out_conv(F.conv2d(x, weight, bias, conv.stride, conv.padding).relu_())
 
     def _folded_convs(self) -> dict[nn.Module, tuple[Tensor, Tensor]]:
         """``{conv block or head: (weight, bias)}`` with BatchNorm folded in, cached per weights."""
