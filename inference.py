@@ -15,6 +15,13 @@ Your own images, with a trimap or a rough mask (a trimap is made from the mask, 
     python inference.py --config-file CFG --checkpoint CKPT --image photo.jpg \\
         --mask mask.png --unknown-width 0.02 --output-dir output/mine --save-rgba
 
+An exported graph (tools/export_onnx.py) with onnxruntime instead of PyTorch's model, with the
+same outputs, options and exit codes (float32, the exported config; --max-number-token N sets
+the cap at run time):
+
+    python inference.py --onnx MEMatte_S.onnx --data-dir datasets/Composition-1k \\
+        --output-dir output/comp1k_onnx
+
 Sharded over processes (each takes a disjoint share of the images; rank 0 prints the merged
 summary): --num-gpus N (N processes: one per GPU, or N CPU processes with --device cpu), or
 torchrun --nproc-per-node N [--nnodes M ...] inference.py ...
@@ -70,6 +77,7 @@ from engine import comm
 from engine.checkpoint import add_trust_checkpoint_argument
 from engine.foreground import estimate_foreground
 from engine.launch import launch
+from engine.onnx_predictor import OnnxMattingPredictor
 from engine.predictor import AUTO, MattingPredictor, alpha_to_uint8, mask_levels
 from utils.file_io import atomic_write
 from utils.memory import peak_memory_bytes
@@ -403,15 +411,13 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
 
-def run_shard(
-    args: argparse.Namespace, items: list[Item], outputs: Outputs, summary: Summary
-) -> None:
-    """Predict this rank's pending items into ``outputs`` (the predictor built here).
-
-    Raises:
-        FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
-    """
-    predictor = MattingPredictor.from_config(
+def _predictor(args: argparse.Namespace) -> MattingPredictor | OnnxMattingPredictor:
+    """The model of this process: the exported graph (--onnx) or the config and checkpoint."""
+    if args.onnx is not None:
+        return OnnxMattingPredictor(
+            args.onnx, device=_device(args).split(":")[0], max_number_token=args.max_number_token
+        )
+    return MattingPredictor.from_config(
         args.config_file,
         args.checkpoint,
         device=_device(args),
@@ -421,6 +427,17 @@ def run_shard(
         overrides=args.opts,
         trust_checkpoint=args.trust_checkpoint,
     )
+
+
+def run_shard(
+    args: argparse.Namespace, items: list[Item], outputs: Outputs, summary: Summary
+) -> None:
+    """Predict this rank's pending items into ``outputs`` (the predictor built here).
+
+    Raises:
+        FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
+    """
+    predictor = _predictor(args)
     samples = _Samples(items, args.unknown_width)
     # Processes spawned by --num-gpus would start their loader processes by spawning too, each
     # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
@@ -636,21 +653,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--config-file",
         "--config-dir",
         dest="config_file",
-        required=True,
         metavar="FILE",
         help="model config (a LazyConfig .py or .yaml; configs are code: trusted sources only). "
-        "--config-dir is the official spelling",
+        "--config-dir is the official spelling. Required unless --onnx",
     )
     parser.add_argument(
         "--checkpoint",
         "--checkpoint-dir",
         dest="checkpoint",
-        required=True,
         metavar="FILE",
         help="model weights: an official checkpoint (e.g. MEMatte_ViTS_DIM.pth) or one written "
-        "by main.py. --checkpoint-dir is the official spelling (a file, despite the name)",
+        "by main.py. --checkpoint-dir is the official spelling (a file, despite the name). "
+        "Required unless --onnx",
     )
     add_trust_checkpoint_argument(parser)
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        metavar="FILE",
+        help="run a graph written by tools/export_onnx.py with onnxruntime instead of a config "
+        "and checkpoint (float32; CUDA provider with --device cuda/auto when present)",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", metavar="DIR", help="a test-set folder (see --layout)")
     source.add_argument(
@@ -805,7 +828,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--unknown-width goes with --mask")
     if args.save_trimap and args.mask is None:
         parser.error("--save-trimap writes the trimap made from a --mask")
+    if args.onnx is None and (args.config_file is None or args.checkpoint is None):
+        parser.error("--config-file and --checkpoint are required (or --onnx)")
+    if args.onnx is not None:
+        _check_onnx_options(parser, args)
     return args
+
+
+def _check_onnx_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse the options an exported graph cannot honour (usage errors exit with status 2)."""
+    fixed_at_export = "is fixed when the graph is exported (tools/export_onnx.py)"
+    if args.config_file is not None or args.checkpoint is not None:
+        parser.error("--onnx replaces --config-file and --checkpoint: give one or the other")
+    if args.opts:
+        parser.error(f"config overrides {' '.join(args.opts)}: the config {fixed_at_export}")
+    if args.precision != "fp32":
+        parser.error("--onnx runs the exported float32 graph: --precision must be fp32")
+    if not args.patch_decoder:
+        parser.error(f"--no-patch-decoder: the decoder {fixed_at_export}")
+    if args.max_number_token == AUTO:
+        parser.error(
+            "--max-number-token auto models the PyTorch forward's memory: give an integer "
+            "with --onnx (or none for the exported config's cap)"
+        )
 
 
 def _setup_logging() -> None:
@@ -851,9 +896,12 @@ def _check_setup(args: argparse.Namespace) -> None:
         if not Path(path).is_file():
             hint = " (config overrides after a list of files go after --)" if "=" in path else ""
             raise FileNotFoundError(f"{path}: no such file{hint}")
-    if not Path(args.config_file).is_file():
+    if args.onnx is not None:
+        if not args.onnx.is_file():
+            raise FileNotFoundError(f"{args.onnx}: no such ONNX file")
+    elif not Path(args.config_file).is_file():
         raise FileNotFoundError(f"{args.config_file}: no such config file")
-    if not Path(args.checkpoint).is_file():
+    elif not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
     for folder in make_outputs(args).folders:  # the output folder and its sub-folders
         check_output_dir(folder)

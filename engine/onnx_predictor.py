@@ -6,23 +6,24 @@
     alpha = predictor("image.jpg", "trimap.png")  # float32 [H, W] in [0, 1]
 
 The alpha has the trimap's known regions forced to 0 and 1 as the official script does, so
-``floor(alpha * 255)`` is the PNG that ``inference.py`` writes. The graph runs one image at a
-time (its batch is 1) in float32; the inference itself needs no PyTorch.
+``floor(alpha * 255)`` is the PNG that ``inference.py`` writes (``inference.py --onnx`` runs it).
+Inputs are read and converted as ``MattingPredictor`` reads them (one code path); the graph runs
+one image at a time (its batch is 1) in float32 under onnxruntime, without PyTorch's model code.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
+import torch
 
-from data.image_io import read_rgb, read_trimap
+from data.image_io import to_unit_float
+from engine.predictor import BatchPrediction, ImageInput, MapInput, RoutingMaps, prepare_inputs
+from modeling.decoder.detail_capture import force_known
 
 __all__ = [
     "IMAGE_INPUT",
@@ -33,9 +34,6 @@ __all__ = [
     "SCORES_OUTPUT",
     "TRIMAP_INPUT",
     "OnnxMattingPredictor",
-    "RoutingMaps",
-    "read_image",
-    "read_trimap_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,24 +45,8 @@ PHAS_OUTPUT = "phas"
 KEEP_OUTPUT, SCORES_OUTPUT = "keep_block{}", "router_scores_block{}"
 # A cap at least the token count of any image: global attention for every routed token.
 NO_CAP = np.iinfo(np.int64).max
-UINT8_MAX = 255.0
 CPU_PROVIDER, CUDA_PROVIDER = "CPUExecutionProvider", "CUDAExecutionProvider"
-RGB_CHANNELS = 3
-
-
-@dataclass
-class RoutingMaps:
-    """Routing of one image, per routed block.
-
-    Attributes:
-        blocks: indexes of the routed blocks.
-        keep: one ``[h, w]`` bool map per block (True = global attention).
-        scores: one ``[h, w, 2]`` float32 log-probability map per block (index 0 = global).
-    """
-
-    blocks: list[int]
-    keep: list[np.ndarray]
-    scores: list[np.ndarray]
+GLOBAL_ROUTE = 0  # index of "route to global attention" in the router scores
 
 
 def _providers(device: str) -> list[str]:
@@ -78,65 +60,12 @@ def _providers(device: str) -> list[str]:
     return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
 
 
-def _as_array(value: Any) -> np.ndarray:
-    """A PIL image, a torch tensor (moved to the CPU) or an array, as a numpy array."""
-    if isinstance(value, Image.Image):
-        return np.asarray(value)
-    if hasattr(value, "detach"):  # a torch tensor; no torch import needed to read it
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _to_unit_float(array: np.ndarray, what: str) -> np.ndarray:
-    """uint8 / 255, or a float array in [0, 1] as float32."""
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / UINT8_MAX
-    if np.issubdtype(array.dtype, np.floating):
-        return array.astype(np.float32)
-    raise ValueError(f"{what} must be uint8 or float in [0, 1], got {array.dtype}")
-
-
-def read_image(image: Any) -> np.ndarray:
-    """The image as the official script feeds it: ``[H, W, 3]`` float32 RGB in [0, 1].
-
-    Args:
-        image: a file path, a PIL image, an ``[H, W, 3]`` uint8 RGB array or a ``[3, H, W]``
-            float tensor in [0, 1].
-    """
-    if isinstance(image, str | Path):
-        return read_rgb(image)
-    channels_first = hasattr(image, "detach")
-    if isinstance(image, Image.Image):
-        image = image.convert("RGB")
-    array = _as_array(image)
-    if channels_first:
-        array = array.transpose(1, 2, 0)  # [3, H, W] -> [H, W, 3]
-    if array.ndim != 3 or array.shape[2] != RGB_CHANNELS:
-        raise ValueError(f"image must be [H, W, 3] RGB (or a [3, H, W] tensor), got {array.shape}")
-    return _to_unit_float(array, "image")
-
-
-def read_trimap_values(trimap: Any) -> np.ndarray:
-    """The trimap as the official script feeds it: ``[H, W]`` float32, file value / 255.
-
-    Args:
-        trimap: a file path, a PIL image or an ``[H, W]`` uint8 array with 0 / 128 / 255.
-    """
-    if isinstance(trimap, str | Path):
-        return read_trimap(trimap)
-    if isinstance(trimap, Image.Image):
-        trimap = trimap.convert("L")
-    array = _as_array(trimap)
-    if array.ndim != 2 or array.dtype != np.uint8:
-        raise ValueError(f"trimap must be an [H, W] uint8 array, got {array.dtype} {array.shape}")
-    return array.astype(np.float32) / UINT8_MAX
-
-
 class OnnxMattingPredictor:
     """An exported MEMatte (or ViTMatte) graph behind ``MattingPredictor``'s call signature.
 
     Args:
-        model_path: the ``.onnx`` file written by ``tools/export_onnx.py``.
+        model_path: the ``.onnx`` file written by ``tools/export_onnx.py`` (a graph is code for
+            onnxruntime's operators only: loading one runs nothing else).
         device: ``auto`` (CUDA when onnxruntime has its CUDA provider, else CPU), ``cpu`` or
             ``cuda``.
         max_number_token: cap on tokens in one global attention; None takes the exported
@@ -178,50 +107,81 @@ class OnnxMattingPredictor:
             max_number_token = json.loads(metadata.get("max_number_token", "null"))
         self.max_number_token = NO_CAP if max_number_token is None else max_number_token
         self.inputs = {value.name for value in self.session.get_inputs()}
-        logger.info(
-            "%s on %s, cap %s", model_path, self.session.get_providers()[0], self.max_number_token
+        provider = self.session.get_providers()[0]
+        # Where the tensors of the results (and inference.py's foreground estimation) go.
+        self.device = torch.device("cuda" if provider == CUDA_PROVIDER else "cpu")
+        logger.info("%s on %s, cap %s", model_path, provider, self.max_number_token)
+
+    def predict_levels(self, image: torch.Tensor, trimap: torch.Tensor) -> BatchPrediction:
+        """Alpha and routing of a batch of same-sized images, one graph run per image
+        (``MattingPredictor.predict_levels``'s interface, so that ``inference.py`` runs either).
+
+        Args:
+            image: ``[B, 3, H, W]`` RGB: uint8 or uint16 levels, or float in [0, 1].
+            trimap: ``[B, 1, H, W]`` uint8 levels (fed as value / 255).
+        """
+        alphas, keeps, probabilities = [], [], []
+        for rgb, levels in zip(image, trimap, strict=True):
+            trimap_values = to_unit_float(levels, "cpu")  # [1, H, W]
+            feeds = {
+                IMAGE_INPUT: to_unit_float(rgb, "cpu")[None].numpy(),  # [1, 3, H, W]
+                TRIMAP_INPUT: trimap_values[None].numpy(),  # [1, 1, H, W]
+                MAX_NUMBER_TOKEN_INPUT: np.array(self.max_number_token, dtype=np.int64),
+            }
+            feeds = {name: value for name, value in feeds.items() if name in self.inputs}
+            names = [output.name for output in self.session.get_outputs()]
+            outputs = dict(zip(names, self.session.run(names, feeds), strict=True))
+            alpha = torch.from_numpy(outputs[PHAS_OUTPUT][0, 0])
+            alphas.append(force_known(alpha, trimap_values[0]))
+            # per routed block: keep [1, h, w, 1] -> [h, w]; log-probabilities -> p(global)
+            keeps.append(
+                [
+                    torch.from_numpy(outputs[KEEP_OUTPUT.format(i)][0, ..., 0])
+                    for i in self.routed_blocks
+                ]
+            )
+            probabilities.append(
+                [
+                    torch.from_numpy(outputs[SCORES_OUTPUT.format(i)][0, ..., GLOBAL_ROUTE]).exp()
+                    for i in self.routed_blocks
+                ]
+            )
+        return BatchPrediction(
+            alpha=torch.stack(alphas),
+            keep=[torch.stack(maps) for maps in zip(*keeps, strict=True)],
+            probability=[torch.stack(maps) for maps in zip(*probabilities, strict=True)],
+            block_indexes=tuple(self.routed_blocks),
         )
 
     def __call__(
-        self, image: Any, trimap: Any, *, return_routing: bool = False
+        self,
+        image: ImageInput,
+        trimap: MapInput | None = None,
+        *,
+        mask: MapInput | None = None,
+        unknown_width: float | None = None,
+        return_routing: bool = False,
     ) -> np.ndarray | tuple[np.ndarray, RoutingMaps]:
-        """Alpha of one image.
+        """Alpha of one image, with ``MattingPredictor.__call__``'s arguments and results.
 
         Args:
             image: a path, a PIL image, an ``[H, W, 3]`` uint8 RGB array or a ``[3, H, W]``
                 float tensor in [0, 1].
             trimap: a path, a PIL image or an ``[H, W]`` uint8 array with 0 / 128 / 255.
+            mask: instead of a trimap, a rough mask, turned into a trimap by
+                :func:`data.trimap.trimap_from_mask`.
+            unknown_width: with ``mask``: the unknown band's width (px, or a fraction of the
+                shorter side).
             return_routing: also return the routing maps.
 
         Returns:
             alpha ``[H, W]`` float32 in [0, 1] with the known regions forced (0 where the trimap
-            is 0, 1 where it is 255), and with ``return_routing`` a :class:`RoutingMaps`.
+            is 0, 1 where it is 255), and with ``return_routing`` the :class:`RoutingMaps`.
 
         Raises:
-            ValueError: unsupported inputs, or image and trimap of different sizes.
+            BadSampleError, ValueError: as ``MattingPredictor.__call__``.
         """
-        rgb, values = read_image(image), read_trimap_values(trimap)
-        if rgb.shape[:2] != values.shape:
-            raise ValueError(
-                f"image is {rgb.shape[1]}x{rgb.shape[0]} but trimap is "
-                f"{values.shape[1]}x{values.shape[0]} (W x H)"
-            )
-        feeds = {
-            IMAGE_INPUT: np.ascontiguousarray(rgb.transpose(2, 0, 1)[None]),  # [1, 3, H, W]
-            TRIMAP_INPUT: values[None, None],  # [1, 1, H, W]
-            MAX_NUMBER_TOKEN_INPUT: np.array(self.max_number_token, dtype=np.int64),
-        }
-        feeds = {name: value for name, value in feeds.items() if name in self.inputs}
-        names = [output.name for output in self.session.get_outputs()]
-        outputs = dict(zip(names, self.session.run(names, feeds), strict=True))
-        alpha = outputs[PHAS_OUTPUT][0, 0]
-        alpha[values == 0] = 0.0
-        alpha[values == 1] = 1.0
-        if not return_routing:
-            return alpha
-        routing = RoutingMaps(
-            blocks=self.routed_blocks,
-            keep=[outputs[KEEP_OUTPUT.format(i)][0, ..., 0] > 0 for i in self.routed_blocks],
-            scores=[outputs[SCORES_OUTPUT.format(i)][0] for i in self.routed_blocks],
-        )
-        return alpha, routing
+        levels, trimap_map = prepare_inputs(image, trimap, mask=mask, unknown_width=unknown_width)
+        prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
+        alpha = prediction.alpha[0].numpy()
+        return (alpha, prediction.routing(0)) if return_routing else alpha

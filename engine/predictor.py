@@ -14,6 +14,7 @@ References: detectron2 ``DefaultPredictor`` (the idea); MEMatte ``inference.py``
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
     "image_levels",
     "load_inference_weights",
     "mask_levels",
+    "prepare_inputs",
     "trimap_input_levels",
 ]
 
@@ -169,7 +171,16 @@ def image_levels(image: ImageInput) -> Tensor:
                 raise BadSampleError("image array", f"expected [H, W, 3], got {array.shape}")
             return _checked_unit_range(torch.from_numpy(array).permute(2, 0, 1).float())
         levels = to_rgb_levels(array, "image array")
-    return torch.from_numpy(levels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+    return _read_only_view(levels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+
+
+def _read_only_view(array: np.ndarray) -> Tensor:
+    """A tensor sharing ``array``'s memory, also when the array is read-only (as arrays of PIL
+    images are): the predictor never writes to its inputs, so a copy (72 MiB for a 6K photo)
+    is not needed and torch's warning about non-writable arrays does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def _checked_unit_range(image: Tensor) -> Tensor:
@@ -209,6 +220,43 @@ def mask_levels(mask: MapInput) -> np.ndarray:
     if isinstance(mask, Image.Image):
         return to_map_levels(_pil_levels(mask), "mask (PIL image)")
     return np.asarray(mask)
+
+
+def prepare_inputs(
+    image: ImageInput,
+    trimap: MapInput | None = None,
+    *,
+    mask: MapInput | None = None,
+    unknown_width: float | None = None,
+) -> tuple[Tensor, np.ndarray]:
+    """One image's predictor inputs: ``[3, H, W]`` RGB (:func:`image_levels`) and its ``[H, W]``
+    uint8 trimap, given or made from a mask by :func:`data.trimap.trimap_from_mask`.
+
+    Raises:
+        BadSampleError: an unreadable input file, or an input of an unsupported form.
+        ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
+            mask, or sizes that differ.
+    """
+    if (trimap is None) == (mask is None):
+        raise ValueError("give either a trimap or a mask (with unknown_width)")
+    levels = image_levels(image)
+    if mask is not None:
+        if unknown_width is None:
+            raise ValueError(
+                "a mask needs unknown_width: px (e.g. 20) or a fraction of the shorter side "
+                "(e.g. 0.02)"
+            )
+        source = str(mask) if isinstance(mask, str | Path) else "the mask"
+        trimap_map = trimap_from_mask(mask_levels(mask), unknown_width, source=source)
+    else:
+        trimap_map = trimap_input_levels(trimap)
+    if trimap_map.shape != tuple(levels.shape[-2:]):
+        raise ValueError(
+            f"the {'mask' if mask is not None else 'trimap'} is {trimap_map.shape[1]}x"
+            f"{trimap_map.shape[0]} but the image is {levels.shape[-1]}x{levels.shape[-2]} "
+            "(W x H)"
+        )
+    return levels, trimap_map
 
 
 @dataclass
@@ -414,25 +462,7 @@ class MattingPredictor:
             ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
                 mask, or sizes that differ.
         """
-        if (trimap is None) == (mask is None):
-            raise ValueError("give either a trimap or a mask (with unknown_width)")
-        levels = image_levels(image)
-        if mask is not None:
-            if unknown_width is None:
-                raise ValueError(
-                    "a mask needs unknown_width: px (e.g. 20) or a fraction of the shorter side "
-                    "(e.g. 0.02)"
-                )
-            source = str(mask) if isinstance(mask, str | Path) else "the mask"
-            trimap_map = trimap_from_mask(mask_levels(mask), unknown_width, source=source)
-        else:
-            trimap_map = trimap_input_levels(trimap)
-        if trimap_map.shape != tuple(levels.shape[-2:]):
-            raise ValueError(
-                f"the {'mask' if mask is not None else 'trimap'} is {trimap_map.shape[1]}x"
-                f"{trimap_map.shape[0]} but the image is {levels.shape[-1]}x{levels.shape[-2]} "
-                "(W x H)"
-            )
+        levels, trimap_map = prepare_inputs(image, trimap, mask=mask, unknown_width=unknown_width)
         prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
         alpha = prediction.alpha[0].numpy()
         return (alpha, prediction.routing(0)) if return_routing else alpha

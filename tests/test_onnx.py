@@ -3,6 +3,7 @@ against the PyTorch model and the official outputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -20,9 +21,11 @@ from conftest import (
 )
 from PIL import Image
 
+import inference
+from data.image_io import BadSampleError
 from engine.config import LazyConfig, instantiate
-from engine.onnx_predictor import OnnxMattingPredictor, RoutingMaps
-from engine.predictor import build_inference_model, load_inference_weights
+from engine.onnx_predictor import OnnxMattingPredictor
+from engine.predictor import RoutingMaps, build_inference_model, load_inference_weights
 from modeling.backbone.vit import route_tokens
 from modeling.lean.mode import to_lean
 from modeling.meta_arch.mematte import _context_span, padded_size
@@ -32,6 +35,7 @@ from tools.export_onnx import OPSET, build_graph, export_input_size
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "MEMatte_tiny_synthetic.py"
 DEMO_CHECKPOINT = REPO_ROOT / "pretrained" / "demo" / "MEMatte_tiny_synthetic.pth"
 DEMO_DATA = REPO_ROOT / "demo"
+OFFICIAL_PNG_DIR = Path(__file__).parent / "data" / "official_png"
 ALPHA_ATOL = 1e-4
 PHAS_ATOL = 5e-5  # the golden README's suggested tolerance against the official phas
 # Official-PNG agreement: at most this many grey levels apart, on at most this share of pixels.
@@ -206,10 +210,12 @@ def test_predictor_reproduces_the_pytorch_pngs_of_the_demo_model(demo_onnx):
         image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None] / 255.0
         reference = torch_forward(model, image, torch.from_numpy(trimap)[None, None], 18500)
         assert_same_png(alpha, reference["phas"][0, 0].numpy(), trimap)
-        assert isinstance(routing, RoutingMaps) and routing.blocks == [1, 3]
-        for keep, reference_keep in zip(routing.keep, reference["keep"], strict=True):
-            assert np.array_equal(keep, reference_keep[0, ..., 0].numpy() > 0)
-        assert routing.scores[0].shape == (*routing.keep[0].shape, 2)
+        assert isinstance(routing, RoutingMaps) and list(routing.keep) == [1, 3]
+        for keep, reference_keep in zip(routing.keep.values(), reference["keep"], strict=True):
+            assert np.array_equal(keep > 0, reference_keep[0, ..., 0].numpy() > 0)
+        for block, probability in routing.probability.items():
+            assert probability.shape == routing.keep[block].shape
+            assert ((probability >= 0) & (probability <= 1)).all()
 
 
 @pytest.mark.slow
@@ -231,7 +237,7 @@ def test_predictor_inputs_read_alike_and_known_regions_are_forced(demo_onnx):
         np.testing.assert_array_equal(predictor(image, tri), alpha)
     with pytest.raises(ValueError, match="W x H"):
         predictor(rgb, trimap[:-1])
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(BadSampleError, match="8-bit"):  # as MattingPredictor
         predictor(rgb, trimap.astype(np.float32))
     with pytest.raises(ValueError, match="'auto'"):
         OnnxMattingPredictor(demo_onnx, max_number_token="auto")
@@ -297,3 +303,79 @@ def test_golden_model_matches_torch_at_two_caps(golden_onnx, hw):
         ours = run_session(session, batch["image"], trimap, cap)["phas"][0, 0]
         reference = torch_forward(model, batch["image"], trimap, cap)["phas"][0, 0].numpy()
         assert_same_png(ours, reference, trimap[0, 0].numpy())
+
+
+# --- inference.py --onnx -----------------------------------------------------------------------
+
+
+def _golden_files(folder: Path, golden: dict) -> tuple[Path, Path]:
+    """The golden eval case as the image and trimap files the official script read."""
+    case = golden["cases"][0]
+    image = case["input_image_u8"][0].permute(1, 2, 0).numpy()  # [H, W, 3] RGB
+    trimap = np.array([0, 128, 255], np.uint8)[case["input_trimap_code"][0, 0].numpy()]
+    cv2.imwrite(str(folder / "image.png"), np.ascontiguousarray(image[:, :, ::-1]))
+    cv2.imwrite(str(folder / "trimap.png"), trimap)
+    return folder / "image.png", folder / "trimap.png"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cap", [600, None], ids=["cap600", "default_cap"])
+def test_inference_onnx_writes_the_official_pngs(golden_onnx, tmp_path, cap):
+    path, _, golden = golden_onnx
+    image, trimap = _golden_files(tmp_path, golden)
+    cap_options = [] if cap is None else ["--max-number-token", str(cap)]
+    argv = ["--onnx", str(path), "--image", str(image), "--trimap", str(trimap)]
+    argv += ["--output-dir", str(tmp_path / "out"), "--workers", "0", *cap_options]
+    assert inference.main(argv) == 0
+    ours = cv2.imread(str(tmp_path / "out" / "image.png"), cv2.IMREAD_UNCHANGED)
+    official_name = f"official_cap{cap or 18500}.png"  # the config's default cap is 18500
+    official = cv2.imread(str(OFFICIAL_PNG_DIR / official_name), cv2.IMREAD_UNCHANGED)
+    difference = np.abs(ours.astype(int) - official.astype(int))
+    assert difference.max() <= PNG_LEVELS and (difference > 0).mean() <= PNG_SHARE
+
+
+@pytest.mark.slow
+def test_inference_onnx_writes_the_torch_pngs_of_a_folder(demo_onnx, tmp_path):
+    common = ["--data-dir", str(DEMO_DATA), "--workers", "0", "--max-number-token", "40"]
+    torch_run = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
+    assert inference.main([*torch_run, *common, "--output-dir", str(tmp_path / "torch")]) == 0
+    onnx_run = ["--onnx", str(demo_onnx), *common, "--output-dir", str(tmp_path / "onnx")]
+    assert inference.main([*onnx_run, "--report", str(tmp_path / "report.json")]) == 0
+    names = sorted(p.name for p in (tmp_path / "torch").glob("*.png"))
+    assert names and names == sorted(p.name for p in (tmp_path / "onnx").glob("*.png"))
+    for name in names:
+        ours = cv2.imread(str(tmp_path / "onnx" / name), cv2.IMREAD_UNCHANGED).astype(int)
+        reference = cv2.imread(str(tmp_path / "torch" / name), cv2.IMREAD_UNCHANGED)
+        difference = np.abs(ours - reference)
+        assert difference.max() <= PNG_LEVELS and (difference > 0).mean() <= PNG_SHARE, name
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["exit_code"] == 0 and report["done"] == len(names)
+    # A second run finds every output present and redoes nothing.
+    again = [*onnx_run, "--output-dir", str(tmp_path / "onnx"), "--report", str(tmp_path / "r2")]
+    assert inference.main(again) == 0
+    assert json.loads((tmp_path / "r2").read_text())["skipped"] == len(names)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--precision", "bf16"],
+        ["--no-patch-decoder"],
+        ["--max-number-token", "auto"],
+        ["--config-file", str(TINY_CONFIG)],
+        ["model.backbone.max_number_token=5"],
+    ],
+    ids=["precision", "patch-decoder", "auto-cap", "config", "overrides"],
+)
+def test_inference_onnx_refuses_what_the_graph_fixes(tmp_path, extra):
+    argv = ["--onnx", str(tmp_path / "m.onnx"), "--data-dir", str(DEMO_DATA)]
+    with pytest.raises(SystemExit) as raised:
+        inference.parse_args([*argv, "--output-dir", str(tmp_path / "out"), *extra])
+    assert raised.value.code == 2
+
+
+def test_inference_onnx_missing_graph_is_a_setup_error(tmp_path, caplog):
+    argv = ["--onnx", str(tmp_path / "missing.onnx"), "--data-dir", str(DEMO_DATA)]
+    assert inference.main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+    assert "missing.onnx: no such ONNX file" in caplog.text
+    assert not (tmp_path / "out").exists()

@@ -574,7 +574,7 @@ def run_onnxruntime_worker(spec: dict) -> dict:
         threads=spec["threads"] or os.cpu_count(),
         tokens=tokens,
         max_number_token=cap,
-        routed_tokens=[int(keep.sum()) for keep in last["out"][1].keep],
+        routed_tokens=[int(keep.sum()) for keep in last["out"][1].keep.values()],
         malloc_pinned=malloc_pinned,
         **measured,
     )
