@@ -414,8 +414,13 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 def _predictor(args: argparse.Namespace) -> MattingPredictor | OnnxMattingPredictor:
     """The model of this process: the exported graph (--onnx) or the config and checkpoint."""
     if args.onnx is not None:
+        # Sharded CPU processes share the cores (torch's share is set in _process_main).
+        threads = torch.get_num_threads() if comm.get_world_size() > 1 else None
         return OnnxMattingPredictor(
-            args.onnx, device=_device(args).split(":")[0], max_number_token=args.max_number_token
+            args.onnx,
+            device=_device(args),
+            max_number_token=args.max_number_token,
+            threads=threads,
         )
     return MattingPredictor.from_config(
         args.config_file,

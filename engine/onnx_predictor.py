@@ -49,15 +49,19 @@ CPU_PROVIDER, CUDA_PROVIDER = "CPUExecutionProvider", "CUDAExecutionProvider"
 GLOBAL_ROUTE = 0  # index of "route to global attention" in the router scores
 
 
-def _providers(device: str) -> list[str]:
+def _providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
+    """onnxruntime providers for ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (GPU N)."""
     available = ort.get_available_providers()
-    if device == "cpu":
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
         return [CPU_PROVIDER]
-    if device == "cuda" and CUDA_PROVIDER not in available:
-        raise ValueError(f"device 'cuda' requested but onnxruntime offers only {available}")
-    if device not in ("auto", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+    if kind not in ("auto", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if kind == "cuda" and CUDA_PROVIDER not in available:
+        raise ValueError(f"device {device!r} requested but onnxruntime offers only {available}")
+    if CUDA_PROVIDER not in available:
+        return [CPU_PROVIDER]
+    return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
 
 
 class OnnxMattingPredictor:
@@ -66,8 +70,8 @@ class OnnxMattingPredictor:
     Args:
         model_path: the ``.onnx`` file written by ``tools/export_onnx.py`` (a graph is code for
             onnxruntime's operators only: loading one runs nothing else).
-        device: ``auto`` (CUDA when onnxruntime has its CUDA provider, else CPU), ``cpu`` or
-            ``cuda``.
+        device: ``auto`` (CUDA when onnxruntime has its CUDA provider, else CPU), ``cpu``,
+            ``cuda`` or ``cuda:N``.
         max_number_token: cap on tokens in one global attention; None takes the exported
             config's cap (18500 for the official configs; no cap if the config has none).
         threads: onnxruntime intra-op threads (None: its default, one per core).
@@ -109,7 +113,9 @@ class OnnxMattingPredictor:
         self.inputs = {value.name for value in self.session.get_inputs()}
         provider = self.session.get_providers()[0]
         # Where the tensors of the results (and inference.py's foreground estimation) go.
-        self.device = torch.device("cuda" if provider == CUDA_PROVIDER else "cpu")
+        gpu_index = int(device.partition(":")[2] or 0)
+        on_gpu = provider == CUDA_PROVIDER
+        self.device = torch.device("cuda", gpu_index) if on_gpu else torch.device("cpu")
         logger.info("%s on %s, cap %s", model_path, provider, self.max_number_token)
 
     def predict_levels(self, image: torch.Tensor, trimap: torch.Tensor) -> BatchPrediction:

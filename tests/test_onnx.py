@@ -379,3 +379,37 @@ def test_inference_onnx_missing_graph_is_a_setup_error(tmp_path, caplog):
     assert inference.main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
     assert "missing.onnx: no such ONNX file" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("cpu", ["CPUExecutionProvider"]),
+        ("gpu", "must be"),
+        ("cuda:x", "must be"),
+        ("cpu:1", "must be"),
+    ],
+)
+def test_devices_name_onnxruntime_providers(device, expected):
+    from engine.onnx_predictor import _providers
+
+    if isinstance(expected, list):
+        assert _providers(device) == expected
+    else:
+        with pytest.raises(ValueError, match=expected):
+            _providers(device)
+
+
+def test_cuda_devices_need_the_cuda_provider(monkeypatch):
+    import onnxruntime as ort
+
+    from engine.onnx_predictor import _providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="offers only"):
+        _providers("cuda:1")
+    assert _providers("auto") == ["CPUExecutionProvider"]
+    with_cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: with_cuda)
+    assert _providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), with_cuda[1]]
+    assert _providers("auto")[0] == ("CUDAExecutionProvider", {"device_id": 0})
