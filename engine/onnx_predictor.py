@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 
 from data.image_io import to_unit_float
-from engine.predictor import BatchPrediction, ImageInput, MapInput, RoutingMaps, prepare_inputs
+from engine.predictor import BatchPrediction, ImagePredictor
 from modeling.decoder.detail_capture import force_known
 
 __all__ = [
@@ -64,7 +64,7 @@ def _providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
 
 
-class OnnxMattingPredictor:
+class OnnxMattingPredictor(ImagePredictor):
     """An exported MEMatte (or ViTMatte) graph behind ``MattingPredictor``'s call signature.
 
     Args:
@@ -158,36 +158,3 @@ class OnnxMattingPredictor:
             probability=[torch.stack(maps) for maps in zip(*probabilities, strict=True)],
             block_indexes=tuple(self.routed_blocks),
         )
-
-    def __call__(
-        self,
-        image: ImageInput,
-        trimap: MapInput | None = None,
-        *,
-        mask: MapInput | None = None,
-        unknown_width: float | None = None,
-        return_routing: bool = False,
-    ) -> np.ndarray | tuple[np.ndarray, RoutingMaps]:
-        """Alpha of one image, with ``MattingPredictor.__call__``'s arguments and results.
-
-        Args:
-            image: a path, a PIL image, an ``[H, W, 3]`` uint8 RGB array or a ``[3, H, W]``
-                float tensor in [0, 1].
-            trimap: a path, a PIL image or an ``[H, W]`` uint8 array with 0 / 128 / 255.
-            mask: instead of a trimap, a rough mask, turned into a trimap by
-                :func:`data.trimap.trimap_from_mask`.
-            unknown_width: with ``mask``: the unknown band's width (px, or a fraction of the
-                shorter side).
-            return_routing: also return the routing maps.
-
-        Returns:
-            alpha ``[H, W]`` float32 in [0, 1] with the known regions forced (0 where the trimap
-            is 0, 1 where it is 255), and with ``return_routing`` the :class:`RoutingMaps`.
-
-        Raises:
-            BadSampleError, ValueError: as ``MattingPredictor.__call__``.
-        """
-        levels, trimap_map = prepare_inputs(image, trimap, mask=mask, unknown_width=unknown_width)
-        prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
-        alpha = prediction.alpha[0].numpy()
-        return (alpha, prediction.routing(0)) if return_routing else alpha

@@ -44,6 +44,7 @@ from utils.token_budget import auto_max_number_token
 __all__ = [
     "AUTO",
     "BatchPrediction",
+    "ImagePredictor",
     "MattingPredictor",
     "RoutingMaps",
     "alpha_to_uint8",
@@ -296,7 +297,53 @@ class BatchPrediction:
         )
 
 
-class MattingPredictor:
+class ImagePredictor:
+    """The one-image call shared by the predictors (:class:`MattingPredictor` and
+    ``engine.onnx_predictor.OnnxMattingPredictor``): inputs read and checked once
+    (:func:`prepare_inputs`), then the subclass's ``predict_levels`` on a batch of one."""
+
+    def predict_levels(self, image: Tensor, trimap: Tensor) -> BatchPrediction:
+        """Alpha and routing of ``[B, 3, H, W]`` images with ``[B, 1, H, W]`` uint8 trimaps."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        image: ImageInput,
+        trimap: MapInput | None = None,
+        *,
+        mask: MapInput | None = None,
+        unknown_width: float | None = None,
+        return_routing: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, RoutingMaps]:
+        """Alpha matte of one image.
+
+        Args:
+            image: a path, a PIL image, an ``[H, W, 3]`` uint8 RGB array or a ``[3, H, W]``
+                float tensor in [0, 1] (see :func:`image_levels` for the other forms).
+            trimap: a path, a PIL image or an ``[H, W]`` uint8 array: 0 background, 128
+                unknown, 255 foreground.
+            mask: instead of a trimap, a rough mask (path, PIL image or array; thresholded at
+                half its range), turned into a trimap by :func:`data.trimap.trimap_from_mask`.
+            unknown_width: with ``mask``: the unknown band's width on each side of the mask
+                boundary, in px (int) or as a fraction of the shorter side (float < 1).
+            return_routing: also return the routing maps.
+
+        Returns:
+            ``[H, W]`` float32 alpha in [0, 1], with the :class:`RoutingMaps` when
+            ``return_routing``.
+
+        Raises:
+            BadSampleError: an unreadable input file, or an input of an unsupported form.
+            ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
+                mask, or sizes that differ.
+        """
+        levels, trimap_map = prepare_inputs(image, trimap, mask=mask, unknown_width=unknown_width)
+        prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
+        alpha = prediction.alpha[0].numpy()
+        return (alpha, prediction.routing(0)) if return_routing else alpha
+
+
+class MattingPredictor(ImagePredictor):
     """Alpha mattes from an image and a trimap (or a mask), with the official protocol.
 
     ``predictor(image, trimap)`` returns ``[H, W]`` float32 alpha in [0, 1] with the known
@@ -430,39 +477,3 @@ class MattingPredictor:
             probability=[s[..., GLOBAL_ROUTE].float().exp().cpu() for s in out["router_scores"]],
             block_indexes=tuple(self.model.backbone.routed_block_indexes),
         )
-
-    def __call__(
-        self,
-        image: ImageInput,
-        trimap: MapInput | None = None,
-        *,
-        mask: MapInput | None = None,
-        unknown_width: float | None = None,
-        return_routing: bool = False,
-    ) -> np.ndarray | tuple[np.ndarray, RoutingMaps]:
-        """Alpha matte of one image.
-
-        Args:
-            image: a path, a PIL image, an ``[H, W, 3]`` uint8 RGB array or a ``[3, H, W]``
-                float tensor in [0, 1] (see :func:`image_levels` for the other forms).
-            trimap: a path, a PIL image or an ``[H, W]`` uint8 array: 0 background, 128
-                unknown, 255 foreground.
-            mask: instead of a trimap, a rough mask (path, PIL image or array; thresholded at
-                half its range), turned into a trimap by :func:`data.trimap.trimap_from_mask`.
-            unknown_width: with ``mask``: the unknown band's width on each side of the mask
-                boundary, in px (int) or as a fraction of the shorter side (float < 1).
-            return_routing: also return the routing maps.
-
-        Returns:
-            ``[H, W]`` float32 alpha in [0, 1], with the :class:`RoutingMaps` when
-            ``return_routing``.
-
-        Raises:
-            BadSampleError: an unreadable input file, or an input of an unsupported form.
-            ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
-                mask, or sizes that differ.
-        """
-        levels, trimap_map = prepare_inputs(image, trimap, mask=mask, unknown_width=unknown_width)
-        prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
-        alpha = prediction.alpha[0].numpy()
-        return (alpha, prediction.routing(0)) if return_routing else alpha

@@ -87,6 +87,7 @@ from engine.predictor import MattingPredictor  # noqa: E402
 from modeling.lean.input import NormalizedInput  # noqa: E402
 from modeling.meta_arch.mematte import padded_size  # noqa: E402
 from utils.device import autocast, resolve_device  # noqa: E402
+from utils.file_io import atomic_write  # noqa: E402
 from utils.memory import (  # noqa: E402
     configure_malloc,
     current_memory_bytes,
@@ -762,18 +763,30 @@ def main() -> None:
         results.append(result)
         print(markdown_table([result]).splitlines()[-1], flush=True)
     shutil.rmtree(exports)
+    write_report(SCHEMA, results, args.json, args.markdown, markdown_table)
+
+
+def write_report(
+    schema: str,
+    results: list[dict],
+    json_path: Path | None,
+    markdown_path: Path | None,
+    table: Callable[[list[dict]], str],
+) -> None:
+    """Write a benchmark tool's results: JSON (``schema``, creation time, command line, results)
+    to ``json_path`` and ``table(results)`` to ``markdown_path``, each where given, atomically."""
     report = {
-        "schema": SCHEMA,
+        "schema": schema,
         "created": datetime.datetime.now(datetime.UTC).isoformat(),
         "argv": sys.argv,
         "results": results,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown_table(results))
+    outputs = {json_path: json.dumps(report, indent=2) + "\n", markdown_path: table(results)}
+    for path, text in outputs.items():
+        if path is not None:
+            data = text.encode()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda file, data=data: file.write(data))
 
 
 if __name__ == "__main__":

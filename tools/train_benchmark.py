@@ -22,7 +22,6 @@ delivers them), runs ``--warmup`` untimed and ``--steps`` timed steps, and repor
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -37,7 +36,13 @@ if str(REPO_ROOT) not in sys.path:
 
 from engine.config import LazyConfig, instantiate  # noqa: E402
 from engine.optim import freeze_teacher  # noqa: E402
-from tools.benchmark import CONFIGS, MODEL_SIZES, cpu_name, run_in_subprocess  # noqa: E402
+from tools.benchmark import (  # noqa: E402
+    CONFIGS,
+    MODEL_SIZES,
+    cpu_name,
+    run_in_subprocess,
+    write_report,
+)
 from utils.device import autocast, resolve_device  # noqa: E402
 from utils.memory import configure_malloc, current_memory_bytes, peak_memory_bytes  # noqa: E402
 
@@ -215,18 +220,7 @@ def main() -> None:
                     result = run_in_subprocess(spec, args.timeout, script=Path(__file__))
                     results.append(result)
                     print(markdown_table([result]).splitlines()[-1], flush=True)
-    report = {
-        "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(),
-        "argv": sys.argv,
-        "results": results,
-    }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown_table(results))
+    write_report(SCHEMA, results, args.json, args.markdown, markdown_table)
 
 
 if __name__ == "__main__":
