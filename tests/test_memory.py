@@ -22,3 +22,18 @@ def test_cpu_readers_see_a_known_allocation():
     assert (1 - SLACK) * BLOCK_BYTES <= during - before <= (1 + SLACK) * BLOCK_BYTES
     assert peak_memory_bytes("cpu") >= during - COUNTER_LAG_BYTES
     del block
+
+
+def test_a_subprocess_reports_its_own_peak_not_its_parents():
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    parent_block = np.ones(8 * BLOCK_BYTES, np.uint8)  # a parent peak far above the child's
+    code = "from utils.memory import peak_memory_bytes; print(peak_memory_bytes('cpu'))"
+    child = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert int(child.stdout) < parent_block.nbytes
+    del parent_block

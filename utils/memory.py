@@ -97,9 +97,13 @@ def current_memory_bytes(device: torch.device | str) -> int:
 
 def peak_memory_bytes(device: torch.device | str) -> int:
     """Peak memory so far: CUDA bytes allocated by torch (since the last
-    ``torch.cuda.reset_peak_memory_stats``); CPU: this process's peak RSS (``ru_maxrss``, KiB on
-    Linux)."""
+    ``torch.cuda.reset_peak_memory_stats``); CPU: this process's peak RSS, /proc's ``VmHWM``.
+
+    Not ``getrusage``'s ``ru_maxrss`` (the fallback without /proc): Linux carries it over
+    ``execve``, so a fresh subprocess would report its parent's peak if that was higher.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
+    peak = _proc_kib(PROCESS_STATUS, "VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
