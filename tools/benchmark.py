@@ -632,7 +632,6 @@ def markdown_table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument(
         "--sizes",
         nargs="+",
@@ -700,10 +699,7 @@ def main() -> None:
         action="store_true",
         help="keep glibc's adaptive mmap threshold (see configure_malloc)",
     )
-    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides")
-    parser.add_argument("--timeout", type=float, help="seconds per measurement")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--markdown", type=Path, help="write the markdown table here")
+    add_run_arguments(parser)
     args = parser.parse_args()
 
     if args.worker:
@@ -766,6 +762,17 @@ def main() -> None:
     write_report(SCHEMA, results, args.json, args.markdown, markdown_table)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options a benchmark tool shares with the others: config overrides, the per-measurement
+    timeout of :func:`run_in_subprocess` (and its hidden ``--worker SPEC``), and where
+    :func:`write_report` writes."""
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides")
+    parser.add_argument("--timeout", type=float, help="seconds per measurement")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--markdown", type=Path, help="write the markdown table here")
+
+
 def write_report(
     schema: str,
     results: list[dict],
@@ -781,12 +788,15 @@ def write_report(
         "argv": sys.argv,
         "results": results,
     }
-    outputs = {json_path: json.dumps(report, indent=2) + "\n", markdown_path: table(results)}
-    for path, text in outputs.items():
-        if path is not None:
-            data = text.encode()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda file, data=data: file.write(data))
+
+    def write(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda file: file.write(text.encode()))
+
+    if json_path is not None:
+        write(json_path, json.dumps(report, indent=2) + "\n")
+    if markdown_path is not None:
+        write(markdown_path, table(results))
 
 
 if __name__ == "__main__":

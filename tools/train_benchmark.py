@@ -39,6 +39,7 @@ from engine.optim import freeze_teacher  # noqa: E402
 from tools.benchmark import (  # noqa: E402
     CONFIGS,
     MODEL_SIZES,
+    add_run_arguments,
     cpu_name,
     run_in_subprocess,
     write_report,
@@ -166,7 +167,6 @@ def markdown_table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument(
         "--cases",
         nargs="+",
@@ -190,10 +190,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
-    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides")
-    parser.add_argument("--timeout", type=float, help="seconds per measurement")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--markdown", type=Path, help="write the markdown table here")
+    add_run_arguments(parser)
     args = parser.parse_args()
 
     if args.worker:
