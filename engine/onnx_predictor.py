@@ -111,11 +111,11 @@ class OnnxMattingPredictor(ImagePredictor):
             max_number_token = json.loads(metadata.get("max_number_token", "null"))
         self.max_number_token = NO_CAP if max_number_token is None else max_number_token
         self.inputs = {value.name for value in self.session.get_inputs()}
+        self.outputs = [value.name for value in self.session.get_outputs()]
         provider = self.session.get_providers()[0]
         # Where the tensors of the results (and inference.py's foreground estimation) go.
-        gpu_index = int(device.partition(":")[2] or 0)
-        on_gpu = provider == CUDA_PROVIDER
-        self.device = torch.device("cuda", gpu_index) if on_gpu else torch.device("cpu")
+        gpu = "cuda" if device == "auto" else device  # "cuda" or "cuda:N"
+        self.device = torch.device(gpu if provider == CUDA_PROVIDER else "cpu")
         logger.info("%s on %s, cap %s", model_path, provider, self.max_number_token)
 
     def predict_levels(self, image: torch.Tensor, trimap: torch.Tensor) -> BatchPrediction:
@@ -135,8 +135,7 @@ class OnnxMattingPredictor(ImagePredictor):
                 MAX_NUMBER_TOKEN_INPUT: np.array(self.max_number_token, dtype=np.int64),
             }
             feeds = {name: value for name, value in feeds.items() if name in self.inputs}
-            names = [output.name for output in self.session.get_outputs()]
-            outputs = dict(zip(names, self.session.run(names, feeds), strict=True))
+            outputs = dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
             alpha = torch.from_numpy(outputs[PHAS_OUTPUT][0, 0])
             alphas.append(force_known(alpha, trimap_values[0]))
             # per routed block: keep [1, h, w, 1] -> [h, w]; log-probabilities -> p(global)

@@ -241,6 +241,10 @@ def test_predictor_inputs_read_alike_and_known_regions_are_forced(demo_onnx):
         predictor(rgb, trimap.astype(np.float32))
     with pytest.raises(ValueError, match="'auto'"):
         OnnxMattingPredictor(demo_onnx, max_number_token="auto")
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # auto falls back to CPU
+        assert OnnxMattingPredictor(demo_onnx, device="auto").device == torch.device("cpu")
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         OnnxMattingPredictor(demo_onnx.parent / "missing.onnx")
 
