@@ -447,20 +447,25 @@ def read_map_u8(path: str | Path) -> np.ndarray:
     return image
 
 
-def to_unit_float(levels: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+def to_unit_float(
+    levels: np.ndarray | torch.Tensor, device: torch.device | str, *, copy: bool = False
+) -> torch.Tensor:
     """Pixel levels as float32 in [0, 1] on ``device``: uint8 / 255, uint16 / 65535, floats as
     they are. The levels travel to the device; the float copy is made there, once.
 
     Args:
         levels: an array or tensor of any shape.
         device: where the float copy goes.
+        copy: return a new contiguous tensor also where ``levels`` are float32 already on
+            ``device`` (by default they are returned as they are).
     """
     tensor = torch.as_tensor(levels).to(device, non_blocking=True)
+    memory_format = torch.contiguous_format if copy else torch.preserve_format
     if tensor.dtype == torch.uint8:
-        return tensor.float().div_(_UINT8_MAX)
+        return tensor.to(torch.float32, memory_format=memory_format).div_(_UINT8_MAX)
     if tensor.dtype == torch.uint16:
-        return tensor.float().div_(_UINT16_MAX)
-    return tensor.float()
+        return tensor.to(torch.float32, memory_format=memory_format).div_(_UINT16_MAX)
+    return tensor.to(torch.float32, memory_format=memory_format, copy=copy)
 
 
 def read_train_rgb(path: str | Path) -> np.ndarray:

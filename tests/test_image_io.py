@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from data.image_io import (
     UnreadableImageError,
@@ -74,6 +75,18 @@ def test_native_levels_and_unit_floats(tmp_path):
     np.testing.assert_array_equal(to_unit_float(levels, "cpu").numpy(), deep / np.float32(65535))
     eight = np.array([[0, 128, 255]], np.uint8)
     np.testing.assert_array_equal(to_unit_float(eight, "cpu").numpy(), eight / np.float32(255))
+
+
+def test_unit_float_copies_on_request():
+    floats = torch.rand(4, 5, 3)
+    assert to_unit_float(floats, "cpu") is floats
+    copied = to_unit_float(floats, "cpu", copy=True)
+    assert copied.data_ptr() != floats.data_ptr() and torch.equal(copied, floats)
+    channels_first = torch.arange(60, dtype=torch.uint8).view(3, 4, 5)
+    for levels in (channels_first.permute(1, 2, 0), channels_first.permute(1, 2, 0).float()):
+        converted = to_unit_float(levels, "cpu", copy=True)
+        assert converted.is_contiguous() and converted.data_ptr() != levels.data_ptr()
+    np.testing.assert_array_equal(converted.numpy(), channels_first.permute(1, 2, 0).numpy())
 
 
 def test_trimap_values_other_than_the_levels_warn_with_file_and_share(tmp_path, caplog):
