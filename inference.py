@@ -75,7 +75,7 @@ from data.readers import FOLDER_LAYOUTS, scan_test_set
 from data.trimap import trimap_from_mask, unknown_width_argument
 from engine import comm
 from engine.checkpoint import add_trust_checkpoint_argument
-from engine.foreground import estimate_foreground
+from engine.foreground import estimate_foreground, foreground_to_uint8
 from engine.launch import launch
 from engine.onnx_predictor import OnnxMattingPredictor
 from engine.predictor import AUTO, MattingPredictor, alpha_to_uint8, mask_levels
@@ -482,7 +482,7 @@ def run_shard(
                     image_hwc = sample["image"].permute(1, 2, 0)  # [3, H, W] -> [H, W, 3]
                     colours = estimate_foreground(image_hwc, alpha, device=predictor.device)
                     # 8-bit RGB: what the files hold, a quarter of the memory while queued
-                    foreground = np.round(colours * UINT8_MAX).astype(np.uint8)
+                    foreground = foreground_to_uint8(colours)
                     del colours
                 figure = None
                 if outputs.routing:

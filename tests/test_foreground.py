@@ -1,11 +1,13 @@
-"""engine.foreground: the blur-fusion step by hand, the colours it leaves alone, strips, dtypes,
-and its quality on small composites with known foreground colours (pymatting as the oracle)."""
+"""engine.foreground: the blur-fusion step and the full-resolution projection by hand, the colours
+it leaves alone, boxes against whole maps, dtypes, and its quality on small composites with known
+foreground colours (pymatting as the oracle)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 import engine.foreground as foreground
@@ -53,10 +55,8 @@ def test_one_step_is_the_least_squares_blur_fusion_formula():
     def chw(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)  # [h, w, C] -> [C, h, w]
 
-    tile = (slice(0, h), slice(0, w))
-    steps = foreground._TileSteps(
-        tile, chw(image), torch.from_numpy(alpha.astype(np.float32))[None]
-    )
+    box = (slice(0, h), slice(0, w))
+    steps = foreground._BoxSteps(box, chw(image), torch.from_numpy(alpha.astype(np.float32))[None])
     colours = steps(torch.cat([chw(fg), chw(bg)])).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(colours[:, :, :3], expected_fg, atol=2e-5)
     np.testing.assert_allclose(colours[:, :, 3:], expected_bg, atol=2e-5)
@@ -75,12 +75,54 @@ def test_colours_where_alpha_is_0_or_1_are_the_image(composites):
     assert not np.array_equal(estimate[~known], image[~known])
 
 
-def test_strips_give_the_whole_images_values(composites):
+def test_full_resolution_is_the_projection_of_the_upsampled_half_resolution_colours(composites):
     image, alpha, _ = composites[1]
+    levels = foreground._pyramid(torch.from_numpy(image), torch.from_numpy(alpha))
+    half = foreground._half_resolution_colours(levels)
+    # [6, h, w] -> [H, W, 6]: bilinear, pixel centres aligned (coarse k at fine 2 k + 0.5).
+    upsampled = F.interpolate(half[None], scale_factor=2, mode="bilinear")[0]
+    upsampled = upsampled.permute(1, 2, 0).numpy()[: image.shape[0], : image.shape[1]]
+    fg, bg = upsampled[:, :, :3], upsampled[:, :, 3:]
+    a = alpha[:, :, None]
+    residual = (image - a * fg - (1 - a) * bg) / (a**2 + (1 - a) ** 2)
+    expected = np.clip(fg + a * residual, 0, 1)
+    fractional = (alpha > 0) & (alpha < 1)
+    estimate = estimate_foreground(image, alpha)
+    np.testing.assert_allclose(estimate[fractional], expected[fractional], atol=2e-5)
+
+
+def test_boxes_give_the_whole_maps_values(composites, monkeypatch):
+    image, alpha, _ = composites[2]
+    monkeypatch.setattr(foreground, "TILE", 4096)  # one box: every level as a whole map
     whole = estimate_foreground(image, alpha)
-    for rows in (6, 50):  # strips of a few rows: halos and even starts matter
-        strips = estimate_foreground(image, alpha, strip_pixels=rows * image.shape[1])
-        np.testing.assert_allclose(strips, whole, atol=1e-6, rtol=0, err_msg=str(rows))
+    for tile in (8, 30):  # boxes of a few pixels at every level: crops and spans matter
+        monkeypatch.setattr(foreground, "TILE", tile)
+        boxes = estimate_foreground(image, alpha)
+        np.testing.assert_allclose(boxes, whole, atol=1e-6, rtol=0, err_msg=str(tile))
+
+
+def test_fractional_boxes_merge_runs_of_tiles_on_a_tile_row(monkeypatch):
+    monkeypatch.setattr(foreground, "TILE", 4)
+    mask = torch.zeros(10, 21, dtype=torch.bool)
+    for y, x in ((0, 1), (3, 5), (0, 8), (0, 20), (9, 12), (9, 14), (9, 17)):
+        mask[y, x] = True
+    rows = (slice(0, 4), slice(8, 10))
+    expected = [(rows[0], slice(0, 12)), (rows[0], slice(20, 21)), (rows[1], slice(12, 20))]
+    assert foreground._fractional_boxes(mask) == expected
+
+
+def test_downsample_means_the_pixels_of_each_cell():
+    x = torch.rand(5, 7, 2)
+    expected = torch.stack(
+        [
+            torch.stack([x[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean((0, 1)) for j in range(4)])
+            for i in range(3)
+        ]
+    )
+    torch.testing.assert_close(foreground._downsample(x), expected)
+    torch.testing.assert_close(
+        foreground._downsample(x.permute(1, 0, 2)), expected.permute(1, 0, 2)
+    )
 
 
 def test_uint8_inputs_read_as_value_over_255(composites):

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from data.image_io import BadSampleError, read_rgb_levels, read_trimap_levels
 from data.trimap import TRIMAP_BG, TRIMAP_LEVELS, trimap_from_mask
-from engine.foreground import STRIP_PIXELS, estimate_foreground
+from engine.foreground import estimate_foreground, foreground_to_uint8
 from engine.predictor import AUTO, BatchPrediction, MattingPredictor, RoutingMaps, mask_levels
 from modeling.meta_arch.mematte import padded_size
 from utils.device import resolve_device
@@ -55,17 +55,16 @@ BRUSH_COLOURS = {"foreground": "#ffffff", "unknown": "#808080", "background": "#
 # A painted layer covers a pixel where its alpha is above half its range.
 PAINT_ALPHA_THRESHOLD = 127
 # Bytes per image pixel alive after the forward, while a request's results are made and written:
-# the image and trimap levels (4), float32 alpha (4) and foreground RGB (12), the 8-bit alpha,
-# foreground and RGBA copies (8), and the float32 composite's weight and RGB temporaries
-# (2 x 4 + 3 x 12).
+# the image and trimap levels (4), the float32 alpha (4), the 8-bit foreground and alpha (4), and
+# the float32 temporaries of the composite (its weight, colours, background and their products:
+# 60).
 OUTPUT_BYTES_PER_PIXEL = 72
 # Memory under those results that does not grow with the image: the freed buffers the heap keeps
-# (with the allocator settings of utils.memory.configure_malloc, which the web demo applies) and
-# the foreground estimation's full-resolution strip (10 float32 maps of STRIP_PIXELS pixels).
-# Measured (tiny model, CPU, fp32, composite written; tests/test_web_demo.py): peak RSS 1.06 GiB
-# over the idle server for 4000 x 3000 px and 2.08 GiB for 6017 x 4872 px, i.e. 64 bytes per
-# pixel and 0.34 GiB more.
-OUTPUT_FIXED_BYTES = TRIM_THRESHOLD_BYTES + 10 * 4 * STRIP_PIXELS
+# (with the allocator settings of utils.memory.configure_malloc, which the web demo applies).
+# Measured (tiny model, CPU, fp32, composite written; tests/test_web_demo.py): peak RSS 0.96 GiB
+# over the idle process for 4000 x 3000 px and 2.09 GiB for 6017 x 4872 px, i.e. 70 bytes per
+# pixel and 0.17 GiB more.
+OUTPUT_FIXED_BYTES = TRIM_THRESHOLD_BYTES
 # Side of the largest (square) image default_max_pixels considers, px.
 MAX_PLANNED_SIDE = 2**16
 MIB = 2**20
@@ -118,7 +117,8 @@ class SessionResult:
         image: ``[3, H, W]`` RGB levels (uint8 or uint16), as read.
         trimap: ``[H, W]`` uint8, the trimap the model saw.
         alpha: ``[H, W]`` float32 in [0, 1], known regions forced (the official protocol).
-        foreground: ``[H, W, 3]`` float32 RGB foreground colours in [0, 1].
+        foreground: ``[H, W, 3]`` uint8 RGB foreground colours (the levels the cutout files
+            hold).
         routing: the routing maps per routed block.
         numbers: the request's numbers, JSON-ready: image and size, options, the token cap in
             effect, tokens, share of tokens in global attention per routed block, seconds, peak
@@ -323,7 +323,7 @@ class MattingSession:
             prediction, numbers = self._predict(image_levels, trimap_levels, options)
             alpha = prediction.alpha[0].numpy()
             foreground_start = time.perf_counter()
-            foreground = estimate_foreground(levels, alpha, device=self.device)
+            foreground = foreground_to_uint8(estimate_foreground(levels, alpha, device=self.device))
             numbers["foreground_seconds"] = time.perf_counter() - foreground_start
         numbers["seconds"] = time.perf_counter() - start
         return SessionResult(
