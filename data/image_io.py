@@ -454,11 +454,13 @@ def to_unit_float(
     they are. The levels travel to the device; the float copy is made there, once.
 
     Args:
-        levels: an array or tensor of any shape.
+        levels: an array or tensor of any shape (flipped numpy views too).
         device: where the float copy goes.
         copy: return a new contiguous tensor also where ``levels`` are float32 already on
             ``device`` (by default they are returned as they are).
     """
+    if isinstance(levels, np.ndarray) and any(stride < 0 for stride in levels.strides):
+        levels = np.ascontiguousarray(levels)  # a flipped view (BGR -> RGB): torch needs a copy
     tensor = torch.as_tensor(levels).to(device, non_blocking=True)
     memory_format = torch.contiguous_format if copy else torch.preserve_format
     if tensor.dtype == torch.uint8:

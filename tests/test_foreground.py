@@ -133,6 +133,9 @@ def test_uint8_inputs_read_as_value_over_255(composites):
     assert np.array_equal(estimate_foreground(image_u8, alpha_u8), from_floats)
     tensors = estimate_foreground(torch.from_numpy(image_u8), torch.from_numpy(alpha_u8))
     assert np.array_equal(tensors, from_floats)
+    # A BGR image flipped to RGB by a view (negative strides), as cv2 users pass it.
+    bgr = np.ascontiguousarray(image_u8[:, :, ::-1])
+    assert np.array_equal(estimate_foreground(bgr[:, :, ::-1], alpha_u8), from_floats)
 
 
 def test_odd_and_tiny_sizes():
