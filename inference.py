@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.image_io import (
+    UINT8_MAX,
     BadSampleError,
     is_complete_image,
     read_rgb_levels,
@@ -94,7 +95,6 @@ ROUTING_DIR, FOREGROUND_DIR, RGBA_DIR, COMPOSITE_DIR, TRIMAP_DIR = (
     "trimap",
 )
 MIB = 2**20
-UINT8_MAX = 255
 # Items whose outputs may wait for the background writer at once (each holds its image and
 # outputs in memory; 2 keeps a 6K run's memory bounded while decoding, compute and writing
 # overlap).

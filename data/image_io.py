@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "UINT8_MAX",
     "BadSampleError",
     "UnreadableImageError",
     "encode_image",
@@ -81,9 +82,9 @@ __all__ = [
 # File suffixes (lower case) treated as images when listing a folder.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
-_UINT8_MAX = 255.0
+UINT8_MAX = 255.0  # 8-bit level of full intensity
 _UINT16_MAX = 65535.0
-UINT16_PER_UINT8 = _UINT16_MAX / _UINT8_MAX  # 257: 16-bit value v is 8-bit round(v / 257)
+UINT16_PER_UINT8 = _UINT16_MAX / UINT8_MAX  # 257: 16-bit value v is 8-bit round(v / 257)
 # Where PNG and JPEG files start and end: a file without its end marker was cut short.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC, the last bytes of every PNG
@@ -218,7 +219,7 @@ def _read_raw(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
 def _to_unit_float(image: np.ndarray, path: Path) -> np.ndarray:
     """Scale an integer or float image to float32 in [0, 1] according to its dtype."""
     if image.dtype == np.uint8:
-        return image.astype(np.float32) / _UINT8_MAX
+        return image.astype(np.float32) / UINT8_MAX
     if image.dtype == np.uint16:
         return image.astype(np.float32) / _UINT16_MAX
     if image.dtype in (np.float32, np.float64):
@@ -385,7 +386,7 @@ def read_trimap(path: str | Path) -> np.ndarray:
     Raises:
         UnreadableImageError, BadSampleError: as :func:`read_trimap_levels`.
     """
-    return read_trimap_levels(path).astype(np.float32) / _UINT8_MAX
+    return read_trimap_levels(path).astype(np.float32) / UINT8_MAX
 
 
 def to_map_levels(image: np.ndarray, source: str | Path) -> np.ndarray:
@@ -464,7 +465,7 @@ def to_unit_float(
     tensor = torch.as_tensor(levels).to(device, non_blocking=True)
     memory_format = torch.contiguous_format if copy else torch.preserve_format
     if tensor.dtype == torch.uint8:
-        return tensor.to(torch.float32, memory_format=memory_format).div_(_UINT8_MAX)
+        return tensor.to(torch.float32, memory_format=memory_format).div_(UINT8_MAX)
     if tensor.dtype == torch.uint16:
         return tensor.to(torch.float32, memory_format=memory_format).div_(_UINT16_MAX)
     return tensor.to(torch.float32, memory_format=memory_format, copy=copy)
@@ -501,7 +502,7 @@ def read_train_alpha(path: str | Path) -> np.ndarray:
     Raises:
         UnreadableImageError: the file is missing or cannot be decoded.
     """
-    return _read_raw(Path(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / _UINT8_MAX
+    return _read_raw(Path(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / UINT8_MAX
 
 
 def encode_image(path: str | Path, image: np.ndarray) -> bytes:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data.image_io import to_unit_float
+from data.image_io import UINT8_MAX, to_unit_float
 from utils.device import resolve_device
 
 __all__ = ["estimate_foreground", "foreground_to_uint8"]
@@ -56,8 +56,6 @@ FINE_ITERATIONS = 3
 # The pyramid halves the image until its shorter side is at most MIN_SIDE px (and holds at least
 # the half and the quarter resolution levels).
 MIN_SIDE = 16
-# 8-bit levels of colour 1.0.
-UINT8_MAX = 255
 # Added to the local means of alpha and 1 - alpha before dividing by them (as in the paper).
 EPS = 1e-5
 # Side in px of the tiles that hold fractional alpha.

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from data.image_io import (
+    UINT8_MAX,
     BadSampleError,
     read_map_levels,
     read_rgb_levels,
@@ -58,7 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-UINT8_MAX = 255
 UINT16_MAX = 65535  # largest 16-bit gray level a PIL image may hold
 AUTO = "auto"
 # Keys listed in an error message before the rest is elided.
