@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data.seeding import SampleKey, init_worker
-from engine import comm
+from utils import comm
 
 __all__ = ["TrainSampler", "build_train_loader"]
 

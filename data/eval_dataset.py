@@ -2,7 +2,7 @@
 
 Samples hold the files' levels, not floats: the RGB image as uint8 (or uint16 for 16-bit files),
 the trimap and the ground-truth alpha as 8-bit maps, so a loader moves a quarter of the bytes and
-the float copy is made once, where the model runs (``engine.predictor``: image / 255 or / 65535,
+the float copy is made once, where the model runs (``predictor.matting``: image / 255 or / 65535,
 trimap / 255, as the official inference). A trimap must be an 8-bit single-channel map. See
 ``data.image_io`` for the conversions of grayscale, RGBA and 16-bit files.
 """

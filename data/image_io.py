@@ -46,17 +46,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from data.trimap import non_trimap_share
+from utils.device import to_unit_float
 from utils.file_io import atomic_write
+from utils.levels import UINT8_MAX, UINT16_PER_UINT8
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "UINT8_MAX",
     "BadSampleError",
     "UnreadableImageError",
     "encode_image",
@@ -74,7 +74,6 @@ __all__ = [
     "read_trimap_levels",
     "to_map_levels",
     "to_rgb_levels",
-    "to_unit_float",
     "trimap_levels",
     "write_image",
 ]
@@ -82,9 +81,6 @@ __all__ = [
 # File suffixes (lower case) treated as images when listing a folder.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
-UINT8_MAX = 255.0  # 8-bit level of full intensity
-_UINT16_MAX = 65535.0
-UINT16_PER_UINT8 = _UINT16_MAX / UINT8_MAX  # 257: 16-bit value v is 8-bit round(v / 257)
 # Where PNG and JPEG files start and end: a file without its end marker was cut short.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC, the last bytes of every PNG
@@ -217,14 +213,11 @@ def _read_raw(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
 
 
 def _to_unit_float(image: np.ndarray, path: Path) -> np.ndarray:
-    """Scale an integer or float image to float32 in [0, 1] according to its dtype."""
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / UINT8_MAX
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / _UINT16_MAX
-    if image.dtype in (np.float32, np.float64):
-        return np.clip(image.astype(np.float32), 0.0, 1.0)
-    raise BadSampleError(path, f"unsupported pixel type {image.dtype}")
+    """Scale an integer or float image to float32 in [0, 1] according to its dtype (float images
+    are clipped to [0, 1])."""
+    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise BadSampleError(path, f"unsupported pixel type {image.dtype}")
+    return to_unit_float(image, copy=True).clamp_(0.0, 1.0).numpy()
 
 
 def _colour_channels(image: np.ndarray) -> np.ndarray:
@@ -446,29 +439,6 @@ def read_map_u8(path: str | Path) -> np.ndarray:
     if image.dtype != np.uint8:
         raise BadSampleError(path, f"unsupported pixel type {image.dtype}")
     return image
-
-
-def to_unit_float(
-    levels: np.ndarray | torch.Tensor, device: torch.device | str, *, copy: bool = False
-) -> torch.Tensor:
-    """Pixel levels as float32 in [0, 1] on ``device``: uint8 / 255, uint16 / 65535, floats as
-    they are. The levels travel to the device; the float copy is made there, once.
-
-    Args:
-        levels: an array or tensor of any shape (flipped numpy views too).
-        device: where the float copy goes.
-        copy: return a new contiguous tensor also where ``levels`` are float32 already on
-            ``device`` (by default they are returned as they are).
-    """
-    if isinstance(levels, np.ndarray) and any(stride < 0 for stride in levels.strides):
-        levels = np.ascontiguousarray(levels)  # a flipped view (BGR -> RGB): torch needs a copy
-    tensor = torch.as_tensor(levels).to(device, non_blocking=True)
-    memory_format = torch.contiguous_format if copy else torch.preserve_format
-    if tensor.dtype == torch.uint8:
-        return tensor.to(torch.float32, memory_format=memory_format).div_(UINT8_MAX)
-    if tensor.dtype == torch.uint16:
-        return tensor.to(torch.float32, memory_format=memory_format).div_(_UINT16_MAX)
-    return tensor.to(torch.float32, memory_format=memory_format, copy=copy)
 
 
 def read_train_rgb(path: str | Path) -> np.ndarray:

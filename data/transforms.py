@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from data.trimap import TRIMAP_UNKNOWN, erosion_trimap, quantize_trimap
+from utils.levels import UINT8_MAX
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ Transform = Callable[[Sample, np.random.Generator], Sample]
 
 # Interpolations drawn at random for every image resize/warp (official `interp_list`).
 INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)
-_PIXEL_MAX = 255.0
 
 
 def random_interpolation(rng: np.random.Generator) -> int:
@@ -344,12 +344,12 @@ class RandomJitter:
         region = sample["alpha"] > 0
         if not np.any(region):
             return sample
-        hsv = cv2.cvtColor(sample["fg"].astype(np.float32) / _PIXEL_MAX, cv2.COLOR_RGB2HSV)
+        hsv = cv2.cvtColor(sample["fg"].astype(np.float32) / UINT8_MAX, cv2.COLOR_RGB2HSV)
         hue_shift = rng.integers(-self.max_hue_shift, self.max_hue_shift)
         hsv[:, :, 0] = np.remainder(hsv[:, :, 0] + hue_shift, self.FULL_TURN)
         hsv[:, :, 1] = self._shift(hsv[:, :, 1], region, rng)
         hsv[:, :, 2] = self._shift(hsv[:, :, 2], region, rng)
-        sample["fg"] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * _PIXEL_MAX
+        sample["fg"] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * UINT8_MAX
         return sample
 
 
@@ -358,8 +358,8 @@ class Composite:
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         alpha = np.clip(sample["alpha"], 0.0, 1.0)
-        fg = np.clip(sample["fg"].astype(np.float32), 0.0, _PIXEL_MAX)
-        bg = np.clip(sample["bg"].astype(np.float32), 0.0, _PIXEL_MAX)
+        fg = np.clip(sample["fg"].astype(np.float32), 0.0, UINT8_MAX)
+        bg = np.clip(sample["bg"].astype(np.float32), 0.0, UINT8_MAX)
         a = alpha[:, :, None]
         sample.update(fg=fg, bg=bg, alpha=alpha, image=fg * a + bg * (1 - a))
         return sample
@@ -367,7 +367,8 @@ class Composite:
 
 def _chw(image: np.ndarray) -> torch.Tensor:
     """``[H, W, 3]`` in 0..255 -> ``[3, H, W]`` float32 in 0..1."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255)
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)  # [H, W, 3] -> [3, H, W]
+    return torch.from_numpy(chw / UINT8_MAX)
 
 
 class ToTensor:

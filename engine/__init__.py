@@ -1,2 +1,2 @@
-"""Training engine: LazyConfig, trainer and hooks, events, checkpoints, launch and distributed
-helpers, optimizer and lr schedule, the training defaults, and the inference predictor."""
+"""The training engine: LazyConfig, trainer and hooks, events, checkpoints, launch, optimizer and
+lr schedule, and the training defaults. The inference side lives in ``predictor``."""

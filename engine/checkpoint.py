@@ -14,7 +14,6 @@ inference, the distillation teacher's weights.
 References: fvcore ``fvcore/common/checkpoint.py``; detectron2 ``DetectionCheckpointer``.
 """
 
-import argparse
 import contextlib
 import logging
 import os
@@ -30,21 +29,20 @@ from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 from torch import nn
 
-from engine import comm
 from modeling.meta_arch.mematte import TEACHER_PREFIX
+from utils import comm
+from utils.arguments import TRUST_CHECKPOINT_FLAG
 from utils.file_io import atomic_write, sha256_of_file
 
 __all__ = [
     "CHECKSUM_SUFFIX",
     "DDP_PREFIX",
     "SAFETENSORS_SUFFIX",
-    "TRUST_CHECKPOINT_FLAG",
     "CheckpointError",
     "Checkpointer",
     "CorruptCheckpointError",
     "IncompatibleCheckpointError",
     "UntrustedCheckpointError",
-    "add_trust_checkpoint_argument",
     "clean_state_dict",
     "load_checkpoint",
 ]
@@ -54,7 +52,6 @@ logger = logging.getLogger(__name__)
 LAST_CHECKPOINT_FILE = "last_checkpoint"
 # Key prefix of a state dict saved from a DistributedDataParallel-wrapped model.
 DDP_PREFIX = "module."
-TRUST_CHECKPOINT_FLAG = "--trust-checkpoint"
 # Files with this suffix are read with safetensors (tensors only, nothing to unpickle).
 SAFETENSORS_SUFFIX = ".safetensors"
 # How torch's weights-only unpickler names a refused object in its error ("... GLOBAL a.b ...").
@@ -83,16 +80,6 @@ class IncompatibleCheckpointError(CheckpointError):
 class UntrustedCheckpointError(CheckpointError):
     """A checkpoint that pickles objects other than tensors and plain containers: loading it runs
     code stored in the file, so it needs the caller's explicit trust."""
-
-
-def add_trust_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--trust-checkpoint`` (``args.trust_checkpoint``) to a command line."""
-    parser.add_argument(
-        TRUST_CHECKPOINT_FLAG,
-        action="store_true",
-        help="also load checkpoints that pickle objects other than tensors (e.g. detectron2-era "
-        "files); unpickling runs code stored in the file, so only for files from a trusted source",
-    )
 
 
 def _unreadable(path: Path, error: Exception) -> CorruptCheckpointError:

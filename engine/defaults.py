@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import comm
-from engine.checkpoint import CheckpointError, add_trust_checkpoint_argument
+from engine.checkpoint import CheckpointError
 from engine.config import ConfigOverrideError, LazyConfig
 from engine.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
+from utils import comm
+from utils.arguments import add_config_argument, add_trust_checkpoint_argument
 from utils.file_io import atomic_write
 
 __all__ = [
@@ -83,7 +84,7 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="config .py/.yaml")
+    add_config_argument(parser)
     parser.add_argument(
         "--resume",
         action="store_true",

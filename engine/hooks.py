@@ -25,11 +25,11 @@ import torch
 from fvcore.common.param_scheduler import ParamScheduler
 from fvcore.common.timer import Timer
 
-from engine import comm
 from engine.checkpoint import Checkpointer
 from engine.events import EventWriter
 from engine.lr_scheduler import LRMultiplier
 from engine.train_loop import HookBase
+from utils import comm
 
 __all__ = [
     "EvalHook",

@@ -18,7 +18,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from engine import comm
+from utils import comm
 
 __all__ = ["DEFAULT_TIMEOUT", "create_ddp_model", "launch"]
 

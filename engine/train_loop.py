@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine import comm
 from engine.events import EventStorage
 from engine.rng import get_rng_state, set_rng_state
+from utils import comm
 from utils.device import PRECISIONS
 
 __all__ = ["AMPTrainer", "HookBase", "SimpleTrainer", "TrainerBase"]

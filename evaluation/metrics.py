@@ -33,6 +33,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from utils.levels import UINT8_MAX
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -55,7 +57,6 @@ METRIC_NAMES: tuple[str, ...] = ("sad", "mse", "grad", "conn")
 PAPER_UNIT_SCALE: dict[str, float] = {"sad": 1.0, "mse": 1e3, "grad": 1e-3, "conn": 1e-3}
 
 UNKNOWN_VALUE = 128  # trimap value of the unknown region (exact match only)
-ALPHA_MAX = 255.0  # 8-bit alpha scale of the official inputs
 SAD_DIVISOR = 1000.0  # compute_sad_loss: "scaled by 1000 due to the large images"
 
 GRAD_SIGMA = 1.4  # gaussgradient sigma used by compute_gradient_loss
@@ -170,8 +171,8 @@ def _to_255_scale(array: np.ndarray, name: str) -> np.ndarray:
                 finite.min(),
                 finite.max(),
             )
-        return array.astype(np.float64) * ALPHA_MAX
-    if array.min() < 0 or array.max() > ALPHA_MAX:
+        return array.astype(np.float64) * UINT8_MAX
+    if array.min() < 0 or array.max() > UINT8_MAX:
         raise ValueError(
             f"{name} is an integer array with values in [{array.min()}, {array.max()}]; "
             "integer alphas must be on the 0..255 scale (convert 16-bit images first)"
@@ -193,7 +194,7 @@ def _prepare(
 
 def _to_unit_single(alpha_255: np.ndarray) -> np.ndarray:
     """``single(x) / 255`` in IEEE single precision, as the .m files compute it."""
-    return alpha_255.astype(np.float32) / np.float32(ALPHA_MAX)
+    return alpha_255.astype(np.float32) / np.float32(UINT8_MAX)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def _sad(pred_255: np.ndarray, gt_255: np.ndarray, mask: np.ndarray) -> float:
     """Official SAD (`compute_sad_loss`) from validated inputs (``[H, W]`` float64 on 0..255,
     boolean mask): sum of |pred - gt| on the [0, 1] scale over the region, / 1000."""
     diff = pred_255[mask].astype(np.float32) - gt_255[mask].astype(np.float32)
-    error = np.abs(diff) / np.float32(ALPHA_MAX)
+    error = np.abs(diff) / np.float32(UINT8_MAX)
     return float(error.sum(dtype=np.float64) / SAD_DIVISOR)
 
 
@@ -216,7 +217,7 @@ def _mse(pred_255: np.ndarray, gt_255: np.ndarray, mask: np.ndarray) -> float:
     if count == 0:
         return math.nan
     diff = (pred_255[mask].astype(np.float32) - gt_255[mask].astype(np.float32)) / np.float32(
-        ALPHA_MAX
+        UINT8_MAX
     )
     return float(np.square(diff).sum(dtype=np.float64) / count)
 

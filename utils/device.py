@@ -1,5 +1,6 @@
 """Device and numeric-precision selection: the precision names of the trainer, the evaluator,
-inference and the benchmark, and autocast for inference.
+inference and the benchmark, autocast for inference, and pixel levels moved to a device as
+floats (:func:`to_unit_float`).
 
 ``autocast(device, "bf16")`` runs the matmul-heavy ops that ``torch.autocast`` covers (linear,
 conv, matmul/einsum, scaled_dot_product_attention) in bfloat16, which uses the CPU's bf16 units
@@ -13,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import numpy as np
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "cpu_has_native_bf16", "resolve_device"]
+from utils.levels import UINT8_MAX, UINT16_MAX
+
+__all__ = ["PRECISIONS", "autocast", "cpu_has_native_bf16", "resolve_device", "to_unit_float"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +71,34 @@ def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractC
     if precision == "bf16" and device_type == "cpu" and not cpu_has_native_bf16():
         logger.warning("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 is emulated and slow")
     return torch.autocast(device_type=device_type, dtype=PRECISIONS[precision])
+
+
+def to_unit_float(
+    levels: np.ndarray | torch.Tensor,
+    device: torch.device | str | None = None,
+    *,
+    copy: bool = False,
+) -> torch.Tensor:
+    """Pixel levels as float32 in [0, 1]: uint8 / 255, uint16 / 65535, floats as they are. The
+    levels travel to ``device`` first, so the float copy is made there, once.
+
+    Args:
+        levels: an array or tensor of any shape (flipped numpy views too).
+        device: where the float copy goes; None: where ``levels`` are (the CPU for arrays).
+        copy: return a new contiguous tensor also where ``levels`` are float32 already on
+            ``device`` (by default they are returned as they are).
+
+    Returns:
+        a float32 tensor of the shape of ``levels``.
+    """
+    if isinstance(levels, np.ndarray) and any(stride < 0 for stride in levels.strides):
+        levels = np.ascontiguousarray(levels)  # a flipped view (BGR -> RGB): torch needs a copy
+    tensor = torch.as_tensor(levels)
+    if device is not None:
+        tensor = tensor.to(device, non_blocking=True)
+    memory_format = torch.contiguous_format if copy else torch.preserve_format
+    if tensor.dtype == torch.uint8:
+        return tensor.to(torch.float32, memory_format=memory_format).div_(UINT8_MAX)
+    if tensor.dtype == torch.uint16:
+        return tensor.to(torch.float32, memory_format=memory_format).div_(UINT16_MAX)
+    return tensor.to(torch.float32, memory_format=memory_format, copy=copy)

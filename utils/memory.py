@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "MIB",
     "configure_malloc",
     "current_memory_bytes",
     "free_memory_bytes",
@@ -21,6 +22,7 @@ __all__ = [
 ]
 
 KIB = 1024
+MIB = 2**20
 MEMINFO = Path("/proc/meminfo")
 PROCESS_STATUS = Path("/proc/self/status")
 # glibc mallopt parameters (malloc.h).
@@ -31,8 +33,8 @@ M_MMAP_THRESHOLD = -3
 # so it is carved from the heap and reused by the next block or tile instead of being mapped,
 # page-faulted in and unmapped again; only the few larger buffers (the input at 4096^2 and above)
 # get their own mapping. The heap keeps up to TRIM_THRESHOLD_BYTES of free memory at its top.
-MMAP_THRESHOLD_BYTES = 128 * 2**20
-TRIM_THRESHOLD_BYTES = 256 * 2**20
+MMAP_THRESHOLD_BYTES = 128 * MIB
+TRIM_THRESHOLD_BYTES = 256 * MIB
 
 
 def configure_malloc() -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from modeling.meta_arch.mematte import unit_float
+from utils.device import to_unit_float
 
 __all__ = ["NormalizedInput"]
 
@@ -48,8 +48,8 @@ class NormalizedInput:
         out = self.image.new_zeros(*self.shape[:2], y1 - y0, x1 - x0, dtype=dtype)
         h, w = min(y1, H) - y0, min(x1, W) - x0
         if h > 0 and w > 0:
-            image = unit_float(self.image[..., y0 : y0 + h, x0 : x0 + w])
+            image = to_unit_float(self.image[..., y0 : y0 + h, x0 : x0 + w])
             rgb = out[:, :rgb_chans, :h, :w]
             torch.sub(image, self.pixel_mean, out=rgb).div_(self.pixel_std)
-            out[:, rgb_chans:, :h, :w] = unit_float(self.trimap[..., y0 : y0 + h, x0 : x0 + w])
+            out[:, rgb_chans:, :h, :w] = to_unit_float(self.trimap[..., y0 : y0 + h, x0 : x0 + w])
         return out

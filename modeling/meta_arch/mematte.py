@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modeling.lean.mode import to_lean
+from utils.device import to_unit_float
 
 __all__ = [
     "BACKBONE_PREFIX",
@@ -23,8 +24,8 @@ __all__ = [
     "CroppedInput",
     "MEMatte",
     "batr_loss",
+    "check_train_trimap",
     "padded_size",
-    "unit_float",
 ]
 
 # State-dict prefixes of the student backbone and of the frozen distillation teacher.
@@ -32,7 +33,6 @@ BACKBONE_PREFIX = "backbone."
 TEACHER_PREFIX = "teacher_backbone."
 # Trimap value of the unknown region in training batches ({0, 0.5, 1} maps).
 UNKNOWN = 0.5
-UINT8_MAX = 255
 # Patch-wise decoding at inference: 512 px patches, each decoded with a 64 px context margin.
 DECODER_PATCH = 512
 DECODER_OVERLAP = 64
@@ -137,7 +137,7 @@ class MEMatte(nn.Module):
         Returns:
             images ``[B, 4, Hp, Wp]`` and the original ``(H, W)``.
         """
-        image, trimap = (unit_float(batched_inputs[k].to(self.device)) for k in ("image", "trimap"))
+        image, trimap = (to_unit_float(batched_inputs[k], self.device) for k in ("image", "trimap"))
         H, W = image.shape[-2:]
         Hp, Wp = padded_size((H, W), self.size_divisibility)
         images = torch.cat([(image - self.pixel_mean) / self.pixel_std, trimap], dim=1)
@@ -150,6 +150,7 @@ class MEMatte(nn.Module):
             ``loss_*`` scalars, plus ``phas`` [B, 1, H, W] (detached) and ``keep_ratios`` (one
             scalar per routed block: its routed-token ratio over the batch) for logging.
         """
+        check_train_trimap(batched_inputs["trimap"])
         images, (H, W) = self.preprocess(batched_inputs)
         out = self.backbone(images)
         phas = self.decoder(out.features, images)["phas"][..., :H, :W]
@@ -246,9 +247,29 @@ class MEMatte(nn.Module):
         return out
 
 
-def unit_float(x: Tensor) -> Tensor:
-    """An image or trimap as float in 0..1: uint8 is divided by 255 (``to_tensor``'s rule)."""
-    return x.float().div_(UINT8_MAX) if x.dtype == torch.uint8 else x
+def check_train_trimap(trimap: Tensor) -> None:
+    """Refuse a training trimap with values other than 0, 0.5 and 1.
+
+    The training losses find the unknown region as ``trimap == 0.5``: a batch with the official
+    0/128/255 file levels (or those levels / 255) would have no unknown pixel and train on with
+    zero unknown-region losses.
+
+    Args:
+        trimap: ``[B, 1, H, W]`` training trimap.
+
+    Raises:
+        ValueError: naming the convention and the pipeline that produces it.
+    """
+    valid = (trimap == 0) | (trimap == UNKNOWN) | (trimap == 1)
+    if not bool(valid.all()):
+        other = trimap[~valid]
+        raise ValueError(
+            f"the training trimap holds {other.numel()} values other than 0, 0.5 and 1 (e.g. "
+            f"{other[0].item():g}, {trimap.dtype}): training takes the trimap as 0 background, "
+            "0.5 unknown, 1 foreground, as data.dim_dataset.DIMTrainDataset gives it "
+            "(data.transforms.GenTrimap, then ToTensor); map 0/128/255 file levels to it with "
+            "data.trimap.quantize_trimap"
+        )
 
 
 def padded_size(hw: tuple[int, int], step: int) -> tuple[int, int]:
