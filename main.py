@@ -34,7 +34,6 @@ from typing import Any
 
 from torch import nn
 
-from engine import comm
 from engine.checkpoint import Checkpointer
 from engine.config import LazyConfig, instantiate
 from engine.defaults import (
@@ -60,6 +59,7 @@ from engine.launch import create_ddp_model, launch
 from engine.optim import freeze_teacher
 from engine.train_loop import AMPTrainer
 from evaluation.evaluator import MattingEvaluator
+from utils import comm
 
 logger = logging.getLogger("main")
 
@@ -227,8 +227,13 @@ def check_before_launch(args: argparse.Namespace) -> None:
     check_device(load_config(args).train.device)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options (detectron2's training command line)."""
+    return default_argument_parser(__doc__)
+
+
 if __name__ == "__main__":
-    args = default_argument_parser(__doc__).parse_args()
+    args = build_parser().parse_args()
     exit_on_setup_error("main.py", check_before_launch, args)
     launch(
         cli_main,

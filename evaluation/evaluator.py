@@ -15,8 +15,9 @@ from torch import nn
 
 from data.eval_dataset import MattingEvalDataset
 from data.image_io import BadSampleError
-from engine.predictor import MattingPredictor, alpha_to_uint8
 from evaluation.metrics import METRIC_NAMES, Region, compute_metrics
+from predictor.matting import MattingPredictor
+from predictor.outputs import alpha_to_uint8
 
 __all__ = ["MattingEvaluator"]
 

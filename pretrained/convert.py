@@ -37,6 +37,7 @@ import inspect
 import json
 import logging
 import re
+import runpy
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,20 +50,12 @@ import safetensors.torch
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-# Running as `python pretrained/convert.py` puts pretrained/ (not the repository root) on
-# sys.path; add the root so that the repository's packages import.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from engine.checkpoint import (  # noqa: E402
-    SAFETENSORS_SUFFIX,
-    CheckpointError,
-    add_trust_checkpoint_argument,
-    load_checkpoint,
-)
-from engine.config import LazyConfig, instantiate  # noqa: E402
-from utils.file_io import atomic_write  # noqa: E402
+from engine.checkpoint import SAFETENSORS_SUFFIX, CheckpointError, load_checkpoint
+from engine.config import LazyConfig, instantiate
+from utils.arguments import add_trust_checkpoint_argument
+from utils.file_io import atomic_write
 
 __all__ = [
     "HF_CONFIG_FILE",
@@ -500,7 +493,8 @@ def convert(
     return weights
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -513,7 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_trust_checkpoint_argument(parser)
     parser.add_argument("opts", nargs="*", help="config overrides key=value (--config-file)")
-    args = parser.parse_intermixed_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert; return the exit status (1: an unreadable or unsupported source)."""
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         weights = convert(

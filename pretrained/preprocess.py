@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import runpy
 import sys
 from pathlib import Path
 
 import torch
 
-# Running as `python pretrained/preprocess.py` puts pretrained/ (not the repository root) on
-# sys.path; add the root so that the repository's packages import.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from engine.checkpoint import CheckpointError, add_trust_checkpoint_argument  # noqa: E402
-from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX  # noqa: E402
-from pretrained.convert import load_weights  # noqa: E402
-from utils.file_io import atomic_write  # noqa: E402
+from engine.checkpoint import CheckpointError
+from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX
+from pretrained.convert import load_weights
+from utils.arguments import add_trust_checkpoint_argument
+from utils.file_io import atomic_write
 
 logger = logging.getLogger("preprocess")
 
@@ -82,7 +80,8 @@ def convert(input_path: str | Path, output_path: Path, *, trusted: bool = False)
     return len(model) - len(checkpoint["model"])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--input",
@@ -93,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, default=Path("pretrained/ViTMatte_S_Com_with_teacher.pth")
     )
     add_trust_checkpoint_argument(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Add the teacher's weights; return the exit status (1: an unreadable source)."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         added = convert(args.input, args.output, trusted=args.trust_checkpoint)

@@ -56,326 +56,51 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
-import math
 import os
-import platform
+import runpy
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.profiler import record_function
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from engine.config import LazyConfig, instantiate  # noqa: E402
-from engine.predictor import MattingPredictor  # noqa: E402
-from modeling.lean.input import NormalizedInput  # noqa: E402
-from modeling.meta_arch.mematte import padded_size  # noqa: E402
-from utils.device import autocast, resolve_device  # noqa: E402
-from utils.file_io import atomic_write  # noqa: E402
-from utils.memory import (  # noqa: E402
-    configure_malloc,
-    current_memory_bytes,
-    peak_memory_bytes,
+from data.synthetic import DEFAULT_UNKNOWN, make_benchmark_inputs
+from engine.config import LazyConfig
+from modeling.meta_arch.mematte import padded_size
+from predictor.matting import MattingPredictor
+from predictor.profiling import (
+    CONFIGS,
+    MODEL_SIZES,
+    REPO_ROOT,
+    VARIANTS,
+    StageTimer,
+    build_model,
+    compare_with_fp32,
+    count_gflops,
+    profile_breakdown,
+    resolve_cap,
+    uint8_inputs,
 )
-from utils.token_budget import auto_max_number_token  # noqa: E402
+from predictor.token_budget import auto_max_number_token
+from utils.benchmark import (
+    add_run_arguments,
+    cpu_name,
+    parse_size,
+    run_in_subprocess,
+    timed_runs,
+    write_report,
+)
+from utils.device import PRECISIONS, autocast, resolve_device
+from utils.memory import configure_malloc
 
 SCHEMA = "mematte-benchmark/1"
-# (model size, variant) -> config; the ViTMatte configs are the MEMatte ones with routing off.
-CONFIGS = {
-    ("S", "mematte"): "configs/MEMatte_S_topk0.25_win_global_long.py",
-    ("B", "mematte"): "configs/MEMatte_B_topk0.25_win_global_long.py",
-    ("S", "vitmatte"): "configs/ViTMatte_S_Com.py",
-    ("B", "vitmatte"): "configs/ViTMatte_B_Com.py",
-}
-MODEL_SIZES = ("S", "B")
-VARIANTS = ("mematte", "vitmatte")
 BACKENDS = ("torch", "onnxruntime")
 MODES = ("forward", "predictor")
-MIB = 2**20
-# Synthetic trimap: an ellipse with semi-axes 0.35 H x 0.30 W and an unknown ring of this area.
-# Synthetic trimap: a foreground ellipse (semi-axes ELLIPSE_AXES of H and W) whose edge is wavy
-# (two sine harmonics of the angle), with an unknown band along it of --unknown of the pixels.
-ELLIPSE_AXES = (0.35, 0.30)
-EDGE_WAVES = ((7, 0.08, 0.0), (23, 0.04, 1.0))  # (frequency, relative amplitude, phase)
-DEFAULT_UNKNOWN = 0.10
-QUANTILE_STRIDE = 8  # the band width is fitted on every 8th pixel of every 8th row
-ROWS_PER_CHUNK = 256  # input generation works on row chunks to keep the idle RSS low
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"2048"`` -> (2048, 2048); ``"4872x6017"`` -> (4872, 6017) (height x width)."""
-    parts = text.lower().split("x")
-    if len(parts) == 1:
-        return int(parts[0]), int(parts[0])
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not N or HxW")
-    return int(parts[0]), int(parts[1])
-
-
-def _edge_distance(rows: Tensor, height: int, width: int) -> Tensor:
-    """Signed distance in px (negative inside) of the pixels of ``rows`` to the wavy ellipse,
-    measured along the normalised radius: ``[len(rows), W]``."""
-    a, b = ELLIPSE_AXES[0] * height, ELLIPSE_AXES[1] * width
-    y = ((rows.float() - height / 2) / a)[:, None]
-    x = ((torch.arange(width, dtype=torch.float32) - width / 2) / b)[None, :]
-    angle = torch.atan2(y, x)
-    edge = torch.ones_like(angle)
-    for frequency, amplitude, phase in EDGE_WAVES:
-        edge += amplitude * torch.sin(frequency * angle + phase)
-    return (torch.sqrt(y * y + x * x) - edge) * min(a, b)
-
-
-def make_inputs(
-    height: int, width: int, seed: int = 0, unknown: float = DEFAULT_UNKNOWN
-) -> dict[str, Tensor]:
-    """Seeded image ``[1, 3, H, W]`` in 0..1 and trimap ``[1, 1, H, W]`` in {0, 0.5, 1}.
-
-    The image is smooth ramps plus uniform noise. The trimap is a foreground ellipse with a
-    smooth, wavy edge (the subject) and an unknown band of constant width along that edge,
-    the width chosen so that the band covers ``unknown`` of the pixels (a thin band, as real
-    trimaps have, at the default 10 %).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    image = torch.rand(1, 3, height, width, generator=gen).mul_(0.5)
-    ramp_y = torch.linspace(0, 0.25, height).view(height, 1)
-    ramp_x = torch.linspace(0, 0.25, width).view(1, width)
-    for c in range(3):
-        image[0, c].add_(ramp_y if c != 1 else ramp_x).add_(ramp_x if c != 2 else ramp_y)
-    sample = _edge_distance(torch.arange(0, height, QUANTILE_STRIDE), height, width)
-    band = torch.quantile(sample[:, ::QUANTILE_STRIDE].abs().flatten(), unknown).item()
-    trimap = torch.empty(1, 1, height, width)
-    for r0 in range(0, height, ROWS_PER_CHUNK):
-        distance = _edge_distance(torch.arange(r0, min(height, r0 + ROWS_PER_CHUNK)), height, width)
-        rows = trimap[0, 0, r0 : r0 + ROWS_PER_CHUNK]
-        rows.copy_((distance < 0).to(rows.dtype))
-        rows[distance.abs_() <= band] = 0.5
-    return {"image": image, "trimap": trimap}
-
-
-def build_model(model_size: str, variant: str, overrides: list[str], seed: int) -> nn.Module:
-    """MEMatte (or ViTMatte: its config, routing off) in eval mode with seeded random weights."""
-    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[model_size, variant]))
-    LazyConfig.apply_overrides(cfg, ["model.teacher_backbone=None", *overrides])
-    torch.manual_seed(seed)
-    return instantiate(cfg.model).eval()
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, with the core count (else the platform's name)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    return platform.processor() or platform.machine()
-
-
-def _sdpa_flop(inputs: list, outputs: list) -> int:
-    """fvcore handle: ``q @ k^T`` and ``attn @ v`` multiply-adds of one SDPA call."""
-    from fvcore.nn.jit_handles import get_shape
-
-    q, k, v = (get_shape(inputs[i]) for i in range(3))
-    batch = math.prod(q[:-2])
-    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
-
-
-class _Tile(nn.Module):
-    """Decoder wrapper for one tile shape and output region (for tracing)."""
-
-    def __init__(self, decoder: nn.Module, region: tuple) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.region = region
-
-    def forward(self, features: Tensor, images: Tensor) -> Tensor:
-        return self.decoder(features, images, region=self.region)["phas"]
-
-
-def _gflops(module: nn.Module, inputs: tuple[Tensor, ...]) -> float:
-    from fvcore.nn import FlopCountAnalysis
-
-    analysis = FlopCountAnalysis(module, inputs)
-    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return analysis.total() / 1e9
-
-
-def backbone_gflops(backbone: nn.Module, images: Tensor | NormalizedInput) -> tuple[float, Tensor]:
-    """fvcore GFLOPs of the backbone on ``images``, and its features.
-
-    The JIT tracer keeps every intermediate of a trace alive, so a whole-backbone trace needs a
-    multiple of the forward's memory on large inputs. Instead the backbone runs its own forward
-    and each call of its patch embedding, routers and blocks is traced on its real input; the
-    traced call's output is what the forward goes on with, so every module runs once. The glue
-    between them (pos-embed interpolation, reshapes) is not counted.
-    """
-    total = 0.0
-
-    def traced_call(module: nn.Module):
-        def call(*args):
-            nonlocal total
-            captured = []
-            del module.forward  # the tracer calls the module's own forward
-            handle = module.register_forward_hook(lambda m, a, out: captured.append(out))
-            try:
-                total += _gflops(module, args)
-            finally:
-                handle.remove()
-                module.forward = call
-            return captured[0]
-
-        return call
-
-    modules = [backbone.patch_embed.proj, *backbone.routers, *backbone.blocks]
-    for module in modules:
-        module.forward = traced_call(module)
-    try:
-        features = backbone(images).features
-    finally:
-        for module in modules:
-            del module.forward
-    return total, features
-
-
-def count_gflops(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
-    """fvcore GFLOPs of one forward: the backbone module by module on the real input
-    (:func:`backbone_gflops`), the decoder once per distinct tile (shape, region), weighted by
-    how often that tile occurs."""
-    tiles: dict[tuple, int] = {}
-
-    def record(module, args, kwargs):
-        key = (tuple(args[0].shape), tuple(args[1].shape), kwargs.get("region"))
-        tiles[key] = tiles.get(key, 0) + 1
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about data-dependent routing
-        # crops on demand, as the inference forward
-        source = NormalizedInput(
-            batch["image"],
-            batch["trimap"],
-            model.pixel_mean,
-            model.pixel_std,
-            padded_size(tuple(batch["image"].shape[-2:]), model.size_divisibility),
-        )
-        backbone, features = backbone_gflops(model.backbone, source)
-        handle = model.decoder.register_forward_pre_hook(record, with_kwargs=True)
-        try:
-            model.decode_patches(features, source, out_hw=source.hw)
-        finally:
-            handle.remove()
-        decoder = 0.0
-        for (f_shape, i_shape, region), count in tiles.items():
-            f = features.new_zeros(f_shape)
-            im = features.new_zeros(i_shape)
-            decoder += count * _gflops(_Tile(model.decoder, region), (f, im))
-    return {"total": backbone + decoder, "backbone": backbone, "decoder": decoder}
-
-
-def compare_with_fp32(model: nn.Module, batch: dict[str, Tensor], out: dict) -> dict:
-    """Alpha difference and routing flips of a reduced-precision output against float32."""
-    with torch.inference_mode():
-        reference = model(batch, patch_decoder=True)
-    diff = (out["phas"] - reference["phas"]).abs()
-    return {
-        "alpha_max_abs_diff": diff.max().item(),
-        "alpha_mean_abs_diff": diff.mean().item(),
-        "flipped_decisions": [
-            int((a != b).sum()) for a, b in zip(out["keep"], reference["keep"], strict=True)
-        ],
-    }
-
-
-class _StageTimer:
-    """Accumulates the wall time spent inside the backbone and the decoder (forward hooks)."""
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.device = device
-        self.seconds = {"backbone": 0.0, "decoder": 0.0}
-        self._start: dict[str, float] = {}
-        self.handles = []
-        for name in self.seconds:
-            module = getattr(model, name)
-            self.handles.append(module.register_forward_pre_hook(self._enter(name)))
-            self.handles.append(module.register_forward_hook(self._leave(name)))
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _enter(self, name: str):
-        def hook(module, args):
-            self._sync()
-            self._start[name] = time.perf_counter()
-
-        return hook
-
-    def _leave(self, name: str):
-        def hook(module, args, out):
-            self._sync()
-            self.seconds[name] += time.perf_counter() - self._start[name]
-
-        return hook
-
-    def reset(self) -> None:
-        self.seconds = dict.fromkeys(self.seconds, 0.0)
-
-
-def uint8_inputs(batch: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    """The generated inputs as a user has them: ``[H, W, 3]`` RGB and ``[H, W]`` trimap levels."""
-    image = (batch["image"][0].permute(1, 2, 0) * 255).round_().to(torch.uint8).numpy()
-    trimap = (batch["trimap"][0, 0] * 255).round_().to(torch.uint8).numpy()
-    return image, trimap
-
-
-def _timed_runs(spec: dict, call: Callable[[], object], device: torch.device, timer=None) -> dict:
-    """``--warmup`` untimed then ``--repeats`` timed calls: wall and CPU seconds, memory."""
-    runs, cpu, stages = [], [], []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    before = current_memory_bytes(device) / MIB
-    load_avg = list(os.getloadavg())
-    for i in range(spec["warmup"] + spec["repeats"]):
-        if timer is not None:
-            timer.reset()
-        t0, c0 = time.perf_counter(), time.process_time()
-        call()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= spec["warmup"]:
-            runs.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-            stages.append(dict(timer.seconds) if timer is not None else {})
-    peak = peak_memory_bytes(device) / MIB
-    return {
-        "time_s": {
-            "median": statistics.median(runs),
-            "runs": runs,
-            **{
-                stage: statistics.median(s[stage] for s in stages) if timer is not None else None
-                for stage in ("backbone", "decoder")
-            },
-            "cpu": statistics.median(cpu),
-        },
-        "memory_mib": {"peak": peak, "before": before, "increment": peak - before},
-        "load_avg": load_avg,
-    }
 
 
 def _result(spec: dict, **measured: object) -> dict:
@@ -392,76 +117,11 @@ def _result(spec: dict, **measured: object) -> dict:
     }
 
 
-def _profile_labels(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """The modules whose calls the profile breakdown names: ``(module, label)``."""
-    backbone = model.backbone
-    labelled = [(backbone.patch_embed, "backbone.patch_embed")]
-    labelled += [(router, "backbone.router") for router in backbone.routers]
-    for blk in backbone.blocks:
-        kind = "window" if blk.window_size else "global"
-        labelled += [(blk.attn, f"backbone.{kind}_attention"), (blk.mlp, "backbone.mlp")]
-        if blk.use_efficient_block:
-            labelled.append((blk.efficient_block, "backbone.ltrm"))
-        if blk.use_residual_block:
-            labelled.append((blk.residual, "backbone.residual_conv"))
-    return [*labelled, (model.decoder, "decoder")]
-
-
-def profile_breakdown(
-    model: nn.Module, call: Callable[[], object], image: np.ndarray, alpha: np.ndarray
-) -> dict[str, float]:
-    """Seconds per part of one call, from ``torch.profiler`` ranges opened by module hooks (and
-    the lean decoder's own stage labels), plus the PNG decoding of the input image and the PNG
-    encoding of the alpha that ``inference.py`` adds (it overlaps them with compute)."""
-    ranges: list = []
-
-    def enter(label: str):
-        def hook(module, args):
-            ranges.append(record_function(label))
-            ranges[-1].__enter__()
-
-        return hook
-
-    def leave(module, args, out):
-        ranges.pop().__exit__(None, None, None)
-
-    handles = []
-    for module, label in _profile_labels(model):
-        handles += [
-            module.register_forward_pre_hook(enter(label)),
-            module.register_forward_hook(leave),
-        ]
-    try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            start = time.perf_counter()
-            call()
-            total = time.perf_counter() - start
-    finally:
-        for handle in handles:
-            handle.remove()
-    seconds = {
-        event.key: event.cpu_time_total / 1e6
-        for event in profile.key_averages()
-        if event.key.startswith(("backbone.", "decoder"))
-    }
-    parts = [key for key in seconds if key.startswith("backbone.")] + ["decoder"]
-    seconds["other"] = total - sum(seconds.get(key, 0.0) for key in parts)
-    seconds["total"] = total
-    ok, encoded = cv2.imencode(".png", image[:, :, ::-1])
-    start = time.perf_counter()
-    cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
-    seconds["io.decode_image_png"] = time.perf_counter() - start
-    start = time.perf_counter()
-    cv2.imencode(".png", alpha)
-    seconds["io.encode_alpha_png"] = time.perf_counter() - start
-    return seconds
-
-
 def run_worker(spec: dict) -> dict:
     """One measurement, in this (fresh) process. ``spec`` holds the keys of a JSON result.
 
     ``mode`` ``forward`` times ``model(batch)`` on float tensors (the raw alpha); ``predictor``
-    times the whole :class:`~engine.predictor.MattingPredictor` call on uint8 arrays (input
+    times the whole :class:`~predictor.matting.MattingPredictor` call on uint8 arrays (input
     conversion, the model with the known-region clamp, the alpha back as a numpy array).
     """
     malloc_pinned = spec["pin_malloc"] and configure_malloc()
@@ -476,7 +136,7 @@ def run_worker(spec: dict) -> dict:
     tokens = (Hp // patch) * (Wp // patch)
     cap = resolve_cap(spec, tokens, lambda: auto_max_number_token(model, (H, W), device))
     model.backbone.max_number_token = cap
-    batch = make_inputs(H, W, spec["seed"], spec["unknown"])
+    batch = make_benchmark_inputs(H, W, spec["seed"], spec["unknown"])
     # uint8 levels for the predictor, and for the profile's PNG timing; not held otherwise, so
     # that the forward's idle memory is the model's and the float batch's only.
     image, trimap = (
@@ -498,7 +158,7 @@ def run_worker(spec: dict) -> dict:
             with torch.inference_mode(), autocast(device, spec["precision"]):
                 model(batch, patch_decoder=True)
 
-    measured = _timed_runs(spec, call, device, _StageTimer(model, device))
+    measured = timed_runs(spec, call, device, StageTimer(model, device))
     if spec.get("profile"):
         alpha = (last["out"]["phas"][0, 0] * 255).to(torch.uint8).cpu().numpy()
         measured["profile"] = profile_breakdown(model, call, image, alpha)
@@ -521,27 +181,9 @@ def run_worker(spec: dict) -> dict:
     )
 
 
-def resolve_cap(spec: dict, tokens: int, auto: Callable[[], int] | None) -> int | None:
-    """The token cap of a measurement: none for ViTMatte; ``auto()`` for ``auto``; else the
-    absolute ``max_number_token`` or ``cap_ratio`` of the tokens.
-
-    Raises:
-        ValueError: ``auto`` where there is no rule for it (onnxruntime).
-    """
-    if spec["variant"] != "mematte":
-        return None
-    if spec["max_number_token"] == "auto":
-        if auto is None:
-            raise ValueError("the 'auto' cap models the PyTorch forward; give an integer cap")
-        return auto()
-    if spec["max_number_token"] is not None:
-        return int(spec["max_number_token"])
-    return int(spec["cap_ratio"] * tokens)
-
-
 def export_for_onnxruntime(spec: dict, folder: Path) -> Path:
     """The ONNX graph of the measured model (its seeded random weights), written to ``folder``."""
-    from tools.export_onnx import build_graph
+    from predictor.onnx_graph import build_graph
 
     model = build_model(spec["model"], spec["variant"], spec["overrides"], spec["seed"])
     path = folder / f"{spec['model']}_{spec['variant']}.onnx"
@@ -551,7 +193,7 @@ def export_for_onnxruntime(spec: dict, folder: Path) -> Path:
 
 def run_onnxruntime_worker(spec: dict) -> dict:
     """:func:`run_worker` for the onnxruntime backend: the exported graph at ``onnx_path``."""
-    from engine.onnx_predictor import OnnxMattingPredictor
+    from predictor.onnx_predictor import OnnxMattingPredictor
 
     if spec["precision"] != "fp32":
         raise ValueError("onnxruntime runs the exported float32 graph only")
@@ -566,9 +208,9 @@ def run_onnxruntime_worker(spec: dict) -> dict:
     predictor = OnnxMattingPredictor(
         spec["onnx_path"], device=spec["device"], max_number_token=cap, threads=spec["threads"]
     )
-    image, trimap = uint8_inputs(make_inputs(H, W, spec["seed"], spec["unknown"]))
+    image, trimap = uint8_inputs(make_benchmark_inputs(H, W, spec["seed"], spec["unknown"]))
     last = {}
-    measured = _timed_runs(
+    measured = timed_runs(
         spec,
         lambda: last.update(out=predictor(image, trimap, return_routing=True)),
         torch.device("cpu"),
@@ -583,21 +225,6 @@ def run_onnxruntime_worker(spec: dict) -> dict:
         malloc_pinned=malloc_pinned,
         **measured,
     )
-
-
-def run_in_subprocess(spec: dict, timeout: float | None, script: Path = Path(__file__)) -> dict:
-    """Run ``script --worker SPEC`` (this tool's :func:`run_worker` by default) in a fresh
-    interpreter; the last stdout line is its JSON result; failures become ``status: error``."""
-    command = [sys.executable, str(script.resolve()), "--worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**spec, "status": "error", "error": f"timeout after {timeout} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        reason = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-        return {**spec, "status": "error", "error": reason[0]}
-    return json.loads(lines[-1])
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -630,8 +257,11 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--sizes",
         nargs="+",
@@ -674,7 +304,7 @@ def main() -> None:
     parser.add_argument(
         "--precisions",
         nargs="+",
-        choices=["fp32", "bf16", "fp16"],
+        choices=list(PRECISIONS),
         help="autocast precision (default fp32; fp16 on CUDA only)",
     )
     parser.add_argument("--cap-ratio", type=float, default=0.25, help="cap / tokens (mematte)")
@@ -700,7 +330,12 @@ def main() -> None:
         help="keep glibc's adaptive mmap threshold (see configure_malloc)",
     )
     add_run_arguments(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure every configuration asked for, each in a fresh worker process."""
+    args = build_parser().parse_args(argv)
 
     if args.worker:
         spec = json.loads(args.worker)
@@ -755,48 +390,11 @@ def main() -> None:
             spec["onnx_path"] = onnx_paths[variant]
         described = f"{args.model} {variant} {backend} {mode} {'x'.join(map(str, size))}"
         print(f"measuring {described} {device} {precision} ...", file=sys.stderr, flush=True)
-        result = run_in_subprocess(spec, args.timeout)
+        result = run_in_subprocess(Path(__file__), spec, args.timeout)
         results.append(result)
         print(markdown_table([result]).splitlines()[-1], flush=True)
     shutil.rmtree(exports)
     write_report(SCHEMA, results, args.json, args.markdown, markdown_table)
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options a benchmark tool shares with the others: config overrides, the per-measurement
-    timeout of :func:`run_in_subprocess` (and its hidden ``--worker SPEC``), and where
-    :func:`write_report` writes."""
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides")
-    parser.add_argument("--timeout", type=float, help="seconds per measurement")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--markdown", type=Path, help="write the markdown table here")
-
-
-def write_report(
-    schema: str,
-    results: list[dict],
-    json_path: Path | None,
-    markdown_path: Path | None,
-    table: Callable[[list[dict]], str],
-) -> None:
-    """Write a benchmark tool's results: JSON (``schema``, creation time, command line, results)
-    to ``json_path`` and ``table(results)`` to ``markdown_path``, each where given, atomically."""
-    report = {
-        "schema": schema,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(),
-        "argv": sys.argv,
-        "results": results,
-    }
-
-    def write(path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda file: file.write(text.encode()))
-
-    if json_path is not None:
-        write(json_path, json.dumps(report, indent=2) + "\n")
-    if markdown_path is not None:
-        write(markdown_path, table(results))
 
 
 if __name__ == "__main__":

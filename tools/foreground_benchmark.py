@@ -1,4 +1,4 @@
-"""Foreground colours: ``engine.foreground.estimate_foreground`` against pymatting's
+"""Foreground colours: ``predictor.foreground.estimate_foreground`` against pymatting's
 ``estimate_foreground_ml`` (Germer et al.), side by side in one run.
 
 Quality and speed are measured on synthetic composites with known foreground colours: the
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import statistics
 import subprocess
 import sys
@@ -39,64 +40,18 @@ import cv2
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from engine.foreground import estimate_foreground  # noqa: E402
-from tools.benchmark import parse_size  # noqa: E402
-from tools.make_synthetic_dataset import make_background, make_foreground  # noqa: E402
-from utils.file_io import atomic_write  # noqa: E402
-from utils.memory import configure_malloc, current_memory_bytes, peak_memory_bytes  # noqa: E402
+from data.synthetic import make_composite
+from evaluation.foreground_error import foreground_error
+from predictor.foreground import estimate_foreground
+from utils.benchmark import parse_size
+from utils.file_io import atomic_write
+from utils.levels import UINT8_MAX
+from utils.memory import MIB, configure_malloc, current_memory_bytes, peak_memory_bytes
 
-MIB = 2**20
-UINT8_MAX = 255.0
-BACKGROUND_KINDS = 3  # gradient, noise, stripes (make_background's kinds)
 # Composite sides whose smaller copy is upscaled for the memory run, to keep its inputs cheap.
 MEMORY_SOURCE_SIDE = 512
-
-
-def make_composite(seed: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A synthetic composite with known foreground colours.
-
-    Args:
-        seed: seed of the foreground and background (background kind ``seed % 3``).
-        size: ``(H, W)``.
-
-    Returns:
-        ``(image, alpha, fg)``: ``[H, W, 3]`` float32 RGB in [0, 1], ``[H, W]`` float32 alpha,
-        ``[H, W, 3]`` float32 RGB foreground colours.
-    """
-    height, width = size
-    rng = np.random.default_rng(seed)
-    fg_bgr, alpha_u8 = make_foreground(rng, max(height, width))
-    bg_bgr = make_background(rng, max(height, width), kind=seed % BACKGROUND_KINDS)
-
-    def unit_rgb(bgr: np.ndarray) -> np.ndarray:
-        resized = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
-        return resized[:, :, ::-1].astype(np.float32) / UINT8_MAX  # BGR -> RGB
-
-    fg, bg = unit_rgb(fg_bgr), unit_rgb(bg_bgr)
-    alpha = cv2.resize(alpha_u8, (width, height), interpolation=cv2.INTER_AREA)
-    alpha = alpha.astype(np.float32) / UINT8_MAX
-    image = fg * alpha[:, :, None] + bg * (1 - alpha[:, :, None])
-    return image, alpha, fg
-
-
-def foreground_error(estimate: np.ndarray, fg: np.ndarray, alpha: np.ndarray) -> float:
-    """Alpha-weighted mean absolute colour error over the pixels with ``0 < alpha < 1``.
-
-    Args:
-        estimate, fg: ``[H, W, 3]`` estimated and true foreground colours in [0, 1].
-        alpha: ``[H, W]``.
-
-    Returns:
-        ``sum(alpha |estimate - fg|) / (3 sum(alpha))`` over the fractional pixels.
-    """
-    fractional = (alpha > 0) & (alpha < 1)
-    weight = alpha[fractional][:, None].astype(np.float64)
-    difference = np.abs(estimate[fractional].astype(np.float64) - fg[fractional])
-    return float((weight * difference).sum() / (3 * weight.sum()))
 
 
 def _timed(repeats: int, fn, *args) -> tuple[np.ndarray, float]:
@@ -206,8 +161,8 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Command-line entry point."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=(2048, 2048), help="N or HxW")
     parser.add_argument("--composites", type=int, default=6, help="composites compared")
@@ -226,7 +181,13 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--memory-worker", type=parse_size, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Compare with pymatting (and measure the memory) as asked."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.memory_worker is not None:

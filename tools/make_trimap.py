@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import runpy
 import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-# Running as `python tools/make_trimap.py` puts tools/ (not the repository root) on sys.path.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from data.image_io import BadSampleError, list_images, read_map_levels, write_image  # noqa: E402
-from data.trimap import trimap_from_mask, unknown_width_argument  # noqa: E402
+from data.image_io import BadSampleError, list_images, read_map_levels, write_image
+from data.trimap import trimap_from_mask, unknown_width_argument
 
 logger = logging.getLogger("make_trimap")
 
@@ -85,8 +83,8 @@ def make_trimaps(
     return failed
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -108,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a width per image, among the integers A..B px, from --seed and the file name",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-width")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     if args.random_width is not None and not 0 <= args.random_width[0] <= args.random_width[1]:

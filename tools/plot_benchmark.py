@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import runpy
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -21,14 +22,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import ScalarFormatter
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from utils.file_io import atomic_write  # noqa: E402
+from utils.file_io import atomic_write
 
 logger = logging.getLogger("plot_benchmark")
 
@@ -102,15 +101,21 @@ def plot(results: list[dict], title: str) -> plt.Figure:
     return figure
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; 0 on success, 2 on unusable input."""
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("results", nargs="+", type=Path, help="tools/benchmark.py --json files")
     parser.add_argument("--output", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--title", default="MEMatte inference, time and memory against size")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; 0 on success, 2 on unusable input."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         results = load_results(args.results)

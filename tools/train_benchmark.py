@@ -23,32 +23,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+runpy.run_path(str(REPO_ROOT / "tools" / "_bootstrap.py"))
 
-from engine.config import LazyConfig, instantiate  # noqa: E402
-from engine.optim import freeze_teacher  # noqa: E402
-from tools.benchmark import (  # noqa: E402
-    CONFIGS,
-    MODEL_SIZES,
-    add_run_arguments,
-    cpu_name,
-    run_in_subprocess,
-    write_report,
-)
-from utils.device import autocast, resolve_device  # noqa: E402
-from utils.memory import configure_malloc, current_memory_bytes, peak_memory_bytes  # noqa: E402
+from engine.config import LazyConfig, instantiate
+from engine.optim import freeze_teacher
+from predictor.profiling import CONFIGS, MODEL_SIZES
+from utils.benchmark import add_run_arguments, cpu_name, run_in_subprocess, write_report
+from utils.device import autocast, resolve_device
+from utils.memory import MIB, configure_malloc, current_memory_bytes, peak_memory_bytes
 
 SCHEMA = "mematte-train-benchmark/1"
-MIB = 2**20
 FLAGS = {
     "off": (),
     "backbone": ("model.backbone.use_act_checkpoint=True",),
@@ -165,7 +157,8 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--cases",
@@ -191,7 +184,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     add_run_arguments(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure every case asked for, each in a fresh worker process."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))))
