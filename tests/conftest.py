@@ -1,28 +1,14 @@
-"""Shared fixtures: the shared reference folder and a tiny MEMatte for fast CPU tests."""
+"""Shared fixtures: the shared reference folder and a tiny MEMatte for fast CPU tests (the helpers
+they use are in ``tests/helpers.py``)."""
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
-from modeling import DetailCapture, MattingCriterion, MEMatte, ViT
-from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-GOLDEN_DIR = SHARED_DIR / "golden"
-CONFIG_S = REPO_ROOT / "configs" / "MEMatte_S_topk0.25_win_global_long.py"
-CONFIG_B = REPO_ROOT / "configs" / "MEMatte_B_topk0.25_win_global_long.py"
-
-# Tiny model: 64-d, 4 blocks, 2 heads, 4x4 windows in blocks 0 and 2, routed blocks 1 and 3.
-TINY_DIM, TINY_DEPTH, TINY_HEADS, TINY_WINDOW = 64, 4, 2, 4
-TINY_WINDOW_BLOCKS = (0, 2)
-TINY_RESIDUAL_BLOCKS = (1, 3)
-TINY_IMG = 64
+from modeling import MEMatte
+from tests.helpers import GOLDEN_DIR, build_tiny_mematte
 
 
 @pytest.fixture
@@ -32,103 +18,6 @@ def golden_dir() -> Path:
     return GOLDEN_DIR
 
 
-def tiny_vit(use_routing: bool = True, **overrides) -> ViT:
-    kwargs = dict(
-        in_chans=4,
-        img_size=TINY_IMG,
-        patch_size=16,
-        embed_dim=TINY_DIM,
-        depth=TINY_DEPTH,
-        num_heads=TINY_HEADS,
-        window_size=TINY_WINDOW,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        window_block_indexes=TINY_WINDOW_BLOCKS,
-        residual_block_indexes=TINY_RESIDUAL_BLOCKS,
-        use_rel_pos=True,
-        use_routing=use_routing,
-        topk=0.25,
-    )
-    kwargs.update(overrides)
-    return ViT(**kwargs)
-
-
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter (incl. zero-initialised norms and rel-pos) non-trivial values."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("weight") and p.ndim == 1:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif p.ndim >= 2 and "rel_pos" not in name and "pos_embed" not in name:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return model
-
-
-def build_tiny_mematte(with_teacher: bool = False, seed: int = 0) -> MEMatte:
-    torch.manual_seed(seed)
-    model = MEMatte(
-        backbone=tiny_vit(),
-        teacher_backbone=tiny_vit(use_routing=False) if with_teacher else None,
-        decoder=DetailCapture(
-            in_chans=TINY_DIM, convstream_out=(8, 16, 32), fusion_out=(32, 16, 16, 8)
-        ),
-        criterion=MattingCriterion(),
-        pixel_mean=[0.485, 0.456, 0.406],
-        pixel_std=[0.229, 0.224, 0.225],
-        distill=with_teacher,
-    )
-    randomize_(model, seed)
-    if with_teacher:
-        model.teacher_backbone.requires_grad_(False)
-    return model
-
-
 @pytest.fixture
 def tiny_model() -> MEMatte:
     return build_tiny_mematte()
-
-
-def make_batch(batch: int, height: int, width: int, seed: int = 0, train: bool = False) -> dict:
-    """Random image-like inputs with a {0, 0.5, 1} trimap band; training batches add alpha/fg/bg."""
-    gen = torch.Generator().manual_seed(seed)
-    image = torch.rand(batch, 3, height, width, generator=gen)
-    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    radius = ((yy - height / 2) ** 2 + (xx - width / 2) ** 2).sqrt()[None, None]
-    radius = radius * (0.8 + 0.4 * torch.rand(batch, 1, 1, 1, generator=gen))
-    alpha = (1 - (radius - height / 4).clamp(0, 4) / 4).expand(batch, 1, height, width)
-    trimap = torch.full_like(alpha, 0.5)
-    trimap[alpha == 0] = 0.0
-    trimap[alpha == 1] = 1.0
-    if not train:
-        return {"image": image, "trimap": trimap}
-    return {
-        "image": image,
-        "trimap": trimap,
-        "alpha": alpha.contiguous(),
-        "fg": image.clone(),
-        "bg": torch.rand(batch, 3, height, width, generator=gen),
-    }
-
-
-def read_manifest(path: Path) -> dict[str, list[int]]:
-    """A key manifest of ``../shared/golden`` (``key [d0,d1,...]`` per line) as key -> shape."""
-    entries = {}
-    for line in path.read_text().splitlines():
-        key, shape = line.split(" ", 1)
-        entries[key] = [int(s) for s in shape.strip("[]").split(",") if s]
-    return entries
-
-
-def official_vitmatte_shapes(manifest: Path) -> dict[str, list[int]]:
-    """ViTMatte's state dict from a MEMatte manifest: the teacher's entries as ``backbone.*`` and
-    the decoder's, i.e. what the official ``ViTMatte_{S,B}_Com.pth`` hold."""
-    shapes = {}
-    for key, shape in read_manifest(manifest).items():
-        if key.startswith(TEACHER_PREFIX):
-            shapes[BACKBONE_PREFIX + key.removeprefix(TEACHER_PREFIX)] = shape
-        elif key.startswith("decoder."):
-            shapes[key] = shape
-    return shapes

@@ -1,0 +1,39 @@
+"""utils/memory.py: the CPU memory readers see a known allocation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from utils.memory import current_memory_bytes, peak_memory_bytes
+
+MIB = 2**20
+BLOCK_BYTES = 64 * MIB
+# Other allocations of the process may come and go meanwhile: allow some slack.
+SLACK = 0.25
+# The kernel syncs its per-thread RSS counters lazily: /proc's VmRSS and getrusage's peak may
+# disagree by a few pages.
+COUNTER_LAG_BYTES = MIB
+
+
+def test_cpu_readers_see_a_known_allocation():
+    before = current_memory_bytes("cpu")
+    block = np.ones(BLOCK_BYTES, np.uint8)  # every page written, so resident
+    during = current_memory_bytes("cpu")
+    assert (1 - SLACK) * BLOCK_BYTES <= during - before <= (1 + SLACK) * BLOCK_BYTES
+    assert peak_memory_bytes("cpu") >= during - COUNTER_LAG_BYTES
+    del block
+
+
+def test_a_subprocess_reports_its_own_peak_not_its_parents():
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    parent_block = np.ones(8 * BLOCK_BYTES, np.uint8)  # a parent peak far above the child's
+    code = "from utils.memory import peak_memory_bytes; print(peak_memory_bytes('cpu'))"
+    child = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert int(child.stdout) < parent_block.nbytes
+    del parent_block
