@@ -1,4 +1,4 @@
-"""torch.hub entry points: MEMatte as a :class:`engine.predictor.MattingPredictor`.
+"""torch.hub entry points: MEMatte as a :class:`predictor.MattingPredictor`.
 
     import torch
 
@@ -29,7 +29,7 @@ from typing import Any as _Any
 
 import torch
 
-from engine.predictor import MattingPredictor as _MattingPredictor
+from predictor.matting import MattingPredictor as _MattingPredictor
 
 dependencies = ["torch", "numpy", "cv2", "PIL", "scipy", "timm", "fvcore", "omegaconf", "hydra"]
 

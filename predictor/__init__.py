@@ -1,0 +1,50 @@
+"""The inference side: everything that runs a trained MEMatte on images.
+
+- :class:`MattingPredictor` (``predictor.matting``): an image and a trimap (or a rough mask) in,
+  alpha out, on the official protocol; :class:`OnnxMattingPredictor`
+  (``predictor.onnx_predictor``): the same call on an exported graph under onnxruntime.
+- ``predictor.inputs`` (what the predictors accept), ``predictor.weights`` (the inference model
+  of a config and its checkpoint), ``predictor.token_budget`` (the automatic token cap).
+- :func:`estimate_foreground` (``predictor.foreground``): foreground colours for cutouts;
+  ``predictor.outputs``: the files a run writes (:func:`alpha_to_uint8`, the official PNG).
+- ``predictor.runner``: folder and sharded runs of ``inference.py``; ``predictor.onnx_graph``: the
+  exported graph; ``predictor.session`` and ``predictor.web_app``: the web demo;
+  ``predictor.profiling``: FLOPs and timings for the benchmark tools.
+
+The names below are imported on first use, so that ``import predictor.onnx_predictor`` does not
+load the PyTorch predictor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "MattingPredictor",
+    "OnnxMattingPredictor",
+    "alpha_to_uint8",
+    "estimate_foreground",
+    "foreground_to_uint8",
+    "trimap_from_mask",
+]
+
+# Public name -> the module that defines it.
+_HOMES = {
+    "MattingPredictor": "predictor.matting",
+    "OnnxMattingPredictor": "predictor.onnx_predictor",
+    "alpha_to_uint8": "predictor.outputs",
+    "estimate_foreground": "predictor.foreground",
+    "foreground_to_uint8": "predictor.foreground",
+    "trimap_from_mask": "data.trimap",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'predictor' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

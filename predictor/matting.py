@@ -1,0 +1,251 @@
+"""Matting inference from Python: :class:`MattingPredictor` (an image and a trimap or a mask in,
+alpha out), on the official protocol.
+
+The alpha comes back with the official known-region clamp (0 where the trimap is 0, 1 where it
+is 255), so ``floor(alpha * 255)`` is the PNG the official script writes
+(:func:`predictor.outputs.alpha_to_uint8`). Inputs are read by :mod:`predictor.inputs`.
+
+References: detectron2 ``DefaultPredictor`` (the idea); MEMatte ``inference.py`` (the protocol).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from modeling.backbone.router import GLOBAL_ROUTE
+from predictor.inputs import ImageInput, MapInput, prepare_inputs
+from predictor.token_budget import auto_max_number_token
+from predictor.weights import build_inference_model, load_inference_weights
+from utils.device import autocast, resolve_device, to_unit_float
+
+__all__ = ["AUTO", "BatchPrediction", "ImagePredictor", "MattingPredictor", "RoutingMaps"]
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+@dataclass
+class RoutingMaps:
+    """Routing decisions of one image, per routed backbone block.
+
+    Attributes:
+        keep: block index -> ``[h, w]`` float32 map, 1 where the token went to global attention.
+        probability: block index -> ``[h, w]`` float32 router probability of global attention.
+    """
+
+    keep: dict[int, np.ndarray]
+    probability: dict[int, np.ndarray]
+
+
+@dataclass
+class BatchPrediction:
+    """Outputs of :meth:`MattingPredictor.predict_levels`.
+
+    Attributes:
+        alpha: ``[B, H, W]`` float32 on the CPU, known regions forced.
+        keep: per routed block, ``[B, h, w]`` 0/1 maps (1 = global attention), on the CPU.
+        probability: per routed block, ``[B, h, w]`` router probabilities of global attention.
+        block_indexes: backbone block index of each map.
+    """
+
+    alpha: Tensor
+    keep: list[Tensor]
+    probability: list[Tensor]
+    block_indexes: tuple[int, ...]
+
+    def routing(self, index: int) -> RoutingMaps:
+        """The routing maps of image ``index`` of the batch."""
+        return RoutingMaps(
+            keep={b: k[index].numpy() for b, k in zip(self.block_indexes, self.keep)},
+            probability={b: p[index].numpy() for b, p in zip(self.block_indexes, self.probability)},
+        )
+
+
+class ImagePredictor:
+    """The one-image call shared by the predictors (:class:`MattingPredictor` and
+    ``predictor.onnx_predictor.OnnxMattingPredictor``): inputs read and checked once
+    (:func:`prepare_inputs`), then the subclass's ``predict_levels`` on a batch of one."""
+
+    def predict_levels(self, image: Tensor, trimap: Tensor) -> BatchPrediction:
+        """Alpha and routing of ``[B, 3, H, W]`` images with ``[B, 1, H, W]`` uint8 trimaps."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        image: ImageInput,
+        trimap: MapInput | None = None,
+        *,
+        mask: MapInput | None = None,
+        unknown_width: float | None = None,
+        return_routing: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, RoutingMaps]:
+        """Alpha matte of one image.
+
+        Args:
+            image: a path, a PIL image, an ``[H, W, 3]`` uint8 RGB array or a ``[3, H, W]``
+                float tensor in [0, 1] (see :func:`image_levels` for the other forms).
+            trimap: a path, a PIL image or an ``[H, W]`` uint8 array: 0 background, 128
+                unknown, 255 foreground.
+            mask: instead of a trimap, a rough mask (path, PIL image or array; thresholded at
+                half its range), turned into a trimap by :func:`data.trimap.trimap_from_mask`.
+            unknown_width: with ``mask``: the unknown band's width on each side of the mask
+                boundary, in px (int) or as a fraction of the shorter side (float < 1).
+            return_routing: also return the routing maps.
+
+        Returns:
+            ``[H, W]`` float32 alpha in [0, 1], with the :class:`RoutingMaps` when
+            ``return_routing``.
+
+        Raises:
+            BadSampleError: an unreadable input file, or an input of an unsupported form.
+            ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
+                mask, or sizes that differ.
+        """
+        levels, trimap_map = prepare_inputs(image, trimap, mask=mask, unknown_width=unknown_width)
+        prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
+        alpha = prediction.alpha[0].numpy()
+        return (alpha, prediction.routing(0)) if return_routing else alpha
+
+
+class MattingPredictor(ImagePredictor):
+    """Alpha mattes from an image and a trimap (or a mask), with the official protocol.
+
+    ``predictor(image, trimap)`` returns ``[H, W]`` float32 alpha in [0, 1] with the known
+    regions forced as the official script does, so ``floor(alpha * 255)`` is exactly the PNG
+    ``inference.py`` writes. The model runs in eval mode without autograd, so the configs'
+    memory-lean inference path (``modeling/lean``) is the one used.
+
+    Args:
+        model: a MEMatte (no teacher needed).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only) autocast.
+        max_number_token: cap on the tokens in one global attention per image: None keeps the
+            model's (18500 in the configs, as official), an int sets it, ``"auto"`` picks for
+            each image size the largest cap that fits the device's free memory
+            (:func:`predictor.token_budget.auto_max_number_token`; the cap chosen is logged).
+        patch_decoder: decode in the official 512 px tiles (False: the whole image at once, which
+            can change results slightly at tile borders).
+
+    Raises:
+        ValueError: an unknown precision, fp16 on a CPU, a CUDA device without CUDA, or a bad
+            ``max_number_token``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = AUTO,
+        precision: str = "fp32",
+        max_number_token: int | str | None = None,
+        patch_decoder: bool = True,
+    ) -> None:
+        self.device = resolve_device(device)
+        autocast(self.device, precision)  # validates the precision for the device
+        if not (max_number_token is None or max_number_token == AUTO):
+            if isinstance(max_number_token, bool) or not isinstance(max_number_token, int):
+                raise ValueError(
+                    f"max_number_token must be an int, 'auto' or None, not {max_number_token!r}"
+                )
+            if max_number_token < 0:
+                raise ValueError(f"max_number_token must be >= 0, got {max_number_token}")
+            model.backbone.max_number_token = max_number_token
+        self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.auto_cap = max_number_token == AUTO
+        self.patch_decoder = patch_decoder
+        self._auto_caps: dict[tuple[int, int], int | None] = {}
+
+    @classmethod
+    def from_config(
+        cls,
+        config_file: str | Path,
+        checkpoint: str | Path | None = None,
+        *,
+        device: str | torch.device = AUTO,
+        precision: str = "fp32",
+        max_number_token: int | str | None = None,
+        patch_decoder: bool = True,
+        overrides: Sequence[str] = (),
+        trust_checkpoint: bool = False,
+    ) -> MattingPredictor:
+        """Build the model of a LazyConfig file (without the teacher) and load its weights.
+
+        Args:
+            config_file: a config, e.g. ``configs/MEMatte_S_topk0.25_win_global_long.py``
+                (configs are code: only from a trusted source).
+            checkpoint: official or trainer checkpoint; None keeps random weights (with a
+                warning).
+            device, precision, max_number_token, patch_decoder: see the class.
+            overrides: config overrides ``key=value``.
+            trust_checkpoint: also load a checkpoint that pickles objects other than tensors
+                (runs code stored in the file).
+
+        Raises:
+            FileNotFoundError, ValueError: a missing config or checkpoint, an unreadable or
+                untrusted checkpoint, or weights that do not fit the config.
+        """
+        model = build_inference_model(config_file, overrides)
+        if checkpoint is None:
+            logger.warning("no checkpoint given: %s has random weights", config_file)
+        else:
+            load_inference_weights(model, checkpoint, trusted=trust_checkpoint)
+        return cls(
+            model,
+            device=device,
+            precision=precision,
+            max_number_token=max_number_token,
+            patch_decoder=patch_decoder,
+        )
+
+    def _set_auto_cap(self, hw: tuple[int, int]) -> None:
+        """``max_number_token="auto"``: the cap for images of size ``hw``, logged once."""
+        if hw not in self._auto_caps:
+            cap = auto_max_number_token(self.model, hw, self.device)
+            self._auto_caps[hw] = cap
+            chosen = "no cap (every token fits)" if cap is None else f"cap {cap} tokens"
+            logger.info("max_number_token auto for %dx%d (HxW) images: %s", *hw, chosen)
+        self.model.backbone.max_number_token = self._auto_caps[hw]
+
+    def predict_levels(self, image: Tensor, trimap: Tensor) -> BatchPrediction:
+        """Alpha and routing of a batch of same-sized images.
+
+        Args:
+            image: ``[B, 3, H, W]`` RGB: uint8 or uint16 levels, or float in [0, 1].
+            trimap: ``[B, 1, H, W]`` uint8 levels (fed as value / 255).
+
+        Returns:
+            the :class:`BatchPrediction`; each image's result equals its batch-1 result.
+        """
+        if self.auto_cap:
+            self._set_auto_cap(tuple(image.shape[-2:]))
+        # uint8 levels go to the model as they are: it converts them crop by crop (value / 255),
+        # so a 6K image never exists as floats; other depths are converted here.
+        inputs = {
+            key: levels.to(self.device, non_blocking=True)
+            if levels.dtype == torch.uint8
+            else to_unit_float(levels, self.device)
+            for key, levels in (("image", image), ("trimap", trimap))
+        }
+        with torch.inference_mode():
+            with autocast(self.device, self.precision):
+                # The official clamp of the known regions, done by the model, which then skips
+                # the decoder work that the clamp overwrites.
+                out = self.model(inputs, patch_decoder=self.patch_decoder, clamp_known=True)
+            del inputs
+            alpha = out["phas"][:, 0].float()
+        return BatchPrediction(
+            alpha=alpha.cpu(),
+            keep=[keep[..., 0].float().cpu() for keep in out["keep"]],
+            # router log-probabilities [B, h, w, 2] -> p(global) [B, h, w]
+            probability=[s[..., GLOBAL_ROUTE].float().exp().cpu() for s in out["router_scores"]],
+            block_indexes=tuple(self.model.backbone.routed_block_indexes),
+        )

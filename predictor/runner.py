@@ -1,0 +1,591 @@
+"""Folder and shard runs of ``inference.py``: the items of a test-set folder or of a list of
+images, decoded ahead of the model by loader processes, predicted (same-sized images batched),
+their outputs written by a background writer (:class:`predictor.outputs.Outputs`), and one summary
+of the run (``--report``), merged over the processes of a sharded run.
+
+Files already in the output folder are skipped unless ``overwrite``, so an interrupted run resumes;
+a bad item is reported with its path and the run goes on. The functions take the parsed command
+line of ``inference.py`` (an ``argparse.Namespace``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import BoundedSemaphore
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data.image_io import BadSampleError, read_rgb_levels, read_trimap_levels
+from data.readers import scan_test_set
+from data.trimap import trimap_from_mask
+from engine.launch import launch
+from predictor.foreground import estimate_foreground, foreground_to_uint8
+from predictor.inputs import mask_levels
+from predictor.matting import MattingPredictor
+from predictor.onnx_predictor import OnnxMattingPredictor
+from predictor.outputs import Outputs, parse_colour
+from utils import comm
+from utils.file_io import atomic_write
+from utils.memory import MIB, peak_memory_bytes
+from utils.visualizer import routing_figure
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Item",
+    "Summary",
+    "UsageError",
+    "check_setup",
+    "collect_items",
+    "exit_code",
+    "make_outputs",
+    "merge",
+    "parse_composite",
+    "process_main",
+    "run_command",
+    "report",
+    "run",
+    "run_shard",
+]
+
+logger = logging.getLogger("inference")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Items whose outputs may wait for the background writer at once (each holds its image and
+# outputs in memory; 2 keeps a 6K run's memory bounded while decoding, compute and writing
+# overlap).
+MAX_PENDING_WRITES = 2
+# Images decoded ahead of the model by each loader process.
+PREFETCH_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to predict and where its trimap (or mask) comes from."""
+
+    name: str
+    image: Path
+    trimap: Path | None = None
+    mask: Path | None = None
+
+
+@dataclass
+class Summary:
+    """What one process (or, merged, the whole run) did."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+    model_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    routed_share_sums: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+
+    def fail(self, path: Path | str, reason: str) -> None:
+        """Record (and log) a failed item."""
+        logger.error("failed: %s: %s", path, reason)
+        self.failed.append({"path": str(path), "reason": reason})
+
+    def record(self) -> dict:
+        """The JSON record of this summary (``--report``)."""
+        done = len(self.done)
+        return {
+            "done": done,
+            "skipped": len(self.skipped),
+            "failed": self.failed,
+            "done_items": sorted(self.done),
+            "skipped_items": sorted(self.skipped),
+            "seconds_per_image": self.wall_seconds / done if done else None,
+            "model_seconds_per_image": self.model_seconds / done if done else None,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "routed_share": {
+                str(block): total / done for block, total in sorted(self.routed_share_sums.items())
+            }
+            if done
+            else {},
+        }
+
+
+def merge(summaries: list[Summary]) -> Summary:
+    """One summary of the ranks' summaries (peak memory: the largest)."""
+    merged = Summary()
+    for summary in summaries:
+        merged.done += summary.done
+        merged.skipped += summary.skipped
+        merged.failed += summary.failed
+        merged.model_seconds += summary.model_seconds
+        merged.wall_seconds = max(merged.wall_seconds, summary.wall_seconds)
+        merged.peak_memory_bytes = max(merged.peak_memory_bytes, summary.peak_memory_bytes)
+        for block, total in summary.routed_share_sums.items():
+            merged.routed_share_sums[block] += total
+    return merged
+
+
+class UsageError(ValueError):
+    """A bad combination of options or inputs (exit status 2)."""
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, str]]]:
+    """The items of the run, sorted by name, and the images that cannot be items (no trimap).
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: bad single-image options, or a test-set
+            folder that is missing or has no supported layout.
+    """
+    if args.data_dir is not None:
+        test_set = scan_test_set(args.data_dir, args.layout)
+        items = [Item(i.name, i.image_path, trimap=i.trimap_path) for i in test_set.items]
+        missing = [{"path": str(p), "reason": "no trimap"} for p in test_set.missing_trimaps]
+        return items, missing
+    guides = args.trimap if args.trimap is not None else args.mask
+    if guides is None:
+        raise UsageError("--image needs --trimap or --mask (one per image)")
+    if len(guides) != len(args.image):
+        flag = "--trimap" if args.trimap is not None else "--mask"
+        overrides = any("=" in guide for guide in guides)
+        hint = " (config overrides after a list of files go after --)" if overrides else ""
+        raise UsageError(
+            f"{len(args.image)} --image but {len(guides)} {flag}: give one per image{hint}"
+        )
+    items, seen = [], {}
+    for image, guide in zip(args.image, guides):
+        image = Path(image)
+        if image.stem in seen:
+            raise UsageError(
+                f"{seen[image.stem]} and {image} have the same name {image.stem!r}: their outputs "
+                "would overwrite each other"
+            )
+        seen[image.stem] = image
+        kind = "trimap" if args.trimap is not None else "mask"
+        items.append(Item(image.stem, image, **{kind: Path(guide)}))
+    return sorted(items, key=lambda item: item.name), []
+
+
+class _Samples(Dataset):
+    """Decodes the pending items (in loader processes): image levels and the trimap, made from
+    the mask when the item has one. A bad item becomes ``{"error": ..., "path": ...}``."""
+
+    def __init__(self, items: list[Item], unknown_width: float | None) -> None:
+        self.items = items
+        self.unknown_width = unknown_width
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, idx: int) -> dict:
+        item = self.items[idx]
+        try:
+            image = read_rgb_levels(item.image)
+            if item.mask is not None:
+                guide_path, mask = item.mask, mask_levels(item.mask)
+                trimap = trimap_from_mask(mask, self.unknown_width, source=str(item.mask))
+            else:
+                guide_path, trimap = item.trimap, read_trimap_levels(item.trimap)
+            if trimap.shape != image.shape[:2]:
+                raise BadSampleError(
+                    guide_path,
+                    f"size {trimap.shape[1]}x{trimap.shape[0]} differs from image "
+                    f"{item.image.name} {image.shape[1]}x{image.shape[0]} (W x H)",
+                )
+        except BadSampleError as exc:
+            return {"index": idx, "error": exc.reason, "path": str(exc.path)}
+        except ValueError as exc:  # a mask of an unsupported type
+            return {"index": idx, "error": str(exc), "path": str(item.mask or item.image)}
+        return {
+            "index": idx,
+            "image": torch.from_numpy(image).permute(2, 0, 1),  # [H, W, 3] -> [3, H, W]
+            "trimap": torch.from_numpy(trimap)[None],
+        }
+
+
+def parse_composite(value: str | None) -> np.ndarray | Path | None:
+    """``--composite``: an RGB colour (:func:`predictor.outputs.parse_colour`, uint8 ``[3]``) or
+    a background image path.
+
+    Raises:
+        UsageError: neither a colour nor an existing file.
+    """
+    if value is None:
+        return None
+    try:
+        return parse_colour(value)
+    except ValueError:
+        if not Path(value).is_file():
+            raise UsageError(
+                f"--composite {value}: neither a colour like #00ff00 nor an image file"
+            ) from None
+        return Path(value)
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+def check_output_dir(path: Path) -> None:
+    """An output folder must be a writable folder, or creatable in a writable one.
+
+    Raises:
+        UsageError: it is a file, or cannot be written.
+    """
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output folder {path} exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {path}: {existing} is not writable")
+
+
+def _create_folders(folders: list[Path]) -> list[Path]:
+    """Create the missing output folders; return those it created (parents first)."""
+    created = []
+    for folder in folders:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+        folder.mkdir(parents=True, exist_ok=True)
+        created += [p for p in missing if p not in created]
+    return created
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders this run created that it left empty (deepest first)."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): keep it
+            continue
+
+
+# --- the run of one process ------------------------------------------------------------------
+
+
+def _device(args: argparse.Namespace) -> str:
+    """This process's device: the GPU of its local rank in sharded CUDA runs."""
+    if comm.get_world_size() > 1 and args.device != "cpu" and torch.cuda.is_available():
+        return f"cuda:{comm.get_local_rank()}"
+    return args.device
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A batch of same-sized tensors (a view for one: no copy of a large image)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _predictor(args: argparse.Namespace) -> MattingPredictor | OnnxMattingPredictor:
+    """The model of this process: the exported graph (--onnx) or the config and checkpoint."""
+    if args.onnx is not None:
+        # Sharded CPU processes share the cores (torch's share is set in process_main).
+        threads = torch.get_num_threads() if comm.get_world_size() > 1 else None
+        return OnnxMattingPredictor(
+            args.onnx,
+            device=_device(args),
+            max_number_token=args.max_number_token,
+            threads=threads,
+        )
+    return MattingPredictor.from_config(
+        args.config_file,
+        args.checkpoint,
+        device=_device(args),
+        precision=args.precision,
+        max_number_token=args.max_number_token,
+        patch_decoder=args.patch_decoder,
+        overrides=args.opts,
+        trust_checkpoint=args.trust_checkpoint,
+    )
+
+
+def run_shard(
+    args: argparse.Namespace, items: list[Item], outputs: Outputs, summary: Summary
+) -> None:
+    """Predict this rank's pending items into ``outputs`` (the predictor built here).
+
+    Raises:
+        FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
+    """
+    predictor = _predictor(args)
+    samples = _Samples(items, args.unknown_width)
+    # Processes spawned by --num-gpus would start their loader processes by spawning too, each
+    # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
+    fork = "fork" if args.workers and "fork" in multiprocessing.get_all_start_methods() else None
+    loader = DataLoader(
+        samples,
+        batch_size=None,
+        num_workers=args.workers,
+        prefetch_factor=PREFETCH_PER_WORKER if args.workers else None,
+        multiprocessing_context=fork,
+        shuffle=False,
+    )
+    writes: list[tuple[str, Path, Future]] = []
+    slots = BoundedSemaphore(MAX_PENDING_WRITES)
+    buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+
+        def predict(batch: list[dict]) -> None:
+            start = time.perf_counter()
+            try:
+                prediction = predictor.predict_levels(
+                    *(_stack([s[key] for s in batch]) for key in ("image", "trimap"))
+                )
+            except RuntimeError as exc:  # out of memory, or another failure of the forward
+                for sample in batch:
+                    summary.fail(items[sample["index"]].image, f"inference failed: {exc}")
+                return
+            summary.model_seconds += time.perf_counter() - start
+            for i, sample in enumerate(batch):
+                item = items[sample["index"]]
+                alpha = prediction.alpha[i].numpy()
+                routing = prediction.routing(i)
+                for block, keep in routing.keep.items():
+                    summary.routed_share_sums[block] += float(keep.mean())
+                foreground = None
+                if outputs.needs_foreground:
+                    image_hwc = sample["image"].permute(1, 2, 0)  # [3, H, W] -> [H, W, 3]
+                    colours = estimate_foreground(image_hwc, alpha, device=predictor.device)
+                    # 8-bit RGB: what the files hold, a quarter of the memory while queued
+                    foreground = foreground_to_uint8(colours)
+                    del colours
+                figure = None
+                if outputs.routing:
+
+                    def figure(image=sample["image"], routing=routing) -> np.ndarray:
+                        return routing_figure(
+                            image.permute(1, 2, 0).numpy(),
+                            list(routing.keep.values()),
+                            list(routing.keep),
+                            probabilities=list(routing.probability.values()),
+                        )
+
+                slots.acquire()
+                future = writer.submit(
+                    outputs.write, item.name, alpha, sample["trimap"], foreground, figure
+                )
+                future.add_done_callback(lambda _: slots.release())
+                writes.append((item.name, item.image, future))
+
+        progress = tqdm(
+            loader,
+            total=len(items),
+            desc="inference",
+            unit="img",
+            disable=not comm.is_main_process(),
+        )
+        for sample in progress:
+            if "error" in sample:
+                summary.fail(sample["path"], sample["error"])
+                continue
+            bucket = buckets[tuple(sample["image"].shape[-2:])]
+            bucket.append(sample)
+            if len(bucket) == args.batch_size:
+                predict(bucket)
+                bucket.clear()
+        for bucket in buckets.values():
+            if bucket:
+                predict(bucket)
+    for name, image_path, future in writes:  # the writer has finished: collect its outcomes
+        error = future.exception()
+        if error is None:
+            summary.done.append(name)
+        else:
+            summary.fail(image_path, f"cannot write its outputs: {error}")
+    summary.peak_memory_bytes = peak_memory_bytes(predictor.device)
+
+
+def make_outputs(args: argparse.Namespace) -> Outputs:
+    """The outputs the command line asks for."""
+    return Outputs(
+        Path(args.output_dir),
+        routing=args.save_routing,
+        foreground=args.save_foreground,
+        rgba=args.save_rgba,
+        composite=parse_composite(args.composite),
+        trimap=args.save_trimap,
+        round_alpha=args.round,
+    )
+
+
+def run(args: argparse.Namespace) -> tuple[Summary, list[Summary]]:
+    """This process's share of the run (all of it in one process).
+
+    Returns:
+        the merged summary of all ranks and the summary of each rank (every rank gets both).
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: a setup error (raised on every rank).
+    """
+    start = time.perf_counter()
+    rank, world = comm.get_rank(), comm.get_world_size()
+    items, missing = collect_items(args)
+    outputs = make_outputs(args)
+    summary = Summary()
+    if rank == 0:
+        for entry in missing:
+            summary.fail(entry["path"], entry["reason"])
+    share = items[rank::world]  # deterministic and disjoint: the sorted items, round robin
+    pending = []
+    for item in share:
+        if not args.overwrite and outputs.complete(item.name):
+            summary.skipped.append(item.name)
+        else:
+            pending.append(item)
+    where = f"rank {rank} of {world}: " if world > 1 else ""
+    logger.info("%s%d images, %d to predict", where, len(share), len(pending))
+
+    created: list[Path] = []
+    setup_error = None
+    if any(comm.all_gather(bool(pending))):
+        if rank == 0:
+            created = _create_folders(outputs.folders)
+        comm.synchronize()
+        if pending:
+            try:
+                run_shard(args, pending, outputs, summary)
+            except (FileNotFoundError, ValueError) as exc:  # the same on every rank
+                setup_error = str(exc)
+    summary.wall_seconds = time.perf_counter() - start
+    gathered = comm.all_gather((summary, setup_error))
+    if rank == 0:
+        _remove_if_empty(created)
+    errors = sorted({error for _, error in gathered if error is not None})
+    if errors:
+        raise ValueError("; ".join(errors))
+    ranks = [rank_summary for rank_summary, _ in gathered]
+    return merge(ranks), ranks
+
+
+def exit_code(summary: Summary) -> int:
+    """0 when nothing failed, 1 otherwise."""
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def report(args: argparse.Namespace, summary: Summary, ranks: list[Summary]) -> None:
+    """Log the merged summary and write ``--report`` (rank 0 only).
+
+    The report is ``Summary.record()`` of the whole run plus ``exit_code`` and, in sharded runs,
+    ``ranks``: one record per rank (with its ``rank``).
+    """
+    done, skipped, failed = len(summary.done), len(summary.skipped), len(summary.failed)
+    logger.info("done %d, skipped (already present) %d, failed %d", done, skipped, failed)
+    for entry in summary.failed:
+        logger.error("failed: %s: %s", entry["path"], entry["reason"])
+    record = summary.record()
+    if done:
+        logger.info(
+            "time per image: %.3f s (model %.3f s)",
+            record["seconds_per_image"],
+            record["model_seconds_per_image"],
+        )
+        shares = ", ".join(f"block {b}: {100 * v:.1f}%" for b, v in record["routed_share"].items())
+        logger.info("mean share of tokens in global attention: %s", shares)
+        peak = summary.peak_memory_bytes / MIB
+        logger.info("peak memory: %.0f MiB (the largest over the processes)", peak)
+    if skipped and not done:
+        logger.info(
+            "%d outputs were already in %s; pass --overwrite to predict them again",
+            skipped,
+            args.output_dir,
+        )
+    if args.report is not None:
+        record["exit_code"] = exit_code(summary)
+        if len(ranks) > 1:
+            record["ranks"] = [rank.record() | {"rank": r} for r, rank in enumerate(ranks)]
+        text = json.dumps(record, indent=2)
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.report, lambda file: file.write(text.encode()))
+        logger.info("wrote the report to %s", args.report)
+
+
+def setup_logging() -> None:
+    """INFO on rank 0, warnings and errors on the other ranks, each line with its rank in
+    sharded runs."""
+    rank, world = comm.get_rank(), comm.get_world_size()
+    prefix = f"[rank {rank}] " if world > 1 else ""
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s {prefix}%(name)s %(levelname)s: %(message)s",
+        force=world > 1,  # a torchrun process configured it before it knew its rank
+    )
+
+
+def process_main(args: argparse.Namespace, status_file: str) -> None:
+    """What every inference process runs: its share, then (rank 0) the merged report. Every rank
+    writes the run's exit status (the same on all ranks) to ``status_file``, which the launching
+    process reads: the one spawned processes share, or each torchrun process's own."""
+    setup_logging()
+    if comm.get_world_size() > 1 and args.device == "cpu":
+        # The CPU processes of this machine share its cores.
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
+    try:
+        summary, ranks = run(args)
+        code = exit_code(summary)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        summary, ranks, code = None, [], EXIT_USAGE
+    if comm.is_main_process() and summary is not None:
+        report(args, summary, ranks)
+    atomic_write(status_file, lambda file: file.write(str(code).encode()))
+
+
+def check_setup(args: argparse.Namespace) -> None:
+    """Setup errors found before any process or model starts.
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: bad inputs, output folder or report path.
+    """
+    collect_items(args)  # a missing folder, no layout, bad single-image options
+    for path in [*(args.image or ()), *(args.trimap or ()), *(args.mask or ())]:
+        if not Path(path).is_file():
+            hint = " (config overrides after a list of files go after --)" if "=" in path else ""
+            raise FileNotFoundError(f"{path}: no such file{hint}")
+    if args.onnx is not None:
+        if not args.onnx.is_file():
+            raise FileNotFoundError(f"{args.onnx}: no such ONNX file")
+    elif not Path(args.config_file).is_file():
+        raise FileNotFoundError(f"{args.config_file}: no such config file")
+    elif not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    for folder in make_outputs(args).folders:  # the output folder and its sub-folders
+        check_output_dir(folder)
+    if args.report is not None:
+        check_output_dir(args.report.parent)
+        if args.report.is_dir():
+            raise UsageError(f"--report {args.report} is a folder")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The whole run of ``inference.py``: setup checks, then ``--num-gpus`` processes (or this
+    torchrun process) each running :func:`process_main`.
+
+    Returns:
+        the exit status: 0 every item done or already present, 1 some items failed or a process
+        died, 2 a usage or setup error.
+    """
+    setup_logging()
+    try:
+        check_setup(args)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    with tempfile.TemporaryDirectory(prefix="mematte-inference-") as tmp:
+        status_file = str(Path(tmp) / "exit_status")
+        try:
+            launch(process_main, args.num_gpus, args=(args, status_file))
+        except Exception as exc:  # a process died (its traceback is printed above)
+            logger.error("an inference process failed: %s", exc)
+            return EXIT_FAILED
+        return int(Path(status_file).read_text())
