@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--unknown-width",
         type=unknown_width_argument,
         metavar="W",
-        help="with --mask: the unknown band on each side of the mask boundary, in px (e.g. 20) "
-        "or as a fraction of the shorter image side (e.g. 0.02)",
+        help="with --mask: the unknown band on each side of the mask boundary, in px (e.g. 20), "
+        "as a fraction of the shorter image side (e.g. 0.02), or auto (2%% of the diagonal of "
+        "the mask's bounding box, within 4..160 px)",
     )
     parser.add_argument(
         "--output-dir",

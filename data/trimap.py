@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "AUTO_WIDTH",
     "TRIMAP_BG",
     "TRIMAP_FG",
     "TRIMAP_LEVELS",
@@ -30,6 +31,7 @@ __all__ = [
     "parse_unknown_width",
     "quantize_trimap",
     "trimap_from_mask",
+    "auto_unknown_width",
     "unknown_width_argument",
     "unknown_width_pixels",
 ]
@@ -52,6 +54,13 @@ TRIMAP_BG_BELOW = 85
 TRIMAP_FG_FROM = 170
 # Trimap values the network takes.
 BACKGROUND, UNKNOWN, FOREGROUND = 0.0, 0.5, 1.0
+# unknown_width "auto": a fraction of the diagonal of the mask's bounding box, clamped to a pixel
+# range (a 1000 px subject gets 20 px on each side of its edge; small subjects keep a band of a
+# few pixels, 6K subjects stop at AUTO_WIDTH_MAX_PX).
+AUTO_WIDTH = "auto"
+AUTO_WIDTH_FRACTION = 0.02
+AUTO_WIDTH_MIN_PX = 4.0
+AUTO_WIDTH_MAX_PX = 160.0
 
 
 def _eroded_definite(values: np.ndarray, kernel_size: int) -> np.ndarray:
@@ -129,13 +138,34 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
     )
 
 
-def unknown_width_pixels(unknown_width: float, shape: tuple[int, ...]) -> float:
+def auto_unknown_width(foreground: np.ndarray) -> float:
+    """The ``"auto"`` unknown width of a mask, in px: ``AUTO_WIDTH_FRACTION`` of the diagonal of
+    its foreground's bounding box, clamped to ``[AUTO_WIDTH_MIN_PX, AUTO_WIDTH_MAX_PX]``.
+
+    Args:
+        foreground: ``[H, W]`` bool (:func:`binarize_mask`); an empty mask gets the minimum.
+    """
+    rows, cols = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
+    if not rows.size:
+        return AUTO_WIDTH_MIN_PX
+    diagonal = float(np.hypot(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+    return float(np.clip(AUTO_WIDTH_FRACTION * diagonal, AUTO_WIDTH_MIN_PX, AUTO_WIDTH_MAX_PX))
+
+
+def unknown_width_pixels(
+    unknown_width: float | str, shape: tuple[int, ...], foreground: np.ndarray | None = None
+) -> float:
     """An unknown-band width in pixels: an int (or a float of at least 1) is pixels, a float
-    below 1 a fraction of the image's shorter side.
+    below 1 a fraction of the image's shorter side, ``"auto"`` :func:`auto_unknown_width` of
+    ``foreground``.
 
     Raises:
-        ValueError: a negative width, or not a number.
+        ValueError: a negative width, not a number, or ``"auto"`` without a mask.
     """
+    if unknown_width == AUTO_WIDTH:
+        if foreground is None:
+            raise ValueError("unknown_width 'auto' is relative to a mask: give the mask")
+        return auto_unknown_width(foreground)
     if isinstance(unknown_width, bool) or not isinstance(unknown_width, numbers.Real):
         raise ValueError(f"unknown_width must be a number, got {unknown_width!r}")
     if unknown_width < 0:
@@ -145,18 +175,21 @@ def unknown_width_pixels(unknown_width: float, shape: tuple[int, ...]) -> float:
     return float(unknown_width) * min(shape[:2])
 
 
-def parse_unknown_width(text: str) -> float:
-    """A command-line width: ``"20"`` -> 20 px (int), ``"0.02"`` -> a fraction (float).
+def parse_unknown_width(text: str) -> float | str:
+    """A command-line width: ``"20"`` -> 20 px (int), ``"0.02"`` -> a fraction (float),
+    ``"auto"`` -> relative to each mask (:func:`auto_unknown_width`).
 
     Raises:
-        ValueError: not a number, or negative.
+        ValueError: not a number or ``auto``, or negative.
     """
+    if text == AUTO_WIDTH:
+        return AUTO_WIDTH
     value = float(text) if any(c in text for c in ".eE") else int(text)
     unknown_width_pixels(value, (1, 1))  # validates
     return value
 
 
-def unknown_width_argument(text: str) -> float:
+def unknown_width_argument(text: str) -> float | str:
     """:func:`parse_unknown_width` as an argparse ``type``: errors are usage errors that say why."""
     try:
         return parse_unknown_width(text)
@@ -165,7 +198,7 @@ def unknown_width_argument(text: str) -> float:
 
 
 def trimap_from_mask(
-    mask: np.ndarray, unknown_width: float, *, source: str = "the mask"
+    mask: np.ndarray, unknown_width: float | str, *, source: str = "the mask"
 ) -> np.ndarray:
     """Trimap of a (rough) mask: unknown within ``unknown_width`` px of its boundary.
 
@@ -176,8 +209,9 @@ def trimap_from_mask(
 
     Args:
         mask: ``[H, W]`` mask (bool, uint8, uint16 or float).
-        unknown_width: pixels (int, or float >= 1) or a fraction of the image's shorter side
-            (float < 1) on each side of the boundary; 0 gives no unknown band.
+        unknown_width: pixels (int, or float >= 1), a fraction of the image's shorter side
+            (float < 1) or ``"auto"`` (:func:`auto_unknown_width` of the mask) on each side of
+            the boundary; 0 gives no unknown band.
         source: what the mask is (a file name) for the warning.
 
     Returns:
@@ -189,7 +223,7 @@ def trimap_from_mask(
     """
     raw = np.asarray(mask)
     foreground = binarize_mask(raw)
-    width = unknown_width_pixels(unknown_width, foreground.shape)
+    width = unknown_width_pixels(unknown_width, foreground.shape, foreground)
     if not foreground.any() or foreground.all():
         hint = ""
         if raw.dtype == np.uint8 and 0 < raw.max() <= 1:

@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--width",
         type=unknown_width_argument,
         metavar="W",
-        help="unknown band on each side of the boundary: px (e.g. 20) or a fraction of the "
-        "shorter side (e.g. 0.02)",
+        help="unknown band on each side of the boundary: px (e.g. 20), a fraction of the "
+        "shorter side (e.g. 0.02) or auto (relative to each mask's size, as inference.py)",
     )
     widths.add_argument(
         "--random-width",

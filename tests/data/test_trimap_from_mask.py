@@ -7,7 +7,15 @@ import logging
 import numpy as np
 import pytest
 
-from data.trimap import binarize_mask, non_trimap_share, trimap_from_mask, unknown_width_pixels
+from data.trimap import (
+    AUTO_WIDTH,
+    auto_unknown_width,
+    binarize_mask,
+    non_trimap_share,
+    parse_unknown_width,
+    trimap_from_mask,
+    unknown_width_pixels,
+)
 
 SIDE = 161
 CENTRE = 80.0
@@ -93,3 +101,32 @@ def test_non_trimap_share():
     levels = np.array([0, 128, 255, 127, 1, 255, 0, 128], np.uint8)
     assert non_trimap_share(levels) == pytest.approx(0.25)
     assert non_trimap_share(np.zeros(0, np.uint8)) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("box", "expected"),
+    [
+        ((20, 30, 120, 150), 0.02 * np.hypot(100, 120)),  # 100 x 120 px box: 3.1 px -> minimum
+        ((0, 0, 1000, 800), 0.02 * np.hypot(1000, 800)),  # 25.6 px
+        ((0, 0, 8000, 6000), 160.0),  # 200 px: the maximum
+    ],
+)
+def test_auto_width_is_a_share_of_the_mask_diagonal_within_a_pixel_range(box, expected):
+    y0, x0, y1, x1 = box
+    mask = np.zeros((max(y1, 200), max(x1, 200)), bool)
+    mask[y0:y1, x0:x1] = True
+    width = auto_unknown_width(mask)
+    assert width == pytest.approx(float(np.clip(expected, 4.0, 160.0)))
+    assert unknown_width_pixels(AUTO_WIDTH, mask.shape, mask) == width
+    if mask.size < 2_000_000:  # the trimap of "auto" is the trimap of that width
+        assert np.array_equal(trimap_from_mask(mask, AUTO_WIDTH), trimap_from_mask(mask, width))
+
+
+def test_auto_width_needs_the_mask_and_parses_from_the_command_line():
+    assert parse_unknown_width("auto") == AUTO_WIDTH
+    assert parse_unknown_width("12") == 12 and parse_unknown_width("0.02") == 0.02
+    with pytest.raises(ValueError, match="relative to a mask"):
+        unknown_width_pixels(AUTO_WIDTH, (10, 10))
+    with pytest.raises(ValueError):
+        parse_unknown_width("wide")
+    assert auto_unknown_width(np.zeros((8, 8), bool)) == 4.0  # empty: the minimum
