@@ -704,7 +704,7 @@ def test_two_processes_write_the_pngs_of_one_each_item_once(one_process, tmp_pat
     completed = _sharded(spelling, DEMO_DIR, out, report, workers=1)  # with a loader process
     assert completed.returncode == 0, completed.stderr[-3000:]
     pngs = _pngs(out)
-    assert sorted(pngs) == DEMO_NAMES
+    assert sorted(pngs) == list(DEMO_NAMES)
     for name in DEMO_NAMES:
         assert np.array_equal(pngs[name], one_process[name]), name
     assert all((out / "routing" / f"{name}.jpg").is_file() for name in DEMO_NAMES)
