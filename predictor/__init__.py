@@ -15,10 +15,7 @@ The names below are imported on first use, so that ``import predictor.onnx_predi
 load the PyTorch predictor.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from utils.lazy import lazy_exports
 
 __all__ = [
     "MattingPredictor",
@@ -29,22 +26,14 @@ __all__ = [
     "trimap_from_mask",
 ]
 
-# Public name -> the module that defines it.
-_HOMES = {
-    "MattingPredictor": "predictor.matting",
-    "OnnxMattingPredictor": "predictor.onnx_predictor",
-    "alpha_to_uint8": "predictor.outputs",
-    "estimate_foreground": "predictor.foreground",
-    "foreground_to_uint8": "predictor.foreground",
-    "trimap_from_mask": "data.trimap",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'predictor' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "MattingPredictor": "predictor.matting",
+        "OnnxMattingPredictor": "predictor.onnx_predictor",
+        "alpha_to_uint8": "predictor.outputs",
+        "estimate_foreground": "predictor.foreground",
+        "foreground_to_uint8": "predictor.foreground",
+        "trimap_from_mask": "data.trimap",
+    },
+)

@@ -1,40 +1,67 @@
 """Region algebra of the lean decoder: which part of every decoder map an output region needs.
 
-A decoder tile only keeps its central ``patch x patch`` pixels, and a row strip only its rows: the
-lean decoder evaluates every stage on the part of its map that the wanted region depends on (its
-dependency cone, clipped to the map), which gives exactly the whole-map values there.
+A decoder tile keeps only its central ``patch x patch`` pixels, and of those only the ones the
+known-region clamp does not overwrite: the lean decoder evaluates every stage on the part of its
+map that the wanted pixels depend on (their dependency cone, clipped to the map), which gives
+exactly the whole-map values there.
 
-Coordinates are half-open pixel spans ``(lo, hi)`` per axis of the map they refer to.
+Coordinates are half-open pixel spans ``(lo, hi)`` per axis of the map they refer to; a
+``Region`` is ``(rows, cols)``. Spans that leave the map ``[0, size)`` stand for a conv's zero
+padding there (:func:`margins`). Pure Python: the onnxruntime predictor uses it without PyTorch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
-from torch import Tensor
+__all__ = [
+    "ConvGeometry",
+    "Region",
+    "Span",
+    "area",
+    "clip",
+    "crop",
+    "hull",
+    "margins",
+    "origin",
+    "shift",
+    "up_need",
+]
 
-from modeling.decoder.detail_capture import Region
-
-__all__ = ["Cone", "Region", "Span", "crop", "down_need", "origin", "shift", "spans"]
-
-# A half-open pixel span ``(lo, hi)`` along one axis; a ``Region`` is ``(rows, cols)`` spans.
+# A half-open pixel span ``(lo, hi)`` along one axis, and a region ``(rows, cols)`` of a map.
 Span = tuple[int, int]
+Region = tuple[Span, Span]
 
 
-def conv_need(span: Span, size: int) -> Span:
-    """Input span that a 3x3, stride-1, padding-1 conv needs for the output ``span``."""
-    return max(span[0] - 1, 0), min(span[1] + 1, size)
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Kernel, stride and padding of a 2-d conv (per axis) and its multiply-adds per output
+    pixel (all output channels)."""
 
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    macs: int
 
-def down_need(span: Span, size: int) -> Span:
-    """Input span that a 3x3, stride-2, padding-1 conv needs for the output ``span``.
+    @classmethod
+    def of(cls, conv: Any) -> ConvGeometry:
+        """The geometry of an ``nn.Conv2d`` (read from its attributes)."""
+        return cls(
+            tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), conv.weight.numel()
+        )
 
-    The span starts on an even pixel so that the conv's stride grid stays aligned; output pixel
-    ``j`` reads input pixels ``2j - 1 .. 2j + 1``.
-    """
-    return max(2 * span[0] - 2, 0), min(2 * span[1], size)
+    def reads(self, region: Region) -> Region:
+        """Input region this conv reads for the output ``region``, unclipped: output pixel ``j``
+        reads inputs ``stride * j - padding`` to ``stride * j - padding + kernel - 1``, so a
+        zero-padded crop of it, convolved without padding, gives exactly ``region``."""
+        return tuple(
+            (stride * lo - pad, stride * (hi - 1) - pad + kernel)
+            for (lo, hi), kernel, stride, pad in zip(
+                region, self.kernel, self.stride, self.padding, strict=True
+            )
+        )
 
 
 def up_need(span: Span, size: int) -> Span:
@@ -48,14 +75,28 @@ def up_need(span: Span, size: int) -> Span:
     return lo, hi
 
 
-def spans(region: Region, rule: Callable[[Span, int], Span], size: tuple[int, int]) -> Region:
-    """Apply a per-axis span rule to both axes of a region of a map of ``size``."""
-    return rule(region[0], size[0]), rule(region[1], size[1])
+def clip(region: Region, size: tuple[int, int]) -> Region:
+    """``region`` clipped to a map of ``size``."""
+    return tuple((max(lo, 0), min(hi, n)) for (lo, hi), n in zip(region, size, strict=True))
+
+
+def margins(region: Region, inside: Region) -> tuple[int, int, int, int]:
+    """How far ``region`` reaches beyond ``inside`` (a part of it): ``(left, right, top,
+    bottom)``, the order of ``F.pad`` and ``numpy.pad``'s last two axes."""
+    (y0, y1), (x0, x1) = region
+    (i0, i1), (j0, j1) = inside
+    return j0 - x0, x1 - j1, i0 - y0, y1 - i1
 
 
 def hull(*regions: Region) -> Region:
     """Smallest region holding all of them."""
     return tuple((min(s[0] for s in axis), max(s[1] for s in axis)) for axis in zip(*regions))
+
+
+def area(region: Region) -> int:
+    """Pixels of a region."""
+    (y0, y1), (x0, x1) = region
+    return max(y1 - y0, 0) * max(x1 - x0, 0)
 
 
 def origin(region: Region) -> tuple[int, int]:
@@ -69,40 +110,8 @@ def shift(region: Region, new_origin: tuple[int, int]) -> Region:
     return (y0 - new_origin[0], y1 - new_origin[0]), (x0 - new_origin[1], x1 - new_origin[1])
 
 
-def crop(x: Tensor, region: Region, at: tuple[int, int] = (0, 0)) -> Tensor:
-    """``x[..., rows, cols]`` for a region given in coordinates where ``x`` starts at ``at``."""
+def crop(x: Any, region: Region, at: tuple[int, int] = (0, 0)) -> Any:
+    """``x[..., rows, cols]`` (a tensor or an array) for a region given in coordinates where
+    ``x`` starts at ``at``."""
     (y0, y1), (x0, x1) = shift(region, at)
     return x[..., y0:y1, x0:x1]
-
-
-class Cone(NamedTuple):
-    """Regions of every decoder map that one output region depends on.
-
-    Attributes:
-        fusion_in: per fusion stage, the region of its (detail, upsampled) conv input.
-        inputs: per fusion stage, the region of its coarse input (``inputs[0]``: the ViT
-            features); ``inputs[num_fusions]`` is the last stage's output region, the input of
-            the matting head.
-        detail: per scale k, the region of the detail map Dk (D0 = the input image) that its
-            fusion stage and the next (stride-2) conv-stream stage need.
-    """
-
-    fusion_in: list[Region]
-    inputs: list[Region]
-    detail: list[Region]
-
-    @classmethod
-    def of(cls, region: Region, sizes: Sequence[tuple[int, int]], num_fusions: int) -> Cone:
-        """Walk the decoder backwards from ``region``; ``sizes[k]`` is the map size at scale k
-        (1 / 2**k of the input; ``sizes[num_fusions]`` is the feature map)."""
-        fusion_in: list[Region] = [None] * num_fusions
-        inputs: list[Region] = [None] * num_fusions + [spans(region, conv_need, sizes[0])]
-        detail: list[Region] = [None] * num_fusions
-        for i in reversed(range(num_fusions)):
-            scale = num_fusions - 1 - i
-            fusion_in[i] = spans(inputs[i + 1], conv_need, sizes[scale])
-            detail[scale] = fusion_in[i]
-            inputs[i] = spans(fusion_in[i], up_need, sizes[scale + 1])
-        for k in reversed(range(1, num_fusions)):
-            detail[k - 1] = hull(detail[k - 1], spans(detail[k], down_need, sizes[k - 1]))
-        return cls(fusion_in, inputs, detail)

@@ -19,7 +19,12 @@ EMBED_STRIP_PATCH_ROWS = 16
 # Largest additive rel-pos bias built at once: 2**25 floats = 128 MiB in fp32. Larger attention
 # problems are split over (batch, query rows).
 MAX_BIAS_ELEMENTS = 2**25
-# The decoder's last fusion stages and its head (the largest maps of a decoder tile: up to 176
-# channels at 1/2 and 68 at full resolution) run in strips of this many output rows.
-DECODER_STRIP_STAGES = 2
-DECODER_STRIP_ROWS = 128
+# Block-sparse decoding (modeling/lean/blocks.py): the clamped decoder computes the output blocks
+# of DECODER_BLOCK px that hold an unknown pixel, and of every map only what they depend on, in
+# boxes of at most DECODER_BOX_ROWS rows (bounding the temporaries: a box of the last fusion
+# stage holds 68 channels at full resolution for ViT-S). Two boxes are merged where their hull
+# costs less than both, counting DECODER_BOX_OVERHEAD_MACS multiply-adds for the fixed cost of
+# one box's kernel calls (crops, upsampling, concatenation, conv launch).
+DECODER_BLOCK = 64
+DECODER_BOX_ROWS = 128
+DECODER_BOX_OVERHEAD_MACS = 5_000_000

@@ -1,23 +1,30 @@
-"""Lean inference variant of the detail-capture decoder: only the wanted region, in strips.
+"""Lean inference variant of the detail-capture decoder: block-sparse and exact.
 
 A decoder call computes only the output region it returns (the kept centre of a patch-decoder
-tile) and, for every stage, only the part of its map that region depends on (:class:`Cone`),
-which gives exactly the whole-map values there. The conv stream and the coarse fusion stages run
-once on the cone of the region; the last ``DECODER_STRIP_STAGES`` fusion stages and the head (the
-largest maps) run on the cones of strips of ``DECODER_STRIP_ROWS`` output rows. Maps are
-channels-last, and BatchNorm is folded into the preceding conv once per set of weights.
+tile). With ``clamp_known`` (the output's known regions are forced to the trimap's 0 and 1
+anyway) it computes only the output blocks of that region that hold an unknown pixel, and of every
+stage only the boxes those blocks depend on (:func:`~modeling.lean.blocks.plan_decoder`); a call
+whose region holds no unknown pixel computes nothing, so a whole patch-decoder tile is skipped.
+Without ``clamp_known`` every block is wanted.
 
-With ``clamp_known`` (the output's known regions are forced to the trimap's 0 and 1 anyway) a
-call whose region holds no unknown pixel computes nothing (a whole patch-decoder tile is then
-skipped), and only the strips that hold unknown pixels run the last stages and the head. The
-strips that are computed are computed exactly as without ``clamp_known`` (same crops, so the same
-floating-point results): the clamped output is bit-identical to clamping afterwards.
+Each map is kept channels-last for the hull of its boxes; a box is one conv without padding on a
+zero-padded crop of the maps below (for a fusion stage: the detail map and the x2 upsampled
+coarser map, concatenated). The last fusion stage runs per output box, under the head. BatchNorm
+is folded into the preceding conv once per set of weights.
+
+Every pixel gets the value the whole-map computation gives it, whatever the boxes: the crops hold
+the same values, the upsampling samples the same positions (a crop starts on a whole coarse
+pixel) with PyTorch's channels-last kernel, oneDNN's convolution computes an output pixel the
+same way whatever the size of its input (PyTorch hands inputs below 20480 elements to another
+algorithm, so :func:`valid_conv` calls oneDNN directly for float32 on the CPU), and
+:func:`lane_sigmoid` gives every pixel the vectorised sigmoid. So the clamped output is
+bit-identical to clamping the unclamped one.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,18 +33,24 @@ from torch.profiler import record_function
 
 from modeling.decoder.detail_capture import (
     TRIMAP_CHANNEL,
-    BasicConv3x3,
     DetailCapture,
     Region,
     force_known,
     unknown_pixels,
 )
 
-from .cone import Cone, crop, down_need, origin, shift, spans
-from .constants import DECODER_STRIP_ROWS, DECODER_STRIP_STAGES
+from .block_decode import decode_plan
+from .blocks import DecoderSpec, plan_decoder
+from .cone import crop, origin
 from .mode import lean_active, lean_variant
 
-__all__ = ["LeanDetailCapture", "fold_batchnorm"]
+__all__ = ["LeanDetailCapture", "fold_batchnorm", "lane_sigmoid", "valid_conv"]
+
+# The CPU sigmoid runs vectorised over whole groups of SIGMOID_LANES elements and element by
+# element on the rest, and the two differ in the last bit; pieces of SIGMOID_PIECE elements (a
+# multiple of it, below PyTorch's parallel grain of 32768) are never split among threads.
+SIGMOID_LANES = 64
+SIGMOID_PIECE = 2**14
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -47,6 +60,100 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     return conv.weight * scale.view(-1, 1, 1, 1), bias
+
+
+def valid_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int]) -> Tensor:
+    """``F.conv2d`` without padding; oneDNN's convolution itself for float32 on the CPU (outside
+    autocast), so that an output pixel does not depend on the size of the input."""
+    if (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, (0, 0), stride, (1, 1), 1)
+    return F.conv2d(x, weight, bias, stride)
+
+
+def lane_sigmoid(x: Tensor) -> Tensor:
+    """``torch.sigmoid(x)`` with every element through the CPU's vectorised path (see
+    ``SIGMOID_LANES``), so that an element's value does not depend on where it lies in ``x``."""
+    if x.device.type != "cpu":
+        return torch.sigmoid(x)
+    flat = x.reshape(-1)
+    n = flat.numel()
+    out = flat.new_zeros(n + (-n) % SIGMOID_LANES)
+    out[:n] = flat
+    for piece in out.split(SIGMOID_PIECE):
+        piece.sigmoid_()
+    return out[:n].view(x.shape)
+
+
+def _assemble(parts: Sequence[Tensor], pads: tuple[int, int, int, int]) -> Tensor:
+    """``parts`` concatenated along channels, channels-last, with ``pads`` (left, right, top,
+    bottom) zeros around them: one copy of each part."""
+    left, right, top, bottom = pads
+    B, _, h, w = parts[0].shape
+    channels = sum(part.shape[1] for part in parts)
+    shape = (B, channels, top + h + bottom, left + w + right)
+    out = torch.empty(
+        shape, dtype=parts[0].dtype, device=parts[0].device, memory_format=torch.channels_last
+    )
+    if any(pads):
+        out.zero_()
+    start = 0
+    for part in parts:
+        out[:, start : start + part.shape[1], top : top + h, left : left + w] = part
+        start += part.shape[1]
+    return out
+
+
+class _TorchStages:
+    """The per-box computations of :func:`~modeling.lean.block_decode.decode_plan` in PyTorch,
+    with the decoder's folded convs (see the module docstring for why they are exact)."""
+
+    def __init__(self, decoder: LeanDetailCapture) -> None:
+        self.decoder = decoder
+        self.folded = decoder._folded_convs()
+
+    def _conv(self, block: nn.Module, x: Tensor, stride: tuple[int, int] = (1, 1)) -> Tensor:
+        weight, bias = self.folded[block]  # BatchNorm folded in
+        return valid_conv(x, weight, bias, stride).relu_()
+
+    def stride_down(self, k: int, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+        block = self.decoder.convstream.convs[k - 1]
+        return self._conv(block, _assemble([x], pads), block.conv.stride)
+
+    def fuse(
+        self,
+        i: int,
+        detail: Tensor,
+        coarse: Tensor,
+        offset: tuple[int, int],
+        pads: tuple[int, int, int, int],
+    ) -> Tensor:
+        # Channels-last: PyTorch's kernel for that layout gives a pixel the same value whatever
+        # the crop (its kernel for other layouts does not).
+        coarse = coarse.contiguous(memory_format=torch.channels_last)
+        up = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)
+        (h, w), (dy, dx) = detail.shape[-2:], offset
+        up = up[..., dy : dy + h, dx : dx + w]
+        return self._conv(self.decoder.fusion_blks[i].conv, _assemble([detail, up], pads))
+
+    def head(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+        out_conv = self.decoder.matting_head.matting_convs[-1]
+        hidden = self._conv(self.decoder.matting_head, _assemble([x], pads))
+        return lane_sigmoid(valid_conv(hidden, out_conv.weight, out_conv.bias, out_conv.stride))
+
+    @staticmethod
+    def empty(like: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
+        return torch.empty(
+            shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last
+        )
+
+    @staticmethod
+    def label(name: str) -> record_function:
+        return record_function(name)  # a profiler range (no cost without a profiler)
 
 
 @lean_variant(DetailCapture)
@@ -70,101 +177,27 @@ class LeanDetailCapture(DetailCapture):
     ) -> dict[str, Tensor]:
         if not lean_active(self):
             return super().forward(features, images, region, clamp_known)
-        H, W = images.shape[-2:]
-        region = region if region is not None else ((0, H), (0, W))
+        region = region if region is not None else ((0, images.shape[-2]), (0, images.shape[-1]))
         trimap = crop(images[:, TRIMAP_CHANNEL : TRIMAP_CHANNEL + 1], region)
-        unknown = unknown_pixels(trimap) if clamp_known else None
-        strips = _strips(region, unknown)
         if clamp_known:
-            phas = trimap.to(torch.float32, copy=True)  # the trimap where no strip is computed
+            wanted = unknown_pixels(trimap).any(dim=0)[0]  # [h, w], over the batch
+            phas = trimap.to(torch.float32, copy=True)  # the trimap where nothing is computed
         else:
+            wanted = torch.ones(trimap.shape[-2:], dtype=torch.bool)
             phas = features.new_empty(trimap.shape, dtype=torch.float32)
-        if strips:
-            for strip, strip_phas in self._decode_strips(features, images, region, strips):
-                crop(phas, strip, origin(region)).copy_(strip_phas)
+        sizes = self.map_sizes(features, images)
+        spec = DecoderSpec.of(self)
+        plan = plan_decoder(spec, sizes, wanted.cpu().numpy(), origin(region))
+        for box, alpha in decode_plan(plan, spec, sizes, features, images, _TorchStages(self)):
+            crop(phas, box, origin(region)).copy_(alpha)
         return {"phas": force_known(phas, trimap) if clamp_known else phas}
 
-    def _decode_strips(
-        self, features: Tensor, images: Tensor, region: Region, strips: Sequence[Region]
-    ) -> Iterator[tuple[Region, Tensor]]:
-        """Alpha of the given row strips of ``region``: the conv stream and the coarse fusion
-        stages once on the cone of the region, the last stages and the head per strip."""
+    def map_sizes(self, features: Tensor, images: Tensor) -> list[tuple[int, int]]:
+        """Map sizes per scale: scale k is 1 / 2**k of the input (k = number of fusion stages:
+        the features)."""
         H, W = images.shape[-2:]
-        num_fusions = len(self.fusion_blks)
-        # Map sizes per scale: scale k is 1 / 2**k of the input (k = num_fusions: the features).
-        sizes = [(-(-H // 2**k), -(-W // 2**k)) for k in range(num_fusions)]
-        sizes.append(tuple(features.shape[-2:]))
-        cone = Cone.of(region, sizes, num_fusions)
-        folded = self._folded_convs()
-        details = self._details(images, cone, sizes, folded)
-        first_strip_stage = max(0, num_fusions - DECODER_STRIP_STAGES)
-        x = crop(features, cone.inputs[0]).contiguous(memory_format=torch.channels_last)
-        x = self._fuse(x, details, cone, range(first_strip_stage), folded)
-        for strip in strips:
-            sub = Cone.of(strip, sizes, num_fusions)
-            y = crop(x, sub.inputs[first_strip_stage], origin(cone.inputs[first_strip_stage]))
-            y = self._fuse(y, details, sub, range(first_strip_stage, num_fusions), folded)
-            logits = crop(self._head(y, folded), strip, origin(sub.inputs[num_fusions]))
-            yield strip, torch.sigmoid(logits)
-
-    def _details(
-        self, images: Tensor, cone: Cone, sizes: Sequence[tuple[int, int]], folded: dict
-    ) -> list[tuple[Tensor, tuple[int, int]]]:
-        """Detail maps D0, D1, ... cropped to ``cone.detail``, each with its crop origin."""
-        d0 = crop(images, cone.detail[0]).contiguous(memory_format=torch.channels_last)
-        details = [(d0, origin(cone.detail[0]))]
-        for k, block in enumerate(self.convstream.convs, start=1):
-            with record_function(f"decoder.convstream{k}"):  # a profiler label (no cost without)
-                previous, previous_origin = details[-1]
-                down = spans(cone.detail[k], down_need, sizes[k - 1])
-                start = (down[0][0] // 2, down[1][0] // 2)  # output origin of the stride-2 conv
-                out = self._conv(block, crop(previous, down, previous_origin), folded)
-                details.append((crop(out, cone.detail[k], start), origin(cone.detail[k])))
-        return details
-
-    def _fuse(
-        self,
-        x: Tensor,
-        details: Sequence[tuple[Tensor, tuple[int, int]]],
-        cone: Cone,
-        stages: range,
-        folded: dict,
-    ) -> Tensor:
-        """Run fusion ``stages`` on the regions of ``cone``.
-
-        Args:
-            x: the first stage's coarse input, cropped to ``cone.inputs[stages.start]``.
-            details: detail maps with their crop origins (:meth:`_details`).
-            cone: the regions to compute.
-            stages: consecutive fusion stage indexes.
-            folded: :meth:`_folded_convs`.
-
-        Returns:
-            the last stage's output, cropped to ``cone.inputs[stages.stop]``.
-        """
-        num_fusions = len(self.fusion_blks)
-        for i in stages:
-            with record_function(f"decoder.fusion{i}"):
-                detail, detail_origin = details[num_fusions - 1 - i]
-                in_origin = origin(cone.inputs[i])
-                up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-                up = crop(up, shift(cone.fusion_in[i], (2 * in_origin[0], 2 * in_origin[1])))
-                fused = torch.cat([crop(detail, cone.fusion_in[i], detail_origin), up], dim=1)
-                del up  # not alive during the conv: the largest map of a decoder tile
-                out = self._conv(self.fusion_blks[i].conv, fused, folded)
-                x = crop(out, cone.inputs[i + 1], origin(cone.fusion_in[i]))
-        return x
-
-    @staticmethod
-    def _conv(block: BasicConv3x3, x: Tensor, folded: dict) -> Tensor:
-        weight, bias = folded[block]
-        return F.conv2d(x, weight, bias, block.conv.stride, block.conv.padding).relu_()
-
-    def _head(self, x: Tensor, folded: dict) -> Tensor:
-        conv, _, _, out_conv = self.matting_head.matting_convs
-        weight, bias = folded[self.matting_head]
-        with record_function("decoder.head"):
-            return out_conv(F.conv2d(x, weight, bias, conv.stride, conv.padding).relu_())
+        sizes = [(-(-H // 2**k), -(-W // 2**k)) for k in range(len(self.fusion_blks))]
+        return [*sizes, tuple(features.shape[-2:])]
 
     def _folded_convs(self) -> dict[nn.Module, tuple[Tensor, Tensor]]:
         """``{conv block or head: (weight, bias)}`` with BatchNorm folded in, cached per weights."""
@@ -180,15 +213,3 @@ class LeanDetailCapture(DetailCapture):
                 self._folds = {module: fold_batchnorm(*convs) for module, convs in pairs}
             self._fold_key = key
         return self._folds
-
-
-def _strips(region: Region, unknown: Tensor | None) -> list[Region]:
-    """``region`` cut into strips of ``DECODER_STRIP_ROWS`` rows; given the region's unknown mask
-    ``[B, 1, h, w]``, only the strips that hold unknown pixels (an empty list: none does)."""
-    (y0, y1), cols = region
-    strips = []
-    for r0 in range(y0, y1, DECODER_STRIP_ROWS):
-        r1 = min(y1, r0 + DECODER_STRIP_ROWS)
-        if unknown is None or bool(unknown[..., r0 - y0 : r1 - y0, :].any()):
-            strips.append(((r0, r1), cols))
-    return strips

@@ -9,6 +9,7 @@ reference forward, so training and gradient checks always see the reference code
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import torch
@@ -18,6 +19,8 @@ __all__ = ["lean_active", "lean_variant", "to_lean", "to_reference"]
 
 # reference class -> its lean subclass, filled by the @lean_variant decorators of modeling.lean.
 _LEAN_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+# The module whose import registers every lean variant.
+_VARIANTS = "modeling.lean.variants"
 
 
 def lean_active(module: nn.Module) -> bool:
@@ -37,19 +40,22 @@ def lean_variant(reference: type[nn.Module]) -> Callable[[type[nn.Module]], type
     return register
 
 
+def _registered() -> dict[type[nn.Module], type[nn.Module]]:
+    """Every lean class, registered: importing them (once; they import this module) registers
+    them, also where some were imported one by one before."""
+    importlib.import_module(_VARIANTS)
+    return _LEAN_CLASSES
+
+
 def to_lean(model: nn.Module) -> nn.Module:
     """Swap every module of ``model`` (itself included) that has a lean variant for it, in place.
 
     Returns:
         ``model``, whose state dict is unchanged.
-
-    Raises:
-        RuntimeError: no lean variant is registered (``modeling.lean`` was never imported).
     """
-    if not _LEAN_CLASSES:
-        raise RuntimeError("no lean variant registered: import modeling (or modeling.lean) first")
+    lean_classes = _registered()
     for module in model.modules():
-        lean = _LEAN_CLASSES.get(type(module))
+        lean = lean_classes.get(type(module))
         if lean is not None:
             module.__class__ = lean
     return model
@@ -57,7 +63,7 @@ def to_lean(model: nn.Module) -> nn.Module:
 
 def to_reference(model: nn.Module) -> nn.Module:
     """Undo :func:`to_lean` in place: every lean module gets its reference class back."""
-    reference_of = {lean: reference for reference, lean in _LEAN_CLASSES.items()}
+    reference_of = {lean: reference for reference, lean in _registered().items()}
     for module in model.modules():
         reference = reference_of.get(type(module))
         if reference is not None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modeling.lean.mode import to_lean
+from modeling.patches import DECODER_OVERLAP, DECODER_PATCH, padded_size, patch_tiles
 from utils.device import to_unit_float
 
 __all__ = [
@@ -33,9 +34,6 @@ BACKBONE_PREFIX = "backbone."
 TEACHER_PREFIX = "teacher_backbone."
 # Trimap value of the unknown region in training batches ({0, 0.5, 1} maps).
 UNKNOWN = 0.5
-# Patch-wise decoding at inference: 512 px patches, each decoded with a 64 px context margin.
-DECODER_PATCH = 512
-DECODER_OVERLAP = 64
 
 
 class CroppedInput(Protocol):
@@ -230,20 +228,16 @@ class MEMatte(nn.Module):
         """
         B, _, H, W = images.shape
         stride = H // features.shape[-2]
-        out_h, out_w = out_hw if out_hw is not None else (H, W)
-        padded_h, padded_w = H + (-H) % patch, W + (-W) % patch
-        out = features.new_empty(B, 1, out_h, out_w, dtype=torch.float32)
-        for top in range(0, out_h, patch):
-            for left in range(0, out_w, patch):
-                y0, y1 = _context_span(top, patch, padded_h)
-                x0, x1 = _context_span(left, patch, padded_w)
-                bottom, right = min(top + patch, out_h), min(left + patch, out_w)
-                out[..., top:bottom, left:right] = self.decoder(
-                    zero_padded_crop(features, *(v // stride for v in (y0, y1, x0, x1))),
-                    zero_padded_crop(images, y0, y1, x0, x1),
-                    region=((top - y0, bottom - y0), (left - x0, right - x0)),
-                    clamp_known=clamp_known,
-                )["phas"]
+        out_hw = out_hw if out_hw is not None else (H, W)
+        out = features.new_empty(B, 1, *out_hw, dtype=torch.float32)
+        for tile in patch_tiles((H, W), out_hw, patch):
+            (top, bottom), (left, right) = tile.out
+            out[..., top:bottom, left:right] = self.decoder(
+                zero_padded_crop(features, *(v // stride for v in tile.crop)),
+                zero_padded_crop(images, *tile.crop),
+                region=tile.region,
+                clamp_known=clamp_known,
+            )["phas"]
         return out
 
 
@@ -272,16 +266,6 @@ def check_train_trimap(trimap: Tensor) -> None:
         )
 
 
-def padded_size(hw: tuple[int, int], step: int) -> tuple[int, int]:
-    """Size after :meth:`MEMatte.preprocess` padding (the official rule, quirk included: when
-    either side is not a multiple of ``step``, both sides grow to the next multiple strictly
-    above them)."""
-    H, W = hw
-    if H % step or W % step:
-        return H + step - H % step, W + step - W % step
-    return H, W
-
-
 def zero_padded_crop(x: Tensor | CroppedInput, y0: int, y1: int, x0: int, x1: int) -> Tensor:
     """``x[..., y0:y1, x0:x1]`` with zeros beyond the bottom/right border of ``x`` (a view when
     the crop lies inside a tensor)."""
@@ -292,14 +276,6 @@ def zero_padded_crop(x: Tensor | CroppedInput, y0: int, y1: int, x0: int, x1: in
     if y1 <= H and x1 <= W:
         return crop
     return F.pad(crop, (0, x1 - min(x1, W), 0, y1 - min(y1, H)))
-
-
-def _context_span(start: int, patch: int, size: int) -> tuple[int, int]:
-    """Pixel span of a tile with its context margin, as the official patch inference takes it:
-    the margin is dropped entirely (not clipped) on a side where it would leave the image."""
-    lo = start - DECODER_OVERLAP if start - DECODER_OVERLAP >= 0 else start
-    hi = start + patch + DECODER_OVERLAP
-    return lo, hi if hi <= size else start + patch
 
 
 def batr_loss(keep_ratios: Sequence[Tensor], topk: float) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -10,11 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling.backbone.router import Router
-from modeling.decoder.detail_capture import force_known
+from modeling.decoder.detail_capture import force_known, unknown_pixels
 from modeling.lean import backbone as lean_backbone
+from modeling.lean import blocks as lean_blocks
 from modeling.lean import decoder as lean_decoder
 from modeling.lean import lean_active, to_lean, to_reference
 from modeling.lean.chunking import map_strips
+from modeling.lean.cone import crop
 from modeling.lean.decoder import LeanDetailCapture, fold_batchnorm
 from modeling.lean.input import NormalizedInput
 from modeling.meta_arch.mematte import padded_size
@@ -32,7 +35,8 @@ def _tiny_chunks(monkeypatch) -> None:
     monkeypatch.setattr(lean_backbone, "ROUTER_CHUNK_TOKENS", 7)
     monkeypatch.setattr(lean_backbone, "EMBED_STRIP_PATCH_ROWS", 1)
     monkeypatch.setattr(lean_backbone, "MAX_BIAS_ELEMENTS", 300)
-    monkeypatch.setattr(lean_decoder, "DECODER_STRIP_ROWS", 24)
+    monkeypatch.setattr(lean_blocks, "DECODER_BLOCK", 16)
+    monkeypatch.setattr(lean_blocks, "DECODER_BOX_ROWS", 24)
 
 
 def _reference_copy(model: nn.Module) -> nn.Module:
@@ -132,9 +136,10 @@ def test_masked_training_and_lean_sparse_paths_agree_for_a_fixed_policy(monkeypa
     torch.testing.assert_close(sparse, masked, atol=ATOL, rtol=ATOL)
 
 
-@pytest.mark.parametrize("strip_rows", [128, 16])
-def test_decoder_region_equals_reference_full_decoding(monkeypatch, strip_rows):
-    monkeypatch.setattr(lean_decoder, "DECODER_STRIP_ROWS", strip_rows)
+@pytest.mark.parametrize(("block", "box_rows"), [(64, 128), (8, 16), (4, 3)])
+def test_decoder_region_equals_reference_full_decoding(monkeypatch, block, box_rows):
+    monkeypatch.setattr(lean_blocks, "DECODER_BLOCK", block)
+    monkeypatch.setattr(lean_blocks, "DECODER_BOX_ROWS", box_rows)
     model = build_tiny_mematte().eval()
     _perturb_batchnorm_(model, seed=1)
     reference = _reference_copy(model.decoder)
@@ -243,11 +248,47 @@ def _ring_batch(batch: int, height: int, width: int, seed: int) -> dict:
     return {"image": image, "trimap": trimap.expand(batch, 1, height, width).contiguous()}
 
 
-@pytest.mark.parametrize("size", [(600, 540), (530, 300), (96, 64)])
-def test_clamped_lean_output_is_bit_identical_to_clamping_afterwards(size):
+def _band_trimap(kind: str, height: int, width: int, gen: torch.Generator) -> torch.Tensor:
+    """``[1, 1, H, W]`` trimaps (file levels / 255) of the kinds block-sparse decoding meets:
+    a thin band (2 px), a thick one (60 px), scattered unknown pixels, all unknown."""
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    edge = height / 3 + 10 * torch.sin(xx / 17.0)  # a wavy horizontal edge
+    trimap = (yy > edge).float()
+    if kind == "thin":
+        trimap[(yy - edge).abs() < 1] = 128 / 255
+    elif kind == "thick":
+        trimap[(yy - edge).abs() < 30] = 128 / 255
+    elif kind == "scattered":
+        trimap[torch.rand(height, width, generator=gen) < 0.002] = 128 / 255
+    else:
+        trimap.fill_(128 / 255)
+    return trimap[None, None]
+
+
+@pytest.mark.parametrize(
+    ("size", "kind"),
+    [
+        ((600, 540), "ring"),
+        ((530, 300), "ring"),
+        ((96, 64), "ring"),
+        ((577, 611), "thin"),
+        ((515, 700), "thick"),
+        ((333, 1029), "scattered"),
+        ((200, 130), "all"),
+    ],
+)
+def test_clamped_lean_output_is_bit_identical_to_clamping_afterwards(monkeypatch, size, kind):
     model = build_tiny_mematte(seed=1).eval()
     _perturb_batchnorm_(model)
-    batch = _ring_batch(2, *size, seed=sum(size))
+    if kind == "ring":
+        batch = _ring_batch(2, *size, seed=sum(size))
+    else:
+        gen = torch.Generator().manual_seed(sum(size))
+        batch = {
+            "image": torch.rand(2, 3, *size, generator=gen),
+            "trimap": torch.cat([_band_trimap(kind, *size, gen), _band_trimap("thin", *size, gen)]),
+        }
+    monkeypatch.setattr(lean_blocks, "DECODER_BLOCK", 32)  # more boxes, more box borders
     with torch.inference_mode():
         plain = force_known(model(batch)["phas"], batch["trimap"])
         clamped = model(batch, clamp_known=True)["phas"]
@@ -256,25 +297,70 @@ def test_clamped_lean_output_is_bit_identical_to_clamping_afterwards(size):
     torch.testing.assert_close(clamped, reference, atol=ATOL, rtol=0)
 
 
-def test_clamped_decoding_skips_known_tiles_and_strips(monkeypatch):
+def test_a_decoder_pixel_does_not_depend_on_the_boxes_it_is_computed_in(monkeypatch):
+    """Every pixel gets its whole-map value bit for bit, whatever the region, the blocks and the
+    box sizes; uncomputed parts of the held maps are never read (they are NaN here)."""
+    model = build_tiny_mematte(seed=2).eval()
+    _perturb_batchnorm_(model, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    features = torch.randn(2, TINY_DIM, 9, 10, generator=gen)
+    images = torch.randn(2, 4, 144, 160, generator=gen)
+    images[:, 3:] = _band_trimap("thick", 144, 160, gen)
+    empty = lean_decoder._TorchStages.empty
+    monkeypatch.setattr(
+        lean_decoder._TorchStages,
+        "empty",
+        staticmethod(lambda like, shape: empty(like, shape).fill_(math.nan)),
+    )
+    with torch.no_grad():
+        whole = model.decoder(features, images)["phas"]
+        for block, rows in [(16, 24), (8, 5), (32, 128)]:
+            monkeypatch.setattr(lean_blocks, "DECODER_BLOCK", block)
+            monkeypatch.setattr(lean_blocks, "DECODER_BOX_ROWS", rows)
+            for region in [((0, 144), (0, 160)), ((17, 70), (3, 141)), ((64, 144), (96, 160))]:
+                part = model.decoder(features, images, region=region, clamp_known=True)["phas"]
+                expected = force_known(crop(whole, region), crop(images[:, 3:], region))
+                assert torch.equal(part, expected), (block, rows, region)
+
+
+def test_clamped_decoding_computes_only_the_blocks_with_unknown_pixels(monkeypatch):
     model = build_tiny_mematte().eval()
-    decoded = []
-    original = LeanDetailCapture._decode_strips
-
-    def record(self, features, images, region, strips):
-        decoded.append(len(strips))
-        yield from original(self, features, images, region, strips)
-
-    monkeypatch.setattr(LeanDetailCapture, "_decode_strips", record)
-    monkeypatch.setattr(lean_decoder, "DECODER_STRIP_ROWS", 64)
-    batch = _ring_batch(1, 1024, 1024, seed=0)
-    batch["trimap"][..., :, 512:] = 1.0  # the right tiles hold no unknown pixel
-    batch["trimap"][..., 384:512, :] = 0.0  # nor do these strips of the left tiles
-    with torch.inference_mode():
-        model(batch, clamp_known=True)
-    # Only the 2 left tiles; of their 8 strips of 64 rows, those the ring crosses: rows 128-383
-    # (the ring spans rows 159-524; 384-511 were made known) and rows 512-895.
-    assert decoded == [4, 6]
+    plans = []
+    original = lean_blocks.plan_decoder
+    monkeypatch.setattr(
+        lean_decoder, "plan_decoder", lambda *args: plans.append(original(*args)) or plans[-1]
+    )
+    convs = []
+    conv = lean_decoder.valid_conv
+    monkeypatch.setattr(lean_decoder, "valid_conv", lambda *args: convs.append(1) or conv(*args))
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(1, TINY_DIM, 40, 40, generator=gen)
+    images = torch.randn(1, 4, 640, 640, generator=gen)
+    images[:, 3] = 1.0
+    images[:, 3, 100:103, 70:300] = 0.5  # a thin band across 4 blocks of 64 px of the region
+    images[:, 3, 400:600, 600:610] = 0.5  # and one outside the region
+    images[:, 3, 500, 64 + 130] = 0.25  # a lone unknown pixel
+    region = ((64, 576), (64, 576))
+    with torch.no_grad():
+        model.decoder(features, images, region=region, clamp_known=True)
+        (plan,) = plans
+        # block grid of the region: which 64 px blocks hold an unknown pixel
+        unknown = unknown_pixels(crop(images[:, 3:], region))[0, 0]
+        blocks = unknown.view(8, 64, 8, 64).any(dim=3).any(dim=1)
+        computed = torch.zeros(8, 8, dtype=torch.bool)
+        covered = torch.zeros_like(unknown)
+        for (y0, y1), (x0, x1) in plan.head:
+            covered[y0 - 64 : y1 - 64, x0 - 64 : x1 - 64] = True
+            computed[
+                (y0 - 64) // 64 : -(-(y1 - 64) // 64), (x0 - 64) // 64 : -(-(x1 - 64) // 64)
+            ] = True
+        assert covered[unknown].all()  # every unknown pixel is computed
+        assert torch.equal(computed, blocks)  # in the blocks that hold one, and only there
+        assert blocks.sum() == 5
+        plans.clear(), convs.clear()
+        images[:, 3, 64:576, 64:576] = 0.0  # nothing left to compute in the region
+        out = model.decoder(features, images, region=region, clamp_known=True)["phas"]
+    assert plans[0].head == [] and not convs and torch.equal(out, torch.zeros(1, 1, 512, 512))
 
 
 def test_uint8_inputs_equal_their_float_reading():
