@@ -20,12 +20,12 @@ def lazy_exports(
         homes: public name -> the module that defines it.
     """
 
-    def __getattr__(name: str) -> Any:
+    def getattr_(name: str) -> Any:
         if name not in homes:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         return getattr(importlib.import_module(homes[name]), name)
 
-    def __dir__() -> list[str]:
+    def dir_() -> list[str]:
         return sorted(homes)
 
-    return __getattr__, __dir__
+    return getattr_, dir_
