@@ -15,11 +15,11 @@ Your own images, with a trimap or a rough mask (a trimap is made from the mask, 
     python inference.py --config-file CFG --checkpoint CKPT --image photo.jpg \\
         --mask mask.png --unknown-width 0.02 --output-dir output/mine --save-rgba
 
-An exported graph (tools/export_onnx.py) with onnxruntime instead of PyTorch's model, with the
-same outputs, options and exit codes (float32, the exported config; --max-number-token N sets
-the cap at run time):
+An exported deployment (tools/export_onnx.py) with onnxruntime instead of PyTorch's model, with
+the same outputs, options and exit codes (float32, the exported config; --max-number-token N
+sets the cap at run time); it runs where PyTorch is not installed (foreground outputs excepted):
 
-    python inference.py --onnx MEMatte_S.onnx --data-dir datasets/Composition-1k \\
+    python inference.py --onnx MEMatte_S_onnx --data-dir datasets/Composition-1k \\
         --output-dir output/comp1k_onnx
 
 Sharded over processes (each takes a disjoint share of the images; rank 0 prints the merged
@@ -48,7 +48,7 @@ from pathlib import Path
 
 from data.readers import FOLDER_LAYOUTS
 from data.trimap import unknown_width_argument
-from predictor.matting import AUTO
+from predictor.prediction import AUTO
 from predictor.runner import run_command
 from utils.arguments import add_checkpoint_arguments, add_config_argument, add_device_arguments
 
@@ -76,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--onnx",
         type=Path,
-        metavar="FILE",
-        help="run a graph written by tools/export_onnx.py with onnxruntime instead of a config "
-        "and checkpoint (float32; CUDA provider with --device cuda/auto when present)",
+        metavar="DIR",
+        help="run the deployment folder written by tools/export_onnx.py with onnxruntime instead "
+        "of a config and checkpoint (float32; no PyTorch needed; CUDA provider with --device "
+        "cuda/auto when present)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", metavar="DIR", help="a test-set folder (see --layout)")

@@ -1,27 +1,10 @@
-"""Datasets, augmentations and test-set readers."""
+"""Datasets, augmentations, test-set readers, and the image readers and writers.
 
-from data.dim_dataset import DIMTrainDataset
-from data.eval_dataset import MattingEvalDataset
-from data.image_io import (
-    IMAGE_EXTENSIONS,
-    BadSampleError,
-    UnreadableImageError,
-    read_gray,
-    read_map_u8,
-    read_rgb,
-    read_trimap,
-    write_image,
-)
-from data.readers import (
-    FOLDER_LAYOUTS,
-    FolderLayout,
-    MattingItem,
-    MattingTestSet,
-    detect_layout,
-    scan_test_set,
-)
-from data.seeding import SampleKey, init_worker, sample_generator
-from data.transforms import train_transforms
+The names below are imported on first use, so that the readers (``data.image_io``,
+``data.readers``, ``data.trimap``) import without PyTorch: the onnxruntime predictor uses them.
+"""
+
+from utils.lazy import lazy_exports
 
 __all__ = [
     "FOLDER_LAYOUTS",
@@ -45,3 +28,35 @@ __all__ = [
     "train_transforms",
     "write_image",
 ]
+
+_HOMES = {
+    "DIMTrainDataset": "data.dim_dataset",
+    "MattingEvalDataset": "data.eval_dataset",
+    "train_transforms": "data.transforms",
+    **dict.fromkeys(("SampleKey", "init_worker", "sample_generator"), "data.seeding"),
+    **dict.fromkeys(
+        (
+            "FOLDER_LAYOUTS",
+            "FolderLayout",
+            "MattingItem",
+            "MattingTestSet",
+            "detect_layout",
+            "scan_test_set",
+        ),
+        "data.readers",
+    ),
+    **dict.fromkeys(
+        (
+            "IMAGE_EXTENSIONS",
+            "BadSampleError",
+            "UnreadableImageError",
+            "read_gray",
+            "read_map_u8",
+            "read_rgb",
+            "read_trimap",
+            "write_image",
+        ),
+        "data.image_io",
+    ),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -49,9 +49,8 @@ import numpy as np
 from PIL import Image
 
 from data.trimap import non_trimap_share
-from utils.device import to_unit_float
 from utils.file_io import atomic_write
-from utils.levels import UINT8_MAX, UINT16_PER_UINT8
+from utils.levels import UINT8_MAX, UINT16_PER_UINT8, unit_float_array
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +216,7 @@ def _to_unit_float(image: np.ndarray, path: Path) -> np.ndarray:
     are clipped to [0, 1])."""
     if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         raise BadSampleError(path, f"unsupported pixel type {image.dtype}")
-    return to_unit_float(image, copy=True).clamp_(0.0, 1.0).numpy()
+    return np.clip(unit_float_array(image), 0.0, 1.0, dtype=np.float32)
 
 
 def _colour_channels(image: np.ndarray) -> np.ndarray:

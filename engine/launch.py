@@ -25,8 +25,6 @@ __all__ = ["DEFAULT_TIMEOUT", "create_ddp_model", "launch"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
-# torchrun (and torch.distributed.launch --use-env) export these to every worker.
-_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _LOCALHOST = "127.0.0.1"
 
 
@@ -80,7 +78,7 @@ def launch(
         SystemExit: a spawned process exited with a non-zero status (``sys.exit``): the same
             status, without the spawn traceback.
     """
-    if all(name in os.environ for name in _TORCHRUN_ENV):
+    if comm.under_torchrun():
         _run_under_torchrun(main_func, args, timeout)
         return
     world_size = num_machines * num_gpus_per_machine

@@ -3,19 +3,19 @@
 Inputs are read as the official ``inference.py`` reads them: RGB / 255 (16-bit images / 65535;
 gray replicated, an alpha channel dropped, EXIF orientation ignored, as PIL's
 ``convert("RGB")``), trimap = 8-bit value / 255 (unknown = 128 / 255). Paths go through the
-readers of :mod:`data.image_io`; PIL images, numpy arrays and tensors are converted with the same
-rules.
+readers of :mod:`data.image_io`; PIL images, numpy arrays and PyTorch tensors are converted with
+the same rules. The result is numpy arrays: this module does not import PyTorch (a tensor can
+only be given where PyTorch is imported already), so the onnxruntime predictor runs without it.
 """
 
 from __future__ import annotations
 
-import warnings
+import sys
 from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
 from data.image_io import (
     BadSampleError,
@@ -41,8 +41,8 @@ __all__ = [
 # PIL modes of 16-bit (or 32-bit integer) gray images, read at their bit depth.
 _PIL_DEEP_MODES = ("I;16", "I;16L", "I;16B", "I")
 
-ImageInput = str | Path | Image.Image | np.ndarray | Tensor
-MapInput = str | Path | Image.Image | np.ndarray | Tensor
+ImageInput = Union[str, Path, Image.Image, np.ndarray, "torch.Tensor"]  # noqa: UP007, F821
+MapInput = Union[str, Path, Image.Image, np.ndarray, "torch.Tensor"]  # noqa: UP007, F821
 
 
 def _pil_levels(image: Image.Image) -> np.ndarray:
@@ -58,8 +58,17 @@ def _pil_levels(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("L" if len(image.getbands()) == 1 else "RGB"))
 
 
-def image_levels(image: ImageInput) -> Tensor:
-    """An image input as ``[3, H, W]`` RGB: uint8 or uint16 levels, or float in [0, 1].
+def _tensor_array(value: Any) -> np.ndarray | None:
+    """A PyTorch tensor as a numpy array (sharing its memory on the CPU); None for anything
+    else. PyTorch is not imported here: where it is not loaded, nothing is a tensor."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(value, torch.Tensor):
+        return None
+    return value.detach().cpu().numpy()
+
+
+def image_levels(image: ImageInput) -> np.ndarray:
+    """An image input as ``[H, W, 3]`` RGB: uint8 or uint16 levels, or float32 in [0, 1].
 
     Args:
         image: a file path, a PIL image, an ``[H, W, 3]`` (or ``[H, W]`` gray, ``[H, W, 4]``
@@ -71,34 +80,27 @@ def image_levels(image: ImageInput) -> Tensor:
         ValueError: float values outside [0, 1].
     """
     if isinstance(image, str | Path):
-        levels = read_rgb_levels(image)
-    elif isinstance(image, Image.Image):
-        levels = to_rgb_levels(_pil_levels(image), "PIL image")
-    elif isinstance(image, Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise BadSampleError("image tensor", f"expected [3, H, W], got {tuple(image.shape)}")
-        return _checked_unit_range(image) if image.is_floating_point() else image
-    else:
-        array = np.asarray(image)
-        if np.issubdtype(array.dtype, np.floating):
-            if array.ndim != 3 or array.shape[2] != 3:
-                raise BadSampleError("image array", f"expected [H, W, 3], got {array.shape}")
-            return _checked_unit_range(torch.from_numpy(array).permute(2, 0, 1).float())
-        levels = to_rgb_levels(array, "image array")
-    return _read_only_view(levels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+        return read_rgb_levels(image)
+    if isinstance(image, Image.Image):
+        return to_rgb_levels(_pil_levels(image), "PIL image")
+    tensor = _tensor_array(image)
+    if tensor is not None:
+        if tensor.ndim != 3 or tensor.shape[0] != 3:
+            raise BadSampleError("image tensor", f"expected [3, H, W], got {tensor.shape}")
+        levels = tensor.transpose(1, 2, 0)  # [3, H, W] -> [H, W, 3], a view
+        return _checked_unit_range(levels) if levels.dtype.kind == "f" else levels
+    array = np.asarray(image)
+    if np.issubdtype(array.dtype, np.floating):
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise BadSampleError("image array", f"expected [H, W, 3], got {array.shape}")
+        return _checked_unit_range(array)
+    return to_rgb_levels(array, "image array")
 
 
-def _read_only_view(array: np.ndarray) -> Tensor:
-    """A tensor sharing ``array``'s memory, also when the array is read-only (as arrays of PIL
-    images are): the predictor never writes to its inputs, so a copy (72 MiB for a 6K photo)
-    is not needed and torch's warning about non-writable arrays does not apply."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
-
-
-def _checked_unit_range(image: Tensor) -> Tensor:
-    if image.numel() and (image.min() < 0 or image.max() > 1):
+def _checked_unit_range(image: np.ndarray) -> np.ndarray:
+    """A float image as float32, checked to hold values in [0, 1]."""
+    image = image.astype(np.float32, copy=False)
+    if image.size and (image.min() < 0 or image.max() > 1):
         raise ValueError("a float image must hold values in [0, 1] (RGB / 255)")
     return image
 
@@ -116,7 +118,8 @@ def trimap_input_levels(trimap: MapInput) -> np.ndarray:
         return read_trimap_levels(trimap)
     if isinstance(trimap, Image.Image):
         return trimap_levels(_pil_levels(trimap), "trimap (PIL image)")
-    return trimap_levels(np.asarray(trimap), "trimap array")
+    tensor = _tensor_array(trimap)
+    return trimap_levels(np.asarray(trimap if tensor is None else tensor), "trimap array")
 
 
 def mask_levels(mask: MapInput) -> np.ndarray:
@@ -133,7 +136,8 @@ def mask_levels(mask: MapInput) -> np.ndarray:
         return read_map_levels(mask)
     if isinstance(mask, Image.Image):
         return to_map_levels(_pil_levels(mask), "mask (PIL image)")
-    return np.asarray(mask)
+    tensor = _tensor_array(mask)
+    return np.asarray(mask) if tensor is None else tensor
 
 
 def prepare_inputs(
@@ -142,8 +146,8 @@ def prepare_inputs(
     *,
     mask: MapInput | None = None,
     unknown_width: float | None = None,
-) -> tuple[Tensor, np.ndarray]:
-    """One image's predictor inputs: ``[3, H, W]`` RGB (:func:`image_levels`) and its ``[H, W]``
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's predictor inputs: ``[H, W, 3]`` RGB (:func:`image_levels`) and its ``[H, W]``
     uint8 trimap, given or made from a mask by :func:`data.trimap.trimap_from_mask`.
 
     Raises:
@@ -164,10 +168,10 @@ def prepare_inputs(
         trimap_map = trimap_from_mask(mask_levels(mask), unknown_width, source=source)
     else:
         trimap_map = trimap_input_levels(trimap)
-    if trimap_map.shape != tuple(levels.shape[-2:]):
+    if trimap_map.shape != levels.shape[:2]:
         raise ValueError(
             f"the {'mask' if mask is not None else 'trimap'} is {trimap_map.shape[1]}x"
-            f"{trimap_map.shape[0]} but the image is {levels.shape[-1]}x{levels.shape[-2]} "
+            f"{trimap_map.shape[0]} but the image is {levels.shape[1]}x{levels.shape[0]} "
             "(W x H)"
         )
     return levels, trimap_map

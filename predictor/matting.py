@@ -11,8 +11,8 @@ References: detectron2 ``DefaultPredictor`` (the idea); MEMatte ``inference.py``
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from modeling.backbone.router import GLOBAL_ROUTE
-from predictor.inputs import ImageInput, MapInput, prepare_inputs
+from predictor.prediction import AUTO, BatchPrediction, ImagePredictor, RoutingMaps
 from predictor.token_budget import auto_max_number_token
 from predictor.weights import build_inference_model, load_inference_weights
 from utils.device import autocast, resolve_device, to_unit_float
@@ -29,90 +29,16 @@ __all__ = ["AUTO", "BatchPrediction", "ImagePredictor", "MattingPredictor", "Rou
 
 logger = logging.getLogger(__name__)
 
-AUTO = "auto"
 
-
-@dataclass
-class RoutingMaps:
-    """Routing decisions of one image, per routed backbone block.
-
-    Attributes:
-        keep: block index -> ``[h, w]`` float32 map, 1 where the token went to global attention.
-        probability: block index -> ``[h, w]`` float32 router probability of global attention.
-    """
-
-    keep: dict[int, np.ndarray]
-    probability: dict[int, np.ndarray]
-
-
-@dataclass
-class BatchPrediction:
-    """Outputs of :meth:`MattingPredictor.predict_levels`.
-
-    Attributes:
-        alpha: ``[B, H, W]`` float32 on the CPU, known regions forced.
-        keep: per routed block, ``[B, h, w]`` 0/1 maps (1 = global attention), on the CPU.
-        probability: per routed block, ``[B, h, w]`` router probabilities of global attention.
-        block_indexes: backbone block index of each map.
-    """
-
-    alpha: Tensor
-    keep: list[Tensor]
-    probability: list[Tensor]
-    block_indexes: tuple[int, ...]
-
-    def routing(self, index: int) -> RoutingMaps:
-        """The routing maps of image ``index`` of the batch."""
-        return RoutingMaps(
-            keep={b: k[index].numpy() for b, k in zip(self.block_indexes, self.keep)},
-            probability={b: p[index].numpy() for b, p in zip(self.block_indexes, self.probability)},
-        )
-
-
-class ImagePredictor:
-    """The one-image call shared by the predictors (:class:`MattingPredictor` and
-    ``predictor.onnx_predictor.OnnxMattingPredictor``): inputs read and checked once
-    (:func:`prepare_inputs`), then the subclass's ``predict_levels`` on a batch of one."""
-
-    def predict_levels(self, image: Tensor, trimap: Tensor) -> BatchPrediction:
-        """Alpha and routing of ``[B, 3, H, W]`` images with ``[B, 1, H, W]`` uint8 trimaps."""
-        raise NotImplementedError
-
-    def __call__(
-        self,
-        image: ImageInput,
-        trimap: MapInput | None = None,
-        *,
-        mask: MapInput | None = None,
-        unknown_width: float | None = None,
-        return_routing: bool = False,
-    ) -> np.ndarray | tuple[np.ndarray, RoutingMaps]:
-        """Alpha matte of one image.
-
-        Args:
-            image: a path, a PIL image, an ``[H, W, 3]`` uint8 RGB array or a ``[3, H, W]``
-                float tensor in [0, 1] (see :func:`image_levels` for the other forms).
-            trimap: a path, a PIL image or an ``[H, W]`` uint8 array: 0 background, 128
-                unknown, 255 foreground.
-            mask: instead of a trimap, a rough mask (path, PIL image or array; thresholded at
-                half its range), turned into a trimap by :func:`data.trimap.trimap_from_mask`.
-            unknown_width: with ``mask``: the unknown band's width on each side of the mask
-                boundary, in px (int) or as a fraction of the shorter side (float < 1).
-            return_routing: also return the routing maps.
-
-        Returns:
-            ``[H, W]`` float32 alpha in [0, 1], with the :class:`RoutingMaps` when
-            ``return_routing``.
-
-        Raises:
-            BadSampleError: an unreadable input file, or an input of an unsupported form.
-            ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
-                mask, or sizes that differ.
-        """
-        levels, trimap_map = prepare_inputs(image, trimap, mask=mask, unknown_width=unknown_width)
-        prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
-        alpha = prediction.alpha[0].numpy()
-        return (alpha, prediction.routing(0)) if return_routing else alpha
+def _as_tensor(levels: np.ndarray | Tensor) -> Tensor:
+    """Levels as a tensor, sharing an array's memory, also when the array is read-only (as arrays
+    of PIL images are): the predictor never writes to its inputs, so a copy (72 MiB for a 6K
+    photo) is not needed and torch's warning about non-writable arrays does not apply."""
+    if isinstance(levels, Tensor):
+        return levels
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(levels)
 
 
 class MattingPredictor(ImagePredictor):
@@ -215,16 +141,20 @@ class MattingPredictor(ImagePredictor):
             logger.info("max_number_token auto for %dx%d (HxW) images: %s", *hw, chosen)
         self.model.backbone.max_number_token = self._auto_caps[hw]
 
-    def predict_levels(self, image: Tensor, trimap: Tensor) -> BatchPrediction:
+    def predict_levels(
+        self, image: np.ndarray | Tensor, trimap: np.ndarray | Tensor
+    ) -> BatchPrediction:
         """Alpha and routing of a batch of same-sized images.
 
         Args:
-            image: ``[B, 3, H, W]`` RGB: uint8 or uint16 levels, or float in [0, 1].
+            image: ``[B, 3, H, W]`` RGB array or tensor: uint8 or uint16 levels, or float in
+                [0, 1].
             trimap: ``[B, 1, H, W]`` uint8 levels (fed as value / 255).
 
         Returns:
             the :class:`BatchPrediction`; each image's result equals its batch-1 result.
         """
+        image, trimap = _as_tensor(image), _as_tensor(trimap)
         if self.auto_cap:
             self._set_auto_cap(tuple(image.shape[-2:]))
         # uint8 levels go to the model as they are: it converts them crop by crop (value / 255),
@@ -243,9 +173,11 @@ class MattingPredictor(ImagePredictor):
             del inputs
             alpha = out["phas"][:, 0].float()
         return BatchPrediction(
-            alpha=alpha.cpu(),
-            keep=[keep[..., 0].float().cpu() for keep in out["keep"]],
+            alpha=alpha.cpu().numpy(),
+            keep=[keep[..., 0].float().cpu().numpy() for keep in out["keep"]],
             # router log-probabilities [B, h, w, 2] -> p(global) [B, h, w]
-            probability=[s[..., GLOBAL_ROUTE].float().exp().cpu() for s in out["router_scores"]],
+            probability=[
+                s[..., GLOBAL_ROUTE].float().exp().cpu().numpy() for s in out["router_scores"]
+            ],
             block_indexes=tuple(self.model.backbone.routed_block_indexes),
         )

@@ -1,30 +1,35 @@
-"""The ONNX graph of a MEMatte (or ViTMatte) inference model, for onnxruntime
+"""The ONNX deployment of a MEMatte (or ViTMatte) inference model, for onnxruntime
 (:mod:`predictor.onnx_predictor`); ``tools/export_onnx.py`` is its command line.
 
-The graph is the whole inference forward for one image (batch 1), with dynamic height and width:
+The deployment is a folder (layout in ``docs/deployment.md``): ``mematte.json``, the manifest,
+names the graphs and holds what the runtime needs besides them (normalisation, padding rule,
+decoder geometry, default token cap, routed blocks, where the weights came from); the graphs
+run one image (batch 1) at dynamic sizes, in float32:
 
-- inputs ``image`` ``[1, 3, H, W]`` float32 RGB in [0, 1], ``trimap`` ``[1, 1, H, W]`` float32
-  (file value / 255, as the official script feeds it) and ``max_number_token`` (int64 scalar: the
-  cap on tokens in one global attention; a cap >= the token count means no cap);
-- normalisation and the official padding rule (:func:`modeling.meta_arch.mematte.padded_size`);
-- the backbone, with inference routing as the official code: argmax of each router, then the
-  ``max_number_token`` tokens of largest margin ``s0 - s1``. The routed tokens are taken with
-  ``TopK`` on the margin, attend among themselves (in ``QUERY_CHUNKS`` query chunks) and are
-  written back with ``ScatterElements``; every other token gets the LTRM. Window attention and
-  the MLPs run in chunks too (``WINDOW_CHUNKS``, ``ROW_CHUNKS``) to bound the activations;
-- the official patch decoder: an ONNX ``Loop`` over the 512 px tiles, each decoded with its 64 px
-  context (:meth:`MEMatte.decode_patches`), so decoder memory stays that of one tile;
-- outputs ``phas`` ``[1, 1, H, W]`` (alpha in [0, 1], known regions not forced), and per routed
-  block ``i`` ``keep_block{i}`` ``[1, h, w, 1]`` (1 = global attention) and
-  ``router_scores_block{i}`` ``[1, h, w, 2]`` (log-probabilities).
+- ``embed.onnx``: the patch embedding, called on row strips of the normalised input (``input``
+  ``[1, 4, h, W]`` -> ``tokens`` ``[1, h / 16, W / 16, C]``), so that the float input never
+  exists whole;
+- ``blocks.onnx``: the position embedding and every block, with the official inference routing
+  (argmax of each router, then the ``max_number_token`` tokens of largest margin ``s0 - s1``,
+  as ``TopK``); ``tokens`` and ``max_number_token`` (int64 scalar) -> ``features``
+  ``[1, C, h, w]`` and per routed block ``i`` ``keep_block{i}`` ``[1, h, w, 1]`` and
+  ``router_scores_block{i}`` ``[1, h, w, 2]`` (log-probabilities). Token maps are processed in
+  chunks: window attention in ``WINDOW_CHUNKS`` chunks of windows, the routed tokens' attention
+  in ``QUERY_CHUNKS`` query chunks, the MLPs, routers, LTRMs and residual conv blocks in
+  ``ROW_CHUNKS`` strips of token rows (with the rows their convs read above and below), so that
+  no wide intermediate exists for the whole map;
+- ``decoder_*.onnx``: one graph per decoder stage, called per box of the block-sparse plan
+  (:mod:`modeling.lean.blocks`), exactly the per-box computations of the PyTorch lean decoder
+  (:class:`modeling.lean.block_decode.DecoderStages`, BatchNorm folded in): ``convstream{k}``
+  (``x``, ``pads``), ``fusion{i}`` (``detail``, ``coarse``, ``starts``, ``pads``) and ``head``
+  (``x``, ``pads``) -> ``y``; ``pads`` is ``int64 [8]`` in the order of ONNX ``Pad``.
 
-The parts are traced with the TorchScript exporter (opset ``OPSET``) and joined with the ``onnx``
-helpers; ``onnx.checker`` validates the result. The file's metadata records the config, its
-overrides, the checkpoint, the default cap and the routed blocks (``predictor/onnx_predictor.py``
-reads them). Tracing freezes the Python branches on shapes of the reference forward (window
+The embedding and blocks are traced with the TorchScript exporter (opset ``OPSET``) from the
+reference modules; the decoder graphs are written with the ``onnx`` helpers; ``onnx.checker``
+validates each. Tracing freezes the Python branches on shapes of the reference forward (window
 padding, position-embedding resizing) as the export input takes them; that input
 (:func:`export_input_size`) takes the general branch of each, which is exact at every size, and
-``tests/test_onnx.py`` checks other sizes against PyTorch.
+``tests/predictor/test_onnx.py`` checks other sizes against PyTorch.
 """
 
 from __future__ import annotations
@@ -37,28 +42,31 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
-from torch.onnx.operators import shape_as_tensor
 
-from modeling.backbone.attention import (
-    Attention,
-    window_partition,
-    window_unpartition,
-)
-from modeling.backbone.vit import Block, ViT
+from modeling.backbone.attention import Attention, window_partition, window_unpartition
+from modeling.backbone.ltrm import LTRM
+from modeling.backbone.router import Router
+from modeling.backbone.vit import Block, ResBottleneckBlock, ViT, get_abs_pos
+from modeling.lean.blocks import DecoderSpec
+from modeling.lean.constants import EMBED_STRIP_PATCH_ROWS
+from modeling.lean.decoder import fold_batchnorm
 from modeling.lean.mode import to_reference
-from modeling.meta_arch.mematte import DECODER_OVERLAP, DECODER_PATCH, MEMatte
+from modeling.meta_arch.mematte import MEMatte
 from predictor.onnx_predictor import (
-    IMAGE_INPUT,
+    BLOCKS_FILE,
+    EMBED_FILE,
+    FORMAT,
     KEEP_OUTPUT,
+    MANIFEST_FILE,
     MAX_NUMBER_TOKEN_INPUT,
-    PHAS_OUTPUT,
     SCORES_OUTPUT,
-    TRIMAP_INPUT,
+    STAGE_FILE,
 )
 from predictor.weights import build_inference_model, load_inference_weights
 from utils.file_io import atomic_write
@@ -68,9 +76,10 @@ __all__ = [
     "QUERY_CHUNKS",
     "ROW_CHUNKS",
     "WINDOW_CHUNKS",
-    "build_graph",
+    "build_deployment",
     "export_input_size",
     "export_onnx",
+    "write_deployment",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,33 +88,15 @@ OPSET = 17
 # Routed tokens attend in this many query chunks: at most heads x ceil(k / chunks) x k attention
 # scores exist at once for k routed tokens (cap 18500, ViT-S: 0.5 GB instead of 8.2 GB).
 QUERY_CHUNKS = 16
-# Window attention runs over this many chunks of windows, the MLPs over this many chunks of token
-# rows (at 4872 x 6017 a whole-map MLP hidden state alone takes 0.7 GB).
+# Window attention runs over this many chunks of windows; the MLPs, routers, LTRMs and residual
+# blocks over this many strips of token rows (at 4872 x 6017 a whole-map MLP hidden state alone
+# takes 0.7 GB, an LTRM one 0.35 GB).
 WINDOW_CHUNKS = 8
-ROW_CHUNKS = 8
-# Values passed between the traced parts (backbone -> tile loop -> assembly).
-_FEATURES, _IMAGES, _NUM_TILES, _NUM_COLS, _TILES = (
-    "tile_features",
-    "tile_images",
-    "num_tiles",
-    "num_tile_cols",
-    "tiles",
-)
-_TILE_INDEX, _TILE = "tile_index", "tile"
+ROW_CHUNKS = 16
 # The smallest token-grid side the export input may have (it must exceed a window or two).
 _MIN_EXPORT_GRID = 30
-
-
-def _padded_hw(height: Tensor, width: Tensor, step: int) -> tuple[Tensor, Tensor]:
-    """The official padding rule (:func:`modeling.meta_arch.mematte.padded_size`) on traced
-    sizes: when either side is off the ``step`` grid, both grow to the next multiple strictly
-    above them."""
-    grow = ((height % step) + (width % step) > 0).to(height.dtype)
-    return height + grow * (step - height % step), width + grow * (step - width % step)
-
-
-def _ceil_div(value: Tensor, step: int) -> Tensor:
-    return (value + step - 1) // step
+# Graph input and output names.
+_INPUT, _TOKENS, _FEATURES = "input", "tokens", "features"
 
 
 def _topk_routing(scores: Tensor, max_number_token: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -168,11 +159,96 @@ def _window_attention(block: Block, x: Tensor) -> Tensor:
     return window_unpartition(out, block.window_size, pad_hw, (H, W))
 
 
+def _in_row_strips(
+    fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, halo: int, chunks: int
+) -> Tensor:
+    """``fn`` over ``chunks`` strips of rows of ``x`` ``[1, H, W, C]``, each with ``halo`` rows of
+    its neighbours above and below, concatenated: only one strip's intermediates exist at a time.
+
+    ``fn(strip, valid)`` gets the strip with its halo rows (``step + 2 * halo`` rows; rows beyond
+    the map hold zeros) and ``valid`` ``[1, rows, 1, 1]``, 1 on the rows inside the map (a conv
+    of radius ``halo`` zeroes its input with it, as its padding would), and returns its output
+    for the strip's own ``step`` rows.
+    """
+    height = x.shape[1]
+    pad = (-height) % chunks
+    padded = F.pad(x, (0, 0, 0, 0, halo, pad + halo))  # [1, halo + H + pad + halo, W, C]
+    step = (height + pad) // chunks
+    rows = torch.arange(padded.shape[1]) - halo  # the map row of each padded row
+    valid = ((rows >= 0) & (rows < height)).to(x.dtype).reshape(1, -1, 1, 1)
+    parts = [
+        fn(
+            padded[:, i * step : (i + 1) * step + 2 * halo],
+            valid[:, i * step : (i + 1) * step + 2 * halo],
+        )
+        for i in range(chunks)
+    ]
+    return torch.cat(parts, 1)[:, :height]
+
+
+def _ltrm(ltrm: LTRM, x: Tensor) -> Tensor:
+    """:meth:`LTRM.forward` of ``[1, H, W, C]``, its local part in row strips."""
+    halo = ltrm.dwconv.padding[0]
+
+    def local(strip: Tensor, valid: Tensor) -> Tensor:
+        hidden = ltrm.act1(ltrm.fc1(strip)) * valid  # the dwconv's zero padding beyond the map
+        # [1, rows, W, 2C] -> [1, 2C, rows, W]; rows are not padded: the halo holds them
+        out = F.conv2d(
+            hidden.permute(0, 3, 1, 2),
+            ltrm.dwconv.weight,
+            ltrm.dwconv.bias,
+            padding=(0, ltrm.dwconv.padding[1]),
+            groups=ltrm.dwconv.groups,
+        )
+        return ltrm.fc2(ltrm.act2(out.permute(0, 2, 3, 1)))
+
+    y = _in_row_strips(local, x, halo, ROW_CHUNKS)
+    gate = ltrm.eca.gate(y.permute(0, 3, 1, 2))  # [1, C, 1, 1]
+    return y + y * gate.permute(0, 2, 3, 1)
+
+
+def _residual(block: ResBottleneckBlock, x: Tensor) -> Tensor:
+    """:meth:`ResBottleneckBlock.forward` of tokens ``[1, H, W, C]`` in row strips."""
+    halo = block.conv2.padding[0]
+
+    def strip_residual(strip: Tensor, valid: Tensor) -> Tensor:
+        tokens = strip.permute(0, 3, 1, 2)  # [1, rows, W, C] -> [1, C, rows, W]
+        out = block.act1(block.norm1(block.conv1(tokens))) * valid.permute(0, 3, 1, 2)
+        out = F.conv2d(out, block.conv2.weight, padding=(0, block.conv2.padding[1]))
+        out = block.norm3(block.conv3(block.act2(block.norm2(out))))
+        return (tokens[:, :, halo:-halo] + out).permute(0, 2, 3, 1)
+
+    return _in_row_strips(strip_residual, x, halo, ROW_CHUNKS)
+
+
+def _router(router: Router, x: Tensor) -> Tensor:
+    """:meth:`Router.forward` of ``[1, N, C]`` in two passes over token chunks (as the lean
+    router): the local halves and the sum of the global halves, then the MLP."""
+    size = x.shape[1]
+    pad = (-size) % ROW_CHUNKS
+    padded = F.pad(x, (0, 0, 0, pad))
+    valid = (torch.arange(padded.shape[1]) < size).to(x.dtype).reshape(1, -1, 1)
+    step = padded.shape[1] // ROW_CHUNKS
+    locals_, global_sum = [], 0.0
+    for i in range(ROW_CHUNKS):
+        h = router.in_conv(padded[:, i * step : (i + 1) * step])
+        half = h.shape[-1] // 2
+        locals_.append(h[..., :half])
+        global_sum = global_sum + (h[..., half:] * valid[:, i * step : (i + 1) * step]).sum(
+            1, keepdim=True
+        )
+    global_x = global_sum / size  # [1, 1, C/2] image context
+    scores = [
+        router.out_conv(torch.cat([local, global_x.expand_as(local)], dim=-1)) for local in locals_
+    ]
+    return torch.cat(scores, 1)[:, :size]
+
+
 def _routed_update(block: Block, x: Tensor, index: Tensor, valid: Tensor) -> Tensor:
     """The attention branch of a routed block in inference (:meth:`Block.forward_sparse`), with
     the routed tokens given by ``index [1, k]`` (``valid`` ``[1, k, 1]`` marks the real ones)."""
     _, H, W, C = x.shape
-    update = block.efficient_block(x).reshape(1, H * W, C)
+    update = _ltrm(block.efficient_block, x).reshape(1, H * W, C)
     gather = index.unsqueeze(-1).expand(-1, -1, C)  # [1, k, C]
     routed = x.reshape(1, H * W, C).gather(1, gather)
     attended = block.drop_path(_global_attention(block.attn, block.norm1(routed)))
@@ -181,42 +257,46 @@ def _routed_update(block: Block, x: Tensor, index: Tensor, valid: Tensor) -> Ten
 
 
 def _block(block: Block, x: Tensor, attention: Tensor) -> Tensor:
-    """:meth:`Block.forward` given its attention branch ``[1, H, W, C]``; the MLP runs over
-    ``ROW_CHUNKS`` chunks of token rows."""
+    """:meth:`Block.forward` given its attention branch ``[1, H, W, C]``; the MLP and the conv
+    residual block run over ``ROW_CHUNKS`` strips of token rows."""
     x = x + attention
     x = x + _in_chunks(
         lambda rows: block.drop_path(block.mlp(block.norm2(rows))), x, dim=1, chunks=ROW_CHUNKS
     )
-    if block.use_residual_block:
-        # channels-last -> channels-first for the conv block, and back
-        x = block.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    return x
+    return _residual(block.residual, x) if block.use_residual_block else x
 
 
-class _BackboneGraph(nn.Module):
-    """Normalisation, padding and the routed backbone of one image; the inputs of the tile loop."""
+class _EmbedGraph(nn.Module):
+    """The patch embedding of a strip of the normalised input: ``[1, 4, h, W]`` ->
+    ``[1, h / p, W / p, C]``."""
 
-    def __init__(self, model: MEMatte) -> None:
+    def __init__(self, backbone: ViT) -> None:
         super().__init__()
-        self.model = model
+        self.patch_embed = backbone.patch_embed
 
-    def normalized(self, image: Tensor, trimap: Tensor, height: Tensor, width: Tensor) -> Tensor:
-        """Normalised RGB + trimap ``[1, 4, height, width]``, zero-padded (after normalisation)."""
-        model = self.model
-        images = torch.cat([(image - model.pixel_mean) / model.pixel_std, trimap], dim=1)
-        return F.pad(images, (0, width - image.shape[3], 0, height - image.shape[2]))
+    def forward(self, x: Tensor) -> Tensor:
+        return self.patch_embed(x)
 
-    def forward(self, image: Tensor, trimap: Tensor, max_number_token: Tensor) -> tuple:
-        backbone = self.model.backbone
-        _, _, height, width = shape_as_tensor(image)
-        padded_h, padded_w = _padded_hw(height, width, self.model.size_divisibility)
-        x = backbone.embed(self.normalized(image, trimap, padded_h, padded_w))
+
+class _BlocksGraph(nn.Module):
+    """The position embedding and the blocks of one image's tokens, with inference routing."""
+
+    def __init__(self, backbone: ViT) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, tokens: Tensor, max_number_token: Tensor) -> tuple:
+        backbone = self.backbone
+        x = tokens
+        if backbone.pos_embed is not None:
+            cls_token = backbone.pretrain_use_cls_token
+            x = x + get_abs_pos(backbone.pos_embed, cls_token, x.shape[1:3])
         _, h, w, C = x.shape
         keeps, scores = [], []
         routers = iter(backbone.routers)
         for block in backbone.blocks:
             if block.use_efficient_block:
-                score = next(routers)(x.reshape(1, h * w, C))
+                score = _router(next(routers), x.reshape(1, h * w, C))
                 index, valid, keep = _topk_routing(score, max_number_token)
                 x = _block(block, x, _routed_update(block, x, index, valid))
                 keeps.append(keep.reshape(1, h, w, 1))
@@ -225,65 +305,7 @@ class _BackboneGraph(nn.Module):
                 x = _block(block, x, block.drop_path(_window_attention(block, block.norm1(x))))
             else:
                 x = _block(block, x, block.drop_path(block.attend(block.norm1(x))))
-        # The decoder tiles read zeros beyond the padded input (decode_patches' zero_padded_crop).
-        # The input is normalised again here rather than kept: one image-sized tensor less
-        # during the backbone.
-        stride = backbone.patch_embed.proj.stride[0]
-        tile_h = _ceil_div(padded_h, DECODER_PATCH) * DECODER_PATCH
-        tile_w = _ceil_div(padded_w, DECODER_PATCH) * DECODER_PATCH
-        features = F.pad(
-            x.permute(0, 3, 1, 2),  # [1, h, w, C] -> [1, C, h, w]
-            (0, (tile_w - padded_w) // stride, 0, (tile_h - padded_h) // stride),
-        )
-        images = self.normalized(image, trimap, tile_h, tile_w)
-        num_cols = _ceil_div(width, DECODER_PATCH)
-        num_tiles = _ceil_div(height, DECODER_PATCH) * num_cols
-        return (features, images, num_tiles, num_cols, *keeps, *scores)
-
-
-def _context_span(start: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
-    """``mematte._context_span`` on traced values: the margin is dropped entirely on a side
-    where it would leave the (tile-padded) input."""
-    low = torch.where(start >= DECODER_OVERLAP, start - DECODER_OVERLAP, start)
-    high = start + DECODER_PATCH + DECODER_OVERLAP
-    return low, torch.where(high <= size, high, start + DECODER_PATCH)
-
-
-class _TileGraph(nn.Module):
-    """One tile of :meth:`MEMatte.decode_patches`: its ``DECODER_PATCH`` square of alpha."""
-
-    def __init__(self, model: MEMatte) -> None:
-        super().__init__()
-        self.decoder = model.decoder
-        self.stride = model.backbone.patch_embed.proj.stride[0]
-
-    def forward(
-        self, tile_index: Tensor, num_cols: Tensor, features: Tensor, images: Tensor
-    ) -> Tensor:
-        top = tile_index // num_cols * DECODER_PATCH
-        left = tile_index % num_cols * DECODER_PATCH
-        _, _, height, width = shape_as_tensor(images)
-        y0, y1 = _context_span(top, height)
-        x0, x1 = _context_span(left, width)
-        s = self.stride
-        phas = self.decoder(
-            features[:, :, y0 // s : y1 // s, x0 // s : x1 // s], images[:, :, y0:y1, x0:x1]
-        )["phas"]
-        rows, cols = top - y0, left - x0
-        return phas[:, :, rows : rows + DECODER_PATCH, cols : cols + DECODER_PATCH]
-
-
-class _AssemblyGraph(nn.Module):
-    """The loop's tiles ``[T, 1, 1, P, P]`` (row-major) -> alpha ``[1, 1, H, W]``."""
-
-    def forward(self, tiles: Tensor, image: Tensor) -> Tensor:
-        height, width = image.shape[2], image.shape[3]
-        num_cols = _ceil_div(width, DECODER_PATCH)
-        P = DECODER_PATCH
-        # [T, 1, 1, P, P] -> [rows, cols, P, P] -> [rows, P, cols, P] -> [rows * P, cols * P]
-        grid = tiles.reshape(-1, num_cols, P, P).permute(0, 2, 1, 3)
-        alpha = grid.reshape(grid.shape[0] * P, num_cols * P)
-        return alpha[:height, :width].reshape(1, 1, height, width)
+        return (x.permute(0, 3, 1, 2), *keeps, *scores)  # features [1, h, w, C] -> [1, C, h, w]
 
 
 def export_input_size(model: MEMatte) -> tuple[int, int]:
@@ -331,46 +353,24 @@ def _trace(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str]
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _renamed(graph: onnx.GraphProto, prefix: str, keep: Sequence[str], rename: dict[str, str]):
-    """A copy of ``graph`` whose value and initializer names get ``prefix``, except the names in
-    ``keep`` and those in ``rename`` (mapped as given): a part's internal names cannot collide
-    with another part's once they share a model."""
-    graph = copy.deepcopy(graph)
-
-    def new(name: str) -> str:
-        if not name or name in keep:
-            return name
-        return rename.get(name, prefix + name)
-
-    for node in graph.node:
-        node.input[:] = [new(n) for n in node.input]
-        node.output[:] = [new(n) for n in node.output]
-        node.name = prefix + node.name
-    for value in (*graph.input, *graph.output, *graph.initializer, *graph.value_info):
-        value.name = new(value.name)
-    return graph
-
-
-def _tile_loop(tile: onnx.ModelProto) -> onnx.NodeProto:
-    """The ``Loop`` node running the tile graph once per tile; its body reads the backbone's
-    padded features and input (and the tile columns) from the outer graph."""
-    outer = (_NUM_COLS, _FEATURES, _IMAGES)
-    body = _renamed(tile.graph, "tile/", keep=outer, rename={_TILE_INDEX: "tile/iteration"})
-    body.node.append(helper.make_node("Identity", ["tile/cond_in"], ["tile/cond_out"]))
-    body.ClearField("input")
-    body.input.extend(
-        [
-            helper.make_tensor_value_info("tile/iteration", onnx.TensorProto.INT64, []),
-            helper.make_tensor_value_info("tile/cond_in", onnx.TensorProto.BOOL, []),
-        ]
-    )
-    (tile_output,) = body.output
-    body.ClearField("output")
-    body.output.extend(
-        [helper.make_tensor_value_info("tile/cond_out", onnx.TensorProto.BOOL, []), tile_output]
-    )
-    body.name = "decoder_tile"
-    return helper.make_node("Loop", [_NUM_TILES, ""], [_TILES], name="tile_loop", body=body)
+def _trace(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], axes: dict):
+    """One graph, traced with the TorchScript exporter, as an ``onnx.ModelProto``."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # Expected: the exporter's deprecation notice and tracer warnings on the shape branches
+        # frozen as the export input takes them (see the module docstring).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+        )
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def _routed_outputs(model: MEMatte) -> list[str]:
@@ -378,80 +378,181 @@ def _routed_outputs(model: MEMatte) -> list[str]:
     return [KEEP_OUTPUT.format(i) for i in blocks] + [SCORES_OUTPUT.format(i) for i in blocks]
 
 
-def _trace_parts(model: MEMatte) -> tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto]:
-    """The backbone, decoder-tile and assembly graphs of a reference (not lean) model."""
-    height, width = export_input_size(model)
-    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-    trimap = torch.full((1, 1, height, width), 0.5)
+def _backbone_graphs(model: MEMatte) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The embedding and blocks graphs of a reference (not lean) model."""
+    backbone: ViT = model.backbone
+    height, width = (
+        -(-v // model.size_divisibility) * model.size_divisibility for v in export_input_size(model)
+    )
+    inputs = torch.rand(
+        1,
+        backbone.patch_embed.proj.in_channels,
+        height,
+        width,
+        generator=torch.Generator().manual_seed(0),
+    )
     routing = _routed_outputs(model)
-    spatial = {2: "height", 3: "width"}
     with torch.no_grad():
-        args = (image, trimap, torch.tensor(DECODER_PATCH, dtype=torch.int64))
-        backbone = _trace(
-            _BackboneGraph(model),
-            args,
-            [IMAGE_INPUT, TRIMAP_INPUT, MAX_NUMBER_TOKEN_INPUT],
-            [_FEATURES, _IMAGES, _NUM_TILES, _NUM_COLS, *routing],
+        embed = _trace(
+            _EmbedGraph(backbone),
+            (inputs,),
+            [_INPUT],
+            [_TOKENS],
+            {_INPUT: {2: "height", 3: "width"}, _TOKENS: {1: "grid_h", 2: "grid_w"}},
+        )
+        tokens = backbone.patch_embed(inputs)
+        blocks = _trace(
+            _BlocksGraph(backbone),
+            (tokens, torch.tensor(tokens.shape[1] * tokens.shape[2] // 4, dtype=torch.int64)),
+            [_TOKENS, MAX_NUMBER_TOKEN_INPUT],
+            [_FEATURES, *routing],
             {
-                IMAGE_INPUT: spatial,
-                TRIMAP_INPUT: spatial,
-                _FEATURES: spatial,
-                _IMAGES: spatial,
+                _TOKENS: {1: "grid_h", 2: "grid_w"},
+                _FEATURES: {2: "grid_h", 3: "grid_w"},
                 **{name: {1: "grid_h", 2: "grid_w"} for name in routing},
             },
         )
-        features, images, num_tiles, num_cols, *_ = _BackboneGraph(model)(*args)
-        tile = _trace(
-            _TileGraph(model),
-            (torch.tensor(0), num_cols, features, images),
-            [_TILE_INDEX, _NUM_COLS, _FEATURES, _IMAGES],
-            [_TILE],
-            {_FEATURES: spatial, _IMAGES: spatial},
+    return embed, blocks
+
+
+def _conv_node(name: str, x: str, weight: Tensor, bias: Tensor, stride: Sequence[int], out: str):
+    """A Conv node without padding and its weight and bias initializers."""
+    inits = [
+        numpy_helper.from_array(weight.detach().float().numpy(), f"{name}.weight"),
+        numpy_helper.from_array(bias.detach().float().numpy(), f"{name}.bias"),
+    ]
+    node = helper.make_node(
+        "Conv", [x, f"{name}.weight", f"{name}.bias"], [out], strides=list(stride), name=name
+    )
+    return node, inits
+
+
+def _stage_model(name: str, inputs: list, nodes: list, inits: list, output: str) -> onnx.ModelProto:
+    """A decoder stage graph: float ``[N, C, h, w]`` maps in, ``output`` out."""
+    outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", None, None, None])]
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def _map_input(name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", None, None, None])
+
+
+def _int_input(name: str, length: int) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.INT64, [length])
+
+
+def _decoder_graphs(model: MEMatte) -> dict[str, onnx.ModelProto]:
+    """One graph per decoder stage (see the module docstring), BatchNorm folded in."""
+    decoder = model.decoder
+    graphs = {}
+    pads = _int_input("pads", 8)
+    for k, block in enumerate(decoder.convstream.convs, start=1):
+        conv, inits = _conv_node(
+            "conv", "padded", *fold_batchnorm(block.conv, block.bn), block.conv.stride, "z"
         )
-        assembly = _trace(
-            _AssemblyGraph(),
-            (torch.zeros(int(num_tiles), 1, 1, DECODER_PATCH, DECODER_PATCH), image),
-            [_TILES, IMAGE_INPUT],
-            [PHAS_OUTPUT],
-            {_TILES: {0: "num_tiles"}, IMAGE_INPUT: spatial, PHAS_OUTPUT: spatial},
+        nodes = [
+            helper.make_node("Pad", ["x", "pads"], ["padded"], mode="constant"),
+            conv,
+            helper.make_node("Relu", ["z"], ["y"]),
+        ]
+        graphs[f"convstream{k}"] = _stage_model(
+            f"convstream{k}", [_map_input("x"), pads], nodes, inits, "y"
         )
-    return backbone, tile, assembly
+    for i, fusion in enumerate(decoder.fusion_blks):
+        block = fusion.conv
+        conv, inits = _conv_node(
+            "conv", "padded", *fold_batchnorm(block.conv, block.bn), block.conv.stride, "z"
+        )
+        inits += [
+            numpy_helper.from_array(np.array([1.0, 1.0, 2.0, 2.0], np.float32), "scales"),
+            numpy_helper.from_array(np.array([2, 3], np.int64), "spatial"),
+        ]
+        nodes = [
+            # x2 bilinear, align_corners=False: half-pixel sampling, clamped at the border
+            helper.make_node(
+                "Resize",
+                ["coarse", "", "scales"],
+                ["up"],
+                mode="linear",
+                coordinate_transformation_mode="half_pixel",
+            ),
+            helper.make_node("Shape", ["detail"], ["detail_shape"]),
+            helper.make_node("Gather", ["detail_shape", "spatial"], ["size"], axis=0),
+            helper.make_node("Add", ["starts", "size"], ["ends"]),
+            helper.make_node("Slice", ["up", "starts", "ends", "spatial"], ["up_box"]),
+            helper.make_node("Concat", ["detail", "up_box"], ["fused"], axis=1),
+            helper.make_node("Pad", ["fused", "pads"], ["padded"], mode="constant"),
+            conv,
+            helper.make_node("Relu", ["z"], ["y"]),
+        ]
+        inputs = [_map_input("detail"), _map_input("coarse"), _int_input("starts", 2), pads]
+        graphs[f"fusion{i}"] = _stage_model(f"fusion{i}", inputs, nodes, inits, "y")
+    head = decoder.matting_head.matting_convs
+    conv, inits = _conv_node(
+        "conv", "padded", *fold_batchnorm(head[0], head[1]), head[0].stride, "z"
+    )
+    out, out_inits = _conv_node(
+        "out", "hidden", head[-1].weight, head[-1].bias, head[-1].stride, "logits"
+    )
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="constant"),
+        conv,
+        helper.make_node("Relu", ["z"], ["hidden"]),
+        out,
+        helper.make_node("Sigmoid", ["logits"], ["y"]),
+    ]
+    graphs["head"] = _stage_model("head", [_map_input("x"), pads], nodes, inits + out_inits, "y")
+    return graphs
 
 
-def _join(
-    backbone: onnx.ModelProto, tile: onnx.ModelProto, assembly: onnx.ModelProto, routing: list[str]
-) -> onnx.ModelProto:
-    """One model: the backbone graph, the tile loop, the assembly; outputs alpha and routing."""
-    graph = backbone.graph
-    graph.node.append(_tile_loop(tile))
-    interface = (_TILES, IMAGE_INPUT, PHAS_OUTPUT)
-    assemble = _renamed(assembly.graph, "assemble/", keep=interface, rename={})
-    graph.node.extend(assemble.node)
-    graph.initializer.extend(assemble.initializer)
-    routing_outputs = [output for output in graph.output if output.name in routing]
-    graph.ClearField("output")
-    graph.output.extend([*assemble.output, *routing_outputs])
-    graph.name = "mematte"
-    return backbone
+def build_deployment(
+    model: MEMatte, metadata: dict | None = None
+) -> tuple[dict, dict[str, onnx.ModelProto]]:
+    """The ONNX deployment of ``model`` (in eval mode, weights loaded): its manifest and its
+    graphs by file name, each checked by ``onnx.checker``.
 
-
-def build_graph(model: MEMatte, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-    """The ONNX model of ``model`` (in eval mode, weights loaded), checked by ``onnx.checker``.
-
-    Its metadata holds ``metadata`` and what the runtime reads: the model's cap
-    (``max_number_token``, JSON, the runtime's default) and ``routed_blocks`` (JSON list).
+    The manifest holds ``metadata`` and what the runtime reads (see ``docs/deployment.md``).
     """
-    metadata = {
-        **(metadata or {}),
-        "max_number_token": json.dumps(model.backbone.max_number_token),
-        "routed_blocks": json.dumps(model.backbone.routed_block_indexes),
-    }
     reference = to_reference(copy.deepcopy(model)).eval()
-    joined = _join(*_trace_parts(reference), routing=_routed_outputs(reference))
-    helper.set_model_props(joined, metadata)
-    joined.producer_name = "MEMatte tools/export_onnx.py"
-    onnx.checker.check_model(joined, full_check=True)
-    return joined
+    backbone: ViT = reference.backbone
+    embed, blocks = _backbone_graphs(reference)
+    graphs = {EMBED_FILE: embed, BLOCKS_FILE: blocks}
+    stages = _decoder_graphs(reference)
+    graphs.update({STAGE_FILE.format(name): graph for name, graph in stages.items()})
+    for graph in graphs.values():
+        graph.producer_name = "MEMatte tools/export_onnx.py"
+        onnx.checker.check_model(graph, full_check=True)
+    manifest = {
+        "format": FORMAT,
+        **(metadata or {}),
+        "opset": OPSET,
+        "embed": EMBED_FILE,
+        "blocks": BLOCKS_FILE,
+        "decoder": {name: STAGE_FILE.format(name) for name in stages},
+        "decoder_spec": DecoderSpec.of(reference.decoder).to_dict(),
+        "pixel_mean": reference.pixel_mean.flatten().tolist(),
+        "pixel_std": reference.pixel_std.flatten().tolist(),
+        "size_divisibility": reference.size_divisibility,
+        "patch_size": backbone.patch_embed.proj.stride[0],
+        "embed_dim": backbone.embed_dim,
+        "embed_strip_patch_rows": EMBED_STRIP_PATCH_ROWS,
+        "max_number_token": backbone.max_number_token,
+        "routed_blocks": backbone.routed_block_indexes,
+    }
+    return manifest, graphs
+
+
+def write_deployment(folder: Path, manifest: dict, graphs: dict[str, onnx.ModelProto]) -> None:
+    """Write a deployment into ``folder`` (created), each file atomically, the manifest last: a
+    folder without a manifest is an interrupted export."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    for name, graph in graphs.items():
+        data = graph.SerializeToString()
+        atomic_write(folder / name, lambda file, data=data: file.write(data))
+    text = json.dumps(manifest, indent=2) + "\n"
+    atomic_write(folder / MANIFEST_FILE, lambda file: file.write(text.encode()))
 
 
 def export_onnx(
@@ -461,11 +562,13 @@ def export_onnx(
     overrides: Sequence[str] = (),
     *,
     trusted: bool = False,
-) -> onnx.ModelProto:
+) -> dict:
     """Build the inference model of ``config_file`` with ``checkpoint``'s weights and write its
-    ONNX graph to ``output`` (atomically). The metadata records the config file, its overrides,
-    the checkpoint, the config's cap (``max_number_token``, the runtime's default) and the
-    routed blocks.
+    ONNX deployment to the folder ``output``. The manifest records the config file, its
+    overrides and the checkpoint too.
+
+    Returns:
+        the manifest.
 
     Raises:
         FileNotFoundError, ValueError: an unreadable checkpoint or config, or weights that do not
@@ -475,11 +578,9 @@ def export_onnx(
     load_inference_weights(model, checkpoint, trusted=trusted)
     metadata = {
         "config_file": str(config_file),
-        "overrides": json.dumps(list(overrides)),
+        "overrides": list(overrides),
         "checkpoint": str(checkpoint),
     }
-    graph = build_graph(model.eval(), metadata)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(output, lambda file: file.write(graph.SerializeToString()))
-    return graph
+    manifest, graphs = build_deployment(model.eval(), metadata)
+    write_deployment(Path(output), manifest, graphs)
+    return manifest

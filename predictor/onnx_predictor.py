@@ -1,52 +1,74 @@
-"""Alpha mattes from an exported ONNX graph (``tools/export_onnx.py``) with onnxruntime.
+"""Alpha mattes from an exported ONNX deployment (``tools/export_onnx.py``) with onnxruntime,
+without PyTorch.
 
 ``OnnxMattingPredictor`` has ``predictor.matting.MattingPredictor``'s call signature::
 
-    predictor = OnnxMattingPredictor("MEMatte_S.onnx")  # CPU; CUDA when onnxruntime has it
+    predictor = OnnxMattingPredictor("MEMatte_S_onnx")  # CPU; CUDA when onnxruntime has it
     alpha = predictor("image.jpg", "trimap.png")  # float32 [H, W] in [0, 1]
 
 The alpha has the trimap's known regions forced to 0 and 1 as the official script does, so
 ``floor(alpha * 255)`` is the PNG that ``inference.py`` writes (``inference.py --onnx`` runs it).
-Inputs are read and converted as ``MattingPredictor`` reads them (one code path); the graph runs
-one image at a time (its batch is 1) in float32 under onnxruntime, without PyTorch's model code.
+Inputs are read and converted as ``MattingPredictor`` reads them (one code path,
+:mod:`predictor.inputs`). This module imports numpy, onnxruntime and the project's pure-Python
+modules only: ``pip install onnxruntime opencv-python-headless numpy pillow`` and the exported
+folder make a complete deployment.
+
+The run of one image mirrors the PyTorch lean path (layout in ``docs/deployment.md``): the
+normalised input in row strips through ``embed.onnx``, the tokens through ``blocks.onnx``, then
+the official 512 px decoder tiles; a tile without unknown pixels is skipped, and in the others
+the decoder stage graphs run on the boxes of the block-sparse plan, the same plan as the PyTorch
+decoder's (:func:`modeling.lean.blocks.plan_decoder`, walked by
+:func:`modeling.lean.block_decode.decode_plan`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
-from modeling.decoder.detail_capture import force_known
-from predictor.matting import BatchPrediction, ImagePredictor
-from utils.device import to_unit_float
+from modeling.lean.block_decode import decode_plan
+from modeling.lean.blocks import DecoderSpec, map_sizes, plan_decoder
+from modeling.patches import padded_size, patch_tiles
+from predictor.prediction import BatchPrediction, ImagePredictor
+from utils.levels import UINT8_MAX, unit_float_array
 
 __all__ = [
-    "IMAGE_INPUT",
+    "BLOCKS_FILE",
+    "EMBED_FILE",
+    "FORMAT",
     "KEEP_OUTPUT",
+    "MANIFEST_FILE",
     "MAX_NUMBER_TOKEN_INPUT",
     "NO_CAP",
-    "PHAS_OUTPUT",
     "SCORES_OUTPUT",
-    "TRIMAP_INPUT",
+    "STAGE_FILE",
     "OnnxMattingPredictor",
+    "read_manifest",
+    "normalized_crop",
 ]
 
 logger = logging.getLogger(__name__)
 
-# The graph's interface (written by tools/export_onnx.py): input and output names, the routing
-# outputs formatted with the routed block's index.
-IMAGE_INPUT, TRIMAP_INPUT, MAX_NUMBER_TOKEN_INPUT = "image", "trimap", "max_number_token"
-PHAS_OUTPUT = "phas"
+# The deployment folder (written by predictor/onnx_graph.py): its manifest and graph files.
+FORMAT = "mematte-onnx/1"
+MANIFEST_FILE = "mematte.json"
+EMBED_FILE, BLOCKS_FILE, STAGE_FILE = "embed.onnx", "blocks.onnx", "decoder_{}.onnx"
+# Graph interface names: the blocks graph's cap input and its routing outputs, formatted with
+# the routed block's index.
+MAX_NUMBER_TOKEN_INPUT = "max_number_token"
 KEEP_OUTPUT, SCORES_OUTPUT = "keep_block{}", "router_scores_block{}"
 # A cap at least the token count of any image: global attention for every routed token.
 NO_CAP = np.iinfo(np.int64).max
 CPU_PROVIDER, CUDA_PROVIDER = "CPUExecutionProvider", "CUDAExecutionProvider"
 GLOBAL_ROUTE = 0  # index of "route to global attention" in the router scores
+# The trimap value the clamp forces to 0; the one it forces to 1 is the full scale (255 for
+# uint8 levels, 1 for floats).
+_BACKGROUND = 0
 
 
 def _providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
@@ -64,12 +86,123 @@ def _providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
 
 
-class OnnxMattingPredictor(ImagePredictor):
-    """An exported MEMatte (or ViTMatte) graph behind ``MattingPredictor``'s call signature.
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a deployment folder, checked: a manifest of this format naming graph
+    files that exist (a graph file itself is checked when onnxruntime loads it).
+
+    Raises:
+        FileNotFoundError: no such folder, no manifest, or a graph file missing.
+        ValueError: a manifest that does not parse or is not of this format.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder}: no ONNX deployment (no {MANIFEST_FILE}; export one with "
+            "tools/export_onnx.py)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+        graphs = [manifest["embed"], manifest["blocks"], *manifest["decoder"].values()]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a readable {FORMAT} manifest ({exc})") from exc
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for name in graphs:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name}: missing (an incomplete export?)")
+    return manifest
+
+
+def normalized_crop(
+    image: np.ndarray,
+    trimap: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+) -> np.ndarray:
+    """``[1, 4, h, w]`` float32 network input over ``rows`` x ``cols`` of the padded input:
+    normalised RGB and the trimap (levels / full scale), zeros beyond the image (the padding, as
+    :class:`modeling.lean.input.NormalizedInput` crops it).
 
     Args:
-        model_path: the ``.onnx`` file written by ``tools/export_onnx.py`` (a graph is code for
-            onnxruntime's operators only: loading one runs nothing else).
+        image: ``[3, H, W]`` uint8 or uint16 levels, or float in [0, 1].
+        trimap: ``[H, W]`` uint8 levels.
+        mean, std: ``[3, 1, 1]`` float32 normalisation.
+        rows, cols: half-open spans, possibly beyond ``(H, W)``.
+    """
+    (y0, y1), (x0, x1) = rows, cols
+    H, W = trimap.shape
+    out = np.zeros((1, 4, y1 - y0, x1 - x0), np.float32)
+    h, w = min(y1, H) - y0, min(x1, W) - x0
+    if h > 0 and w > 0:
+        rgb = unit_float_array(image[:, y0 : y0 + h, x0 : x0 + w])
+        out[0, :3, :h, :w] = (rgb - mean) / std
+        out[0, 3, :h, :w] = unit_float_array(trimap[y0 : y0 + h, x0 : x0 + w])
+    return out
+
+
+def _zero_padded(x: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """``x[..., rows, cols]`` as a contiguous array, zeros beyond ``x``."""
+    (y0, y1), (x0, x1) = rows, cols
+    H, W = x.shape[-2:]
+    out = np.zeros((*x.shape[:-2], y1 - y0, x1 - x0), x.dtype)
+    out[..., : min(y1, H) - y0, : min(x1, W) - x0] = x[..., y0:y1, x0:x1]
+    return out
+
+
+def _onnx_pads(pads: tuple[int, int, int, int]) -> np.ndarray:
+    """(left, right, top, bottom) as the ``pads`` input of ONNX ``Pad`` on ``[N, C, H, W]``."""
+    left, right, top, bottom = pads
+    return np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
+
+
+class _OrtStages:
+    """The per-box decoder computations
+    (:class:`~modeling.lean.block_decode.DecoderStages`) as runs of the stage graphs."""
+
+    def __init__(self, sessions: dict[str, ort.InferenceSession]) -> None:
+        self.sessions = sessions
+
+    def _run(self, stage: str, **feeds: np.ndarray) -> np.ndarray:
+        inputs = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
+        return self.sessions[stage].run(None, inputs)[0]
+
+    def stride_down(self, k: int, x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+        return self._run(f"convstream{k}", x=x, pads=_onnx_pads(pads))
+
+    def fuse(
+        self,
+        i: int,
+        detail: np.ndarray,
+        coarse: np.ndarray,
+        offset: tuple[int, int],
+        pads: tuple[int, int, int, int],
+    ) -> np.ndarray:
+        starts = np.array(offset, np.int64)
+        return self._run(
+            f"fusion{i}", detail=detail, coarse=coarse, starts=starts, pads=_onnx_pads(pads)
+        )
+
+    def head(self, x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+        return self._run("head", x=x, pads=_onnx_pads(pads))
+
+    @staticmethod
+    def empty(like: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray:
+        return np.empty(shape, like.dtype)
+
+    @staticmethod
+    def label(name: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+class OnnxMattingPredictor(ImagePredictor):
+    """An exported MEMatte (or ViTMatte) behind ``MattingPredictor``'s call signature.
+
+    Args:
+        model_path: the folder written by ``tools/export_onnx.py`` (graphs are code for
+            onnxruntime's operators only: loading them runs nothing else).
         device: ``auto`` (CUDA when onnxruntime has its CUDA provider, else CPU), ``cpu``,
             ``cuda`` or ``cuda:N``.
         max_number_token: cap on tokens in one global attention; None takes the exported
@@ -77,7 +210,7 @@ class OnnxMattingPredictor(ImagePredictor):
         threads: onnxruntime intra-op threads (None: its default, one per core).
 
     Raises:
-        FileNotFoundError: no such file.
+        FileNotFoundError, ValueError: not a deployment folder (:func:`read_manifest`).
         ValueError: an unusable device or cap.
     """
 
@@ -89,71 +222,128 @@ class OnnxMattingPredictor(ImagePredictor):
         max_number_token: int | None = None,
         threads: int | None = None,
     ) -> None:
-        model_path = Path(model_path)
-        if not model_path.is_file():
-            raise FileNotFoundError(f"{model_path}: no such ONNX file")
-        if max_number_token is not None and not isinstance(max_number_token, int):
+        folder = Path(model_path)
+        manifest = read_manifest(folder)
+        if isinstance(max_number_token, bool) or not (
+            max_number_token is None or isinstance(max_number_token, int)
+        ):
             raise ValueError(
                 f"max_number_token must be an integer or None, got {max_number_token!r} (the "
                 "'auto' rule of predictor/token_budget.py models the PyTorch forward's memory)"
             )
         options = ort.SessionOptions()
         # Memory patterns plan one block for all activations of an input shape, allocated next
-        # to the arena's: they more than double the peak from the second call on (measured at
-        # 2048 x 2048: +966 MiB against +399 MiB without) and do not pay off when sizes vary.
+        # to the arena's: they more than double the peak from the second call on and do not
+        # pay off when sizes vary (every tile box has its own).
         options.enable_mem_pattern = False
         if threads is not None:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), options, providers=_providers(device))
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        self.routed_blocks: list[int] = json.loads(metadata.get("routed_blocks", "[]"))
-        if max_number_token is None:
-            max_number_token = json.loads(metadata.get("max_number_token", "null"))
-        self.max_number_token = NO_CAP if max_number_token is None else max_number_token
-        self.inputs = {value.name for value in self.session.get_inputs()}
-        self.outputs = [value.name for value in self.session.get_outputs()]
-        provider = self.session.get_providers()[0]
-        # Where the tensors of the results (and inference.py's foreground estimation) go.
-        gpu = "cuda" if device == "auto" else device  # "cuda" or "cuda:N"
-        self.device = torch.device(gpu if provider == CUDA_PROVIDER else "cpu")
-        logger.info("%s on %s, cap %s", model_path, provider, self.max_number_token)
+        providers = _providers(device)
 
-    def predict_levels(self, image: torch.Tensor, trimap: torch.Tensor) -> BatchPrediction:
-        """Alpha and routing of a batch of same-sized images, one graph run per image
+        def session(name: str) -> ort.InferenceSession:
+            return ort.InferenceSession(str(folder / name), options, providers=providers)
+
+        self.embed = session(manifest["embed"])
+        self.blocks = session(manifest["blocks"])
+        self.stages = _OrtStages({stage: session(f) for stage, f in manifest["decoder"].items()})
+        self.spec = DecoderSpec.from_dict(manifest["decoder_spec"])
+        self.pixel_mean = np.array(manifest["pixel_mean"], np.float32).reshape(-1, 1, 1)
+        self.pixel_std = np.array(manifest["pixel_std"], np.float32).reshape(-1, 1, 1)
+        self.size_divisibility = manifest["size_divisibility"]
+        self.patch_size = manifest["patch_size"]
+        self.strip_rows = manifest["embed_strip_patch_rows"] * self.patch_size
+        self.routed_blocks: list[int] = manifest["routed_blocks"]
+        if max_number_token is None:
+            max_number_token = manifest["max_number_token"]
+        self.max_number_token = NO_CAP if max_number_token is None else max_number_token
+        self.blocks_inputs = {value.name for value in self.blocks.get_inputs()}
+        self.blocks_outputs = [value.name for value in self.blocks.get_outputs()]
+        provider = self.blocks.get_providers()[0]
+        # Where inference.py's foreground estimation runs: "cuda" or "cuda:N" with the CUDA
+        # provider, else the CPU.
+        self.device = (
+            ("cuda" if device == "auto" else device) if provider == CUDA_PROVIDER else "cpu"
+        )
+        logger.info("%s on %s, cap %s", folder, provider, self.max_number_token)
+
+    def predict_levels(self, image: np.ndarray, trimap: np.ndarray) -> BatchPrediction:
+        """Alpha and routing of a batch of same-sized images, one image at a time
         (``MattingPredictor.predict_levels``'s interface, so that ``inference.py`` runs either).
 
         Args:
             image: ``[B, 3, H, W]`` RGB: uint8 or uint16 levels, or float in [0, 1].
-            trimap: ``[B, 1, H, W]`` uint8 levels (fed as value / 255).
+            trimap: ``[B, 1, H, W]`` uint8 levels (fed as value / 255), or float in [0, 1].
         """
+        image, trimap = np.asarray(image), np.asarray(trimap)
         alphas, keeps, probabilities = [], [], []
         for rgb, levels in zip(image, trimap, strict=True):
-            trimap_values = to_unit_float(levels, "cpu")  # [1, H, W]
-            feeds = {
-                IMAGE_INPUT: to_unit_float(rgb, "cpu")[None].numpy(),  # [1, 3, H, W]
-                TRIMAP_INPUT: trimap_values[None].numpy(),  # [1, 1, H, W]
-                MAX_NUMBER_TOKEN_INPUT: np.array(self.max_number_token, dtype=np.int64),
-            }
-            feeds = {name: value for name, value in feeds.items() if name in self.inputs}
-            outputs = dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
-            alpha = torch.from_numpy(outputs[PHAS_OUTPUT][0, 0])
-            alphas.append(force_known(alpha, trimap_values[0]))
+            features, routing = self._backbone(rgb, levels[0])
+            alphas.append(self._decode(features, rgb, levels[0]))
             # per routed block: keep [1, h, w, 1] -> [h, w]; log-probabilities -> p(global)
-            keeps.append(
-                [
-                    torch.from_numpy(outputs[KEEP_OUTPUT.format(i)][0, ..., 0])
-                    for i in self.routed_blocks
-                ]
-            )
+            keeps.append([routing[KEEP_OUTPUT.format(i)][0, ..., 0] for i in self.routed_blocks])
             probabilities.append(
                 [
-                    torch.from_numpy(outputs[SCORES_OUTPUT.format(i)][0, ..., GLOBAL_ROUTE]).exp()
+                    np.exp(routing[SCORES_OUTPUT.format(i)][0, ..., GLOBAL_ROUTE])
                     for i in self.routed_blocks
                 ]
             )
         return BatchPrediction(
-            alpha=torch.stack(alphas),
-            keep=[torch.stack(maps) for maps in zip(*keeps, strict=True)],
-            probability=[torch.stack(maps) for maps in zip(*probabilities, strict=True)],
+            alpha=np.stack(alphas),
+            keep=[np.stack(maps) for maps in zip(*keeps, strict=True)],
+            probability=[np.stack(maps) for maps in zip(*probabilities, strict=True)],
             block_indexes=tuple(self.routed_blocks),
         )
+
+    def _backbone(self, image: np.ndarray, trimap: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Features ``[1, C, h, w]`` of one image and its routing outputs by name."""
+        Hp, Wp = padded_size(trimap.shape, self.size_divisibility)
+        p = self.patch_size
+        tokens = None
+        for r0 in range(0, Hp, self.strip_rows):
+            r1 = min(Hp, r0 + self.strip_rows)
+            crop = normalized_crop(
+                image, trimap, self.pixel_mean, self.pixel_std, (r0, r1), (0, Wp)
+            )
+            strip = self.embed.run(None, {"input": crop})[0]  # [1, rows / p, Wp / p, C]
+            if tokens is None:
+                tokens = np.empty((1, Hp // p, Wp // p, strip.shape[-1]), np.float32)
+            tokens[:, r0 // p : r1 // p] = strip
+        feeds = {
+            "tokens": tokens,
+            MAX_NUMBER_TOKEN_INPUT: np.array(self.max_number_token, np.int64),
+        }
+        feeds = {name: value for name, value in feeds.items() if name in self.blocks_inputs}
+        outputs = dict(zip(self.blocks_outputs, self.blocks.run(None, feeds), strict=True))
+        return outputs.pop("features"), outputs
+
+    def _decode(self, features: np.ndarray, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        """Alpha ``[H, W]`` of one image, known regions forced: the official patch decoder on
+        the tiles that hold unknown pixels, block-sparse within them."""
+        H, W = trimap.shape
+        stride = self.patch_size
+        foreground = UINT8_MAX if trimap.dtype == np.uint8 else 1.0
+        alpha = np.zeros((H, W), np.float32)
+        for tile in patch_tiles(padded_size((H, W), self.size_divisibility), (H, W)):
+            (top, bottom), (left, right) = tile.out
+            region = trimap[top:bottom, left:right]
+            wanted = (region != _BACKGROUND) & (region != foreground)
+            if not wanted.any():
+                continue  # the clamp sets every pixel of the tile
+            y0, y1, x0, x1 = tile.crop
+            tile_features = _zero_padded(
+                features, (y0 // stride, y1 // stride), (x0 // stride, x1 // stride)
+            )
+            tile_input = normalized_crop(
+                image, trimap, self.pixel_mean, self.pixel_std, (y0, y1), (x0, x1)
+            )
+            sizes = map_sizes((y1 - y0, x1 - x0), tile_features.shape[-2:], len(self.spec.fusions))
+            at = (tile.region[0][0], tile.region[1][0])
+            plan = plan_decoder(self.spec, sizes, wanted, at)
+            for box, values in decode_plan(
+                plan, self.spec, sizes, tile_features, tile_input, self.stages
+            ):
+                (b0, b1), (c0, c1) = box
+                alpha[y0 + b0 : y0 + b1, x0 + c0 : x0 + c1] = values[0, 0]
+        alpha[trimap == _BACKGROUND] = 0.0
+        alpha[trimap == foreground] = 1.0
+        return alpha

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from data.image_io import is_complete_image, read_rgb_levels, write_image
 from utils.levels import UINT8_MAX
@@ -45,7 +44,7 @@ _HEX_COLOUR = re.compile(r"#?([0-9a-fA-F]{6})")
 _RGB_COLOUR = re.compile(r"rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(?:,\s*[\d.]+\s*)?\)")
 
 
-def alpha_to_uint8(alpha: np.ndarray | torch.Tensor, rounding: bool = False) -> np.ndarray:
+def alpha_to_uint8(alpha: np.ndarray, rounding: bool = False) -> np.ndarray:
     """8-bit alpha as the official script writes it: ``floor(alpha * 255)`` (torchvision's
     float-to-PIL conversion truncates), or rounded.
 
@@ -56,10 +55,8 @@ def alpha_to_uint8(alpha: np.ndarray | torch.Tensor, rounding: bool = False) -> 
     Returns:
         ``[H, W]`` uint8 array.
     """
-    scaled = torch.as_tensor(alpha).float().clamp(0, 1).mul_(UINT8_MAX)
-    if rounding:
-        scaled.round_()
-    return scaled.to(torch.uint8).numpy()
+    scaled = np.clip(np.asarray(alpha, dtype=np.float32), 0, 1) * np.float32(UINT8_MAX)
+    return (np.round(scaled) if rounding else scaled).astype(np.uint8)
 
 
 def parse_colour(value: str) -> np.ndarray:
@@ -136,7 +133,7 @@ class Outputs:
         self,
         name: str,
         alpha: np.ndarray,
-        trimap: torch.Tensor,
+        trimap: np.ndarray,
         foreground: np.ndarray | None,
         figure: Callable[[], np.ndarray] | None,
     ) -> None:
@@ -170,5 +167,5 @@ class Outputs:
                 composite = np.round(mixed * UINT8_MAX).astype(np.uint8)
                 write_image(folder / COMPOSITE_DIR / f"{name}.png", composite[:, :, ::-1])
         if self.trimap:
-            write_image(folder / TRIMAP_DIR / f"{name}.png", trimap[0].numpy())
+            write_image(folder / TRIMAP_DIR / f"{name}.png", np.asarray(trimap)[0])
         write_image(folder / f"{name}.png", alpha_png)

@@ -6,11 +6,19 @@ of the run (``--report``), merged over the processes of a sharded run.
 Files already in the output folder are skipped unless ``overwrite``, so an interrupted run resumes;
 a bad item is reported with its path and the run goes on. The functions take the parsed command
 line of ``inference.py`` (an ``argparse.Namespace``).
+
+The run of one process needs no PyTorch with ``--onnx``: images travel as numpy arrays and both
+predictors take them. PyTorch is imported where only it can serve: the PyTorch predictor, the
+foreground colours (``--save-foreground``, ``--save-rgba``, ``--composite``) and the processes
+of a sharded run.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import importlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -18,25 +26,22 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import BoundedSemaphore
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.image_io import BadSampleError, read_rgb_levels, read_trimap_levels
 from data.readers import scan_test_set
 from data.trimap import trimap_from_mask
-from engine.launch import launch
-from predictor.foreground import estimate_foreground, foreground_to_uint8
 from predictor.inputs import mask_levels
-from predictor.matting import MattingPredictor
-from predictor.onnx_predictor import OnnxMattingPredictor
+from predictor.onnx_predictor import OnnxMattingPredictor, read_manifest
 from predictor.outputs import Outputs, parse_colour
+from predictor.prediction import ImagePredictor
 from utils import comm
 from utils.file_io import atomic_write
 from utils.memory import MIB, peak_memory_bytes
@@ -178,7 +183,7 @@ def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, 
     return sorted(items, key=lambda item: item.name), []
 
 
-class _Samples(Dataset):
+class _Samples:
     """Decodes the pending items (in loader processes): image levels and the trimap, made from
     the mask when the item has one. A bad item becomes ``{"error": ..., "path": ...}``."""
 
@@ -210,9 +215,30 @@ class _Samples(Dataset):
             return {"index": idx, "error": str(exc), "path": str(item.mask or item.image)}
         return {
             "index": idx,
-            "image": torch.from_numpy(image).permute(2, 0, 1),  # [H, W, 3] -> [3, H, W]
-            "trimap": torch.from_numpy(trimap)[None],
+            "image": image.transpose(2, 0, 1),  # [H, W, 3] -> [3, H, W]
+            "trimap": trimap[None],
         }
+
+
+def _decoded(samples: _Samples, workers: int) -> Iterator[dict]:
+    """``samples`` in order, decoded ahead by ``workers`` processes (forked where the OS can:
+    spawned ones would import everything again) with ``PREFETCH_PER_WORKER`` images each in
+    flight; in this process with ``workers=0``."""
+    if not workers:
+        yield from (samples[i] for i in range(len(samples)))
+        return
+    fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    context = multiprocessing.get_context(fork)
+    indexes = iter(range(len(samples)))
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        ahead = itertools.islice(indexes, workers * PREFETCH_PER_WORKER)
+        pending = collections.deque(pool.submit(samples.__getitem__, i) for i in ahead)
+        while pending:
+            sample = pending.popleft().result()
+            following = next(indexes, None)  # one more in flight for each one taken
+            if following is not None:
+                pending.append(pool.submit(samples.__getitem__, following))
+            yield sample
 
 
 def parse_composite(value: str | None) -> np.ndarray | Path | None:
@@ -274,30 +300,42 @@ def _remove_if_empty(folders: list[Path]) -> None:
 # --- the run of one process ------------------------------------------------------------------
 
 
+def _torch_module(name: str):
+    """A module that needs PyTorch, imported where only it can serve (see the module
+    docstring): an onnxruntime run of one process imports none of them."""
+    return importlib.import_module(name)
+
+
+def _cpu_share(args: argparse.Namespace) -> int:
+    """Threads of each CPU process of a sharded run: they share the machine's cores."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
+    return max(1, (os.cpu_count() or 1) // local_processes)
+
+
 def _device(args: argparse.Namespace) -> str:
     """This process's device: the GPU of its local rank in sharded CUDA runs."""
-    if comm.get_world_size() > 1 and args.device != "cpu" and torch.cuda.is_available():
+    sharded_gpu = comm.get_world_size() > 1 and args.device != "cpu"
+    if sharded_gpu and _torch_module("torch").cuda.is_available():
         return f"cuda:{comm.get_local_rank()}"
     return args.device
 
 
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """A batch of same-sized tensors (a view for one: no copy of a large image)."""
-    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """A batch of same-sized arrays (a view for one: no copy of a large image)."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
-def _predictor(args: argparse.Namespace) -> MattingPredictor | OnnxMattingPredictor:
+def _predictor(args: argparse.Namespace) -> ImagePredictor:
     """The model of this process: the exported graph (--onnx) or the config and checkpoint."""
     if args.onnx is not None:
-        # Sharded CPU processes share the cores (torch's share is set in process_main).
-        threads = torch.get_num_threads() if comm.get_world_size() > 1 else None
+        threads = _cpu_share(args) if comm.get_world_size() > 1 else None
         return OnnxMattingPredictor(
             args.onnx,
             device=_device(args),
             max_number_token=args.max_number_token,
             threads=threads,
         )
-    return MattingPredictor.from_config(
+    return _torch_module("predictor.matting").MattingPredictor.from_config(
         args.config_file,
         args.checkpoint,
         device=_device(args),
@@ -318,18 +356,8 @@ def run_shard(
         FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
     """
     predictor = _predictor(args)
-    samples = _Samples(items, args.unknown_width)
-    # Processes spawned by --num-gpus would start their loader processes by spawning too, each
-    # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
-    fork = "fork" if args.workers and "fork" in multiprocessing.get_all_start_methods() else None
-    loader = DataLoader(
-        samples,
-        batch_size=None,
-        num_workers=args.workers,
-        prefetch_factor=PREFETCH_PER_WORKER if args.workers else None,
-        multiprocessing_context=fork,
-        shuffle=False,
-    )
+    foreground = _torch_module("predictor.foreground") if outputs.needs_foreground else None
+    loader = _decoded(_Samples(items, args.unknown_width), args.workers)
     writes: list[tuple[str, Path, Future]] = []
     slots = BoundedSemaphore(MAX_PENDING_WRITES)
     buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
@@ -348,23 +376,25 @@ def run_shard(
             summary.model_seconds += time.perf_counter() - start
             for i, sample in enumerate(batch):
                 item = items[sample["index"]]
-                alpha = prediction.alpha[i].numpy()
+                alpha = prediction.alpha[i]
                 routing = prediction.routing(i)
                 for block, keep in routing.keep.items():
                     summary.routed_share_sums[block] += float(keep.mean())
-                foreground = None
-                if outputs.needs_foreground:
-                    image_hwc = sample["image"].permute(1, 2, 0)  # [3, H, W] -> [H, W, 3]
-                    colours = estimate_foreground(image_hwc, alpha, device=predictor.device)
+                colours = None
+                if foreground is not None:
+                    image_hwc = sample["image"].transpose(1, 2, 0)  # [3, H, W] -> [H, W, 3]
+                    estimated = foreground.estimate_foreground(
+                        image_hwc, alpha, device=predictor.device
+                    )
                     # 8-bit RGB: what the files hold, a quarter of the memory while queued
-                    foreground = foreground_to_uint8(colours)
-                    del colours
+                    colours = foreground.foreground_to_uint8(estimated)
+                    del estimated
                 figure = None
                 if outputs.routing:
 
                     def figure(image=sample["image"], routing=routing) -> np.ndarray:
                         return routing_figure(
-                            image.permute(1, 2, 0).numpy(),
+                            image.transpose(1, 2, 0),
                             list(routing.keep.values()),
                             list(routing.keep),
                             probabilities=list(routing.probability.values()),
@@ -372,7 +402,7 @@ def run_shard(
 
                 slots.acquire()
                 future = writer.submit(
-                    outputs.write, item.name, alpha, sample["trimap"], foreground, figure
+                    outputs.write, item.name, alpha, sample["trimap"], colours, figure
                 )
                 future.add_done_callback(lambda _: slots.release())
                 writes.append((item.name, item.image, future))
@@ -527,9 +557,7 @@ def process_main(args: argparse.Namespace, status_file: str) -> None:
     process reads: the one spawned processes share, or each torchrun process's own."""
     setup_logging()
     if comm.get_world_size() > 1 and args.device == "cpu":
-        # The CPU processes of this machine share its cores.
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
+        _torch_module("torch").set_num_threads(_cpu_share(args))  # they share the cores
     try:
         summary, ranks = run(args)
         code = exit_code(summary)
@@ -553,8 +581,7 @@ def check_setup(args: argparse.Namespace) -> None:
             hint = " (config overrides after a list of files go after --)" if "=" in path else ""
             raise FileNotFoundError(f"{path}: no such file{hint}")
     if args.onnx is not None:
-        if not args.onnx.is_file():
-            raise FileNotFoundError(f"{args.onnx}: no such ONNX file")
+        read_manifest(args.onnx)
     elif not Path(args.config_file).is_file():
         raise FileNotFoundError(f"{args.config_file}: no such config file")
     elif not Path(args.checkpoint).is_file():
@@ -584,7 +611,11 @@ def run_command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="mematte-inference-") as tmp:
         status_file = str(Path(tmp) / "exit_status")
         try:
-            launch(process_main, args.num_gpus, args=(args, status_file))
+            if args.num_gpus == 1 and not comm.under_torchrun():
+                process_main(args, status_file)  # this process: no PyTorch needed with --onnx
+            else:
+                launch = _torch_module("engine.launch").launch
+                launch(process_main, args.num_gpus, args=(args, status_file))
         except Exception as exc:  # a process died (its traceback is printed above)
             logger.error("an inference process failed: %s", exc)
             return EXIT_FAILED

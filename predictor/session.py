@@ -322,7 +322,7 @@ class MattingSession:
         image_levels = torch.from_numpy(levels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
         with self._lock:
             prediction, numbers = self._predict(image_levels, trimap_levels, options)
-            alpha = prediction.alpha[0].numpy()
+            alpha = prediction.alpha[0]
             foreground_start = time.perf_counter()
             foreground = foreground_to_uint8(estimate_foreground(levels, alpha, device=self.device))
             numbers["foreground_seconds"] = time.perf_counter() - foreground_start
@@ -374,7 +374,7 @@ class MattingSession:
             "patch_decoder": options.patch_decoder,
             "token_cap": self.model.backbone.max_number_token,
             "token_cap_from": _cap_source(options.max_number_token),
-            "tokens": int(prediction.keep[0][0].numel()) if prediction.keep else 0,
+            "tokens": int(prediction.keep[0][0].size) if prediction.keep else 0,
             "global_attention_share": {
                 str(block): float(keep.mean())
                 for block, keep in zip(prediction.block_indexes, prediction.keep)

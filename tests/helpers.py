@@ -4,6 +4,8 @@ random batches, the golden key manifests, and a crafted checkpoint whose unpickl
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -150,3 +152,35 @@ class _CreateMarker:
 def save_untrusted_checkpoint(path: Path, state_dict: dict, marker: Path) -> None:
     """A checkpoint ``{"model": state_dict, "payload": ...}`` whose payload creates ``marker``."""
     torch.save({"model": state_dict, "payload": _CreateMarker(marker)}, path)
+
+
+# A sitecustomize module that makes ``import torch`` (and its submodules) fail.
+_NO_TORCH_SITE = """import sys
+
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"{name} cannot be imported in this process (a test without PyTorch)")
+        return None
+
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def run_without_torch(
+    args: list[str], folder: Path, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python args`` from the repository root in a process where ``import torch`` fails: a
+    ``sitecustomize`` written to ``folder`` (put first on PYTHONPATH) refuses it."""
+    (folder / "sitecustomize.py").write_text(_NO_TORCH_SITE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO_ROOT)])}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

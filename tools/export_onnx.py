@@ -1,13 +1,13 @@
-"""Export a MEMatte (or ViTMatte) inference model to one ONNX file for onnxruntime.
+"""Export a MEMatte (or ViTMatte) inference model to an ONNX deployment folder for onnxruntime.
 
     python tools/export_onnx.py --config-file configs/MEMatte_S_topk0.25_win_global_long.py \\
-        --checkpoint MEMatte_ViTS_DIM.pth --output MEMatte_S.onnx [--trust-checkpoint] \\
+        --checkpoint MEMatte_ViTS_DIM.pth --output MEMatte_S_onnx [--trust-checkpoint] \\
         [key=value ...]
 
-The graph (batch 1, dynamic height and width; the backbone with the official inference routing,
-the official patch decoder as a loop over the 512 px tiles) and its metadata are described in
-``predictor/onnx_graph.py``; ``inference.py --onnx`` and ``predictor.OnnxMattingPredictor`` run
-it.
+The folder (a manifest, the patch-embedding and blocks graphs of the backbone with the official
+inference routing, one graph per decoder stage; batch 1, dynamic height and width) is described
+in ``predictor/onnx_graph.py`` and ``docs/deployment.md``; ``inference.py --onnx`` and
+``predictor.OnnxMattingPredictor`` run it, without PyTorch.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_argument(parser)
     add_checkpoint_arguments(parser)
-    parser.add_argument("--output", required=True, type=Path, help="the .onnx file to write")
+    parser.add_argument("--output", required=True, type=Path, help="the deployment folder to write")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        graph = export_onnx(
+        manifest = export_onnx(
             args.config_file,
             args.checkpoint,
             args.output,
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         logger.error("error: %s", exc)
         return EXIT_USAGE
-    outputs = ", ".join(output.name for output in graph.graph.output)
-    logger.info("wrote %s (opset %d; outputs %s)", args.output, OPSET, outputs)
+    graphs = [manifest["embed"], manifest["blocks"], *manifest["decoder"].values()]
+    logger.info("wrote %s (opset %d; graphs %s)", args.output, OPSET, ", ".join(graphs))
     return 0
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from utils.device import PRECISIONS
-
 __all__ = [
     "DEVICES",
+    "PRECISION_NAMES",
     "TRUST_CHECKPOINT_FLAG",
     "add_checkpoint_arguments",
     "add_config_argument",
@@ -25,6 +24,9 @@ __all__ = [
 
 TRUST_CHECKPOINT_FLAG = "--trust-checkpoint"
 DEVICES = ("auto", "cpu", "cuda")
+# The precisions a model runs in (utils.device.PRECISIONS maps them to dtypes); named here without
+# PyTorch, so that the command lines parse where only onnxruntime is installed.
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
 
 def add_config_argument(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -76,7 +78,7 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         default="fp32",
-        choices=list(PRECISIONS),
+        choices=PRECISION_NAMES,
         help="autocast precision (fp16: CUDA only; bf16 is fast on GPUs and CPUs with bf16 units)",
     )
 

@@ -1,7 +1,8 @@
 """Small helpers over ``torch.distributed`` that also work when it is not initialized.
 
-Every function degrades to the single-process answer (rank 0 of 1) when no process group exists,
-so library code can call them unconditionally.
+Every function degrades to the single-process answer (rank 0 of 1) when no process group exists
+(or PyTorch is not installed: an onnxruntime deployment runs without it), so library code can
+call them unconditionally.
 
 References: detectron2 ``detectron2/utils/comm.py`` (interface only).
 """
@@ -10,10 +11,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-import torch.distributed as dist
+try:
+    import torch
+    import torch.distributed as dist
+except ImportError:  # without PyTorch a process is always the only rank
+    torch = dist = None
 
 __all__ = [
+    "TORCHRUN_ENV",
     "all_gather",
     "get_local_rank",
     "get_rank",
@@ -21,7 +26,11 @@ __all__ = [
     "is_main_process",
     "reduce_dict",
     "synchronize",
+    "under_torchrun",
 ]
+
+# torchrun (and torch.distributed.launch --use-env) export these to every worker.
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 # Local rank of this process, set by engine.launch; torchrun exports it as LOCAL_RANK instead.
 _LOCAL_RANK: int | None = None
@@ -34,7 +43,12 @@ def _set_local_rank(local_rank: int) -> None:
 
 
 def _is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def under_torchrun() -> bool:
+    """Whether this process is a worker of a ``torchrun`` job (its environment says so)."""
+    return all(name in os.environ for name in TORCHRUN_ENV)
 
 
 def get_world_size() -> int:
@@ -90,8 +104,8 @@ def all_gather(data: Any) -> list[Any]:
 
 
 def reduce_dict(
-    input_dict: Mapping[str, torch.Tensor], average: bool = True
-) -> dict[str, torch.Tensor]:
+    input_dict: Mapping[str, "torch.Tensor"], average: bool = True
+) -> dict[str, "torch.Tensor"]:
     """All-reduce a small dict of scalar tensors so that every rank gets the result.
 
     All ranks must pass the same keys, with tensors on the device the backend communicates on.

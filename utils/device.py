@@ -17,17 +17,16 @@ import logging
 import numpy as np
 import torch
 
+from utils.arguments import PRECISION_NAMES
 from utils.levels import UINT8_MAX, UINT16_MAX
 
 __all__ = ["PRECISIONS", "autocast", "cpu_has_native_bf16", "resolve_device", "to_unit_float"]
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
+PRECISIONS: dict[str, torch.dtype] = dict(
+    zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True)
+)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -1,7 +1,8 @@
 """Memory of the process and of the device: readers, and glibc's allocator thresholds.
 
 On CUDA the numbers are torch's allocations (``torch.cuda.*memory_allocated``); on the CPU they are
-the process's resident set size (RSS) and the machine's available memory, read from ``/proc``.
+the process's resident set size (RSS) and the machine's available memory, read from ``/proc``
+(no PyTorch needed: an onnxruntime deployment runs without it).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import os
 import resource
 from pathlib import Path
 
-import torch
+try:
+    import torch
+except ImportError:  # CPU numbers only, from /proc
+    torch = None
 
 __all__ = [
     "MIB",
@@ -70,11 +74,15 @@ def _proc_kib(path: Path, field: str) -> int | None:
     return None
 
 
-def free_memory_bytes(device: torch.device | str) -> int:
+def _is_cuda(device: object) -> bool:
+    """Whether ``device`` (a ``torch.device`` or a name such as ``"cuda:1"``) is a GPU."""
+    return str(device).startswith("cuda")
+
+
+def free_memory_bytes(device: object) -> int:
     """Free memory of ``device``: CUDA ``mem_get_info``; CPU ``MemAvailable`` of /proc/meminfo
     (psutil, then ``sysconf`` available pages, where /proc is missing)."""
-    device = torch.device(device)
-    if device.type == "cuda":
+    if _is_cuda(device):
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     available = _proc_kib(MEMINFO, "MemAvailable")
@@ -88,24 +96,22 @@ def free_memory_bytes(device: torch.device | str) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def current_memory_bytes(device: torch.device | str) -> int:
+def current_memory_bytes(device: object) -> int:
     """Memory in use now: CUDA bytes allocated by torch; CPU: this process's RSS (0 without
     /proc)."""
-    device = torch.device(device)
-    if device.type == "cuda":
+    if _is_cuda(device):
         return torch.cuda.memory_allocated(device)
     return _proc_kib(PROCESS_STATUS, "VmRSS") or 0
 
 
-def peak_memory_bytes(device: torch.device | str) -> int:
+def peak_memory_bytes(device: object) -> int:
     """Peak memory so far: CUDA bytes allocated by torch (since the last
     ``torch.cuda.reset_peak_memory_stats``); CPU: this process's peak RSS, /proc's ``VmHWM``.
 
     Not ``getrusage``'s ``ru_maxrss`` (the fallback without /proc): Linux carries it over
     ``execve``, so a fresh subprocess would report its parent's peak if that was higher.
     """
-    device = torch.device(device)
-    if device.type == "cuda":
+    if _is_cuda(device):
         return torch.cuda.max_memory_allocated(device)
     peak = _proc_kib(PROCESS_STATUS, "VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB

@@ -31,7 +31,7 @@ import numpy as np
 from .cone import ConvGeometry, Region, area, clip, hull, up_need
 from .constants import DECODER_BLOCK, DECODER_BOX_OVERHEAD_MACS, DECODER_BOX_ROWS
 
-__all__ = ["BoxCost", "DecoderPlan", "DecoderSpec", "group_boxes", "plan_decoder"]
+__all__ = ["BoxCost", "DecoderPlan", "DecoderSpec", "group_boxes", "map_sizes", "plan_decoder"]
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,16 @@ def group_boxes(
         if box is not None:
             boxes.append(box)
     return _merge(boxes, cost, max_rows)
+
+
+def map_sizes(
+    input_hw: tuple[int, int], features_hw: tuple[int, int], num_fusions: int
+) -> list[tuple[int, int]]:
+    """Decoder map sizes per scale: scale k is 1 / 2**k of the input ``(H, W)`` for k below
+    ``num_fusions``; the last entry is the features' size."""
+    H, W = input_hw
+    sizes = [(-(-H // 2**k), -(-W // 2**k)) for k in range(num_fusions)]
+    return [*sizes, tuple(features_hw)]
 
 
 def _mask(size: tuple[int, int], regions: Sequence[Region]) -> np.ndarray:

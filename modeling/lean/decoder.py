@@ -40,7 +40,7 @@ from modeling.decoder.detail_capture import (
 )
 
 from .block_decode import decode_plan
-from .blocks import DecoderSpec, plan_decoder
+from .blocks import DecoderSpec, map_sizes, plan_decoder
 from .cone import crop, origin
 from .mode import lean_active, lean_variant
 
@@ -185,19 +185,12 @@ class LeanDetailCapture(DetailCapture):
         else:
             wanted = torch.ones(trimap.shape[-2:], dtype=torch.bool)
             phas = features.new_empty(trimap.shape, dtype=torch.float32)
-        sizes = self.map_sizes(features, images)
+        sizes = map_sizes(images.shape[-2:], features.shape[-2:], len(self.fusion_blks))
         spec = DecoderSpec.of(self)
         plan = plan_decoder(spec, sizes, wanted.cpu().numpy(), origin(region))
         for box, alpha in decode_plan(plan, spec, sizes, features, images, _TorchStages(self)):
             crop(phas, box, origin(region)).copy_(alpha)
         return {"phas": force_known(phas, trimap) if clamp_known else phas}
-
-    def map_sizes(self, features: Tensor, images: Tensor) -> list[tuple[int, int]]:
-        """Map sizes per scale: scale k is 1 / 2**k of the input (k = number of fusion stages:
-        the features)."""
-        H, W = images.shape[-2:]
-        sizes = [(-(-H // 2**k), -(-W // 2**k)) for k in range(len(self.fusion_blks))]
-        return [*sizes, tuple(features.shape[-2:])]
 
     def _folded_convs(self) -> dict[nn.Module, tuple[Tensor, Tensor]]:
         """``{conv block or head: (weight, bias)}`` with BatchNorm folded in, cached per weights."""

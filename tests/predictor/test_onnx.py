@@ -1,8 +1,10 @@
 """ONNX export (tools/export_onnx.py) and onnxruntime inference (predictor/onnx_predictor.py)
-against the PyTorch model and the official outputs."""
+against the PyTorch model and the official outputs, also in a process where PyTorch cannot be
+imported."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,12 +19,20 @@ import inference
 from data.image_io import BadSampleError
 from engine.config import LazyConfig, instantiate
 from modeling.backbone.vit import route_tokens
-from modeling.lean.mode import to_lean
-from modeling.meta_arch.mematte import _context_span, padded_size
+from modeling.decoder.detail_capture import force_known
+from modeling.lean import decoder as lean_decoder
+from modeling.lean.input import NormalizedInput
+from modeling.lean.mode import to_lean, to_reference
+from modeling.patches import padded_size
 from predictor import onnx_graph
-from predictor.matting import RoutingMaps
-from predictor.onnx_graph import OPSET, build_graph, export_input_size
-from predictor.onnx_predictor import OnnxMattingPredictor
+from predictor.matting import MattingPredictor, RoutingMaps
+from predictor.onnx_graph import OPSET, build_deployment, export_input_size, write_deployment
+from predictor.onnx_predictor import (
+    MANIFEST_FILE,
+    OnnxMattingPredictor,
+    _OrtStages,
+    normalized_crop,
+)
 from predictor.weights import build_inference_model, load_inference_weights
 from tests.helpers import (
     ASSETS_DIR,
@@ -30,9 +40,11 @@ from tests.helpers import (
     DEMO_CHECKPOINT,
     REPO_ROOT,
     TINY_CONFIG,
+    TINY_DIM,
     build_tiny_mematte,
     make_batch,
     randomize_,
+    run_without_torch,
     tiny_vit,
 )
 from tools import export_onnx
@@ -57,9 +69,15 @@ CAPS = (600, 18500)
 
 
 def torch_forward(model, image: torch.Tensor, trimap: torch.Tensor, cap: int | None) -> dict:
+    """The PyTorch model's clamped output (the predictor's), float inputs in [0, 1]."""
     model.backbone.max_number_token = cap
     with torch.inference_mode():
-        return model({"image": image, "trimap": trimap})
+        return model({"image": image, "trimap": trimap}, clamp_known=True)
+
+
+def onnx_forward(predictor: OnnxMattingPredictor, image: torch.Tensor, trimap: torch.Tensor):
+    """The onnxruntime predictor on the same float inputs."""
+    return predictor.predict_levels(image.numpy(), trimap.numpy())
 
 
 def official_png(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
@@ -75,39 +93,66 @@ def assert_same_png(alpha: np.ndarray, expected_alpha: np.ndarray, trimap: np.nd
     assert levels.max() <= PNG_LEVELS and (levels > 0).mean() <= PNG_SHARE
 
 
-def run_session(session, image: torch.Tensor, trimap: torch.Tensor, cap: int) -> dict:
-    feeds = {"image": image.numpy(), "trimap": trimap.numpy(), "max_number_token": np.array(cap)}
-    names = [output.name for output in session.get_outputs()]
-    inputs = {value.name for value in session.get_inputs()}
-    outputs = session.run(names, {k: v for k, v in feeds.items() if k in inputs})
-    return dict(zip(names, outputs, strict=True))
-
-
-def assert_same_as_torch(session, model, image, trimap, cap) -> None:
+def assert_same_as_torch(predictor, model, image, trimap, cap) -> None:
     """Identical routing decisions and alpha within ``ALPHA_ATOL``."""
-    ours = run_session(session, image, trimap, cap)
+    predictor.max_number_token = cap
+    ours = onnx_forward(predictor, image, trimap)
     reference = torch_forward(model, image, trimap, cap)
-    blocks = model.backbone.routed_block_indexes
-    for i, keep in zip(blocks, reference["keep"], strict=True):
-        assert np.array_equal(ours[f"keep_block{i}"], keep.numpy()), (image.shape, cap, i)
-    np.testing.assert_allclose(ours["phas"], reference["phas"].numpy(), atol=ALPHA_ATOL, rtol=0)
+    for ours_keep, keep in zip(ours.keep, reference["keep"], strict=True):
+        assert np.array_equal(ours_keep[0], keep[0, ..., 0].numpy()), (image.shape, cap)
+    np.testing.assert_allclose(ours.alpha, reference["phas"][:, 0].numpy(), atol=ALPHA_ATOL, rtol=0)
+
+
+def tiny_deployment(model, folder: Path) -> Path:
+    manifest, graphs = build_deployment(model)
+    write_deployment(folder, manifest, graphs)
+    return folder
 
 
 # Fast: the traced re-statements of the model's shape rules, against the originals.
 
 
-@pytest.mark.parametrize("hw", [(512, 512), (512, 700), (333, 517), (4872, 6017), (64, 96)])
-def test_traced_padding_rule_is_the_official_one(hw):
-    height, width = (torch.tensor(v) for v in hw)
-    traced = onnx_graph._padded_hw(height, width, 32)
-    assert tuple(int(v) for v in traced) == padded_size(hw, 32)
+def test_normalized_crops_are_the_lean_path_input():
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 70, 90), generator=gen, dtype=torch.uint8)
+    trimap = torch.randint(0, 256, (70, 90), generator=gen, dtype=torch.uint8)
+    model = build_tiny_mematte()
+    source = NormalizedInput(
+        image[None], trimap[None, None], model.pixel_mean, model.pixel_std, (96, 96)
+    )
+    mean, std = (v.numpy() for v in (model.pixel_mean, model.pixel_std))
+    for rows, cols in [((0, 96), (0, 96)), ((10, 50), (60, 96)), ((64, 116), (80, 116))]:
+        ours = normalized_crop(image.numpy(), trimap.numpy(), mean, std, rows, cols)
+        assert np.array_equal(ours, source.crop(*rows, *cols).numpy())
 
 
-def test_traced_tile_spans_are_the_official_ones():
-    for size in (512, 1024, 1536):
-        for start in range(0, size, 512):
-            traced = onnx_graph._context_span(torch.tensor(start), torch.tensor(size))
-            assert tuple(int(v) for v in traced) == _context_span(start, 512, size)
+def test_decoder_stage_graphs_compute_the_lean_stages(tmp_path):
+    """Each stage graph against the PyTorch lean decoder's per-box computation, on crops with
+    padding on some sides and starts inside the upsampled map."""
+    import onnxruntime as ort
+
+    model = build_tiny_mematte(seed=3).eval()
+    graphs = onnx_graph._decoder_graphs(to_reference(copy.deepcopy(model)))
+    sessions = {name: ort.InferenceSession(g.SerializeToString()) for name, g in graphs.items()}
+    ours, theirs = _OrtStages(sessions), lean_decoder._TorchStages(model.decoder)
+    gen = torch.Generator().manual_seed(1)
+    channels = model.decoder.convstream.conv_chans
+    fusion_in = [model.decoder.fusion_blks[i].conv.conv.in_channels for i in range(4)]
+    pads = (1, 0, 0, 1)
+    with torch.no_grad():
+        for k in (1, 2, 3):
+            x = torch.randn(1, channels[k - 1], 9, 12, generator=gen)
+            expected = theirs.stride_down(k, x, pads)
+            np.testing.assert_allclose(ours.stride_down(k, x.numpy(), pads), expected, atol=1e-5)
+        coarse_chans = [TINY_DIM, *(b.conv.conv.out_channels for b in model.decoder.fusion_blks)]
+        for i in range(4):
+            detail = torch.randn(1, fusion_in[i] - coarse_chans[i], 7, 10, generator=gen)
+            coarse = torch.randn(1, coarse_chans[i], 6, 7, generator=gen)
+            expected = theirs.fuse(i, detail, coarse, (2, 3), pads)
+            got = ours.fuse(i, detail.numpy(), coarse.numpy(), (2, 3), pads)
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+        x = torch.randn(1, model.decoder.matting_head.matting_convs[0].in_channels, 8, 5)
+        np.testing.assert_allclose(ours.head(x.numpy(), pads), theirs.head(x, pads), atol=1e-6)
 
 
 @pytest.mark.parametrize("cap", [0, 1, 5, 40, 10_000])
@@ -132,67 +177,69 @@ def test_export_input_takes_the_general_shape_branches():
 
 
 @pytest.fixture(scope="module")
-def tiny_session():
-    import onnxruntime as ort
-
+def tiny_onnx(tmp_path_factory):
     model = build_tiny_mematte().eval()
-    graph = build_graph(model)
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    return graph, session, model
+    folder = tiny_deployment(model, tmp_path_factory.mktemp("tiny") / "tiny_onnx")
+    return folder, OnnxMattingPredictor(folder, device="cpu"), model
 
 
 @pytest.mark.slow
-def test_graph_is_valid_with_dynamic_sizes_and_a_cap_input(tiny_session):
-    graph, session, model = tiny_session
-    onnx.checker.check_model(graph, full_check=True)
-    assert graph.opset_import[0].version >= 17 == OPSET
-    inputs = {value.name: value for value in session.get_inputs()}
-    assert inputs["image"].shape == [1, 3, "height", "width"]
-    assert (
-        inputs["max_number_token"].type == "tensor(int64)"
-        and inputs["max_number_token"].shape == []
-    )
-    names = [output.name for output in session.get_outputs()]
+def test_deployment_graphs_are_valid_with_dynamic_sizes_and_a_cap_input(tiny_onnx):
+    import onnxruntime as ort
+
+    folder, predictor, _ = tiny_onnx
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    assert manifest["routed_blocks"] == [1, 3] and manifest["opset"] == OPSET == 17
+    for name in [manifest["embed"], manifest["blocks"], *manifest["decoder"].values()]:
+        onnx.checker.check_model(onnx.load(str(folder / name)), full_check=True)
+    blocks = ort.InferenceSession(str(folder / manifest["blocks"]))
+    inputs = {value.name: value for value in blocks.get_inputs()}
+    assert inputs["tokens"].shape == [1, "grid_h", "grid_w", TINY_DIM]
+    assert inputs["max_number_token"].type == "tensor(int64)"
+    assert inputs["max_number_token"].shape == []
+    names = [output.name for output in blocks.get_outputs()]
     assert names == [
-        "phas",
+        "features",
         "keep_block1",
         "keep_block3",
         "router_scores_block1",
         "router_scores_block3",
     ]
-    assert [node.op_type for node in graph.graph.node].count("Loop") == 1  # the patch decoder
+    assert sorted(manifest["decoder"]) == sorted(
+        [*(f"convstream{k}" for k in (1, 2, 3)), *(f"fusion{i}" for i in range(4)), "head"]
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hw", TINY_SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
-def test_tiny_model_matches_torch_at_sizes_not_seen_at_export(tiny_session, hw):
-    _, session, model = tiny_session
+def test_tiny_model_matches_torch_at_sizes_not_seen_at_export(tiny_onnx, hw):
+    _, predictor, model = tiny_onnx
     batch = make_batch(1, *hw, seed=hw[0])
+    trimap = (batch["trimap"] * 255).round() / 255  # an 8-bit trimap file, as read
     tokens = (padded_size(hw, 32)[0] // 16) * (padded_size(hw, 32)[1] // 16)
     for cap in (0, 5, tokens // 4, tokens):  # two caps and the ends: none, every routed token
-        assert_same_as_torch(session, model, batch["image"], batch["trimap"], cap)
+        assert_same_as_torch(predictor, model, batch["image"], trimap, cap)
 
 
 @pytest.mark.slow
-def test_vitmatte_exports_with_relative_position_in_global_blocks():
-    import onnxruntime as ort
-
+def test_vitmatte_exports_with_relative_position_in_global_blocks(tmp_path):
     model = build_tiny_mematte().eval()
     # Rel-pos tables of a 32 x 32 grid (512 px), as ViTMatte-S: a grid the export could take.
     model.backbone = randomize_(tiny_vit(use_routing=False, img_size=512)).eval()
     to_lean(model)
-    session = ort.InferenceSession(build_graph(model).SerializeToString())
-    assert {value.name for value in session.get_inputs()} == {"image", "trimap"}
+    predictor = OnnxMattingPredictor(tiny_deployment(model, tmp_path / "vitmatte"), device="cpu")
+    assert {value.name for value in predictor.blocks.get_inputs()} == {"tokens"}
     for hw in ((64, 64), (512, 512), (600, 530), (1024, 768)):  # 512: the tables' own grid
         batch = make_batch(1, *hw, seed=1)
-        ours = run_session(session, batch["image"], batch["trimap"], 0)
-        reference = torch_forward(model, batch["image"], batch["trimap"], None)
-        np.testing.assert_allclose(ours["phas"], reference["phas"].numpy(), atol=ALPHA_ATOL)
+        trimap = (batch["trimap"] * 255).round() / 255
+        ours = onnx_forward(predictor, batch["image"], trimap)
+        reference = torch_forward(model, batch["image"], trimap, None)
+        np.testing.assert_allclose(ours.alpha, reference["phas"][:, 0].numpy(), atol=ALPHA_ATOL)
 
 
 @pytest.fixture(scope="module")
 def demo_onnx(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    path = tmp_path_factory.mktemp("onnx") / "tiny_onnx"
     argv = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
     assert export_onnx.main([*argv, "--output", str(path)]) == 0
     return path
@@ -247,16 +294,16 @@ def test_predictor_inputs_read_alike_and_known_regions_are_forced(demo_onnx):
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():  # auto falls back to CPU
-        assert OnnxMattingPredictor(demo_onnx, device="auto").device == torch.device("cpu")
-    with pytest.raises(FileNotFoundError, match="missing.onnx"):
-        OnnxMattingPredictor(demo_onnx.parent / "missing.onnx")
+        assert OnnxMattingPredictor(demo_onnx, device="auto").device == "cpu"
+    with pytest.raises(FileNotFoundError, match="missing_onnx"):
+        OnnxMattingPredictor(demo_onnx.parent / "missing_onnx")
 
 
 @pytest.mark.slow
 def test_export_of_a_missing_checkpoint_fails_cleanly(tmp_path, caplog):
     argv = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(tmp_path / "none.pth")]
-    assert export_onnx.main([*argv, "--output", str(tmp_path / "x.onnx")]) == 2
-    assert "none.pth" in caplog.text and not (tmp_path / "x.onnx").exists()
+    assert export_onnx.main([*argv, "--output", str(tmp_path / "x_onnx")]) == 2
+    assert "none.pth" in caplog.text and not (tmp_path / "x_onnx").exists()
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +316,7 @@ def golden_onnx(tmp_path_factory):
     folder = tmp_path_factory.mktemp("golden_onnx")
     checkpoint = folder / "golden.pth"
     torch.save({"model": golden["state_dict"]}, checkpoint)
-    path = folder / "golden.onnx"
+    path = folder / "golden_onnx"
     onnx_graph.export_onnx(CONFIG_S, checkpoint, path, GOLDEN_OVERRIDES)
     cfg = LazyConfig.apply_overrides(
         LazyConfig.load(str(CONFIG_S)), [*GOLDEN_OVERRIDES, "model.teacher_backbone=None"]
@@ -281,33 +328,30 @@ def golden_onnx(tmp_path_factory):
 
 @pytest.mark.slow
 def test_golden_model_reproduces_the_official_outputs(golden_onnx):
-    import onnxruntime as ort
-
     path, _, golden = golden_onnx
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    predictor = OnnxMattingPredictor(path, device="cpu")
     for case in golden["cases"]:  # fed exactly as the official forward was
         image = case["input_image_u8"].float() / 255
         trimap = torch.tensor([0.0, 0.5, 1.0])[case["input_trimap_code"].long()]
-        ours = run_session(session, image, trimap, case["max_number_token"])
-        for i, official in zip((2, 5, 8, 11), case["out_hard_keep_decision"], strict=True):
-            assert np.array_equal(ours[f"keep_block{i}"], official.numpy())
-        official = case["phas"].numpy()
-        np.testing.assert_allclose(ours["phas"], official, atol=PHAS_ATOL, rtol=0)
-        assert_same_png(ours["phas"][0, 0], official[0, 0], trimap[0, 0].numpy())
+        predictor.max_number_token = case["max_number_token"]
+        ours = onnx_forward(predictor, image, trimap)
+        for keep, official in zip(ours.keep, case["out_hard_keep_decision"], strict=True):
+            assert np.array_equal(keep, official[..., 0].numpy())
+        official = force_known(case["phas"], trimap)[:, 0].numpy()
+        np.testing.assert_allclose(ours.alpha, official, atol=PHAS_ATOL, rtol=0)
+        assert_same_png(ours.alpha[0], official[0], trimap[0, 0].numpy())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hw", GOLDEN_SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
 def test_golden_model_matches_torch_at_two_caps(golden_onnx, hw):
-    import onnxruntime as ort
-
     path, model, _ = golden_onnx
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    predictor = OnnxMattingPredictor(path, device="cpu")
     batch = make_batch(1, *hw, seed=hw[1])
     trimap = (batch["trimap"] * 255).round() / 255  # an 8-bit trimap file, as read
     for cap in CAPS:
-        assert_same_as_torch(session, model, batch["image"], trimap, cap)
-        ours = run_session(session, batch["image"], trimap, cap)["phas"][0, 0]
+        assert_same_as_torch(predictor, model, batch["image"], trimap, cap)
+        ours = onnx_forward(predictor, batch["image"], trimap).alpha[0]
         reference = torch_forward(model, batch["image"], trimap, cap)["phas"][0, 0].numpy()
         assert_same_png(ours, reference, trimap[0, 0].numpy())
 
@@ -363,6 +407,50 @@ def test_inference_onnx_writes_the_torch_pngs_of_a_folder(demo_onnx, tmp_path):
     assert json.loads((tmp_path / "r2").read_text())["skipped"] == len(names)
 
 
+_NO_TORCH_PREDICTOR = """
+import sys
+import numpy as np
+from predictor.onnx_predictor import OnnxMattingPredictor
+predictor = OnnxMattingPredictor(sys.argv[1], device="cpu", max_number_token=40)
+np.save(sys.argv[4], predictor(sys.argv[2], sys.argv[3]))
+assert not any(name == "torch" or name.startswith("torch.") for name in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_onnx_predictor_and_inference_run_where_torch_cannot_be_imported(demo_onnx, tmp_path):
+    blocked = run_without_torch(["-c", "import torch"], tmp_path)
+    assert blocked.returncode != 0 and "cannot be imported" in blocked.stderr
+    image, trimap = DEMO_DATA / "merged" / "test_001.png", DEMO_DATA / "trimaps" / "test_001.png"
+    call = ["-c", _NO_TORCH_PREDICTOR, str(demo_onnx), str(image), str(trimap)]
+    done = run_without_torch([*call, str(tmp_path / "alpha.npy")], tmp_path)
+    assert done.returncode == 0, done.stderr
+    alpha = np.load(tmp_path / "alpha.npy")
+    in_process = OnnxMattingPredictor(demo_onnx, device="cpu", max_number_token=40)
+    np.testing.assert_array_equal(alpha, in_process(image, trimap))  # the same predictor
+    pytorch = MattingPredictor.from_config(
+        TINY_CONFIG, DEMO_CHECKPOINT, device="cpu", max_number_token=40
+    )
+    levels = cv2.imread(str(trimap), cv2.IMREAD_UNCHANGED) / np.float32(255)
+    assert_same_png(alpha, pytorch(image, trimap), levels)
+    # inference.py --onnx over the demo folder, with loader processes, writes the PNGs of the
+    # PyTorch run
+    argv = ["inference.py", "--onnx", str(demo_onnx), "--data-dir", str(DEMO_DATA)]
+    argv += ["--max-number-token", "40", "--workers", "2", "--output-dir", str(tmp_path / "onnx")]
+    run = run_without_torch(argv, tmp_path)
+    assert run.returncode == 0, run.stderr
+    torch_run = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
+    common = ["--data-dir", str(DEMO_DATA), "--max-number-token", "40", "--workers", "0"]
+    assert inference.main([*torch_run, *common, "--output-dir", str(tmp_path / "torch")]) == 0
+    names = sorted(p.name for p in (tmp_path / "torch").glob("*.png"))
+    assert names == sorted(p.name for p in (tmp_path / "onnx").glob("*.png")) and names
+    for name in names:
+        ours = cv2.imread(str(tmp_path / "onnx" / name), cv2.IMREAD_UNCHANGED).astype(int)
+        reference = cv2.imread(str(tmp_path / "torch" / name), cv2.IMREAD_UNCHANGED)
+        difference = np.abs(ours - reference)
+        assert difference.max() <= PNG_LEVELS and (difference > 0).mean() <= PNG_SHARE, name
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -381,10 +469,10 @@ def test_inference_onnx_refuses_what_the_graph_fixes(tmp_path, extra):
     assert raised.value.code == 2
 
 
-def test_inference_onnx_missing_graph_is_a_setup_error(tmp_path, caplog):
-    argv = ["--onnx", str(tmp_path / "missing.onnx"), "--data-dir", str(DEMO_DATA)]
+def test_inference_onnx_missing_deployment_is_a_setup_error(tmp_path, caplog):
+    argv = ["--onnx", str(tmp_path / "missing_onnx"), "--data-dir", str(DEMO_DATA)]
     assert inference.main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
-    assert "missing.onnx: no such ONNX file" in caplog.text
+    assert "missing_onnx: no ONNX deployment" in caplog.text
     assert not (tmp_path / "out").exists()
 
 
