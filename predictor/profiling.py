@@ -1,7 +1,11 @@
-"""Measuring the model: seeded random MEMatte / ViTMatte models of the benchmark, fvcore FLOPs per
-part (the backbone module by module on the real routed input, the decoder per distinct tile),
-wall time per stage (backbone, decoder), ``torch.profiler`` seconds per part of one call, and the
-difference of a reduced-precision output from float32.
+"""Measuring the model: seeded random MEMatte / ViTMatte models of the benchmark, FLOPs per part
+(the backbone module by module on the real routed input with fvcore, the decoder from its
+block-sparse plan: the exact work of its convs), wall time per stage (backbone, decoder; the
+PyTorch model or the onnxruntime predictor), ``torch.profiler`` seconds per part of one call and
+the GFLOP/s they give, and the difference of a reduced-precision output from float32.
+
+FLOPs follow fvcore's convention: one multiply-add is one flop; matmuls, convs and attention are
+counted, norms and interpolation are not.
 
 Used by ``tools/benchmark.py`` and ``tools/train_benchmark.py``.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,18 +26,24 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from engine.config import LazyConfig, instantiate
+from modeling.lean.blocks import DecoderSpec, map_sizes, plan_decoder
+from modeling.lean.cone import origin
 from modeling.lean.input import NormalizedInput
-from modeling.meta_arch.mematte import padded_size
+from modeling.patches import padded_size, patch_tiles
+from predictor.weights import load_inference_weights
 
 __all__ = [
     "CONFIGS",
     "MODEL_SIZES",
     "VARIANTS",
+    "MethodTimer",
     "StageTimer",
     "backbone_gflops",
     "build_model",
     "compare_with_fp32",
     "count_gflops",
+    "decoder_work",
+    "gflop_rates",
     "profile_breakdown",
     "profile_labels",
     "resolve_cap",
@@ -56,12 +67,22 @@ MODEL_SIZES = ("S", "B")
 VARIANTS = ("mematte", "vitmatte")
 
 
-def build_model(model_size: str, variant: str, overrides: list[str], seed: int) -> nn.Module:
-    """MEMatte (or ViTMatte: its config, routing off) in eval mode with seeded random weights."""
+def build_model(
+    model_size: str,
+    variant: str,
+    overrides: list[str],
+    seed: int,
+    weights: str | Path | None = None,
+) -> nn.Module:
+    """MEMatte (or ViTMatte: its config, routing off) in eval mode with seeded random weights, or
+    with the ``weights`` of a checkpoint (e.g. the official side's, to compare the two)."""
     cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[model_size, variant]))
     LazyConfig.apply_overrides(cfg, ["model.teacher_backbone=None", *overrides])
     torch.manual_seed(seed)
-    return instantiate(cfg.model).eval()
+    model = instantiate(cfg.model)
+    if weights is not None:
+        load_inference_weights(model, weights)
+    return model.eval()
 
 
 def _sdpa_flop(inputs: list, outputs: list) -> int:
@@ -73,29 +94,51 @@ def _sdpa_flop(inputs: list, outputs: list) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
-class _Tile(nn.Module):
-    """Decoder wrapper for one tile shape and output region (for tracing)."""
+def _conv_flop(inputs: list, outputs: list) -> int:
+    """fvcore handle for ``aten::mkldnn_convolution`` (the lean decoder calls oneDNN directly):
+    output elements times the weight's input channels and kernel taps."""
+    from fvcore.nn.jit_handles import get_shape
 
-    def __init__(self, decoder: nn.Module, region: tuple) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.region = region
-
-    def forward(self, features: Tensor, images: Tensor) -> Tensor:
-        return self.decoder(features, images, region=self.region)["phas"]
+    weight = get_shape(inputs[1])
+    return math.prod(get_shape(outputs[0])) * math.prod(weight[1:])
 
 
-def _gflops(module: nn.Module, inputs: tuple[Tensor, ...]) -> float:
+def _no_flop(inputs: list, outputs: list) -> int:
+    """fvcore handle for an op that is not counted (interpolation)."""
+    return 0
+
+
+def _analysis(module: nn.Module, inputs: tuple[Tensor, ...]):
+    """fvcore's FLOP analysis of one call, with the project's conventions (module docstring)."""
     from fvcore.nn import FlopCountAnalysis
 
     analysis = FlopCountAnalysis(module, inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
+    analysis.set_op_handle("aten::mkldnn_convolution", _conv_flop)
+    analysis.set_op_handle("aten::upsample_bilinear2d", _no_flop)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return analysis.total() / 1e9
+    return analysis
 
 
-def backbone_gflops(backbone: nn.Module, images: Tensor | NormalizedInput) -> tuple[float, Tensor]:
-    """fvcore GFLOPs of the backbone on ``images``, and its features.
+def _gflops(module: nn.Module, inputs: tuple[Tensor, ...]) -> float:
+    return _analysis(module, inputs).total() / 1e9
+
+
+# Submodules of a block -> its profile part (see profile_labels); "{kind}": window or global.
+_BLOCK_PARTS = {
+    "attn": "backbone.{kind}_attention",
+    "mlp": "backbone.mlp",
+    "efficient_block": "backbone.ltrm",
+    "residual": "backbone.residual_conv",
+}
+
+
+def backbone_gflops(
+    backbone: nn.Module, images: Tensor | NormalizedInput
+) -> tuple[dict[str, float], Tensor]:
+    """fvcore GFLOPs of the backbone on ``images`` per profile part (``backbone.mlp``, ...;
+    ``backbone.other``: what the blocks do outside those parts, the norms' matmul-free work
+    being zero), and its features.
 
     The JIT tracer keeps every intermediate of a trace alive, so a whole-backbone trace needs a
     multiple of the forward's memory on large inputs. Instead the backbone runs its own forward
@@ -103,16 +146,31 @@ def backbone_gflops(backbone: nn.Module, images: Tensor | NormalizedInput) -> tu
     traced call's output is what the forward goes on with, so every module runs once. The glue
     between them (pos-embed interpolation, reshapes) is not counted.
     """
-    total = 0.0
+    parts: dict[str, float] = defaultdict(float)
+    labels = {backbone.patch_embed.proj: "backbone.patch_embed"}
+    labels.update((router, "backbone.router") for router in backbone.routers)
+
+    def count(module: nn.Module, args: tuple) -> None:
+        analysis = _analysis(module, args)
+        total = analysis.total() / 1e9
+        if module in labels:
+            parts[labels[module]] += total
+            return
+        kind = "window" if module.window_size else "global"
+        by_module = analysis.by_module()
+        for name, part in _BLOCK_PARTS.items():
+            flops = by_module.get(name, 0) / 1e9
+            parts[part.format(kind=kind)] += flops
+            total -= flops
+        parts["backbone.other"] += total
 
     def traced_call(module: nn.Module):
         def call(*args):
-            nonlocal total
             captured = []
             del module.forward  # the tracer calls the module's own forward
             handle = module.register_forward_hook(lambda m, a, out: captured.append(out))
             try:
-                total += _gflops(module, args)
+                count(module, args)
             finally:
                 handle.remove()
                 module.forward = call
@@ -128,19 +186,57 @@ def backbone_gflops(backbone: nn.Module, images: Tensor | NormalizedInput) -> tu
     finally:
         for module in modules:
             del module.forward
-    return total, features
+    return dict(parts), features
 
 
-def count_gflops(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
-    """fvcore GFLOPs of one forward: the backbone module by module on the real input
-    (:func:`backbone_gflops`), the decoder once per distinct tile (shape, region), weighted by
-    how often that tile occurs."""
-    tiles: dict[tuple, int] = {}
+def decoder_work(model: nn.Module, trimap: Tensor, clamp_known: bool) -> dict[str, dict[str, int]]:
+    """Pixels, boxes and conv multiply-adds of every stage of the lean decoder over the patch
+    tiles of one input, from its block-sparse plans (the convs it runs, exactly: every pixel of a
+    box is computed once, by one conv per stage).
 
-    def record(module, args, kwargs):
-        key = (tuple(args[0].shape), tuple(args[1].shape), kwargs.get("region"))
-        tiles[key] = tiles.get(key, 0) + 1
+    Args:
+        model: a lean MEMatte.
+        trimap: ``[B, 1, H, W]`` (levels or float; the unknown pixels are neither 0 nor full).
+        clamp_known: the predictor's call (only what the clamp does not overwrite) or the raw
+            forward (every output pixel).
 
+    Returns:
+        ``{"convstream1": {"pixels": ..., "boxes": ..., "macs": ...}, ...}``.
+    """
+    spec = DecoderSpec.of(model.decoder)
+    H, W = trimap.shape[-2:]
+    stride = model.backbone.patch_embed.proj.stride[0]
+    work: dict[str, dict[str, int]] = {}
+    full = 255 if trimap.dtype == torch.uint8 else 1.0
+    for tile in patch_tiles(padded_size((H, W), model.size_divisibility), (H, W)):
+        (top, bottom), (left, right) = tile.out
+        region = trimap[..., top:bottom, left:right]
+        if clamp_known:
+            wanted = ((region != 0) & (region != full)).flatten(0, 1).any(dim=0)
+        else:
+            wanted = torch.ones(region.shape[-2:], dtype=torch.bool)
+        y0, y1, x0, x1 = tile.crop
+        sizes = map_sizes(
+            (y1 - y0, x1 - x0), ((y1 - y0) // stride, (x1 - x0) // stride), len(spec.fusions)
+        )
+        plan = plan_decoder(spec, sizes, wanted.numpy(), origin(tile.region))
+        for stage, counts in plan.work(spec).items():
+            total = work.setdefault(stage, dict.fromkeys(counts, 0))
+            for key, value in counts.items():
+                total[key] += value
+    return work
+
+
+def count_gflops(
+    model: nn.Module, batch: dict[str, Tensor], clamp_known: bool = False
+) -> dict[str, float | dict]:
+    """GFLOPs of one forward: the backbone module by module on the real input
+    (:func:`backbone_gflops`) and the decoder's convs from its plans (:func:`decoder_work`).
+
+    Returns:
+        ``total``, ``backbone``, ``decoder`` and ``parts`` (GFLOPs per profile part: the
+        backbone's, and ``decoder.convstream1`` ... ``decoder.head``).
+    """
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about data-dependent routing
         # crops on demand, as the inference forward
@@ -151,18 +247,20 @@ def count_gflops(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]
             model.pixel_std,
             padded_size(tuple(batch["image"].shape[-2:]), model.size_divisibility),
         )
-        backbone, features = backbone_gflops(model.backbone, source)
-        handle = model.decoder.register_forward_pre_hook(record, with_kwargs=True)
-        try:
-            model.decode_patches(features, source, out_hw=source.hw)
-        finally:
-            handle.remove()
-        decoder = 0.0
-        for (f_shape, i_shape, region), count in tiles.items():
-            f = features.new_zeros(f_shape)
-            im = features.new_zeros(i_shape)
-            decoder += count * _gflops(_Tile(model.decoder, region), (f, im))
-    return {"total": backbone + decoder, "backbone": backbone, "decoder": decoder}
+        parts, _ = backbone_gflops(model.backbone, source)
+    backbone = sum(parts.values())
+    for stage, work in decoder_work(model, batch["trimap"], clamp_known).items():
+        parts[f"decoder.{stage}"] = work["macs"] / 1e9
+    decoder = sum(v for k, v in parts.items() if k.startswith("decoder."))
+    return {"total": backbone + decoder, "backbone": backbone, "decoder": decoder, "parts": parts}
+
+
+def gflop_rates(gflops: dict[str, float], seconds: dict[str, float]) -> dict[str, float]:
+    """GFLOP/s per profile part: its GFLOPs (:func:`count_gflops`'s ``parts``) over its seconds
+    (:func:`profile_breakdown`), for the parts that have both."""
+    return {
+        part: flops / seconds[part] for part, flops in gflops.items() if seconds.get(part) and flops
+    }
 
 
 def compare_with_fp32(model: nn.Module, batch: dict[str, Tensor], out: dict) -> dict:
@@ -177,6 +275,29 @@ def compare_with_fp32(model: nn.Module, batch: dict[str, Tensor], out: dict) -> 
             int((a != b).sum()) for a, b in zip(out["keep"], reference["keep"], strict=True)
         ],
     }
+
+
+class MethodTimer:
+    """Accumulates the wall time spent in methods of an object (e.g. the onnxruntime
+    predictor's ``_backbone`` and ``_decode``), per stage name: ``{stage: method name}``."""
+
+    def __init__(self, target: object, methods: dict[str, str]) -> None:
+        self.seconds = dict.fromkeys(methods, 0.0)
+        for stage, name in methods.items():
+            setattr(target, name, self._timed(stage, getattr(target, name)))
+
+    def _timed(self, stage: str, method: Callable) -> Callable:
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+
+        return call
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
 
 
 class StageTimer:

@@ -16,14 +16,26 @@ seeded image and trimap (a subject with a smooth, wavy edge and an unknown band 
   pinned unless ``--default-malloc`` (``utils.memory.configure_malloc``); CUDA:
   ``torch.cuda.max_memory_allocated`` and its increment over the allocation before the forward;
 - tokens in global attention per routed block (from the ``keep`` maps);
-- GFLOPs from fvcore ``FlopCountAnalysis`` (1 fused multiply-add = 1 flop, fvcore's convention),
-  traced with the real input so the actual routed tokens are counted, with a handle for
-  ``aten::scaled_dot_product_attention``; the decoder is counted per distinct tile.
+- GFLOPs (1 fused multiply-add = 1 flop, fvcore's convention): the backbone with fvcore
+  ``FlopCountAnalysis`` traced module by module with the real input, so the actual routed tokens
+  are counted; the decoder from its block-sparse plans (the convs it runs: in ``predictor`` mode
+  only the blocks the clamp does not overwrite), with its pixels, boxes and multiply-adds per
+  stage (``decoder_work``);
+- with ``--profile``, seconds per part from one more call under ``torch.profiler`` and the
+  GFLOP/s each part achieves (its GFLOPs over its seconds).
 
-``--backends torch onnxruntime`` also measures the model exported by ``tools/export_onnx.py``
-(the same seeded weights, exported once per variant before the workers start) under onnxruntime
-(float32, ``--threads`` intra-op threads): wall time, peak memory and routed tokens as above; the
-graph has no backbone/decoder split and no FLOP count.
+``--backends torch onnxruntime`` also measures the deployment exported by
+``tools/export_onnx.py`` (the same weights, exported once per variant before the workers start)
+under onnxruntime (float32, ``--threads`` intra-op threads): the ``OnnxMattingPredictor`` call
+(``predictor`` mode), with its backbone/decoder split; wall time, peak memory and routed tokens
+as above.
+
+``--official DIR`` adds, per size and unknown share, the official code in the same run (the tree
+and venv that ``../shared/official-bench/setup.sh`` lays out in DIR): its forward followed by its
+known-region clamp, and the project's ``MattingPredictor`` call on the same scene with the same
+weights (``perf_realistic.py`` of ``../shared/official-bench``, fresh processes), their ratio and
+how many pixels of the two 8-bit alphas differ; the official side's weights are then loaded into
+every other row's model too (``--weights`` does the same with a checkpoint of your own).
 
 JSON schema (``--json``)::
 
@@ -38,19 +50,30 @@ JSON schema (``--json``)::
         "time_s": {"median": float, "runs": [float], "backbone": float | null,
                    "decoder": float | null, "cpu": float (process CPU seconds per run, median)},
         "memory_mib": {"peak": float, "before": float, "increment": float},
-        "gflops": {"total": float, "backbone": float, "decoder": float} | null,
+        "gflops": {"total": float, "backbone": float, "decoder": float,
+                   "parts": {part: float}} | null,
+        "decoder_work": {stage: {"pixels": int, "boxes": int, "macs": int}} | null (torch),
         "vs_fp32": {"alpha_max_abs_diff": float, "alpha_mean_abs_diff": float,
                     "flipped_decisions": [int per routed block]} | null (fp32 runs),
         "load_avg": [1 min, 5 min, 15 min] before the run (CPU contention),
         "malloc_pinned": bool (glibc mmap threshold pinned, see configure_malloc),
         "profile": {part: seconds} (only with --profile: one more call under torch.profiler),
-        "status": "ok" | "error", "error": str | null}]}
+        "profile_gflop_per_s": {part: float} (with --profile and the FLOP count),
+        "status": "ok" | "error", "error": str | null}],
+     "official": [{"size": [H, W], "unknown": float, "cap": int,
+                   "official": {RESULT of perf_realistic.py}, "project": {RESULT},
+                   "ratio": float (project wall / official wall),
+                   "alpha_pixels_differing": int, "alpha_max_level_difference": int}]
+                 (only with --official)}
 
 Usage::
 
     python tools/benchmark.py --sizes 1024 2048 4872x6017 --variants mematte vitmatte \\
         --repeats 3 --json bench.json --markdown bench.md
     python tools/benchmark.py --sizes 2048 --modes forward predictor --unknown 0.05 0.1 0.3
+    python tools/benchmark.py --sizes 2048 4872x6017 --max-number-token 18500 \\
+        --modes predictor --backends torch onnxruntime --unknown 0.05 0.1 0.25 \\
+        --official ../official --profile --json bench.json
 """
 
 from __future__ import annotations
@@ -78,10 +101,13 @@ from predictor.profiling import (
     MODEL_SIZES,
     REPO_ROOT,
     VARIANTS,
+    MethodTimer,
     StageTimer,
     build_model,
     compare_with_fp32,
     count_gflops,
+    decoder_work,
+    gflop_rates,
     profile_breakdown,
     resolve_cap,
     uint8_inputs,
@@ -90,8 +116,10 @@ from predictor.token_budget import auto_max_number_token
 from utils.benchmark import (
     add_run_arguments,
     cpu_name,
+    official_table,
     parse_size,
     run_in_subprocess,
+    run_official_pair,
     timed_runs,
     write_report,
 )
@@ -129,7 +157,7 @@ def run_worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     device = resolve_device(spec["device"])
     H, W = spec["size"]
-    model = build_model(spec["model"], spec["variant"], spec["overrides"], spec["seed"])
+    model = _model(spec)
     model.to(device)
     patch = model.backbone.patch_embed.proj.kernel_size[0]
     Hp, Wp = padded_size((H, W), model.size_divisibility)
@@ -164,11 +192,21 @@ def run_worker(spec: dict) -> dict:
         measured["profile"] = profile_breakdown(model, call, image, alpha)
     hook.remove()
     out = last["out"]
-    if spec["mode"] == "forward":
-        if spec["precision"] != "fp32":
-            measured["vs_fp32"] = compare_with_fp32(model, batch, out)
-        if spec["flops"]:
-            measured["gflops"] = count_gflops(model, batch)
+    if spec["mode"] == "forward" and spec["precision"] != "fp32":
+        measured["vs_fp32"] = compare_with_fp32(model, batch, out)
+    if spec["mode"] == "predictor":  # the levels the predictor was given
+        batch = {
+            "image": torch.from_numpy(image).permute(2, 0, 1)[None],  # [H, W, 3] -> [1, 3, H, W]
+            "trimap": torch.from_numpy(trimap)[None, None],
+        }
+    clamp_known = spec["mode"] == "predictor"
+    measured["decoder_work"] = decoder_work(model, batch["trimap"], clamp_known)
+    if spec["flops"]:
+        measured["gflops"] = count_gflops(model, batch, clamp_known)
+        if spec.get("profile"):
+            measured["profile_gflop_per_s"] = gflop_rates(
+                measured["gflops"]["parts"], measured["profile"]
+            )
     return _result(
         spec,
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
@@ -181,13 +219,18 @@ def run_worker(spec: dict) -> dict:
     )
 
 
-def export_for_onnxruntime(spec: dict, folder: Path) -> Path:
-    """The ONNX graph of the measured model (its seeded random weights), written to ``folder``."""
-    from predictor.onnx_graph import build_graph
+def _model(spec: dict) -> torch.nn.Module:
+    """The measured model: seeded random weights, or ``spec["weights"]``."""
+    weights = spec.get("weights")
+    return build_model(spec["model"], spec["variant"], spec["overrides"], spec["seed"], weights)
 
-    model = build_model(spec["model"], spec["variant"], spec["overrides"], spec["seed"])
-    path = folder / f"{spec['model']}_{spec['variant']}.onnx"
-    path.write_bytes(build_graph(model).SerializeToString())
+
+def export_for_onnxruntime(spec: dict, folder: Path) -> Path:
+    """The ONNX deployment of the measured model (its weights), written to ``folder``."""
+    from predictor.onnx_graph import build_deployment, write_deployment
+
+    path = folder / f"{spec['model']}_{spec['variant']}_onnx"
+    write_deployment(path, *build_deployment(_model(spec)))
     return path
 
 
@@ -214,10 +257,11 @@ def run_onnxruntime_worker(spec: dict) -> dict:
         spec,
         lambda: last.update(out=predictor(image, trimap, return_routing=True)),
         torch.device("cpu"),
+        MethodTimer(predictor, {"backbone": "_backbone", "decoder": "_decode"}),
     )
     return _result(
         spec,
-        device_name=f"{cpu_name()}, {predictor.session.get_providers()[0]}",
+        device_name=f"{cpu_name()}, {predictor.blocks.get_providers()[0]}",
         threads=spec["threads"] or os.cpu_count(),
         tokens=tokens,
         max_number_token=cap,
@@ -325,6 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
         "window and global attention, LTRM, MLP, residual convs, decoder stages; PNG I/O)",
     )
     parser.add_argument(
+        "--weights",
+        type=Path,
+        help="a checkpoint (or state dict) loaded into every measured model instead of the "
+        "seeded random weights",
+    )
+    parser.add_argument(
+        "--official",
+        type=Path,
+        metavar="DIR",
+        help="also measure the official code in this run: DIR is the tree and venv that "
+        "../shared/official-bench/setup.sh lays out; its weights are used everywhere (see the "
+        "module docstring)",
+    )
+    parser.add_argument(
         "--default-malloc",
         action="store_true",
         help="keep glibc's adaptive mmap threshold (see configure_malloc)",
@@ -335,21 +393,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Measure every configuration asked for, each in a fresh worker process."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     if args.worker:
         spec = json.loads(args.worker)
         worker = run_onnxruntime_worker if spec["backend"] == "onnxruntime" else run_worker
         print(json.dumps(worker(spec)))
         return
+    if "onnxruntime" in args.backends and "predictor" not in args.modes:
+        parser.error("onnxruntime measures the predictor call: add --modes predictor")
     cap = args.max_number_token
     if cap is not None and cap != "auto":
         cap = int(cap)
+    work = Path(tempfile.mkdtemp(prefix="benchmark_"))
+    weights = str(args.weights) if args.weights is not None else None
+    official = []
+    if args.official is not None:
+        weights = str(work / "official_weights.pth")
+        for size, unknown in itertools.product(args.sizes, args.unknown):
+            tokens_cap = cap if isinstance(cap, int) else None
+            print(f"measuring the official code at {size} ...", file=sys.stderr, flush=True)
+            official.append(
+                run_official_pair(args.official, size, unknown, tokens_cap, weights, work)
+            )
+        print(official_table(official), flush=True)
     results = []
-    exports = Path(tempfile.mkdtemp(prefix="benchmark_onnx_"))
-    onnx_paths: dict[str, str] = {}  # variant -> exported graph, made once
-    configurations = list(
-        itertools.product(
+    onnx_paths: dict[str, str] = {}  # variant -> exported deployment, made once
+    configurations = [
+        config
+        for config in itertools.product(
             args.sizes,
             args.unknown,
             args.variants,
@@ -358,17 +431,16 @@ def main(argv: list[str] | None = None) -> None:
             args.devices,
             args.precisions or ["fp32"],
         )
-    )
+        if config[3] != "onnxruntime" or config[4] == "predictor"  # onnxruntime: the predictor
+    ]
     print(f"{len(configurations)} configurations, each in a fresh process", flush=True)
     print("\n".join(markdown_table([]).splitlines()[:2]), flush=True)
     for size, unknown, variant, backend, mode, device, precision in configurations:
-        if backend == "onnxruntime" and mode == "predictor":
-            continue  # the onnxruntime backend always times its predictor
         spec = {
             "model": args.model,
             "variant": variant,
             "backend": backend,
-            "mode": "predictor" if backend == "onnxruntime" else mode,
+            "mode": mode,
             "unknown": unknown,
             "size": list(size),
             "device": device,
@@ -383,18 +455,23 @@ def main(argv: list[str] | None = None) -> None:
             "profile": args.profile,
             "pin_malloc": not args.default_malloc,
             "overrides": args.override,
+            "weights": weights if variant == "mematte" else None,
         }
         if backend == "onnxruntime":
             if variant not in onnx_paths:
-                onnx_paths[variant] = str(export_for_onnxruntime(spec, exports))
+                onnx_paths[variant] = str(export_for_onnxruntime(spec, work))
             spec["onnx_path"] = onnx_paths[variant]
         described = f"{args.model} {variant} {backend} {mode} {'x'.join(map(str, size))}"
         print(f"measuring {described} {device} {precision} ...", file=sys.stderr, flush=True)
         result = run_in_subprocess(Path(__file__), spec, args.timeout)
         results.append(result)
         print(markdown_table([result]).splitlines()[-1], flush=True)
-    shutil.rmtree(exports)
-    write_report(SCHEMA, results, args.json, args.markdown, markdown_table)
+    shutil.rmtree(work)
+
+    def table(rows: list[dict]) -> str:
+        return markdown_table(rows) + (f"\n{official_table(official)}" if official else "")
+
+    write_report(SCHEMA, results, args.json, args.markdown, table, official=official or None)
 
 
 if __name__ == "__main__":

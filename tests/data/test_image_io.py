@@ -17,8 +17,9 @@ from data.image_io import (
     read_map_u8,
     read_rgb_levels,
     read_trimap_levels,
-    to_unit_float,
 )
+from utils.device import to_unit_float
+from utils.levels import unit_float_array
 
 
 def _smooth(shape: tuple[int, ...]) -> np.ndarray:
@@ -75,6 +76,9 @@ def test_native_levels_and_unit_floats(tmp_path):
     np.testing.assert_array_equal(to_unit_float(levels, "cpu").numpy(), deep / np.float32(65535))
     eight = np.array([[0, 128, 255]], np.uint8)
     np.testing.assert_array_equal(to_unit_float(eight, "cpu").numpy(), eight / np.float32(255))
+    for each in (levels, eight, np.arange(65536, dtype=np.uint16), np.arange(256, dtype=np.uint8)):
+        # the torch-free conversion (readers, onnxruntime predictor): the same floats
+        np.testing.assert_array_equal(unit_float_array(each), to_unit_float(each).numpy())
 
 
 def test_unit_float_copies_on_request():

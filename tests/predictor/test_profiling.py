@@ -38,25 +38,44 @@ def test_sdpa_flops_are_counted():
 class _WholeForward(nn.Module):
     """The inference forward (patch decoder on) with tensors in and out, for one fvcore trace."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, clamp_known: bool) -> None:
         super().__init__()
         self.model = model
+        self.clamp_known = clamp_known
 
     def forward(self, image, trimap):
-        return self.model({"image": image, "trimap": trimap}, patch_decoder=True)["phas"]
+        batch = {"image": image, "trimap": trimap}
+        return self.model(batch, patch_decoder=True, clamp_known=self.clamp_known)["phas"]
 
 
-def test_count_gflops_equals_one_trace_of_the_whole_forward():
+@pytest.mark.parametrize("clamp_known", [False, True])
+def test_count_gflops_equals_one_trace_of_the_whole_forward(clamp_known):
+    """The decoder's count comes from its block plans: it must be what the traced forward runs,
+    for the raw forward and for the predictor's clamped call (which skips known blocks)."""
     model = build_tiny_mematte().eval()
     model.backbone.max_number_token = 3
-    # 1600 px wide: four decoder tiles in a row, the two middle ones of the same shape and
-    # region, which count_gflops traces once and counts twice.
-    batch = make_benchmark_inputs(64, 1600)
-    flops = profiling.count_gflops(model, batch)
+    batch = make_benchmark_inputs(200, 1600, unknown=0.05)  # four decoder tiles in a row
+    flops = profiling.count_gflops(model, batch, clamp_known=clamp_known)
     with torch.no_grad():
-        whole = profiling._gflops(_WholeForward(model), (batch["image"], batch["trimap"]))
+        whole = profiling._gflops(
+            _WholeForward(model, clamp_known), (batch["image"], batch["trimap"])
+        )
     assert flops["total"] == pytest.approx(whole, rel=1e-6)
     assert flops["backbone"] > 0 and flops["decoder"] > 0
+    assert sum(flops["parts"].values()) == pytest.approx(flops["total"])
+    assert {"backbone.mlp", "backbone.window_attention", "decoder.head"} <= set(flops["parts"])
+
+
+def test_clamped_decoder_work_is_a_fraction_of_the_raw_forward():
+    model = build_tiny_mematte().eval()
+    trimap = make_benchmark_inputs(1024, 1024, unknown=0.05)["trimap"]
+    raw = profiling.decoder_work(model, trimap, clamp_known=False)
+    clamped = profiling.decoder_work(model, trimap, clamp_known=True)
+    for stage in raw:
+        assert 0 < clamped[stage]["macs"] < raw[stage]["macs"]
+    assert raw["head"]["pixels"] == 1024 * 1024  # every output pixel, once
+    unknown = int(((trimap != 0) & (trimap != 1)).sum())
+    assert unknown <= clamped["head"]["pixels"] < 0.5 * raw["head"]["pixels"]
 
 
 class _Features(nn.Module):
@@ -75,7 +94,8 @@ def test_module_by_module_backbone_count_equals_one_whole_trace():
         images, _ = model.preprocess(make_benchmark_inputs(96, 160))
         reference = model.backbone(images).features
         whole = profiling._gflops(_Features(model.backbone), (images,))
-        gflops, features = profiling.backbone_gflops(model.backbone, images)
-    assert gflops == pytest.approx(whole, rel=1e-3)
+        parts, features = profiling.backbone_gflops(model.backbone, images)
+    assert sum(parts.values()) == pytest.approx(whole, rel=1e-3)
+    assert parts["backbone.global_attention"] > 0 and parts["backbone.ltrm"] > 0
     assert torch.equal(features, reference)
     assert "forward" not in vars(model.backbone.blocks[0])  # the modules are restored
