@@ -86,8 +86,9 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 # Routed tokens attend in this many query chunks: at most heads x ceil(k / chunks) x k attention
-# scores exist at once for k routed tokens (cap 18500, ViT-S: 0.5 GB instead of 8.2 GB).
-QUERY_CHUNKS = 16
+# scores (and their softmax) exist at once for k routed tokens (cap 18500, ViT-S: 64 MiB each,
+# instead of 8.2 GB unchunked).
+QUERY_CHUNKS = 128
 # Window attention runs over this many chunks of windows; the MLPs, routers, LTRMs and residual
 # blocks over this many strips of token rows (at 4872 x 6017 a whole-map MLP hidden state alone
 # takes 0.7 GB, an LTRM one 0.35 GB).

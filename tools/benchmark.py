@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cap-ratio", type=float, default=0.25, help="cap / tokens (mematte)")
     parser.add_argument(
+        "--cap-limit", type=int, help="the --cap-ratio cap at most this (e.g. the official 18500)"
+    )
+    parser.add_argument(
         "--max-number-token", help="absolute cap (e.g. 18500) or 'auto'; overrides --cap-ratio"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
@@ -391,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _official_cap(args: argparse.Namespace, size: tuple[int, int]) -> int:
+    """The cap of the official pair at ``size``, as the MEMatte rows resolve it."""
+    cfg = LazyConfig.load(str(REPO_ROOT / CONFIGS[args.model, "mematte"])).model
+    Hp, Wp = padded_size(size, cfg.size_divisibility)
+    patch = cfg.backbone.patch_size
+    spec = {"variant": "mematte", "max_number_token": args.max_number_token}
+    spec.update(cap_ratio=args.cap_ratio, cap_limit=args.cap_limit)
+    return resolve_cap(spec, (Hp // patch) * (Wp // patch), auto=None)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Measure every configuration asked for, each in a fresh worker process."""
     parser = build_parser()
@@ -412,10 +425,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.official is not None:
         weights = str(work / "official_weights.pth")
         for size, unknown in itertools.product(args.sizes, args.unknown):
-            tokens_cap = cap if isinstance(cap, int) else None
             print(f"measuring the official code at {size} ...", file=sys.stderr, flush=True)
             official.append(
-                run_official_pair(args.official, size, unknown, tokens_cap, weights, work)
+                run_official_pair(
+                    args.official, size, unknown, _official_cap(args, size), weights, work
+                )
             )
         print(official_table(official), flush=True)
     results = []
@@ -450,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
             "threads": args.threads,
             "seed": args.seed,
             "cap_ratio": args.cap_ratio,
+            "cap_limit": args.cap_limit,
             "max_number_token": cap,
             "flops": not args.no_flops,
             "profile": args.profile,

@@ -4,16 +4,19 @@ Each class overrides the forward of its reference class and falls back to it unl
 :func:`~modeling.lean.mode.lean_active` holds. Token maps are computed in strips or chunks
 (:func:`~modeling.lean.chunking.map_strips`) so that no wide intermediate (MLP hidden state, LTRM
 activations, window q/k/v, rel-pos bias, router projections) exists for the whole image, and
-residuals are added in place into fresh branch outputs.
+residuals are added in place into fresh branch outputs. The linear layers followed by a GELU
+(MLP, LTRM, router) and the MLP's second one run as one oneDNN matmul each with the bias and the
+GELU fused in (:func:`~modeling.lean.fused.fused_linear`); window attention adds its windows to
+the residual stream straight from window order, in one pass.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from modeling.backbone.attention import Attention, decomposed_rel_pos_terms
+from modeling.backbone.attention import Attention, decomposed_rel_pos_terms, window_partition
 from modeling.backbone.ltrm import LTRM
 from modeling.backbone.router import Router
 from modeling.backbone.vit import Block, PatchEmbed
@@ -28,6 +31,7 @@ from .constants import (
     STRIP_TOKENS,
     WINDOW_CHUNK_TOKENS,
 )
+from .fused import fused_linear
 from .mode import lean_active, lean_variant
 
 __all__ = ["LeanAttention", "LeanBlock", "LeanLTRM", "LeanPatchEmbed", "LeanRouter"]
@@ -85,13 +89,13 @@ class LeanBlock(Block):
         if self.use_efficient_block or self.window_size == 0:
             x = _add_into(self.attention_branch(x, policy), x)
         else:
-            x = _add_into(self._window_attention(x), x)
+            x = self._window_residual(x.contiguous())
         x = x.contiguous()
         tokens = x.view(-1, x.shape[-1])  # [B * N, C], in place below
 
         def mlp_residual(a: int, b: int) -> Tensor:
             chunk = tokens[a:b]
-            return chunk.add_(self.mlp(self.norm2(chunk)))
+            return chunk.add_(self._mlp(self.norm2(chunk)))
 
         map_strips(mlp_residual, tokens.shape[0], MLP_CHUNK_TOKENS, dim=0, out=tokens)
         if self.use_residual_block:
@@ -105,12 +109,52 @@ class LeanBlock(Block):
             )
         return x
 
-    def _window_attention(self, x: Tensor) -> Tensor:
-        """Window attention of ``[B, H, W, C]`` over strips of whole window rows."""
+    def _mlp(self, x: Tensor) -> Tensor:
+        """The MLP of ``[N, C]`` tokens: fc1 with its GELU, then fc2, each one fused matmul (the
+        timm ``Mlp`` of the configs: no hidden norm; dropout is the identity in eval)."""
+        mlp = self.mlp
+        if not (isinstance(mlp.act, nn.GELU) and isinstance(mlp.norm, nn.Identity)):
+            return mlp(x)
+        return fused_linear(fused_linear(x, mlp.fc1, mlp.act), mlp.fc2)
+
+    def _window_residual(self, x: Tensor) -> Tensor:
+        """``x`` plus its window attention, ``[B, H, W, C]`` (contiguous), over strips of whole
+        window rows; each strip's windows are added to its rows straight from window order."""
         ws = self.window_size
         windows_per_row = -(-x.shape[2] // ws)
         rows = ws * max(1, WINDOW_CHUNK_TOKENS // (ws * ws * windows_per_row))
-        return map_strips(lambda a, b: self.attend(self.norm1(x[:, a:b])), x.shape[1], rows, dim=1)
+        out = torch.empty_like(x)
+        for r0 in range(0, x.shape[1], rows):
+            strip = x[:, r0 : r0 + rows]
+            windows, _ = window_partition(self.norm1(strip), ws)
+            _add_windows(out[:, r0 : r0 + rows], strip, self.attn(windows), ws)
+        return out
+
+
+def _add_windows(out: Tensor, x: Tensor, windows: Tensor, ws: int) -> Tensor:
+    """``out = x + windows`` in one pass, ``x`` and ``out`` ``[B, r, W, C]`` in token order,
+    ``windows`` ``[B * nh * nw, ws, ws, C]`` those of the zero-padded grid of ``x`` (as
+    ``window_partition`` cuts them). Split into the part of whole windows and the partial last
+    window row and column, each piece is one strided add."""
+    B, r, W, C = x.shape
+    nh, nw = -(-r // ws), -(-W // ws)
+    # [B * nh * nw, ws, ws, C] -> [B, nh, nw, ws, ws, C] -> grid order [B, nh, ws, nw, ws, C]
+    grid = windows.view(B, nh, nw, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    # (first window, windows, pixels per window) of the whole windows and the partial last one
+    row_parts = [(0, r // ws, ws), (r // ws, 1, r % ws)]
+    col_parts = [(0, W // ws, ws), (W // ws, 1, W % ws)]
+    for w_r, n_r, p_r in row_parts:
+        for w_c, n_c, p_c in col_parts:
+            if not (n_r and p_r and n_c and p_c):
+                continue
+            rows, cols = (
+                slice(w_r * ws, w_r * ws + n_r * p_r),
+                slice(w_c * ws, w_c * ws + n_c * p_c),
+            )
+            shape = (B, n_r, p_r, n_c, p_c, C)  # token rows and columns split into windows
+            piece = grid[:, w_r : w_r + n_r, :p_r, w_c : w_c + n_c, :p_c]
+            torch.add(x[:, rows, cols].view(shape), piece, out=out[:, rows, cols].view(shape))
+    return out
 
 
 @lean_variant(LTRM)
@@ -122,12 +166,20 @@ class LeanLTRM(LTRM):
             return super().forward(x)
         rows = max(1, STRIP_TOKENS // x.shape[2])
         halo = self.dwconv.padding[0]
-        y = map_strips(
-            lambda a, b: self.forward_local(x[:, a:b]), x.shape[1], rows, dim=1, halo=halo
-        )
+        y = map_strips(lambda a, b: self._local(x[:, a:b]), x.shape[1], rows, dim=1, halo=halo)
         gate = self.eca.gate(y.permute(0, 3, 1, 2))  # [B, C, 1, 1]
         # y + y * gate, in place: [B, C, 1, 1] -> [B, 1, 1, C] to broadcast over channels-last y
         return y.addcmul_(y, gate.permute(0, 2, 3, 1))
+
+    def _local(self, x: Tensor) -> Tensor:
+        """:meth:`forward_local` of ``[B, h, w, C]`` with fc1 and its GELU as one fused matmul."""
+        if not isinstance(self.act1, nn.GELU):
+            return self.forward_local(x)
+        B, h, w, C = x.shape
+        hidden = fused_linear(x.reshape(-1, C), self.fc1, self.act1).view(B, h, w, -1)
+        # channels-last -> channels-first for the depthwise conv, and back
+        hidden = self.act2(self.dwconv(hidden.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        return fused_linear(hidden.reshape(B * h * w, -1), self.fc2).view(B, h, w, C)
 
 
 @lean_variant(Router)
@@ -141,9 +193,12 @@ class LeanRouter(Router):
         N = x.shape[1]
         global_sum = 0.0
 
+        norm, linear, gelu = self.in_conv
+
         def local_half(a: int, b: int) -> Tensor:
             nonlocal global_sum
-            h = self.in_conv(x[:, a:b])  # [B, n, C]
+            chunk = norm(x[:, a:b])  # [B, n, C]
+            h = fused_linear(chunk.reshape(-1, chunk.shape[-1]), linear, gelu).view(chunk.shape)
             half = h.shape[-1] // 2
             global_sum = global_sum + h[..., half:].sum(dim=1, keepdim=True)
             return h[..., :half]

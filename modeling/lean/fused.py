@@ -1,0 +1,64 @@
+"""Linear layers of the lean path as one oneDNN matmul each, with their bias and GELU fused in.
+
+``F.linear`` on the CPU first writes the bias into its whole output and then accumulates the
+matmul onto it, and a GELU after it is one more pass over that output (for an MLP's 4C-wide
+hidden state, three passes of memory traffic around one matmul). oneDNN's matmul adds the bias
+and applies the GELU in its epilogue, on the tile it has just computed; its weights are reordered
+into its blocked layout once per set of weights (cached per layer) instead of at every call.
+The results are those of ``F.linear`` and ``F.gelu`` (the same oneDNN arithmetic; the golden and
+lean-vs-reference tests hold them to float round-off).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .constants import MLP_CHUNK_TOKENS
+
+__all__ = ["fused_linear"]
+
+# layer -> (its weight's identity and version, the weight in oneDNN's layout)
+_PACKED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakref.WeakKeyDictionary()
+
+
+def _fusable(x: Tensor, layer: nn.Linear) -> bool:
+    """oneDNN's fused matmul serves float32 on the CPU outside autocast."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == layer.weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _packed(layer: nn.Linear) -> Tensor:
+    """``layer.weight`` reordered for oneDNN, reordered again only when the weight changed."""
+    weight = layer.weight
+    # Inference tensors (made under torch.inference_mode) cannot change: no version counter.
+    key = (weight.data_ptr(), weight.is_inference() or weight._version)
+    cached = _PACKED.get(layer)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), MLP_CHUNK_TOKENS)
+        _PACKED[layer] = cached = (key, packed)
+    return cached[1]
+
+
+def fused_linear(x: Tensor, layer: nn.Linear, gelu: nn.GELU | None = None) -> Tensor:
+    """``layer(x)``, then ``gelu`` if given, as one oneDNN matmul where it serves (see the module
+    docstring); ``F.linear`` (and the GELU) elsewhere.
+
+    Args:
+        x: ``[N, C_in]`` rows.
+        layer: the linear layer.
+        gelu: a GELU applied to its output.
+    """
+    if not _fusable(x, layer):
+        y = F.linear(x, layer.weight, layer.bias)
+        return gelu(y) if gelu is not None else y
+    attr, algorithm = ("gelu", gelu.approximate) if gelu is not None else ("none", None)
+    return torch.ops.mkldnn._linear_pointwise(x, _packed(layer), layer.bias, attr, [], algorithm)
