@@ -335,26 +335,6 @@ def export_input_size(model: MEMatte) -> tuple[int, int]:
 
 
 def _trace(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], axes: dict):
-    """One part, traced with the TorchScript exporter, as an ``onnx.ModelProto``."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # Expected: the exporter's deprecation notice and tracer warnings on the shape branches
-        # frozen as the export input takes them (see the module docstring).
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            args,
-            buffer,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_axes=axes,
-        )
-    return onnx.load_from_string(buffer.getvalue())
-
-
-def _trace(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], axes: dict):
     """One graph, traced with the TorchScript exporter, as an ``onnx.ModelProto``."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
