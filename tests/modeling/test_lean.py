@@ -19,6 +19,7 @@ from modeling.lean import lean_active, to_lean, to_reference
 from modeling.lean.chunking import map_strips
 from modeling.lean.cone import crop
 from modeling.lean.decoder import LeanDetailCapture, fold_batchnorm
+from modeling.lean.fused import fused_linear
 from modeling.lean.input import NormalizedInput
 from modeling.meta_arch.mematte import padded_size
 from tests.helpers import TINY_DIM, build_tiny_mematte, make_batch
@@ -376,3 +377,30 @@ def test_uint8_inputs_equal_their_float_reading():
         with torch.inference_mode():
             expected = lean(as_float, clamp_known=True)["phas"]
             assert torch.equal(lean(as_uint8, clamp_known=True)["phas"], expected)
+
+
+def test_fused_linear_equals_linear_and_gelu_and_follows_weight_updates():
+    gen = torch.Generator().manual_seed(0)
+    layer, gelu = nn.Linear(24, 40), nn.GELU()
+    x = torch.randn(37, 24, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_linear(x, layer, gelu), gelu(layer(x)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(fused_linear(x, layer), layer(x), atol=1e-6, rtol=0)
+        layer.weight.mul_(2)  # the cached reordered weight must follow
+        torch.testing.assert_close(fused_linear(x, layer), layer(x), atol=1e-6, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # outside float32: F.linear
+            assert fused_linear(x, layer).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(8, 8), (7, 10), (3, 2), (12, 5)])
+def test_windows_are_added_back_in_token_order(rows, cols):
+    """_add_windows puts the windows of a zero-padded grid back in token order, added to x, also
+    where the last window row or column is partial."""
+    from modeling.backbone.attention import window_partition, window_unpartition
+
+    gen = torch.Generator().manual_seed(rows * cols)
+    x = torch.randn(2, rows, cols, 3, generator=gen)
+    windows, pad_hw = window_partition(torch.randn(2, rows, cols, 3, generator=gen), 4)
+    expected = x + window_unpartition(windows, 4, pad_hw, (rows, cols))
+    out = lean_backbone._add_windows(torch.empty_like(x), x, windows, 4)
+    assert torch.equal(out, expected)
