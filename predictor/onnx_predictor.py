@@ -231,21 +231,26 @@ class OnnxMattingPredictor(ImagePredictor):
                 f"max_number_token must be an integer or None, got {max_number_token!r} (the "
                 "'auto' rule of predictor/token_budget.py models the PyTorch forward's memory)"
             )
-        options = ort.SessionOptions()
-        # Memory patterns plan one block for all activations of an input shape, allocated next
-        # to the arena's: they more than double the peak from the second call on and do not
-        # pay off when sizes vary (every tile box has its own).
-        options.enable_mem_pattern = False
-        if threads is not None:
-            options.intra_op_num_threads = threads
         providers = _providers(device)
 
-        def session(name: str) -> ort.InferenceSession:
+        def session(name: str, arena: bool) -> ort.InferenceSession:
+            options = ort.SessionOptions()
+            # Memory patterns plan one block for all activations of an input shape, allocated
+            # next to the arena's: they more than double the peak from the second call on and
+            # do not pay off when sizes vary (every box has its own).
+            options.enable_mem_pattern = False
+            # Each session has an arena of its own that keeps the most it ever held: the
+            # blocks graph reuses its arena, the small graphs called per strip or per box
+            # return their memory instead (nine arenas at their peaks would add up).
+            options.enable_cpu_mem_arena = arena
+            if threads is not None:
+                options.intra_op_num_threads = threads
             return ort.InferenceSession(str(folder / name), options, providers=providers)
 
-        self.embed = session(manifest["embed"])
-        self.blocks = session(manifest["blocks"])
-        self.stages = _OrtStages({stage: session(f) for stage, f in manifest["decoder"].items()})
+        self.embed = session(manifest["embed"], arena=False)
+        self.blocks = session(manifest["blocks"], arena=True)
+        stages = {stage: session(name, arena=False) for stage, name in manifest["decoder"].items()}
+        self.stages = _OrtStages(stages)
         self.spec = DecoderSpec.from_dict(manifest["decoder_spec"])
         self.pixel_mean = np.array(manifest["pixel_mean"], np.float32).reshape(-1, 1, 1)
         self.pixel_std = np.array(manifest["pixel_std"], np.float32).reshape(-1, 1, 1)
