@@ -6,12 +6,13 @@ unknown pixel. Walking the decoder backwards from them (:mod:`~modeling.lean.con
 every map, the pixels those blocks depend on; each map's pixels are grouped into boxes
 (:func:`group_boxes`): the cells of the block grid at the map's scale that hold such pixels, runs
 of them along a cell row (vertical neighbours with the same run merged), each box shrunk to the
-pixels it must hold and split at ``DECODER_BOX_ROWS`` rows; then neighbouring boxes are merged
-wherever computing their hull costs less than computing them apart. The cost of a box
-(:class:`BoxCost`) is its multiply-adds plus ``DECODER_BOX_OVERHEAD_MACS`` for the fixed cost of
-its kernel calls. Every pixel of a map is computed at most once; the last fusion stage runs per
-output box, on the output box plus the one-pixel ring the head reads, so neighbouring output
-boxes merge where that saves more than it adds.
+pixels it must hold and split at ``DECODER_BOX_ROWS`` rows; then neighbouring boxes (in reading
+order, ``MERGE_WINDOW`` apart at most) are merged wherever computing their hull costs less than
+computing them apart. The cost of a box (:class:`BoxCost`) is its multiply-adds plus
+``DECODER_BOX_OVERHEAD_MACS`` for the fixed cost of its kernel calls. Every pixel of a map is
+computed at most once; the last fusion stage runs per output box, on the output box plus the
+one-pixel ring the head reads, so neighbouring output boxes merge where that saves more than it
+adds.
 
 Map names: ``D1 .. D{n-1}`` the conv stream's detail maps (scale k = 1 / 2**k of the input; D0 is
 the input itself), ``F0 .. F{n-1}`` the fusion stages' outputs (``F{i}`` at scale ``n - 1 - i``),
@@ -20,7 +21,6 @@ the head's logits at scale 0; ``n`` is the number of fusion stages.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,6 +30,11 @@ import numpy as np
 
 from .cone import ConvGeometry, Region, area, clip, hull, up_need
 from .constants import DECODER_BLOCK, DECODER_BOX_OVERHEAD_MACS, DECODER_BOX_ROWS
+
+# How many boxes before a box (in reading order) it may merge with: the neighbours worth merging
+# are the boxes of the same or the previous cell rows close by; a bounded window keeps the cost
+# comparisons linear in the boxes (a map of scattered unknown pixels has hundreds).
+MERGE_WINDOW = 8
 
 __all__ = ["BoxCost", "DecoderPlan", "DecoderSpec", "group_boxes", "map_sizes", "plan_decoder"]
 
@@ -152,25 +157,27 @@ def _overlaps(a: Region, b: Region) -> bool:
 
 
 def _merge(boxes: list[Region], cost: Callable[[Region], float], max_rows: int) -> list[Region]:
-    """Greedily replace two boxes by their hull wherever that costs less and the hull stays
-    within ``max_rows`` rows and clear of the other boxes."""
-    boxes = list(boxes)
-    merged = True
-    while merged:
-        merged = False
-        for i, j in itertools.combinations(range(len(boxes)), 2):
-            joint = hull(boxes[i], boxes[j])
+    """Replace a box and one of the ``MERGE_WINDOW`` boxes before it (in reading order) by their
+    hull wherever that costs less and the hull stays within ``max_rows`` rows and clear of the
+    other boxes. One pass: at most ``MERGE_WINDOW`` candidate pairs per box (3 cost calls each),
+    where trying every pair until none merges grew with the cube of the boxes."""
+    merged: list[Region] = []
+    boxes = sorted(boxes)
+    for n, box in enumerate(boxes):
+        for k in range(len(merged) - 1, max(len(merged) - MERGE_WINDOW, 0) - 1, -1):
+            joint = hull(merged[k], box)
             if joint[0][1] - joint[0][0] > max_rows:
                 continue
-            if cost(joint) >= cost(boxes[i]) + cost(boxes[j]):
+            if cost(joint) >= cost(merged[k]) + cost(box):
                 continue
-            others = (box for k, box in enumerate(boxes) if k not in (i, j))
-            if any(_overlaps(joint, box) for box in others):
+            others = [*merged[:k], *merged[k + 1 :], *boxes[n + 1 :]]
+            if any(_overlaps(joint, other) for other in others):
                 continue
-            boxes = [box for k, box in enumerate(boxes) if k not in (i, j)] + [joint]
-            merged = True
+            merged[k] = joint
             break
-    return sorted(boxes)
+        else:
+            merged.append(box)
+    return sorted(merged)
 
 
 def group_boxes(
@@ -197,13 +204,18 @@ def group_boxes(
     cells = cells.reshape(grid_h, cell, grid_w, cell).any(axis=(1, 3))
     cells_per_box = max(1, max_rows // cell)
     runs: list[list[int]] = []  # [first cell row, last cell row + 1, first col, last col + 1]
+    open_runs: dict[tuple[int, int], list[int]] = {}  # the runs that reach the previous row
     for r in range(grid_h):
+        reaching: dict[tuple[int, int], list[int]] = {}
         for c0, c1 in _runs(cells[r]):
-            last = next((run for run in runs if run[1] == r and run[2:] == [c0, c1]), None)
-            if last is not None and last[1] - last[0] < cells_per_box:
-                last[1] = r + 1
+            run = open_runs.get((c0, c1))
+            if run is not None and run[1] - run[0] < cells_per_box:
+                run[1] = r + 1
             else:
-                runs.append([r, r + 1, c0, c1])
+                run = [r, r + 1, c0, c1]
+                runs.append(run)
+            reaching[c0, c1] = run
+        open_runs = reaching
     boxes = []
     for r0, r1, c0, c1 in runs:
         box = _shrink(mask, ((r0 * cell, min(r1 * cell, h)), (c0 * cell, min(c1 * cell, w))))
