@@ -36,7 +36,7 @@ from predictor.inputs import mask_levels
 from predictor.matting import AUTO, BatchPrediction, MattingPredictor, RoutingMaps
 from predictor.token_budget import SAFETY, peak_bytes
 from utils.device import resolve_device
-from utils.memory import TRIM_THRESHOLD_BYTES, free_memory_bytes, peak_memory_bytes
+from utils.memory import MIB, TRIM_THRESHOLD_BYTES, free_memory_bytes, peak_memory_bytes
 
 __all__ = [
     "BRUSH_COLOURS",
@@ -68,7 +68,6 @@ OUTPUT_BYTES_PER_PIXEL = 72
 OUTPUT_FIXED_BYTES = TRIM_THRESHOLD_BYTES
 # Side of the largest (square) image default_max_pixels considers, px.
 MAX_PLANNED_SIDE = 2**16
-MIB = 2**20
 # What the reported peak memory covers on each device type (utils.memory.peak_memory_bytes).
 PEAK_MEMORY_SCOPE = {
     "cuda": "torch allocations of this request",

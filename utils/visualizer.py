@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from utils.levels import UINT8_MAX, UINT16_MAX
+
 __all__ = ["routing_figure"]
 
 PANEL_MAX_SIDE = 512  # px; each block's panel is the image scaled to fit this
@@ -26,7 +28,7 @@ LEGEND_SWATCH = 14  # px side of a legend colour swatch
 LEGEND_MARGIN = 6  # px
 LEGEND_TEXT_SCALE = 0.45
 _WHITE = 255
-_MAX_LEVEL = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_MAX_LEVEL = {np.dtype(np.uint8): UINT8_MAX, np.dtype(np.uint16): UINT16_MAX}
 
 
 def _token_map(values: np.ndarray, patch: int, hw: tuple[int, int], size: tuple[int, int]):
