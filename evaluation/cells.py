@@ -7,11 +7,13 @@ A cell is a folder::
     <cell>/pred/<name>.png   the predicted alphas, written by predictor.runner as inference.py
                              writes them (the official truncated 8-bit PNGs)
     <cell>/per_image.csv     the metrics of each image (evaluation.folders.write_csv)
+    <cell>/cell.json         the parameters that decide its numbers (Cell.parameters)
     <cell>/result.json       written last: the mean metrics, the folders they come from, the peak
                              memory and the time per image
 
 A cell with its ``result.json`` is finished and not computed again; an unfinished one resumes as
-``inference.py`` does (predictions already written are skipped). The metrics are those of
+``inference.py`` does (predictions already written are skipped); a folder holding a cell of other
+parameters is refused (:func:`check_cells`). The metrics are those of
 ``evaluation.folders`` (the library of ``tools/evaluate.py``) on the folders ``result.json`` names
 under ``evaluation``, so ``tools/evaluate.py --pred-dir P --label-dir L --trimap-dir T`` on them
 gives the same numbers.
