@@ -52,6 +52,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data.composition import RESAMPLING, backgrounds_of, compose, composite_name
 from data.image_io import (
+    IMAGE_EXTENSIONS,
     BadSampleError,
     encode_image,
     is_complete_image,
@@ -98,7 +99,7 @@ class Preset:
         name: the ``--preset`` value.
         num_bgs: backgrounds per foreground.
         fg_dirs: foreground folders, searched in order for each listed name.
-        alpha_dirs: alpha folders, the i-th holding the mattes of the i-th foreground folder.
+        alpha_dirs: alpha folders, searched in order.
         trimap_dir: the trimap folder, None where the release has none.
         fg_names: the foreground list.
         bg_names: the background list.
@@ -175,7 +176,8 @@ class BuildSpec:
 
     Attributes:
         fg_dirs: foreground folders, searched in order for each listed name.
-        alpha_dirs: alpha folders (same file names as the foregrounds), searched in order.
+        alpha_dirs: alpha folders, searched in order for the foreground's file name (or, where
+            it is missing, its stem with another image suffix).
         trimap_dir: trimaps (per foreground or per composite), or None.
         fg_names: the foreground list (one file name per line).
         bg_names: the background list (one file name per line, in composition order).
@@ -278,7 +280,11 @@ def _read_list(path: Path) -> list[str]:
     Raises:
         DataError: a blank line amid the names.
     """
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError([f"{path}: not a text file of names ({exc})"]) from None
+    names = [line.strip() for line in text.splitlines()]
     while names and not names[-1]:
         names.pop()
     blank = [str(i + 1) for i, name in enumerate(names) if not name]
@@ -318,10 +324,6 @@ def check_setup(spec: BuildSpec) -> None:
     for path in (spec.fg_names, spec.bg_names):
         if not path.is_file():
             raise SetupError(f"{path}: no such list file")
-    if len(spec.fg_dirs) != len(spec.alpha_dirs):
-        raise SetupError(
-            f"{len(spec.fg_dirs)} foreground folders but {len(spec.alpha_dirs)} alpha folders"
-        )
     if spec.num_bgs < 1:
         raise SetupError(f"--num-bgs must be at least 1, got {spec.num_bgs}")
     out = spec.output_dir
@@ -367,8 +369,19 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 
 def _find(name: str, folders: tuple[Path, ...]) -> Path:
-    """The first ``folder / name`` that exists (else the first folder's, for the message)."""
-    return next((f / name for f in folders if (f / name).is_file()), folders[0] / name)
+    """The first ``folder / name`` that exists; else the one file of the same stem with another
+    image suffix (an alpha stored as ``.png`` for a ``.jpg`` foreground); else the first folder's
+    ``name``, for the message."""
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    stem = Path(name).stem
+    for folder in folders:
+        found = [folder / f"{stem}{ext}" for ext in IMAGE_EXTENSIONS]
+        found = [path for path in found if path.is_file()]
+        if len(found) == 1:
+            return found[0]
+    return folders[0] / name
 
 
 def _background_path(spec: BuildSpec, name: str) -> Path:
@@ -428,6 +441,12 @@ def plan_build(spec: BuildSpec) -> list[ForegroundJob]:
         DataError: every problem found, each naming its file (nothing has been written).
     """
     fg_names, bg_names = _read_list(spec.fg_names), _read_list(spec.bg_names)
+    logger.info(
+        "checking %d foregrounds and the first %d of %d backgrounds",
+        len(fg_names),
+        len(fg_names) * spec.num_bgs,
+        len(bg_names),
+    )
     problems: list[str] = []
     if not fg_names:
         raise DataError([f"{spec.fg_names}: no foreground listed"])

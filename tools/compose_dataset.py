@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fg-dir", type=Path, nargs="+", metavar="DIR", help="foregrounds")
     parser.add_argument(
-        "--alpha-dir", type=Path, nargs="+", metavar="DIR", help="alpha mattes (one per --fg-dir)"
+        "--alpha-dir", type=Path, nargs="+", metavar="DIR", help="alpha mattes, named as the fgs"
     )
     parser.add_argument(
         "--trimap-dir",

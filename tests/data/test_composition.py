@@ -349,6 +349,17 @@ def test_damaged_outputs_are_written_again(release, tmp_path):
     assert (out / "bg" / "boy_1_0.png").is_file()
 
 
+def test_an_alpha_with_another_suffix_than_its_foreground_is_found(tmp_path):
+    release = write_release(tmp_path / "release")
+    jpeg_alpha = release["alpha"] / "cat.jpg"
+    levels = np.asarray(Image.open(jpeg_alpha))
+    Image.fromarray(levels).save(release["alpha"] / "cat.png")
+    jpeg_alpha.unlink()
+    out = tmp_path / "out"
+    assert compose_dataset.main(compose_args(release, out, "--num-bgs", "1")) == 0
+    np.testing.assert_array_equal(decoded(out / "alpha_copy" / "cat_0.png"), levels)
+
+
 def test_dim_train_preset_searches_both_folders_and_coco_2017_names(tmp_path):
     """The DIM training set keeps foregrounds in two folders and lists COCO 2014 names; COCO
     2017's files lack the COCO_train2014_ prefix. No trimaps: none are written."""
