@@ -265,7 +265,16 @@ class Cell:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of how a grid predicts and evaluates (besides the model and the device)."""
+    """The options of how a grid predicts and evaluates (besides the model and the device), and
+    its output folder."""
+    parser.add_argument("--output-dir", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--region",
+        choices=("unknown", "all"),
+        default="unknown",
+        help="pixels the metrics sum over: the trimap's unknown region (the DIM protocol) or the "
+        "whole image",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=1, metavar="B", help="images of equal size at once"
     )

@@ -82,7 +82,7 @@ GIT_TIMEOUT_S = 10
 
 
 def add_paper_table_arguments(parser: argparse.ArgumentParser) -> None:
-    """The models, the test sets, the cap, the region and the output folder."""
+    """The models, the test sets and the cap."""
     parser.add_argument(
         "--model",
         nargs=2,
@@ -103,14 +103,6 @@ def add_paper_table_arguments(parser: argparse.ArgumentParser) -> None:
         help="token cap: an integer, a ratio of each image's tokens (0.25) or 'config' (the "
         "config's, 18500 as official; the default)",
     )
-    parser.add_argument(
-        "--region",
-        choices=("unknown", "all"),
-        default="unknown",
-        help="pixels the metrics sum over: the trimap's unknown region (the DIM protocol) or the "
-        "whole image",
-    )
-    parser.add_argument("--output-dir", type=Path, required=True, metavar="DIR")
 
 
 def paper_models(pairs: list[tuple[str, str]]) -> list[ModelSpec]:

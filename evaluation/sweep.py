@@ -47,7 +47,7 @@ DPI = 100
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """The grid's options: the test set, the caps, the trimap variants, the evaluation."""
+    """The grid's options: the test set, the caps, the trimap variants, the evaluated region."""
     parser.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help="a test set")
     parser.add_argument("--layout", help="its layout (default: detected, see docs/data.md)")
     parser.add_argument(
@@ -69,19 +69,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "trimaps re-derived from the ground truth, unknown within W px of fractional alpha",
     )
     parser.add_argument(
-        "--region",
-        choices=("unknown", "all"),
-        default="unknown",
-        help="pixels the metrics sum over: the trimap's unknown region or the whole image",
-    )
-    parser.add_argument(
         "--eval-trimaps",
         choices=("released", "input"),
         default="released",
         help="the unknown region evaluated: the test set's trimaps (the benchmark's region, the "
         "default) or the trimaps each cell feeds",
     )
-    parser.add_argument("--output-dir", type=Path, required=True, metavar="DIR")
 
 
 def sweep_cells(
