@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.image_io import is_complete_image, read_map_u8, write_image
+from data.image_io import BadSampleError, is_complete_image, read_map_u8, write_image
 from data.readers import MattingItem, scan_test_set
 from data.trimap import erosion_trimap
 from engine.config import LazyConfig
@@ -387,17 +387,27 @@ def check_test_set(spec: DatasetSpec) -> list[MattingItem]:
 
 def _derived_trimaps(cell: Cell, items: list[MattingItem]) -> Path:
     """Write the re-derived trimaps of the cell's band width that are missing (rank 0), and
-    return their folder."""
+    return their folder (collective).
+
+    Raises:
+        ValueError: (on every rank) an alpha matte that cannot be read.
+    """
     folder = cell.trimap_root / cell.trimap.label
+    error = None
     if comm.is_main_process():
         folder.mkdir(parents=True, exist_ok=True)
         kernel = 2 * cell.trimap.width + 1  # an elliptic kernel of radius `width`
-        for item in items:
-            path = folder / f"{item.name}.png"
-            if not is_complete_image(path, decode=True):
-                alpha = read_map_u8(item.alpha_path).astype(np.float32) / UINT8_MAX
-                write_image(path, erosion_trimap(alpha, kernel, kernel))
-    comm.synchronize()
+        try:
+            for item in items:
+                path = folder / f"{item.name}.png"
+                if not is_complete_image(path, decode=True):
+                    alpha = read_map_u8(item.alpha_path).astype(np.float32) / UINT8_MAX
+                    write_image(path, erosion_trimap(alpha, kernel, kernel))
+        except (BadSampleError, OSError) as exc:
+            error = f"cannot derive the trimaps of {folder}: {exc}"
+    error = comm.all_gather(error)[0]
+    if error is not None:
+        raise ValueError(error)
     return folder
 
 
@@ -439,7 +449,9 @@ def _inference_args(
     )
 
 
-def _token_counter(model: ModelSpec, overrides: tuple[str, ...]):
+def _token_counter(
+    model: ModelSpec, overrides: tuple[str, ...]
+) -> Callable[[tuple[int, int]], int]:
     """``tokens(hw)``: the tokens of an image of size ``hw`` for the config's padding and patch."""
     cfg = LazyConfig.apply_overrides(LazyConfig.load(str(model.config_file)), list(overrides))
     step, patch = cfg.model.size_divisibility, cfg.model.backbone.patch_size
@@ -451,7 +463,9 @@ def _token_counter(model: ModelSpec, overrides: tuple[str, ...]):
     return tokens
 
 
-def _cap_groups(cell: Cell, options: RunOptions, items: list[MattingItem]) -> dict:
+def _cap_groups(
+    cell: Cell, options: RunOptions, items: list[MattingItem]
+) -> dict[int | None, list[MattingItem]]:
     """The images of the cell by their cap: one group, or one per cap for a ratio."""
     if not isinstance(cell.cap.value, float):
         return {cell.cap.tokens_for(0): items}
@@ -518,13 +532,20 @@ def load_result(path: Path) -> dict | None:
 
 def _evaluate(
     cell: Cell, items: list[MattingItem], trimap_dir: Path, run: dict, workers: int
-) -> dict:
-    """Rank 0: the metrics of the cell's predictions; write the CSV, then ``result.json``."""
+) -> None:
+    """Rank 0: the metrics of the cell's predictions; write the CSV, then ``result.json``.
+
+    Raises:
+        ValueError: the folders do not match, or an image could not be evaluated (logged by
+            evaluation.folders): the cell stays unfinished.
+    """
     label_dir = items[0].alpha_path.parent
     eval_trimaps = trimap_dir if cell.eval_on_input else items[0].trimap_path.parent
     pred_dir = cell.folder / PRED_DIR
     matched = match_files(pred_dir, label_dir, eval_trimaps)
     per_image, failures = evaluate_items(matched, cell.test_set.region, workers=workers)
+    if failures:
+        raise ValueError(f"{len(failures)} images could not be evaluated: {', '.join(failures)}")
     write_csv(cell.folder / PER_IMAGE_CSV, per_image)
     record = {
         "schema": SCHEMA,
@@ -544,7 +565,6 @@ def _evaluate(
         },
         "num_images": len(per_image),
         "metrics": mean_metrics(per_image),
-        "failures": failures,
         **{k: run[k] for k in ("timed_images", "seconds_per_image", "peak_memory_bytes")},
         "device": run["device"],
         "precision": run["precision"],
@@ -552,7 +572,6 @@ def _evaluate(
     }
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(cell.result_path, lambda file: file.write(text.encode("utf-8")))
-    return record
 
 
 def _run_cell(cell: Cell, options: RunOptions) -> bool:
@@ -571,7 +590,11 @@ def _run_cell(cell: Cell, options: RunOptions) -> bool:
         trimap_dir = items[0].trimap_path.parent
         trimaps = {item.name: item.trimap_path for item in items}
     else:
-        trimap_dir = _derived_trimaps(cell, items)
+        try:
+            trimap_dir = _derived_trimaps(cell, items)
+        except ValueError as exc:
+            logger.error("%s: %s", cell.folder, exc)
+            return False
         trimaps = {item.name: trimap_dir / f"{item.name}.png" for item in items}
     run = _predict(cell, options, items, trimaps)  # the same on every rank: merged summaries
     if run["failed"]:
@@ -580,8 +603,11 @@ def _run_cell(cell: Cell, options: RunOptions) -> bool:
     ok = True
     if comm.is_main_process():
         run |= {"device": str(_device(options)), "precision": options.precision}
-        record = _evaluate(cell, items, trimap_dir, run, options.eval_workers)
-        ok = not record["failures"]
+        try:
+            _evaluate(cell, items, trimap_dir, run, options.eval_workers)
+        except (ValueError, OSError) as exc:  # files that do not match, an unwritable folder
+            logger.error("%s: not evaluated: %s", cell.folder, exc)
+            ok = False
     comm.synchronize()
     return comm.all_gather(ok)[0]
 

@@ -14,8 +14,9 @@ each test set needs, the cells and how memory and time are measured: ``evaluatio
 ``evaluation/cells.py`` and ``docs/evaluation.md``. Resumable (finished pairs are not computed
 again) and sharded like inference (``--num-gpus N`` or ``torchrun``).
 
-Exit status: 0 every pair done; 1 some images failed; 2 usage or setup error (a missing file or
-folder, a test set without ground truth, an output folder holding results of other parameters).
+Exit status: 0 every pair done; 1 some images could not be predicted or evaluated (their pairs
+are left unfinished and out of the table); 2 usage or setup error (a missing file or folder, a
+test set without ground truth, an output folder holding results of other parameters).
 """
 
 import argparse

@@ -19,9 +19,10 @@ on each point's own). Sharded like inference: ``--num-gpus N`` or ``torchrun``. 
 output, how memory and time are measured: ``evaluation/cells.py``, ``evaluation/sweep.py`` and
 ``docs/evaluation.md``.
 
-Exit status: 0 every point done; 1 some images failed (their points are left unfinished); 2 usage
-or setup error (a missing file or folder, a test set without ground truth, an output folder
-holding points of other parameters).
+Exit status: 0 every point done; 1 some images could not be predicted or evaluated (their points
+are left unfinished, reported by name, and the other points go on); 2 usage or setup error (a
+missing file or folder, a test set without ground truth, an output folder holding points of other
+parameters).
 """
 
 import argparse

@@ -178,6 +178,28 @@ def test_two_cpu_processes_give_the_table_of_one(small_set, tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_points_that_cannot_be_evaluated_fail_by_name_and_the_others_go_on(
+    small_set, tmp_path, caplog
+):
+    """A label and trimap without an image (evaluate.py refuses such folders too) and an alpha
+    that cannot be read for re-derived trimaps fail their points; exit status 1."""
+    data = tmp_path / "data"
+    shutil.copytree(small_set, data)
+    for folder in ("trimaps", "alpha_copy"):
+        shutil.copy(data / folder / "test_000.png", data / folder / "orphan.png")
+    out = tmp_path / "sweep"
+    assert sweep.main(sweep_argv(data, out, "--caps", "4")) == 1
+    assert "orphan" in caplog.text and not list(out.glob("cells/*/result.json"))
+    caplog.clear()
+    (data / "alpha_copy" / "orphan.png").unlink()
+    (data / "trimaps" / "orphan.png").unlink()
+    (data / "alpha_copy" / "test_001.png").write_bytes(b"not a png")
+    assert sweep.main(sweep_argv(data, tmp_path / "two", "--trimaps", "3", "released")) == 1
+    assert "test_001.png" in caplog.text
+    assert [p.parent.name for p in (tmp_path / "two").glob("cells/*/result.json")] == []
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 
