@@ -6,8 +6,9 @@ Every composite follows :mod:`data.composition`. The output is the layout ``infe
 ``tools/evaluate.py`` read, plus the pieces of each composite::
 
     OUT/merged/<stem>_<k>.png       composites (RGB)
-    OUT/alpha_copy/<stem>_<k>.png   their alpha matte: the foreground's (8-bit, one channel)
-    OUT/trimaps/<stem>_<k>.png      their trimap (only with a trimap folder)
+    OUT/alpha_copy/<stem>_<k>.png   their alpha matte: a copy of the foreground's (re-encoded as
+                                    a one-channel PNG where the release stores it as JPEG)
+    OUT/trimaps/<stem>_<k>.png      their trimap, copied the same way (only with trimaps)
     OUT/fg/<stem>_<k>.png           the foreground colours (RGB)
     OUT/bg/<stem>_<k>.png           the background as composited: enlarged and cropped (RGB)
     OUT/manifest.json               parameters, software versions, and the SHA-256 of every file
@@ -547,6 +548,12 @@ def _png(image: np.ndarray) -> bytes:
     return encode_image(_PNG_NAME, image)
 
 
+def _copy_as_png(path: Path, levels: np.ndarray) -> bytes:
+    """A release's map as a PNG: the file itself when it is one (a copy, as the releases' users
+    make ``alpha_copy``), else its decoded levels encoded."""
+    return path.read_bytes() if path.suffix.lower() == ".png" else _png(levels)
+
+
 def run_job(job: ForegroundJob) -> BuildResult:
     """Write the composites of one foreground that are not complete yet (in a worker process).
 
@@ -573,7 +580,7 @@ def run_job(job: ForegroundJob) -> BuildResult:
     except BadSampleError as exc:
         result.failed += [_failure(c, exc.path, exc.reason) for c in pending]
         return result
-    shared = {FG_DIR: _png(foreground), ALPHA_DIR: _png(alpha)}
+    shared = {FG_DIR: _png(foreground), ALPHA_DIR: _copy_as_png(job.alpha, alpha)}
     trimaps: dict[Path, bytes] = {}
     for composite in pending:
         try:
@@ -583,7 +590,7 @@ def run_job(job: ForegroundJob) -> BuildResult:
                     levels = read_trimap_levels(composite.trimap)
                     if levels.shape != alpha.shape:
                         raise BadSampleError(composite.trimap, "size differs from the alpha's")
-                    trimaps[composite.trimap] = _png(levels)
+                    trimaps[composite.trimap] = _copy_as_png(composite.trimap, levels)
                 encoded[TRIMAP_DIR] = trimaps[composite.trimap]
             image, background = compose(foreground, alpha, _rgb8(composite.background))
             encoded[BG_DIR], encoded[MERGED_DIR] = _png(background), _png(image)

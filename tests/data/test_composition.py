@@ -108,13 +108,15 @@ def reference_composites(
     release: dict[str, Path], num_bgs: int
 ) -> dict[str, dict[str, np.ndarray]]:
     """Adobe's procedure, written independently: PIL reads (RGB, alpha's first channel), PIL
-    bicubic enlargement to ceil(side * ratio), top-left crop, float32 blend, truncation."""
+    bicubic enlargement to ceil(side * ratio), top-left crop, float32 blend, truncation; the
+    alpha and trimap of each composite copied from the foreground's (a JPEG's levels in a PNG)."""
     fg_names = release["fg_names"].read_text().split()
     bg_names = release["bg_names"].read_text().split()
     expected = {}
     for i, fg_name in enumerate(fg_names):
         fg = Image.open(release["fg"] / fg_name).convert("RGB")
         a = np.asarray(Image.open(release["alpha"] / fg_name).convert("RGB"))[:, :, 0]
+        alpha_file = np.asarray(Image.open(release["alpha"] / fg_name))  # as stored
         trimap = np.asarray(Image.open(release["trimaps"] / (Path(fg_name).stem + ".png")))
         w, h = fg.size
         for k in range(num_bgs):
@@ -131,7 +133,7 @@ def reference_composites(
             name = f"{fg_name[: fg_name.rindex('.')]}_{k}.png"
             expected[name] = {
                 "merged": merged,
-                "alpha_copy": a,
+                "alpha_copy": alpha_file,
                 "trimaps": trimap,
                 "fg": np.asarray(fg),
                 "bg": crop,
