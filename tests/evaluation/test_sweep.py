@@ -9,7 +9,10 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -30,7 +33,7 @@ from evaluation.cells import (
     parse_trimap_variant,
 )
 from evaluation.sweep import sweep_cells, write_sweep_tables
-from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, DEMO_NAMES, TINY_CONFIG
+from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, DEMO_NAMES, REPO_ROOT, TINY_CONFIG
 from tools import evaluate, sweep
 
 METRICS = ("sad", "mse", "grad", "conn")
@@ -162,20 +165,36 @@ def test_an_interrupted_cell_resumes_and_new_caps_add_cells(small_set, tmp_path,
     assert record["timed_images"] == 1 and record["num_images"] == 2
 
 
+SPELLINGS = {
+    "spawned": [sys.executable, "tools/sweep.py", "--num-gpus", "2"],
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    + ["--nproc-per-node", "2", "tools/sweep.py"],
+}
+TIMEOUT_S = 300
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_give_the_table_of_one(small_set, tmp_path):
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_two_cpu_processes_give_the_table_of_one(small_set, tmp_path, spelling):
     one, two = tmp_path / "one", tmp_path / "two"
     extra = ("--caps", "4", "--trimaps", "3")
     assert sweep.main(sweep_argv(small_set, one, *extra)) == 0
-    assert sweep.main([*sweep_argv(small_set, two, *extra), "--num-gpus", "2"]) == 0
+    completed = subprocess.run(
+        SPELLINGS[spelling] + sweep_argv(small_set, two, *extra),
+        cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
     for name in DEMO_NAMES[:2]:
         relative = Path("cells", "cap-4_trimap-band3", "pred", f"{name}.png")
         assert (one / relative).read_bytes() == (two / relative).read_bytes()
     rows = [read_rows(folder / "sweep.csv") for folder in (one, two)]
     assert [[r[m] for m in METRICS] for r in rows[0]] == [[r[m] for m in METRICS] for r in rows[1]]
-    assert (
-        json.loads((two / "cells/cap-4_trimap-band3/result.json").read_text())["num_processes"] == 2
-    )
+    record = json.loads((two / "cells" / "cap-4_trimap-band3" / "result.json").read_text())
+    assert record["num_processes"] == 2
 
 
 @pytest.mark.slow
