@@ -17,9 +17,9 @@ searched in order, as the DIM training set's two):
 
 Explicit options override a preset's. Output: ``OUT/merged/<stem>_<k>.png`` (composites),
 ``OUT/alpha_copy/``, ``OUT/trimaps/`` (with trimaps), ``OUT/fg/``, ``OUT/bg/`` (the pieces of each
-composite) and ``OUT/manifest.json`` (parameters and the SHA-256 of every file). The rules, the
-checks and the resume are in ``data/composition_build.py`` and ``data/composition.py``; the
-layouts of the releases in ``docs/data.md``.
+composite) and ``OUT/manifest.json`` (parameters and the SHA-256 of every file). The rules are in
+``data/composition.py``, the presets and checks in ``data/composition_plan.py``, the resumable
+build in ``data/composition_build.py``; the layouts of the releases in ``docs/data.md``.
 
 Every listed file is checked before anything is written; a build that stops resumes where it
 stopped when run again with the same options. Exit status: 0 built (or already complete); 1 bad
@@ -39,15 +39,8 @@ from tqdm import tqdm
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from data.composition_build import (
-    PRESETS,
-    BuildSpec,
-    DataError,
-    SetupError,
-    build,
-    check_setup,
-    plan_build,
-)
+from data.composition_build import build
+from data.composition_plan import PRESETS, BuildSpec, DataError, SetupError, check_setup, plan_build
 
 logger = logging.getLogger("compose_dataset")
 
