@@ -40,14 +40,14 @@ from pathlib import Path
 import torch
 
 from engine.config import LazyConfig
-from evaluation.cells import (
+from evaluation.cells import load_result
+from evaluation.grid import (
     Cell,
     DatasetSpec,
     ModelSpec,
     RunOptions,
     TokenCap,
     TrimapVariant,
-    load_result,
     model_spec,
     parse_token_cap,
 )

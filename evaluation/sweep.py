@@ -22,13 +22,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 
-from evaluation.cells import (
+from evaluation.cells import load_result
+from evaluation.grid import (
     Cell,
     DatasetSpec,
     ModelSpec,
     TokenCap,
     TrimapVariant,
-    load_result,
     parse_token_cap,
     parse_trimap_variant,
 )

@@ -28,14 +28,8 @@ from pathlib import Path
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from evaluation.cells import (
-    EXIT_USAGE,
-    add_run_arguments,
-    check_cells,
-    check_test_set,
-    run_cells,
-    run_options,
-)
+from evaluation.cells import EXIT_USAGE, check_cells, check_test_set, run_cells
+from evaluation.grid import add_run_arguments, run_options
 from evaluation.paper_table import (
     add_paper_table_arguments,
     paper_cells,

@@ -34,16 +34,8 @@ from pathlib import Path
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from evaluation.cells import (
-    EXIT_USAGE,
-    DatasetSpec,
-    add_run_arguments,
-    check_cells,
-    check_test_set,
-    model_spec,
-    run_cells,
-    run_options,
-)
+from evaluation.cells import EXIT_USAGE, check_cells, check_test_set, run_cells
+from evaluation.grid import DatasetSpec, add_run_arguments, model_spec, run_options
 from evaluation.sweep import add_sweep_arguments, sweep_cells, write_sweep_tables
 from utils.arguments import add_model_arguments
 

@@ -21,13 +21,13 @@ import pytest
 
 import inference
 from evaluation import cells
-from evaluation.cells import (
+from evaluation.cells import check_cells
+from evaluation.grid import (
     Cell,
     DatasetSpec,
     RunOptions,
     TokenCap,
     TrimapVariant,
-    check_cells,
     model_spec,
     parse_token_cap,
     parse_trimap_variant,
