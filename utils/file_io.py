@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "sha256_of_file"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "sha256_of_file"]
 
 # Permissions of a new file before the umask: what open(path, "w") creates.
 _NEW_FILE_MODE = 0o666
@@ -22,6 +23,8 @@ _NEW_FILE_MODE = 0o666
 _TEMP_NAME_BYTES = 8
 # Attempts at an unused temporary name before giving up (a collision is astronomically rare).
 _TEMP_NAME_ATTEMPTS = 100
+# The temporary files atomic_write creates: ``.{name}.{random hex}.tmp``.
+_TEMP_NAME = re.compile(rf"\..+\.[0-9a-f]{{{2 * _TEMP_NAME_BYTES}}}\.tmp")
 # Read size when hashing a file.
 _HASH_CHUNK_BYTES = 1 << 20
 
@@ -69,6 +72,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that writes of :func:`atomic_write` left in ``folder`` when
+    their process was killed (call it only where no other process is writing).
+
+    Returns:
+        the files removed.
+    """
+    folder = Path(folder)
+    stale = [p for p in folder.iterdir() if _TEMP_NAME.fullmatch(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.file_io import atomic_write, sha256_of_file
+from utils.file_io import atomic_write, remove_stale_temporaries, sha256_of_file
 
 
 def _write_bytes(data: bytes):
@@ -67,3 +67,23 @@ def test_sha256_of_file_matches_hashlib(tmp_path: Path) -> None:
     data = bytes(range(256)) * 5000  # more than one read chunk
     (tmp_path / "blob").write_bytes(data)
     assert sha256_of_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_the_temporary_file_of_a_killed_write_is_found_and_removed(tmp_path: Path) -> None:
+    """A process killed inside ``write`` leaves its temporary file; the cleanup removes exactly
+    such files (not other hidden or .tmp files)."""
+
+    def killed(file) -> None:
+        file.write(b"half")
+        os._exit(0)  # the child dies here, as a killed process would
+
+    pid = os.fork()
+    if pid == 0:
+        atomic_write(tmp_path / "out.png", killed)
+    os.waitpid(pid, 0)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".out.png.")
+    (tmp_path / ".hidden.tmp").write_bytes(b"keep")
+    (tmp_path / "notes.tmp").write_bytes(b"keep")
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.tmp", "notes.tmp"]
