@@ -7,11 +7,14 @@ them:
 - backgrounds are taken from the background list in order, ``num_bgs`` per foreground: foreground
   ``i`` of the foreground list gets entries ``i * num_bgs .. (i + 1) * num_bgs - 1``
   (:func:`backgrounds_of`), and composite ``k`` of a foreground is named ``<stem>_<k>.png``;
-- a background smaller than the foreground in either side is enlarged by PIL's bicubic filter
-  (``Image.resize(..., Image.BICUBIC)``, as the Adobe script and the Distinctions-646 script, which
-  converts to PIL for this step, do; OpenCV's ``INTER_CUBIC`` gives other pixels) to
+- a background smaller than the foreground in either side is enlarged by bicubic interpolation to
   ``ceil(side * r)``, ``r`` the larger of the two side ratios (foreground / background, Python
-  floats); then the top-left foreground-sized crop is used (:func:`fit_background`);
+  floats); then the top-left foreground-sized crop is used (:func:`fit_background`). Two bicubic
+  filters are in use and give other pixels: OpenCV's ``INTER_CUBIC`` (``"opencv"``: the float32
+  Composition-1k script the matting repositories circulate, which reads with ``cv2.imread``;
+  the default for Composition-1k and the DIM training set) and PIL's ``BICUBIC`` (``"pil"``: Adobe's
+  original PIL script, and Distinctions-646's ``gen_dataset.py``, which converts to PIL for this
+  step); :data:`RESIZE_FILTERS`;
 - the composite is ``a * fg + (1 - a) * bg`` with ``a = alpha / 255``, computed in float32 and
   truncated to uint8 (:func:`blend`). Adobe's script computes each pixel in Python's float64 and
   the Distinctions-646 script in float64 tensors: on about 0.15 % of the (fractional alpha,
@@ -29,13 +32,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from utils.levels import UINT8_MAX
 
 __all__ = [
-    "RESAMPLING",
+    "DEFAULT_RESIZE",
+    "RESIZE_FILTERS",
     "backgrounds_of",
     "blend",
     "compose",
@@ -44,8 +49,9 @@ __all__ = [
     "fit_background",
 ]
 
-# The filter that enlarges small backgrounds (PIL's, as the released scripts use).
-RESAMPLING = Image.Resampling.BICUBIC
+# The bicubic filters that enlarge small backgrounds, by name (see the module docstring).
+RESIZE_FILTERS = ("opencv", "pil")
+DEFAULT_RESIZE = "opencv"
 
 
 def backgrounds_of(index: int, num_bgs: int, bg_names: list[str]) -> list[str]:
@@ -81,22 +87,34 @@ def enlarged_size(bg_hw: tuple[int, int], fg_hw: tuple[int, int]) -> tuple[int, 
     return math.ceil(bh * ratio), math.ceil(bw * ratio)
 
 
-def fit_background(background: np.ndarray, fg_hw: tuple[int, int]) -> np.ndarray:
-    """The part of a background a composite uses: enlarged by PIL's bicubic filter when it is
+def fit_background(
+    background: np.ndarray, fg_hw: tuple[int, int], resize: str = DEFAULT_RESIZE
+) -> np.ndarray:
+    """The part of a background a composite uses: enlarged by a bicubic filter when it is
     smaller than the foreground (:func:`enlarged_size`), then its top-left ``fg_hw`` crop.
 
     Args:
         background: ``[h, w, 3]`` uint8 RGB.
         fg_hw: the foreground's (height, width).
+        resize: the bicubic filter, ``"opencv"`` (``cv2.INTER_CUBIC``) or ``"pil"``
+            (``Image.BICUBIC``).
 
     Returns:
         ``[H, W, 3]`` uint8 RGB (a copy).
+
+    Raises:
+        ValueError: an unknown filter.
     """
+    if resize not in RESIZE_FILTERS:
+        raise ValueError(f"resize must be one of {RESIZE_FILTERS}, got {resize!r}")
     size = enlarged_size(background.shape[:2], fg_hw)
     if size is not None:
         height, width = size
-        resized = Image.fromarray(background).resize((width, height), RESAMPLING)  # (w, h)
-        background = np.asarray(resized)
+        if resize == "pil":
+            resized = Image.fromarray(background).resize((width, height), Image.Resampling.BICUBIC)
+            background = np.asarray(resized)
+        else:
+            background = cv2.resize(background, (width, height), interpolation=cv2.INTER_CUBIC)
     height, width = fg_hw
     return np.array(background[:height, :width])
 
@@ -118,7 +136,10 @@ def blend(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> 
 
 
 def compose(
-    foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray
+    foreground: np.ndarray,
+    alpha: np.ndarray,
+    background: np.ndarray,
+    resize: str = DEFAULT_RESIZE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One composite of the benchmarks: ``background`` fitted to the foreground, then blended.
 
@@ -126,6 +147,7 @@ def compose(
         foreground: ``[H, W, 3]`` uint8 RGB.
         alpha: ``[H, W]`` uint8 levels.
         background: ``[h, w, 3]`` uint8 RGB, any size.
+        resize: the bicubic filter that enlarges a small background (:func:`fit_background`).
 
     Returns:
         ``(composite, background_crop)``, both ``[H, W, 3]`` uint8 RGB.
@@ -138,5 +160,5 @@ def compose(
             f"alpha {alpha.shape[1]}x{alpha.shape[0]} and foreground "
             f"{foreground.shape[1]}x{foreground.shape[0]} (W x H) differ"
         )
-    crop = fit_background(background, foreground.shape[:2])
+    crop = fit_background(background, foreground.shape[:2], resize)
     return blend(foreground, alpha, crop), crop

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import PIL
 
-from data.composition import RESAMPLING, compose
+from data.composition import compose
 from data.composition_plan import (
     ALPHA_DIR,
     BG_DIR,
@@ -166,7 +166,7 @@ def run_job(job: ForegroundJob) -> BuildResult:
                         raise BadSampleError(composite.trimap, "size differs from the alpha's")
                     trimaps[composite.trimap] = _copy_as_png(composite.trimap, levels)
                 encoded[TRIMAP_DIR] = trimaps[composite.trimap]
-            image, background = compose(foreground, alpha, _rgb8(composite.background))
+            image, background = compose(foreground, alpha, _rgb8(composite.background), job.resize)
             encoded[BG_DIR], encoded[MERGED_DIR] = _png(background), _png(image)
             files = {}
             for relative in job.outputs(composite):  # the composite last
@@ -191,7 +191,7 @@ def _manifest(spec: BuildSpec, complete: bool, entries: list[dict]) -> dict:
         "parameters": spec.parameters(),
         "rules": {
             "backgrounds": "in list order, num_bgs per foreground",
-            "enlarge": f"PIL.Image {RESAMPLING.name} to ceil(side * max side ratio), top-left crop",
+            "enlarge": f"bicubic ({spec.resize}) to ceil(side * max side ratio), top-left crop",
             "blend": "float32 a * fg + (1 - a) * bg, a = alpha / 255, truncated to uint8",
         },
         "software": {"numpy": np.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__},

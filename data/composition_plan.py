@@ -32,7 +32,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from data.composition import backgrounds_of, composite_name
+from data.composition import DEFAULT_RESIZE, backgrounds_of, composite_name
 from data.image_io import IMAGE_EXTENSIONS, BadSampleError, is_complete_image, list_images_by_stem
 
 __all__ = [
@@ -77,6 +77,7 @@ class Preset:
         backgrounds: the photos the background list names (for messages and docs).
         optional_bg_prefix: a prefix of listed background names that the photos may lack (COCO
             2017 drops the ``COCO_train2014_`` of COCO 2014's file names).
+        resize: the bicubic filter of the release's script (``data.composition.RESIZE_FILTERS``).
     """
 
     name: str
@@ -88,6 +89,7 @@ class Preset:
     bg_names: str
     backgrounds: str
     optional_bg_prefix: str = ""
+    resize: str = DEFAULT_RESIZE
 
     def release_paths(self, release_dir: Path) -> dict:
         """The :class:`BuildSpec` fields this preset fills for a release unpacked at
@@ -136,6 +138,7 @@ PRESETS = {
             fg_names="fg_test.txt",
             bg_names="bg_test.txt",
             backgrounds="PASCAL VOC 2012 VOCdevkit/VOC2012/JPEGImages",
+            resize="pil",
         ),
     )
 }
@@ -156,6 +159,7 @@ class BuildSpec:
         num_bgs: backgrounds per foreground.
         output_dir: the folder to build.
         optional_bg_prefix: see :class:`Preset`.
+        resize: the bicubic filter that enlarges small backgrounds (see :class:`Preset`).
     """
 
     fg_dirs: tuple[Path, ...]
@@ -167,6 +171,7 @@ class BuildSpec:
     num_bgs: int
     output_dir: Path
     optional_bg_prefix: str = ""
+    resize: str = DEFAULT_RESIZE
 
     def parameters(self) -> dict:
         """Everything that decides the output files (the manifest's ``parameters``)."""
@@ -181,6 +186,7 @@ class BuildSpec:
             "bg_dir": str(self.bg_dir.resolve()),
             "num_bgs": self.num_bgs,
             "optional_bg_prefix": self.optional_bg_prefix,
+            "resize": self.resize,
         }
 
 
@@ -223,6 +229,7 @@ class ForegroundJob:
     alpha: Path
     composites: tuple[CompositeJob, ...]
     output_dir: Path
+    resize: str
 
     def outputs(self, composite: CompositeJob) -> list[str]:
         """The files of a composite, relative to the output folder, the composite last."""
@@ -449,7 +456,11 @@ def plan_build(spec: BuildSpec) -> list[ForegroundJob]:
             )
         per_fg = sorted({c.trimap for c in composites if c.trimap is not None})
         _check_sizes(fg_path, [alpha_path, *per_fg], problems)
-        jobs.append(ForegroundJob(name, fg_path, alpha_path, tuple(composites), spec.output_dir))
+        jobs.append(
+            ForegroundJob(
+                name, fg_path, alpha_path, tuple(composites), spec.output_dir, spec.resize
+            )
+        )
     for job in jobs:
         for composite in job.composites:
             try:

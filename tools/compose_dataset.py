@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
+from data.composition import RESIZE_FILTERS
 from data.composition_build import build
 from data.composition_plan import PRESETS, BuildSpec, DataError, SetupError, check_setup, plan_build
 
@@ -76,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bg-names", type=Path, metavar="FILE", help="the background list")
     parser.add_argument("--bg-dir", type=Path, metavar="DIR", help="the background photos")
     parser.add_argument("--num-bgs", type=int, metavar="N", help="backgrounds per foreground")
+    parser.add_argument(
+        "--resize",
+        choices=RESIZE_FILTERS,
+        help="the bicubic filter that enlarges backgrounds smaller than their foreground: opencv "
+        "(cv2.INTER_CUBIC, the float32 Composition-1k script the matting repositories use) or pil "
+        "(PIL's BICUBIC: Adobe's original script, Distinctions-646's). Default: the preset's "
+        "(pil for distinctions-646), else opencv",
+    )
     parser.add_argument("--output-dir", type=Path, required=True, metavar="DIR")
     parser.add_argument(
         "--workers",
@@ -97,6 +106,7 @@ def spec_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         preset = PRESETS[args.preset]
         values["num_bgs"] = preset.num_bgs
         values["optional_bg_prefix"] = preset.optional_bg_prefix
+        values["resize"] = preset.resize
         if args.release_dir is not None:
             values.update(preset.release_paths(args.release_dir))
     explicit = {
@@ -107,6 +117,7 @@ def spec_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         "bg_names": args.bg_names,
         "bg_dir": args.bg_dir,
         "num_bgs": args.num_bgs,
+        "resize": args.resize,
     }
     values.update({key: value for key, value in explicit.items() if value is not None})
     values.setdefault("trimap_dir", None)

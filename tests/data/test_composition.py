@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -105,11 +106,13 @@ def write_release(root: Path, seed: int = 0, num_bgs: int = NUM_BGS) -> dict[str
 
 
 def reference_composites(
-    release: dict[str, Path], num_bgs: int
+    release: dict[str, Path], num_bgs: int, resize: str = "opencv"
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Adobe's procedure, written independently: PIL reads (RGB, alpha's first channel), PIL
-    bicubic enlargement to ceil(side * ratio), top-left crop, float32 blend, truncation; the
-    alpha and trimap of each composite copied from the foreground's (a JPEG's levels in a PNG)."""
+    """The Composition-1k procedure, written independently: PIL reads (RGB, alpha's first
+    channel), bicubic enlargement to ceil(side * ratio) (cv2.INTER_CUBIC as the float32 script
+    the matting repositories use, or PIL's BICUBIC as Adobe's original), top-left crop, float32
+    blend, truncation; the alpha and trimap of each composite copied from the foreground's (a
+    JPEG's levels in a PNG)."""
     fg_names = release["fg_names"].read_text().split()
     bg_names = release["bg_names"].read_text().split()
     expected = {}
@@ -123,8 +126,13 @@ def reference_composites(
             bg = Image.open(release["bg"] / bg_names[i * num_bgs + k]).convert("RGB")
             bw, bh = bg.size
             ratio = max(w / bw, h / bh)
-            if ratio > 1:
-                bg = bg.resize((math.ceil(bw * ratio), math.ceil(bh * ratio)), Image.BICUBIC)
+            size = (math.ceil(bw * ratio), math.ceil(bh * ratio))
+            if ratio > 1 and resize == "pil":
+                bg = bg.resize(size, Image.BICUBIC)
+            elif ratio > 1:
+                bgr = cv2.imread(str(release["bg"] / bg_names[i * num_bgs + k]), cv2.IMREAD_COLOR)
+                bgr = cv2.resize(src=bgr, dsize=size, interpolation=cv2.INTER_CUBIC)
+                bg = Image.fromarray(bgr[:, :, ::-1].copy())  # BGR -> RGB
             crop = np.asarray(bg.crop((0, 0, w, h)))
             alpha = np.zeros((h, w, 1), np.float32)
             alpha[:, :, 0] = a / 255.0
@@ -180,7 +188,8 @@ def release(tmp_path_factory) -> dict[str, Path]:
     return write_release(tmp_path_factory.mktemp("release"))
 
 
-def test_the_builder_gives_adobes_composites(release, tmp_path):
+@pytest.mark.parametrize("resize", ["opencv", "pil"])
+def test_the_builder_gives_adobes_composites(release, tmp_path, resize):
     """Every file of every composite, decoded, equals the independent implementation's,
     including backgrounds smaller than their foreground in one or both sides."""
     sizes = [(h, w) for _, h, w in FOREGROUNDS]
@@ -190,8 +199,9 @@ def test_the_builder_gives_adobes_composites(release, tmp_path):
     ]
     assert any(s is not None for s in smaller) and any(s is None for s in smaller)
     out = tmp_path / "out"
-    assert compose_dataset.main(compose_args(release, out, "--num-bgs", str(NUM_BGS))) == 0
-    assert_matches(out, reference_composites(release, NUM_BGS))
+    extra = ["--num-bgs", str(NUM_BGS)] + (["--resize", resize] if resize != "opencv" else [])
+    assert compose_dataset.main(compose_args(release, out, *extra)) == 0
+    assert_matches(out, reference_composites(release, NUM_BGS, resize))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and len(manifest["composites"]) == len(FOREGROUNDS) * NUM_BGS
     first = manifest["composites"][0]
@@ -418,3 +428,13 @@ def test_a_killed_build_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
     assert files == sorted(p.relative_to(killed) for p in killed.rglob("*") if p.is_file())
     for relative in files:
         assert (whole / relative).read_bytes() == (killed / relative).read_bytes(), relative
+
+
+def test_each_preset_enlarges_with_its_scripts_filter(tmp_path):
+    parser = compose_dataset.build_parser()
+    for preset, resize in [("composition-1k", "opencv"), ("distinctions-646", "pil")]:
+        argv = ["--preset", preset, "--release-dir", str(tmp_path), "--bg-dir", str(tmp_path)]
+        args = parser.parse_args([*argv, "--output-dir", str(tmp_path / "out")])
+        assert compose_dataset.spec_from_args(parser, args).resize == resize
+        args = parser.parse_args([*argv, "--output-dir", str(tmp_path / "o"), "--resize", "pil"])
+        assert compose_dataset.spec_from_args(parser, args).resize == "pil"
