@@ -65,7 +65,13 @@ UPLOAD_BYTES_PER_PIXEL = 8
 UPLOAD_EXTRA_BYTES = 16 * MIB
 # Token-cap choices of the page.
 CAP_CONFIG, CAP_NUMBER = "config", "number"
-# Token-cap choices of the page.
+# What the page calls each extra output of a request.
+RESULT_NAMES = {
+    "routing": "routing picture",
+    "rgba": "cutout (RGBA PNG)",
+    "composite": "composite",
+    "trimap": "trimap used",
+}
 CSS = """
 #rgba-output img {
   background: repeating-conic-gradient(#c8c8c8 0% 25%, #ffffff 0% 50%) 50% / 16px 16px;
@@ -95,11 +101,12 @@ class RunFolders:
 
 def write_results(
     result: SessionResult, folder: Path, composite: np.ndarray | None
-) -> dict[str, Path]:
+) -> tuple[dict[str, Path], dict[str, str]]:
     """Write a request's files with ``inference.py``'s writer (:class:`predictor.outputs.Outputs`),
     so that they are the files it writes, named for download: ``<name>.png`` (alpha),
     ``<name>_rgba.png``, ``<name>_trimap.png``, ``<name>_routing.jpg`` and, with a colour,
-    ``<name>_composite.png``.
+    ``<name>_composite.png``. The alpha comes first; an extra that cannot be made is left out
+    and returned with the reason.
 
     Args:
         result: the request's result.
@@ -107,10 +114,11 @@ def write_results(
         composite: ``[3]`` uint8 RGB background colour of the composite, or None for none.
 
     Returns:
-        ``{"alpha": path, "rgba": ..., "trimap": ..., "routing": ..., "composite": ...}``.
+        the files written, ``{"alpha": path, "rgba": ..., "trimap": ..., "routing": ...,
+        "composite": ...}``, and the extras not written, ``{kind: reason}``.
 
     Raises:
-        OSError: a file cannot be written.
+        OSError: the alpha cannot be written.
     """
     outputs = Outputs(folder, routing=True, rgba=True, composite=composite, trimap=True)
     for sub_folder in outputs.folders:
@@ -126,15 +134,17 @@ def write_results(
         )
 
     trimap = torch.from_numpy(result.trimap)[None]  # [H, W] -> [1, H, W]
-    outputs.write(result.name, result.alpha, trimap, result.foreground, figure)
-    *extras, alpha = outputs.paths(result.name)
-    files = {"alpha": alpha}
-    for path in extras:  # <kind>/<name>.<suffix> -> <name>_<kind>.<suffix>
-        kind = path.parent.name
-        files[kind] = folder / f"{result.name}_{kind}{path.suffix}"
-        os.replace(path, files[kind])
+    failed = dict(outputs.write(result.name, result.alpha, trimap, result.foreground, figure))
+    files, not_written = {"alpha": outputs.alpha_path(result.name)}, {}
+    for kind, path in outputs.extra_paths(result.name).items():
+        if path in failed:
+            not_written[kind] = failed[path]
+            logger.error("%s of %s not written: %s", kind, result.name, failed[path])
+        else:  # <kind>/<name>.<suffix> -> <name>_<kind>.<suffix>
+            files[kind] = folder / f"{result.name}_{kind}{path.suffix}"
+            os.replace(path, files[kind])
         path.parent.rmdir()
-    return files
+    return files, not_written
 
 
 def numbers_markdown(numbers: dict) -> str:
@@ -160,6 +170,10 @@ def numbers_markdown(numbers: dict) -> str:
             f"colours {numbers['foreground_seconds']:.2f} s)",
         ),
         ("peak memory", f"{numbers['peak_memory_mib']:.0f} MiB ({numbers['peak_memory_of']})"),
+    ]
+    rows += [
+        (f"**not made: {RESULT_NAMES[kind]}**", reason)
+        for kind, reason in numbers.get("not_written", {}).items()
     ]
     return "\n".join(["| this run | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
 
@@ -278,23 +292,29 @@ class DemoHandlers:
             raise InputError(f"composite colour: {exc}") from exc
         result = self.session.run(image_upload, options=options, **guide)
         _log_request(result)
-        files = write_results(result, self.folders.new(), composite)
-        paths = (files[kind] for kind in ("trimap", "alpha", "rgba", "composite", "routing"))
-        return (*map(str, paths), numbers_markdown(result.numbers))
+        files, not_written = write_results(result, self.folders.new(), composite)
+        for kind, reason in not_written.items():
+            gr.Warning(f"the {RESULT_NAMES[kind]} could not be made: {reason}")
+        numbers = {**result.numbers, "not_written": not_written}
+        kinds = ("trimap", "alpha", "rgba", "composite", "routing")
+        paths = (str(files[kind]) if kind in files else None for kind in kinds)
+        return (*paths, numbers_markdown(numbers))
 
     def api_matte(self, image: dict | None, trimap: dict | None) -> tuple[str, str, dict]:
         """``/matte``: an image and its trimap with the server's default options.
 
         Returns:
-            the paths of the 8-bit alpha PNG and the RGBA PNG, and the run's numbers.
+            the paths of the 8-bit alpha PNG and the RGBA PNG (None when it could not be made),
+            and the run's numbers (``not_written``: the extras not made, with the reasons).
         """
         image_upload, trimap_upload = _upload(image, "image"), _upload(trimap, "trimap")
         if image_upload is None or trimap_upload is None:
             raise InputError("/matte takes an image and its trimap")
         result = self.session.run(image_upload, trimap=trimap_upload, options=self.default_options)
         _log_request(result)
-        files = write_results(result, self.folders.new(), composite=None)
-        return str(files["alpha"]), str(files["rgba"]), result.numbers
+        files, not_written = write_results(result, self.folders.new(), composite=None)
+        rgba = str(files["rgba"]) if "rgba" in files else None
+        return str(files["alpha"]), rgba, {**result.numbers, "not_written": not_written}
 
 
 def _log_request(result: SessionResult) -> None:

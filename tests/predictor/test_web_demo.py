@@ -47,6 +47,7 @@ from predictor.token_budget import SAFETY
 from predictor.weights import build_inference_model
 from predictor.weights import load_inference_weights as load_weights
 from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, REPO_ROOT, TINY_CONFIG
+from tests.image_files import picture
 
 WEB_DEMO = REPO_ROOT / "tools" / "web_demo.py"
 SCREENSHOT = REPO_ROOT / "docs" / "web_demo.jpg"
@@ -267,6 +268,61 @@ def test_non_images_and_images_above_the_limit_are_refused_and_the_session_keeps
     assert session.run(image, trimap=trimap).alpha.shape == (292, 248)
 
 
+def test_a_tall_narrow_image_gets_all_its_results(tmp_path):
+    model = build_inference_model(TINY_CONFIG)
+    load_weights(model, DEMO_CHECKPOINT)
+    tall = MattingSession(model, device="cpu", max_pixels=SERVER_MAX_PIXELS)
+    hw = (16 * 40, 24)
+    image, trimap = tmp_path / "tall.png", tmp_path / "tall_trimap.png"
+    cv2.imwrite(str(image), picture(hw))
+    levels = np.zeros(hw, np.uint8)
+    levels[:, 8:16], levels[:, 16:] = 128, 255
+    cv2.imwrite(str(trimap), levels)
+    result = tall.run(upload(image), trimap=upload(trimap))
+    files, not_written = web_app.write_results(result, tmp_path / "out", parse_colour("#00ff00"))
+    assert not_written == {} and set(files) == {"alpha", "rgba", "composite", "trimap", "routing"}
+
+
+def test_an_extra_result_that_fails_is_named_on_the_page_and_the_alpha_kept(
+    session, tmp_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise ValueError("cannot draw this picture")
+
+    monkeypatch.setattr(web_app, "routing_figure", broken)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    files = {}
+    for kind in ("image", "trimap"):  # uploaded
+        files[kind] = tmp_path / "uploads" / kind / demo_files("test_000")[kind].name
+        files[kind].parent.mkdir(parents=True)
+        shutil.copy(demo_files("test_000")[kind], files[kind])
+    handlers = web_app.DemoHandlers(session, "fp32")
+    try:
+        with pytest.warns(UserWarning, match="routing picture could not be made"):
+            *paths, markdown = handlers.page_run(
+                {"path": str(files["image"])},
+                "trimap",
+                {"path": str(files["trimap"])},
+                None,
+                10,
+                None,
+                web_app.CAP_CONFIG,
+                None,
+                "fp32",
+                True,
+                "#00ff00",
+            )
+        trimap_used, alpha, rgba, composite, routing = paths
+        assert routing is None and all(Path(p).is_file() for p in (alpha, rgba, composite))
+        assert "not made: routing picture" in markdown and "cannot draw" in markdown
+        *_, numbers = handlers.api_matte(
+            {"path": str(files["image"])}, {"path": str(files["trimap"])}
+        )
+        assert "routing" in numbers["not_written"]
+    finally:
+        handlers.folders.remove()
+
+
 def _planned_on_cpu(model, hw: tuple[int, int]) -> int:
     """A request's planned peak on the CPU: its forward or its results, the larger."""
     return max(planned_forward_bytes(model, hw), planned_results_bytes(hw))
@@ -430,7 +486,8 @@ def test_results_are_written_as_inference_writes_them(tmp_path, session):
     result = session.run(upload(files["image"]), trimap=upload(files["trimap"]))
     colour = parse_colour("rgba(10, 20, 200, 1)")
     assert np.array_equal(colour, parse_colour("#0a14c8"))
-    written = web_app.write_results(result, tmp_path, colour)
+    written, not_written = web_app.write_results(result, tmp_path, colour)
+    assert not_written == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written.values())
     assert set(written) == {"alpha", "rgba", "composite", "trimap", "routing"}
     alpha = read(written["alpha"])
