@@ -32,6 +32,18 @@ def picture(hw: tuple[int, int] = (30, 40), seed: int = 0) -> np.ndarray:
     return cv2.resize(coarse, hw[::-1], interpolation=cv2.INTER_LINEAR)
 
 
+def tall_image_and_trimap(folder: Path) -> tuple[Path, Path, tuple[int, int]]:
+    """A tall, narrow image (40 tokens by 1.5: 26.7:1) and its trimap in ``folder``: their paths
+    and ``(H, W)``."""
+    hw = (16 * 40, 24)
+    image, trimap = folder / "tall.png", folder / "tall_trimap.png"
+    cv2.imwrite(str(image), picture(hw))
+    levels = np.zeros(hw, np.uint8)
+    levels[:, 8:16], levels[:, 16:] = 128, 255
+    cv2.imwrite(str(trimap), levels)
+    return image, trimap, hw
+
+
 def write_picture(path: Path, rgb: np.ndarray) -> np.ndarray:
     """Write ``rgb`` in the format of ``path``'s suffix with Pillow (gray for ``.pgm``, 1-bit for
     ``.pbm``, lossless WebP, a palette for GIF); return the file's RGB levels as Pillow decodes

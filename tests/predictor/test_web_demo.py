@@ -52,7 +52,7 @@ from predictor.token_budget import SAFETY
 from predictor.weights import build_inference_model
 from predictor.weights import load_inference_weights as load_weights
 from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, REPO_ROOT, TINY_CONFIG
-from tests.image_files import declare_size, picture, write_picture
+from tests.image_files import declare_size, picture, tall_image_and_trimap, write_picture
 
 WEB_DEMO = REPO_ROOT / "tools" / "web_demo.py"
 SCREENSHOT = REPO_ROOT / "docs" / "web_demo.jpg"
@@ -330,12 +330,7 @@ def test_a_tall_narrow_image_gets_all_its_results(tmp_path):
     model = build_inference_model(TINY_CONFIG)
     load_weights(model, DEMO_CHECKPOINT)
     tall = MattingSession(model, device="cpu", max_pixels=SERVER_MAX_PIXELS)
-    hw = (16 * 40, 24)
-    image, trimap = tmp_path / "tall.png", tmp_path / "tall_trimap.png"
-    cv2.imwrite(str(image), picture(hw))
-    levels = np.zeros(hw, np.uint8)
-    levels[:, 8:16], levels[:, 16:] = 128, 255
-    cv2.imwrite(str(trimap), levels)
+    image, trimap, _ = tall_image_and_trimap(tmp_path)
     result = tall.run(upload(image), trimap=upload(trimap))
     files, not_written = web_app.write_results(result, tmp_path / "out", parse_colour("#00ff00"))
     assert not_written == {} and set(files) == {"alpha", "rgba", "composite", "trimap", "routing"}

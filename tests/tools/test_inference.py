@@ -383,7 +383,9 @@ def test_a_read_only_output_folder_is_a_setup_error(tmp_path):
         out.chmod(0o755)
 
 
-def test_a_failed_write_fails_the_item_and_a_rerun_redoes_it(tmp_path, monkeypatch, caplog):
+def test_a_failed_extra_output_is_reported_and_a_rerun_redoes_its_item(
+    tmp_path, monkeypatch, caplog
+):
     out = tmp_path / "out"
 
     def refuse_pictures(path, image):

@@ -24,7 +24,7 @@ import inference
 from data.image_io import IMAGE_EXTENSIONS
 from predictor import runner
 from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, DEMO_NAMES, REPO_ROOT, TINY_CONFIG
-from tests.image_files import picture, png_bomb, write_picture
+from tests.image_files import png_bomb, tall_image_and_trimap, write_picture
 
 MIB = 2**20
 TIMEOUT_S = 300
@@ -340,12 +340,7 @@ def test_a_long_image_name_is_written(tmp_path):
 
 
 def test_a_tall_narrow_image_gets_its_routing_picture_and_alpha(tmp_path):
-    hw = (16 * 40, 24)  # 26.7:1
-    image, trimap = tmp_path / "tall.png", tmp_path / "tall_trimap.png"
-    cv2.imwrite(str(image), picture(hw))
-    levels = np.zeros(hw, np.uint8)
-    levels[:, 8:16], levels[:, 16:] = 128, 255
-    cv2.imwrite(str(trimap), levels)
+    image, trimap, hw = tall_image_and_trimap(tmp_path)
     out = tmp_path / "out"
     arguments = ["--image", str(image), "--trimap", str(trimap), "--output-dir", str(out)]
     assert run_cli(*arguments, "--save-routing") == 0
