@@ -27,13 +27,19 @@ summary): --num-gpus N (N processes: one per GPU, or N CPU processes with --devi
 torchrun --nproc-per-node N [--nnodes M ...] inference.py ...
 
 Files already in the output folder are skipped unless --overwrite, so an interrupted run resumes;
-an item whose outputs are incomplete (an alpha PNG that is empty, cut short or does not decode, a
-requested extra output missing or cut short) is done again. A bad item (unreadable or truncated
-file, missing or mismatched trimap) is reported with its path and skipped.
+an item is complete when its alpha PNG decodes and every requested extra output is a whole file,
+otherwise it is done again (all its files). A bad item (unreadable or truncated file, missing or
+mismatched trimap, an image above --max-pixels by the size its header declares) is reported with
+its path and skipped; so is every file of the image and trimap folders that is not read (another
+format, a hidden file...). The alpha PNG is written first: an extra output that fails is reported
+on its own and the alpha kept. The output folder (and --report) may not be, lie inside or contain
+anything the run reads.
 
 Exit status: 0 every item done or already present; 1 some items failed (listed at the end and
-in --report); 2 usage or setup error (bad option, missing input folder or checkpoint, an output
-folder that is a file or not writable), reported before any model is loaded where possible.
+in --report); 2 usage or setup error (bad option, missing input folder, checkpoint or graph, an
+unreadable graph, an output folder that is a file, not writable or overlaps the inputs),
+reported before any model is loaded or folder created where possible. --report describes the run
+that ended last, a crashed one included ("complete": false).
 
 Checkpoints are read with weights_only=True; one that also pickles other objects is refused
 unless --trust-checkpoint (unpickling runs code stored in the file). Config files are code too:
@@ -46,6 +52,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from data.pixel_limits import DEFAULT_MAX_PIXELS, max_pixels_argument
 from data.readers import FOLDER_LAYOUTS
 from data.trimap import unknown_width_argument
 from predictor.matting import AUTO
@@ -126,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on the tokens in one global attention per image: an integer, 'auto' (the "
         "largest that fits the device's free memory, logged per image size) or unset (the "
         "config's, 18500 as official)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=max_pixels_argument,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"largest image (H x W pixels) read, by the size its header declares, before any "
+        f"decoding (default {DEFAULT_MAX_PIXELS} = 8192 x 8192; larger images are reported and "
+        "skipped)",
     )
     parser.add_argument(
         "--batch-size",

@@ -1,5 +1,7 @@
 """Datasets, augmentations and test-set readers."""
 
+# First: bounds OpenCV's decoders before anything imports cv2 (see data/pixel_limits.py).
+from data import pixel_limits
 from data.dim_dataset import DIMTrainDataset
 from data.eval_dataset import MattingEvalDataset
 from data.image_io import (
@@ -36,6 +38,7 @@ __all__ = [
     "UnreadableImageError",
     "detect_layout",
     "init_worker",
+    "pixel_limits",
     "read_gray",
     "read_map_u8",
     "read_rgb",

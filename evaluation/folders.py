@@ -3,15 +3,16 @@ image's SAD, MSE, Grad and Conn (the official DIM MATLAB definitions, :mod:`eval
 paper units, their means, the per-image CSV and the printed table. ``tools/evaluate.py`` is the
 command line.
 
-Files are matched by stem: predictions are ``*.png``; labels and trimaps may be ``.png`` or
-``.jpg``/``.jpeg``. A label without a prediction (or without a trimap, or a trimap without a label)
-is an error naming the files, since the mean would silently cover fewer images, unless
-``allow_missing``. Extra predictions are reported and left out. Files are read as 8-bit
-single-channel maps by ``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``). An
-image is reported and left out of the mean when one of its files cannot be read or is truncated,
-is a colour image, when its sizes differ, when its trimap holds values other than 0, 128 and 255,
-or when its label looks like a trimap (only 0, 128 and 255, with 128: label and trimap folders
-swapped?).
+Files are matched by stem: predictions are ``*.png``; labels and trimaps may be in any format the
+readers take (``data.image_io.IMAGE_EXTENSIONS``; ``.png`` preferred, then ``.jpg``, on a stem
+clash). Every other entry of the three folders is named in a warning, with the reason. A label
+without a prediction (or without a trimap, or a trimap without a label) is an error naming the
+files, since the mean would silently cover fewer images, unless ``allow_missing``. Extra
+predictions are reported and left out. Files are read as 8-bit single-channel maps by
+``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``). An image is reported and
+left out of the mean when one of its files cannot be read or is truncated, is a colour image, when
+its sizes differ, when its trimap holds values other than 0, 128 and 255, or when its label looks
+like a trimap (only 0, 128 and 255, with 128: label and trimap folders swapped?).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.image_io import BadSampleError, read_map_u8
+from data.image_io import IMAGE_EXTENSIONS, BadSampleError, read_map_u8
 from data.trimap import TRIMAP_LEVELS, TRIMAP_UNKNOWN, non_trimap_share
 from evaluation.metrics import METRIC_NAMES, Region, compute_metrics
 from utils.file_io import atomic_write
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 PRED_SUFFIXES: tuple[str, ...] = (".png",)
 
 
-LABEL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")  # preferred first on a stem clash
+LABEL_SUFFIXES: tuple[str, ...] = IMAGE_EXTENSIONS  # preferred first on a stem clash
 
 
 CSV_FLOAT_FORMAT = "{:.10g}"
@@ -96,9 +97,11 @@ def _index_dir(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, 
     if not folder.is_dir():
         raise FileNotFoundError(f"{kind} directory not found: {folder}")
     found: dict[str, Path] = {}
+    not_read = []
     for path in sorted(folder.iterdir()):
         suffix = path.suffix.lower()
-        if not path.is_file() or suffix not in suffixes:
+        if not path.is_file() or suffix not in suffixes or path.name.startswith("."):
+            not_read.append(path.name + ("/" if path.is_dir() else ""))
             continue
         previous = found.get(path.stem)
         if previous is None:
@@ -114,6 +117,9 @@ def _index_dir(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, 
             keep.name,
         )
         found[path.stem] = keep
+    listed = _listed(not_read, f"entries of {folder} not read (only {' '.join(suffixes)} files)")
+    if listed:
+        logger.warning("%s: %s", kind, listed)
     return found
 
 
@@ -137,8 +143,8 @@ def match_files(
 
     Args:
         pred_dir: folder of predicted alpha PNGs.
-        label_dir: folder of ground-truth alpha mattes (.png/.jpg).
-        trimap_dir: folder of trimaps (.png/.jpg).
+        label_dir: folder of ground-truth alpha mattes (``LABEL_SUFFIXES``).
+        trimap_dir: folder of trimaps (``LABEL_SUFFIXES``).
         allow_missing: only warn about labels without prediction or trimap and trimaps without
             label, and evaluate the names present in all three folders.
 

@@ -26,6 +26,7 @@ from data.image_io import (
     to_rgb_levels,
     trimap_levels,
 )
+from data.pixel_limits import DEFAULT_MAX_PIXELS
 from data.trimap import trimap_from_mask
 from utils.levels import UINT16_MAX
 
@@ -119,18 +120,19 @@ def trimap_input_levels(trimap: MapInput) -> np.ndarray:
     return trimap_levels(np.asarray(trimap), "trimap array")
 
 
-def mask_levels(mask: MapInput) -> np.ndarray:
+def mask_levels(mask: MapInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A mask input as an ``[H, W]`` array for :func:`data.trimap.trimap_from_mask`.
 
     Args:
         mask: a file path (8- or 16-bit gray), a PIL image, or an ``[H, W]`` bool, uint8, uint16
             or float array or tensor.
+        max_pixels: the largest mask file read (refused before decoding above it).
 
     Raises:
-        BadSampleError: an unreadable file or a colour image.
+        BadSampleError: an unreadable file, one above ``max_pixels`` or a colour image.
     """
     if isinstance(mask, str | Path):
-        return read_map_levels(mask)
+        return read_map_levels(mask, max_pixels=max_pixels)
     if isinstance(mask, Image.Image):
         return to_map_levels(_pil_levels(mask), "mask (PIL image)")
     return np.asarray(mask)

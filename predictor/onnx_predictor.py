@@ -18,8 +18,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from google.protobuf.message import DecodeError
 
 from modeling.decoder.detail_capture import force_known
 from predictor.matting import BatchPrediction, ImagePredictor
@@ -34,6 +36,7 @@ __all__ = [
     "SCORES_OUTPUT",
     "TRIMAP_INPUT",
     "OnnxMattingPredictor",
+    "check_onnx_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,34 @@ def _providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
 
 
+def check_onnx_file(path: str | Path) -> None:
+    """Check, without building a session, that ``path`` holds a graph written by
+    ``tools/export_onnx.py``: an ONNX model with the image and trimap inputs and the alpha output
+    (the file is parsed, its external data left unread).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: empty, not an ONNX model, or a graph without that interface.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not an ONNX model ({exc})") from exc
+    inputs = {value.name for value in model.graph.input}
+    outputs = {value.name for value in model.graph.output}
+    if not {IMAGE_INPUT, TRIMAP_INPUT} <= inputs or PHAS_OUTPUT not in outputs:
+        found = f"inputs {sorted(inputs) or 'none'}, outputs {sorted(outputs) or 'none'}"
+        raise ValueError(
+            f"{path}: not a matting graph written by tools/export_onnx.py (needs the inputs "
+            f"{IMAGE_INPUT!r} and {TRIMAP_INPUT!r} and the output {PHAS_OUTPUT!r}; has {found})"
+        )
+
+
 class OnnxMattingPredictor(ImagePredictor):
     """An exported MEMatte (or ViTMatte) graph behind ``MattingPredictor``'s call signature.
 
@@ -78,7 +109,7 @@ class OnnxMattingPredictor(ImagePredictor):
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: an unusable device or cap.
+        ValueError: an unusable device or cap, or a file onnxruntime cannot load.
     """
 
     def __init__(
@@ -104,7 +135,11 @@ class OnnxMattingPredictor(ImagePredictor):
         options.enable_mem_pattern = False
         if threads is not None:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), options, providers=_providers(device))
+        providers = _providers(device)
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+        except Exception as exc:  # onnxruntime's errors derive from Exception only
+            raise ValueError(f"{model_path}: onnxruntime cannot load it ({exc})") from exc
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.routed_blocks: list[int] = json.loads(metadata.get("routed_blocks", "[]"))
         if max_number_token is None:

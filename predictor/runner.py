@@ -1,11 +1,18 @@
 """Folder and shard runs of ``inference.py``: the items of a test-set folder or of a list of
-images, decoded ahead of the model by loader processes, predicted (same-sized images batched),
-their outputs written by a background writer (:class:`predictor.outputs.Outputs`), and one summary
-of the run (``--report``), merged over the processes of a sharded run.
+images (:mod:`predictor.items`), decoded ahead of the model by loader processes, predicted
+(same-sized images batched), their outputs written by a background writer
+(:class:`predictor.outputs.Outputs`), and one summary of the run (``--report``), merged over the
+processes of a sharded run.
 
 Files already in the output folder are skipped unless ``overwrite``, so an interrupted run resumes;
-a bad item is reported with its path and the run goes on. The functions take the parsed command
-line of ``inference.py`` (an ``argparse.Namespace``).
+a bad item is reported with its path and the run goes on; an optional output that cannot be
+written is reported on its own, its item's alpha kept. The functions take the parsed command line
+of ``inference.py`` (an ``argparse.Namespace``).
+
+``--report`` always describes the run that ended last: a run refused at setup removes an earlier
+report; a run that starts writes ``{"complete": false, ...}`` at once, replaced atomically by the
+summary when it ends (``"complete": true``), or by the failure (``"complete": false`` with its
+``exit_code`` and ``error``) when a setup error stops it or a process dies.
 """
 
 from __future__ import annotations
@@ -25,17 +32,14 @@ from threading import BoundedSemaphore
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.image_io import BadSampleError, read_rgb_levels, read_trimap_levels
-from data.readers import scan_test_set
-from data.trimap import trimap_from_mask
 from engine.launch import launch
 from predictor.foreground import estimate_foreground, foreground_to_uint8
-from predictor.inputs import mask_levels
+from predictor.items import Item, ItemSamples, UsageError, check_not_an_input, collect_items
 from predictor.matting import MattingPredictor
-from predictor.onnx_predictor import OnnxMattingPredictor
+from predictor.onnx_predictor import OnnxMattingPredictor, check_onnx_file
 from predictor.outputs import Outputs, parse_colour
 from utils import comm
 from utils.file_io import atomic_write
@@ -46,11 +50,8 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
-    "Item",
     "Summary",
-    "UsageError",
     "check_setup",
-    "collect_items",
     "exit_code",
     "make_outputs",
     "merge",
@@ -71,16 +72,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_PENDING_WRITES = 2
 # Images decoded ahead of the model by each loader process.
 PREFETCH_PER_WORKER = 2
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image to predict and where its trimap (or mask) comes from."""
-
-    name: str
-    image: Path
-    trimap: Path | None = None
-    mask: Path | None = None
 
 
 @dataclass
@@ -135,84 +126,7 @@ def merge(summaries: list[Summary]) -> Summary:
     return merged
 
 
-class UsageError(ValueError):
-    """A bad combination of options or inputs (exit status 2)."""
-
-
-# --- inputs ----------------------------------------------------------------------------------
-
-
-def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, str]]]:
-    """The items of the run, sorted by name, and the images that cannot be items (no trimap).
-
-    Raises:
-        UsageError, FileNotFoundError, ValueError: bad single-image options, or a test-set
-            folder that is missing or has no supported layout.
-    """
-    if args.data_dir is not None:
-        test_set = scan_test_set(args.data_dir, args.layout)
-        items = [Item(i.name, i.image_path, trimap=i.trimap_path) for i in test_set.items]
-        missing = [{"path": str(p), "reason": "no trimap"} for p in test_set.missing_trimaps]
-        return items, missing
-    guides = args.trimap if args.trimap is not None else args.mask
-    if guides is None:
-        raise UsageError("--image needs --trimap or --mask (one per image)")
-    if len(guides) != len(args.image):
-        flag = "--trimap" if args.trimap is not None else "--mask"
-        overrides = any("=" in guide for guide in guides)
-        hint = " (config overrides after a list of files go after --)" if overrides else ""
-        raise UsageError(
-            f"{len(args.image)} --image but {len(guides)} {flag}: give one per image{hint}"
-        )
-    items, seen = [], {}
-    for image, guide in zip(args.image, guides):
-        image = Path(image)
-        if image.stem in seen:
-            raise UsageError(
-                f"{seen[image.stem]} and {image} have the same name {image.stem!r}: their outputs "
-                "would overwrite each other"
-            )
-        seen[image.stem] = image
-        kind = "trimap" if args.trimap is not None else "mask"
-        items.append(Item(image.stem, image, **{kind: Path(guide)}))
-    return sorted(items, key=lambda item: item.name), []
-
-
-class _Samples(Dataset):
-    """Decodes the pending items (in loader processes): image levels and the trimap, made from
-    the mask when the item has one. A bad item becomes ``{"error": ..., "path": ...}``."""
-
-    def __init__(self, items: list[Item], unknown_width: float | None) -> None:
-        self.items = items
-        self.unknown_width = unknown_width
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, idx: int) -> dict:
-        item = self.items[idx]
-        try:
-            image = read_rgb_levels(item.image)
-            if item.mask is not None:
-                guide_path, mask = item.mask, mask_levels(item.mask)
-                trimap = trimap_from_mask(mask, self.unknown_width, source=str(item.mask))
-            else:
-                guide_path, trimap = item.trimap, read_trimap_levels(item.trimap)
-            if trimap.shape != image.shape[:2]:
-                raise BadSampleError(
-                    guide_path,
-                    f"size {trimap.shape[1]}x{trimap.shape[0]} differs from image "
-                    f"{item.image.name} {image.shape[1]}x{image.shape[0]} (W x H)",
-                )
-        except BadSampleError as exc:
-            return {"index": idx, "error": exc.reason, "path": str(exc.path)}
-        except ValueError as exc:  # a mask of an unsupported type
-            return {"index": idx, "error": str(exc), "path": str(item.mask or item.image)}
-        return {
-            "index": idx,
-            "image": torch.from_numpy(image).permute(2, 0, 1),  # [H, W, 3] -> [3, H, W]
-            "trimap": torch.from_numpy(trimap)[None],
-        }
+# --- inputs and outputs ----------------------------------------------------------------------
 
 
 def parse_composite(value: str | None) -> np.ndarray | Path | None:
@@ -232,9 +146,6 @@ def parse_composite(value: str | None) -> np.ndarray | Path | None:
                 f"--composite {value}: neither a colour like #00ff00 nor an image file"
             ) from None
         return Path(value)
-
-
-# --- outputs ---------------------------------------------------------------------------------
 
 
 def check_output_dir(path: Path) -> None:
@@ -318,7 +229,7 @@ def run_shard(
         FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
     """
     predictor = _predictor(args)
-    samples = _Samples(items, args.unknown_width)
+    samples = ItemSamples(items, args.unknown_width, args.max_pixels)
     # Processes spawned by --num-gpus would start their loader processes by spawning too, each
     # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
     fork = "fork" if args.workers and "fork" in multiprocessing.get_all_start_methods() else None
@@ -398,10 +309,12 @@ def run_shard(
                 predict(bucket)
     for name, image_path, future in writes:  # the writer has finished: collect its outcomes
         error = future.exception()
-        if error is None:
-            summary.done.append(name)
-        else:
-            summary.fail(image_path, f"cannot write its outputs: {error}")
+        if error is not None:
+            summary.fail(image_path, f"cannot write its alpha: {error}")
+            continue
+        summary.done.append(name)
+        for path, reason in future.result():  # optional outputs that failed (the alpha is kept)
+            summary.fail(path, f"not written ({reason}); the alpha of {name} was written")
     summary.peak_memory_bytes = peak_memory_bytes(predictor.device)
 
 
@@ -415,6 +328,7 @@ def make_outputs(args: argparse.Namespace) -> Outputs:
         composite=parse_composite(args.composite),
         trimap=args.save_trimap,
         round_alpha=args.round,
+        max_pixels=args.max_pixels,
     )
 
 
@@ -472,11 +386,24 @@ def exit_code(summary: Summary) -> int:
     return EXIT_FAILED if summary.failed else EXIT_OK
 
 
+def write_report(path: Path, record: dict) -> None:
+    """Write (or replace) a report file atomically, creating its folder."""
+    text = json.dumps(record, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def failure_record(code: int | None, error: str) -> dict:
+    """The report of a run that did not finish: ``{"complete": false, "exit_code", "error"}``
+    (``exit_code`` None while it runs)."""
+    return {"complete": False, "exit_code": code, "error": error}
+
+
 def report(args: argparse.Namespace, summary: Summary, ranks: list[Summary]) -> None:
     """Log the merged summary and write ``--report`` (rank 0 only).
 
-    The report is ``Summary.record()`` of the whole run plus ``exit_code`` and, in sharded runs,
-    ``ranks``: one record per rank (with its ``rank``).
+    The report is ``Summary.record()`` of the whole run plus ``"complete": true``, ``exit_code``
+    and, in sharded runs, ``ranks``: one record per rank (with its ``rank``).
     """
     done, skipped, failed = len(summary.done), len(summary.skipped), len(summary.failed)
     logger.info("done %d, skipped (already present) %d, failed %d", done, skipped, failed)
@@ -500,12 +427,10 @@ def report(args: argparse.Namespace, summary: Summary, ranks: list[Summary]) -> 
             args.output_dir,
         )
     if args.report is not None:
-        record["exit_code"] = exit_code(summary)
+        record = {"complete": True, "exit_code": exit_code(summary), **record}
         if len(ranks) > 1:
             record["ranks"] = [rank.record() | {"rank": r} for r, rank in enumerate(ranks)]
-        text = json.dumps(record, indent=2)
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.report, lambda file: file.write(text.encode()))
+        write_report(args.report, record)
         logger.info("wrote the report to %s", args.report)
 
 
@@ -535,17 +460,36 @@ def process_main(args: argparse.Namespace, status_file: str) -> None:
         code = exit_code(summary)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
-        summary, ranks, code = None, [], EXIT_USAGE
-    if comm.is_main_process() and summary is not None:
-        report(args, summary, ranks)
+        code = EXIT_USAGE
+        if comm.is_main_process() and args.report is not None:
+            write_report(args.report, failure_record(code, str(exc)))
+    else:
+        if comm.is_main_process():
+            report(args, summary, ranks)
     atomic_write(status_file, lambda file: file.write(str(code).encode()))
 
 
-def check_setup(args: argparse.Namespace) -> None:
-    """Setup errors found before any process or model starts.
+def check_report(args: argparse.Namespace) -> None:
+    """The ``--report`` path: a file (not a folder) in a writable or creatable folder, that is
+    not one of the run's inputs.
 
     Raises:
-        UsageError, FileNotFoundError, ValueError: bad inputs, output folder or report path.
+        UsageError: names the path and the problem.
+    """
+    if args.report is None:
+        return
+    if args.report.is_dir():
+        raise UsageError(f"--report {args.report} is a folder")
+    check_output_dir(args.report.parent)
+    check_not_an_input(args, args.report, "--report")
+
+
+def check_setup(args: argparse.Namespace) -> None:
+    """Setup errors found before any process or model starts (the report path aside:
+    :func:`check_report`).
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: bad inputs, graph or output folder.
     """
     collect_items(args)  # a missing folder, no layout, bad single-image options
     for path in [*(args.image or ()), *(args.trimap or ()), *(args.mask or ())]:
@@ -553,23 +497,25 @@ def check_setup(args: argparse.Namespace) -> None:
             hint = " (config overrides after a list of files go after --)" if "=" in path else ""
             raise FileNotFoundError(f"{path}: no such file{hint}")
     if args.onnx is not None:
-        if not args.onnx.is_file():
-            raise FileNotFoundError(f"{args.onnx}: no such ONNX file")
+        check_onnx_file(args.onnx)
     elif not Path(args.config_file).is_file():
         raise FileNotFoundError(f"{args.config_file}: no such config file")
     elif not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    check_not_an_input(args, Path(args.output_dir), "output folder")
     for folder in make_outputs(args).folders:  # the output folder and its sub-folders
         check_output_dir(folder)
-    if args.report is not None:
-        check_output_dir(args.report.parent)
-        if args.report.is_dir():
-            raise UsageError(f"--report {args.report} is a folder")
+
+
+def _first_process() -> bool:
+    """Whether this process launches the run, or is rank 0 of torchrun's processes."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_command(args: argparse.Namespace) -> int:
     """The whole run of ``inference.py``: setup checks, then ``--num-gpus`` processes (or this
-    torchrun process) each running :func:`process_main`.
+    torchrun process) each running :func:`process_main`. ``--report`` always ends describing
+    this run (see the module docstring).
 
     Returns:
         the exit status: 0 every item done or already present, 1 some items failed or a process
@@ -577,15 +523,27 @@ def run_command(args: argparse.Namespace) -> int:
     """
     setup_logging()
     try:
-        check_setup(args)
+        check_report(args)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
+    try:
+        check_setup(args)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        if args.report is not None and _first_process():
+            args.report.unlink(missing_ok=True)  # an earlier run's report would mislead
+        return EXIT_USAGE
+    if args.report is not None and _first_process():
+        write_report(args.report, failure_record(None, "the run has not finished"))
     with tempfile.TemporaryDirectory(prefix="mematte-inference-") as tmp:
         status_file = str(Path(tmp) / "exit_status")
         try:
             launch(process_main, args.num_gpus, args=(args, status_file))
-        except Exception as exc:  # a process died (its traceback is printed above)
+        except (Exception, SystemExit) as exc:  # a process died (its traceback is printed above)
             logger.error("an inference process failed: %s", exc)
+            if args.report is not None and _first_process():
+                error = f"an inference process failed: {exc}"
+                write_report(args.report, failure_record(EXIT_FAILED, error))
             return EXIT_FAILED
         return int(Path(status_file).read_text())

@@ -7,15 +7,16 @@ Usage:
     python tools/evaluate.py --pred-dir P --label-dir L --trimap-dir T \
         [--region unknown|all] [--workers N] [--csv per_image.csv] [--allow-missing]
 
-Files are matched by stem: predictions are ``*.png``; labels and trimaps may be ``.png`` or
-``.jpg``/``.jpeg``. A label without a prediction (or without a trimap, or a trimap without a label)
-is an error naming the files, since the mean would silently cover fewer images; pass
-``--allow-missing`` to evaluate a partial run knowingly. Extra predictions are reported and left
-out. Files are read as 8-bit single-channel maps by ``data.image_io.read_map_u8`` (16-bit values
-become ``round(v / 257)``). An image is reported and left out of the mean when one of its files
-cannot be read or is truncated, is a colour image, when its sizes differ, when its trimap holds
-values other than 0, 128 and 255, or when its label looks like a trimap (only 0, 128 and 255,
-with 128: label and trimap folders swapped?).
+Files are matched by stem: predictions are ``*.png``; labels and trimaps may be in any format
+inference.py reads (.png, .jpg, .webp, .tif, ...); every other file is named in a warning. A label
+without a prediction (or without a trimap, or a trimap without a label) is an error naming the
+files, since the mean would silently cover fewer images; pass ``--allow-missing`` to evaluate a
+partial run knowingly. Extra predictions are reported and left out. Files are read as 8-bit
+single-channel maps by ``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``). An
+image is reported and left out of the mean when one of its files cannot be read or is truncated, is
+a colour image, when its sizes differ, when its trimap holds values other than 0, 128 and 255, or
+when its label looks like a trimap (only 0, 128 and 255, with 128: label and trimap folders
+swapped?).
 
 The results table is printed first, then the per-image CSV is written (``--csv``; an unwritable
 path is reported before any work). Exit status: 0 every image evaluated; 1 some image failed or

@@ -46,6 +46,7 @@ from pathlib import Path
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
+from data.pixel_limits import max_pixels_argument
 from predictor.session import MattingSession
 from predictor.web_app import DEFAULT_PORT, DemoHandlers, serve
 from predictor.weights import build_inference_model, load_inference_weights
@@ -57,16 +58,6 @@ logger = logging.getLogger("web_demo")
 
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
-
-
-def _max_pixels(value: str) -> int:
-    try:
-        pixels = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("takes a whole number of pixels (H x W)") from None
-    if pixels < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return pixels
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,11 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     parser.add_argument(
         "--max-pixels",
-        type=_max_pixels,
+        type=max_pixels_argument,
         metavar="N",
-        help="largest image (H x W pixels) a request may bring; default: what fits the free "
-        "memory at start (the token-budget model with the config's token cap for the forward, "
-        "and the results' memory; on CUDA the forward on the GPU, the results on the host)",
+        help="largest image (H x W pixels) a request may bring, by the size its header declares "
+        "(a file whose size cannot be read from its header is refused); default: what fits the "
+        "free memory at start (the token-budget model with the config's token cap for the "
+        "forward, and the results' memory; on CUDA the forward on the GPU, the results on the "
+        "host), at most the image decoders' ceiling",
     )
     return parser
 

@@ -228,3 +228,29 @@ def test_a_missing_folder_is_a_setup_error(folders, tmp_path, caplog):
     dirs = {**folders["dirs"], "pred": tmp_path / "nowhere"}
     assert _run(dirs) == 2
     assert "nowhere" in caplog.text
+
+
+def test_labels_and_trimaps_in_every_readable_format_and_other_files_reported(tmp_path, caplog):
+    """Labels and trimaps are read in the formats inference.py reads; a file that is not read
+    is named with the reason."""
+    dirs = {kind: tmp_path / kind for kind in ("pred", "label", "trimap")}
+    for folder in dirs.values():
+        folder.mkdir()
+    suffixes = (".webp", ".tif", ".bmp", ".pgm")
+    for index, suffix in enumerate(suffixes):
+        pred, gt, trimap = _synthetic(index)
+        name = suffix[1:]
+        cv2.imwrite(str(dirs["pred"] / f"{name}.png"), pred)
+        cv2.imwrite(str(dirs["label"] / f"{name}{suffix}"), gt, [cv2.IMWRITE_WEBP_QUALITY, 101])
+        cv2.imwrite(
+            str(dirs["trimap"] / f"{name}{suffix}"), trimap, [cv2.IMWRITE_WEBP_QUALITY, 101]
+        )
+    (dirs["label"] / "notes.txt").write_text("labels")
+    with caplog.at_level(logging.WARNING):
+        items = match_files(dirs["pred"], dirs["label"], dirs["trimap"])
+    assert sorted(items) == sorted(s[1:] for s in suffixes)
+    assert "notes.txt" in caplog.text and "not read" in caplog.text
+    per_image, _ = evaluate_items(items, "unknown")
+    for index, suffix in enumerate(suffixes):
+        pred, gt, trimap = _synthetic(index)
+        assert per_image[suffix[1:]] == pytest.approx(compute_metrics(pred, gt, trimap))

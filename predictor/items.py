@@ -1,0 +1,209 @@
+"""The items of an ``inference.py`` run: what it reads (a test-set folder, or images with their
+trimaps or masks), the checks made on them before anything runs, and their decoding ahead of the
+model (:class:`ItemSamples`, in loader processes).
+
+Checks before the run: every file a folder listing does not read is a failure of the run (named,
+with the reason); no output location may be, lie inside or contain anything the run reads (the
+image, trimap and alpha folders of a test set, the image, trimap and mask files, the config,
+checkpoint, graph and composite background), so that no input is overwritten and no output is read
+as an input on the next run. Images are refused above ``max_pixels`` from the sizes their headers
+declare, before any decoding, as are trimaps and masks whose size differs from their image's.
+
+The functions take the parsed command line of ``inference.py`` (an ``argparse.Namespace``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from data.image_io import (
+    BadSampleError,
+    ImageTooLargeError,
+    check_image_size,
+    read_rgb_levels,
+    read_trimap_levels,
+)
+from data.readers import FOLDER_LAYOUTS, detect_layout, scan_test_set
+from data.trimap import trimap_from_mask
+from predictor.inputs import mask_levels
+
+__all__ = [
+    "Item",
+    "ItemSamples",
+    "UsageError",
+    "check_not_an_input",
+    "collect_items",
+    "input_paths",
+]
+
+
+class UsageError(ValueError):
+    """A bad combination of options or inputs (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to predict and where its trimap (or mask) comes from."""
+
+    name: str
+    image: Path
+    trimap: Path | None = None
+    mask: Path | None = None
+
+
+def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, str]]]:
+    """The items of the run, sorted by name, and the failures found while listing them
+    (``{"path", "reason"}``: an image without a trimap, a file of the image or trimap folder that
+    is not read).
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: bad single-image options, or a test-set
+            folder that is missing, has no supported layout or no image to read.
+    """
+    if args.data_dir is not None:
+        test_set = scan_test_set(args.data_dir, args.layout)
+        items = [Item(i.name, i.image_path, trimap=i.trimap_path) for i in test_set.items]
+        missing = [{"path": str(p), "reason": "no trimap"} for p in test_set.missing_trimaps]
+        missing += [{"path": str(s.path), "reason": s.reason} for s in test_set.skipped]
+        return items, sorted(missing, key=lambda entry: entry["path"])
+    guides = args.trimap if args.trimap is not None else args.mask
+    if guides is None:
+        raise UsageError("--image needs --trimap or --mask (one per image)")
+    if len(guides) != len(args.image):
+        flag = "--trimap" if args.trimap is not None else "--mask"
+        overrides = any("=" in guide for guide in guides)
+        hint = " (config overrides after a list of files go after --)" if overrides else ""
+        raise UsageError(
+            f"{len(args.image)} --image but {len(guides)} {flag}: give one per image{hint}"
+        )
+    items, seen = [], {}
+    for image, guide in zip(args.image, guides):
+        image = Path(image)
+        if image.stem in seen:
+            raise UsageError(
+                f"{seen[image.stem]} and {image} have the same name {image.stem!r}: their outputs "
+                "would overwrite each other"
+            )
+        seen[image.stem] = image
+        kind = "trimap" if args.trimap is not None else "mask"
+        items.append(Item(image.stem, image, **{kind: Path(guide)}))
+    return sorted(items, key=lambda item: item.name), []
+
+
+def input_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """Everything the run reads: the folders (a test set's image, trimap and alpha folders, each
+    candidate name of its layout, present or not, since a folder created there would be read
+    next time) and the files (images, trimaps, masks, config, checkpoint, graph, composite
+    background).
+
+    A test-set folder that is missing or has no detected layout counts with the folders of every
+    layout.
+    """
+    folders = []
+    if args.data_dir is not None:
+        root = Path(args.data_dir)
+        layouts = [layout for layout in FOLDER_LAYOUTS if layout.name == args.layout]
+        if args.layout is None:
+            try:
+                layouts = [detect_layout(root)]
+            except (FileNotFoundError, ValueError):  # reported by collect_items
+                layouts = list(FOLDER_LAYOUTS)
+        for layout in layouts:
+            names = (*layout.image_dirs, *layout.trimap_dirs, *layout.alpha_dirs)
+            folders += [root / name for name in names]
+    files = [*(args.image or ()), *(args.trimap or ()), *(args.mask or ())]
+    files += [args.config_file, args.checkpoint, args.onnx]
+    if args.composite is not None and Path(args.composite).is_file():
+        files.append(args.composite)
+    return folders, [Path(file) for file in files if file is not None]
+
+
+def _relation(output: Path, read: Path) -> str | None:
+    """How an output location stands to a path that is read (both resolved); None when apart."""
+    if output == read:
+        return "is"
+    if output.is_relative_to(read):
+        return "is inside"
+    if read.is_relative_to(output):
+        return "contains"
+    return None
+
+
+def check_not_an_input(args: argparse.Namespace, location: Path, what: str) -> None:
+    """Refuse an output location (the output folder, the report file) that is, lies inside or
+    contains anything the run reads (:func:`input_paths`). Symbolic links are resolved.
+
+    Args:
+        args: the command line.
+        location: the output location.
+        what: how the message names it (``"output folder"``, ``"--report"``).
+
+    Raises:
+        UsageError: names the location, the input and how they overlap.
+    """
+    folders, files = input_paths(args)
+    resolved = location.resolve()
+    for read, kind in [*((f, "folder") for f in folders), *((f, "file") for f in files)]:
+        relation = _relation(resolved, read.resolve())
+        if relation is not None:
+            raise UsageError(
+                f"{what} {location} {relation} the input {kind} {read}: the run would write over "
+                "its inputs, or its outputs would be read as inputs; choose another location"
+            )
+
+
+class ItemSamples(Dataset):
+    """Decodes the pending items (in loader processes): image levels and the trimap, made from
+    the mask when the item has one. The sizes the files declare are checked first: an image above
+    ``max_pixels``, or a trimap or mask whose size differs from its image's, is refused before
+    anything is decoded. A bad item becomes ``{"error": ..., "path": ...}``.
+
+    Args:
+        items: the items to decode.
+        unknown_width: with masks: the unknown band of the trimaps made from them.
+        max_pixels: the largest image read (``--max-pixels``).
+    """
+
+    def __init__(self, items: list[Item], unknown_width: float | None, max_pixels: int) -> None:
+        self.items = items
+        self.unknown_width = unknown_width
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _decode(self, item: Item) -> tuple[torch.Tensor, torch.Tensor]:
+        guide_path = item.mask if item.mask is not None else item.trimap
+        hw = check_image_size(item.image, self.max_pixels)
+        guide_hw = check_image_size(guide_path, self.max_pixels)
+        if guide_hw != hw:
+            raise BadSampleError(
+                guide_path,
+                f"size {guide_hw[1]}x{guide_hw[0]} differs from image {item.image.name} "
+                f"{hw[1]}x{hw[0]} (W x H)",
+            )
+        image = read_rgb_levels(item.image, max_pixels=self.max_pixels)
+        if item.mask is not None:
+            mask = mask_levels(item.mask, max_pixels=self.max_pixels)
+            trimap = trimap_from_mask(mask, self.unknown_width, source=str(item.mask))
+        else:
+            trimap = read_trimap_levels(item.trimap, max_pixels=self.max_pixels)
+        image_chw = torch.from_numpy(image).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+        return image_chw, torch.from_numpy(trimap)[None]
+
+    def __getitem__(self, idx: int) -> dict:
+        item = self.items[idx]
+        try:
+            image, trimap = self._decode(item)
+        except ImageTooLargeError as exc:
+            return {"index": idx, "error": f"{exc.reason} (--max-pixels)", "path": str(exc.path)}
+        except BadSampleError as exc:
+            return {"index": idx, "error": exc.reason, "path": str(exc.path)}
+        except ValueError as exc:  # a mask of an unsupported type
+            return {"index": idx, "error": str(exc), "path": str(item.mask or item.image)}
+        return {"index": idx, "image": image, "trimap": trimap}
