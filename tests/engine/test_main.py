@@ -349,7 +349,7 @@ def test_eval_only_without_its_checkpoint_suggests_the_trained_one(
     assert not out.exists()
 
 
-def test_init_checkpoint_of_other_shapes_is_an_error_listing_the_keys(
+def test_init_checkpoint_of_other_shapes_is_an_error_summarising_the_keys(
     synthetic, tmp_path, one_thread, restore_logging
 ):
     torch.manual_seed(0)
@@ -363,8 +363,9 @@ def test_init_checkpoint_of_other_shapes_is_an_error_listing_the_keys(
     args.opts += _data(synthetic)
     with pytest.raises(IncompatibleCheckpointError, match="init_strict=False") as info:
         main.main(args)
-    assert "  backbone.pos_embed: " in str(info.value)
-    assert "  decoder.matting_head.matting_convs.3.weight: [1, 3, 1, 1]" in str(info.value)
+    assert "2 tensors have other shapes than in the model (backbone.pos_embed: " in str(info.value)
+    assert "decoder.matting_head.matting_convs.3.weight: [1, 3, 1, 1]" in str(info.value)
+    assert "its shapes fit none of the configs in configs/" in str(info.value)
 
 
 def test_a_resume_without_checkpoint_warns_and_the_run_writes_its_summary(
