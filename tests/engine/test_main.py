@@ -420,3 +420,91 @@ def test_command_line_setup_errors_stop_before_and_after_spawning(synthetic, tmp
     }, spawned.stderr
     assert "Traceback" not in spawned.stderr
     assert not out.exists()
+
+
+# --- an output folder that holds a run; the saved config is the run's -----------------------------
+
+
+def test_a_folder_that_holds_a_run_needs_resume_or_overwrite(
+    synthetic, tmp_path, capsys, one_thread, restore_logging
+):
+    out = tmp_path / "out"
+    run = [f"train.output_dir={out}", *_data(synthetic)]
+    main.main(_args(*run, "train.max_iter=2"))
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert "model_final.pth" in before
+
+    # Again without --resume or --overwrite: refused (before spawning, and in the process), the
+    # folder untouched.
+    error = _setup_error(_args(*run, "train.max_iter=2"), capsys)
+    assert f"train.output_dir={out} holds a training run (" in error
+    assert "pass --resume to continue it, or --overwrite to delete its files" in error
+    with pytest.raises(SetupError, match="holds a training run"):
+        main.check_before_launch(_args(*run, "train.max_iter=2"))
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+    # --overwrite keeps no file of the old run: one event file, the new metrics, a new log.
+    (out / "notes.txt").write_text("not the trainer's")
+    main.main(_args("--overwrite", *run, "train.max_iter=3"))
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1
+    assert [r["iteration"] for r in _metrics(out) if "total_loss" in r] == [0, 1, 2]
+    assert (out / "log.txt").read_text().count("Rank 0 of 1") == 1
+    assert (out / "notes.txt").read_text() == "not the trainer's"
+
+    # --overwrite never deletes the checkpoint it is to start from.
+    final = out / "model_final.pth"
+    error = _setup_error(_args("--overwrite", *run, f"train.init_checkpoint={final}"), capsys)
+    assert "which --overwrite deletes" in error and final.is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        _args("--resume", "--overwrite")
+    assert exit_info.value.code == 2  # argparse: one or the other
+
+
+def test_setup_files_alone_are_not_a_run(synthetic, tmp_path, one_thread, restore_logging):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("config.yaml", "log.txt", "model.txt"):  # what a failed setup may leave
+        (out / name).write_text("")
+    main.main(_args(f"train.output_dir={out}", "train.max_iter=1", *_data(synthetic)))
+    assert (out / "model_final.pth").is_file()
+
+
+def test_the_saved_config_is_the_run_and_resumes_it_bit_for_bit(
+    synthetic, tmp_path, one_thread, restore_logging
+):
+    out = tmp_path / "out"
+    max_iter = 4  # the tiny config's steps (0.6 and 0.9 of training): one, at iteration 3
+    main.main(
+        _args(
+            f"train.output_dir={out}",
+            f"train.max_iter={max_iter}",
+            "train.checkpointer.period=2",
+            *_data(synthetic),
+        )
+    )
+    saved = LazyConfig.load(out / "config.yaml")
+    steps = saved.lr_multiplier.scheduler
+    assert (list(steps["values"]), list(steps.milestones), steps.num_updates) == (
+        [1.0, 0.1],
+        [3],
+        max_iter,
+    )
+    lrs = {r["iteration"]: r["lr"] for r in _metrics(out) if "lr" in r}
+    base_lr = saved.optimizer.lr
+    multiplier = instantiate(saved.lr_multiplier)
+    assert lrs == pytest.approx({i: base_lr * multiplier(i / max_iter) for i in range(max_iter)})
+
+    # A crash after the checkpoint of iteration 1; the run's own folder continues it.
+    uninterrupted = _weights(out / "model_final.pth")
+    for name in ("model_final.pth", "model_final.pth.sha256"):
+        (out / name).unlink()
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    main.main(
+        default_argument_parser().parse_args(
+            ["--config-file", str(out / "config.yaml"), "--resume"]
+        )
+    )
+    resumed = _weights(out / "model_final.pth")
+    assert resumed.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        assert torch.equal(resumed[name], value), name
