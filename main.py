@@ -163,7 +163,8 @@ def do_train(args: argparse.Namespace, cfg: Any) -> None:
 
 
 def do_eval_only(args: argparse.Namespace, cfg: Any) -> dict[str, float]:
-    """Evaluate ``train.init_checkpoint`` with ``dataloader.evaluator`` and log the metrics."""
+    """Evaluate ``train.init_checkpoint`` with ``dataloader.evaluator``, which logs the metrics
+    in the table of ``tools/evaluate.py`` (paper units, each column's scaling in its header)."""
     check_init_checkpoint(
         cfg.train.init_checkpoint, eval_only=True, output_dir=cfg.train.output_dir
     )
@@ -174,10 +175,7 @@ def do_eval_only(args: argparse.Namespace, cfg: Any) -> dict[str, float]:
     Checkpointer(model, trusted=args.trust_checkpoint, strict_shapes=cfg.train.init_strict).load(
         cfg.train.init_checkpoint
     )
-    results = do_test(cfg, model)
-    for name, value in results.items():
-        logger.info("%s: %.4f", name, value)
-    return results
+    return do_test(cfg, model)  # the evaluator logs the table, with the units
 
 
 def load_config(args: argparse.Namespace) -> Any:

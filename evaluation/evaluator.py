@@ -2,7 +2,9 @@
 
 Used by the periodic evaluation hook during training and by ``main.py --eval-only``. Alphas are
 quantized to 8 bits exactly as ``inference.py`` writes them, so the numbers equal running
-``inference.py`` then ``tools/evaluate.py``.
+``inference.py`` then ``tools/evaluate.py``; they are logged in the table
+``tools/evaluate.py`` prints (:func:`evaluation.folders.format_table`: paper units, each
+column's scaling in its header).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from data.eval_dataset import MattingEvalDataset
 from data.image_io import BadSampleError
+from evaluation.folders import format_table
 from evaluation.metrics import METRIC_NAMES, Region, compute_metrics
 from predictor.matting import MattingPredictor
 from predictor.outputs import alpha_to_uint8
@@ -88,10 +91,7 @@ class MattingEvaluator:
         means = {}
         for name in METRIC_NAMES:
             values = [m[name] for m in per_image if not math.isnan(m[name])]
-            means[self.prefix + name] = sum(values) / len(values) if values else math.nan
-        logger.info(
-            "evaluation on %d images: %s",
-            len(per_image),
-            ", ".join(f"{k} {v:.4f}" for k, v in means.items()),
-        )
-        return means
+            means[name] = sum(values) / len(values) if values else math.nan
+        # The table of tools/evaluate.py: the same numbers, the same units.
+        logger.info("%s", format_table(means, len(per_image), self.region))
+        return {self.prefix + name: value for name, value in means.items()}

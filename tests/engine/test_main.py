@@ -26,6 +26,7 @@ from engine.defaults import (
     default_argument_parser,
     exit_on_setup_error,
 )
+from evaluation.folders import TABLE_HEADER
 from tests.helpers import REPO_ROOT, TINY_CONFIG, save_untrusted_checkpoint
 
 MAIN = REPO_ROOT / "main.py"
@@ -176,7 +177,7 @@ def test_resume_inside_an_epoch_with_loader_workers_replays_the_run_bit_for_bit(
 
 
 @pytest.mark.slow
-def test_eval_only_reports_metrics(synthetic, continuous_run, tmp_path):
+def test_eval_only_reports_metrics_in_the_table_of_evaluate_py(synthetic, continuous_run, tmp_path):
     result = _run_main(
         "--eval-only",
         f"train.init_checkpoint={continuous_run / 'model_final.pth'}",
@@ -184,13 +185,11 @@ def test_eval_only_reports_metrics(synthetic, continuous_run, tmp_path):
         *_data(synthetic, evaluate=True),
     )
     _ok(result)
-    reported = {
-        line.rsplit("]: ", 1)[1].split(": ")[0]: float(line.rsplit(": ", 1)[1])
-        for line in result.stdout.splitlines()
-        if "]: eval/" in line
-    }
-    assert set(reported) == {"eval/sad", "eval/mse", "eval/grad", "eval/conn"}
-    assert all(np.isfinite(v) and v >= 0 for v in reported.values())
+    lines = result.stdout.splitlines()
+    header = lines.index(TABLE_HEADER)  # the units: SAD(/1e3) MSE(x1e3) Grad(/1e3) Conn(/1e3)
+    assert "Mean over 2 images, unknown region (trimap == 128), in paper units" in lines[header - 1]
+    values = [float(value) for value in lines[header + 1].split()]
+    assert len(values) == 4 and all(np.isfinite(v) and v >= 0 for v in values)
 
 
 def test_eval_only_without_evaluator_fails_clearly(synthetic, tmp_path):
@@ -286,7 +285,7 @@ def restore_logging():
 
 
 def test_eval_only_loads_pickled_objects_only_with_trust_checkpoint(
-    synthetic, tmp_path, one_thread, restore_logging
+    synthetic, tmp_path, one_thread, restore_logging, caplog
 ):
     torch.manual_seed(0)
     weights = instantiate(LazyConfig.load(TINY_CONFIG).model).state_dict()
@@ -298,9 +297,15 @@ def test_eval_only_loads_pickled_objects_only_with_trust_checkpoint(
         main.main(default_argument_parser().parse_args(command))
     assert not marker.exists()
 
-    results = main.main(default_argument_parser().parse_args(["--trust-checkpoint", *command]))
+    with caplog.at_level(logging.INFO):
+        results = main.main(default_argument_parser().parse_args(["--trust-checkpoint", *command]))
     assert marker.is_dir()  # trusted: the file's code ran
     assert set(results) == {"eval/sad", "eval/mse", "eval/grad", "eval/conn"}
+    # The metrics with their units, as tools/evaluate.py prints them.
+    assert "in paper units (each column: the official value scaled as its header says)" in (
+        caplog.text
+    )
+    assert TABLE_HEADER in caplog.text
 
 
 # --- setup errors, output folder, summary -------------------------------------------------------
