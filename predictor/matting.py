@@ -25,7 +25,14 @@ from predictor.token_budget import auto_max_number_token
 from predictor.weights import build_inference_model, load_inference_weights
 from utils.device import autocast, resolve_device, to_unit_float
 
-__all__ = ["AUTO", "BatchPrediction", "ImagePredictor", "MattingPredictor", "RoutingMaps"]
+__all__ = [
+    "AUTO",
+    "BatchPrediction",
+    "ImagePredictor",
+    "MattingPredictor",
+    "RoutingMaps",
+    "check_predictor_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,31 @@ class BatchPrediction:
             keep={b: k[index].numpy() for b, k in zip(self.block_indexes, self.keep)},
             probability={b: p[index].numpy() for b, p in zip(self.block_indexes, self.probability)},
         )
+
+
+def check_predictor_options(
+    device: str | torch.device, precision: str, max_number_token: int | str | None
+) -> torch.device:
+    """Check the options of a :class:`MattingPredictor` without a model (``inference.py``
+    checks them before it decides which items are done already).
+
+    Returns:
+        The device the predictor runs on (``"auto"`` resolved).
+
+    Raises:
+        ValueError: a CUDA device without CUDA, an unknown precision or fp16 on a CPU, or a
+            ``max_number_token`` that is not an int >= 0, ``"auto"`` or None.
+    """
+    resolved = resolve_device(device)
+    autocast(resolved, precision)  # validates the precision for the device
+    if not (max_number_token is None or max_number_token == AUTO):
+        if isinstance(max_number_token, bool) or not isinstance(max_number_token, int):
+            raise ValueError(
+                f"max_number_token must be an int, 'auto' or None, not {max_number_token!r}"
+            )
+        if max_number_token < 0:
+            raise ValueError(f"max_number_token must be >= 0, got {max_number_token}")
+    return resolved
 
 
 class ImagePredictor:
@@ -148,15 +180,8 @@ class MattingPredictor(ImagePredictor):
         max_number_token: int | str | None = None,
         patch_decoder: bool = True,
     ) -> None:
-        self.device = resolve_device(device)
-        autocast(self.device, precision)  # validates the precision for the device
+        self.device = check_predictor_options(device, precision, max_number_token)
         if not (max_number_token is None or max_number_token == AUTO):
-            if isinstance(max_number_token, bool) or not isinstance(max_number_token, int):
-                raise ValueError(
-                    f"max_number_token must be an int, 'auto' or None, not {max_number_token!r}"
-                )
-            if max_number_token < 0:
-                raise ValueError(f"max_number_token must be >= 0, got {max_number_token}")
             model.backbone.max_number_token = max_number_token
         self.model = model.to(self.device).eval()
         self.precision = precision

@@ -34,6 +34,7 @@ __all__ = [
     "SCORES_OUTPUT",
     "TRIMAP_INPUT",
     "OnnxMattingPredictor",
+    "onnx_providers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,12 @@ CPU_PROVIDER, CUDA_PROVIDER = "CPUExecutionProvider", "CUDAExecutionProvider"
 GLOBAL_ROUTE = 0  # index of "route to global attention" in the router scores
 
 
-def _providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
-    """onnxruntime providers for ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (GPU N)."""
+def onnx_providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
+    """onnxruntime providers for ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (GPU N).
+
+    Raises:
+        ValueError: another device, or CUDA where onnxruntime has no CUDA provider.
+    """
     available = ort.get_available_providers()
     kind, _, index = device.partition(":")
     if kind == "cpu" and not index:
@@ -104,7 +109,9 @@ class OnnxMattingPredictor(ImagePredictor):
         options.enable_mem_pattern = False
         if threads is not None:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), options, providers=_providers(device))
+        self.session = ort.InferenceSession(
+            str(model_path), options, providers=onnx_providers(device)
+        )
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.routed_blocks: list[int] = json.loads(metadata.get("routed_blocks", "[]"))
         if max_number_token is None:

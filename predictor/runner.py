@@ -34,9 +34,10 @@ from data.trimap import trimap_from_mask
 from engine.launch import launch
 from predictor.foreground import estimate_foreground, foreground_to_uint8
 from predictor.inputs import mask_levels
-from predictor.matting import MattingPredictor
-from predictor.onnx_predictor import OnnxMattingPredictor
+from predictor.matting import MattingPredictor, check_predictor_options
+from predictor.onnx_predictor import OnnxMattingPredictor, onnx_providers
 from predictor.outputs import Outputs, parse_colour
+from predictor.weights import inference_config
 from utils import comm
 from utils.file_io import atomic_write
 from utils.memory import MIB, peak_memory_bytes
@@ -49,6 +50,7 @@ __all__ = [
     "Item",
     "Summary",
     "UsageError",
+    "check_model_options",
     "check_setup",
     "collect_items",
     "exit_code",
@@ -541,6 +543,23 @@ def process_main(args: argparse.Namespace, status_file: str) -> None:
     atomic_write(status_file, lambda file: file.write(str(code).encode()))
 
 
+def check_model_options(args: argparse.Namespace) -> None:
+    """The device, precision and token cap, and the config with its overrides, checked as the
+    model will take them, without building it: an output folder whose items are all done
+    refuses a bad option as an empty one does.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`predictor.matting.check_predictor_options`,
+            :func:`predictor.onnx_predictor.onnx_providers` and
+            :func:`predictor.weights.inference_config`.
+    """
+    if args.onnx is not None:
+        onnx_providers(args.device)
+        return
+    check_predictor_options(args.device, args.precision, args.max_number_token)
+    inference_config(args.config_file, args.opts)
+
+
 def check_setup(args: argparse.Namespace) -> None:
     """Setup errors found before any process or model starts.
 
@@ -559,6 +578,7 @@ def check_setup(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"{args.config_file}: no such config file")
     elif not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    check_model_options(args)  # before outputs that are present are skipped
     for folder in make_outputs(args).folders:  # the output folder and its sub-folders
         check_output_dir(folder)
     if args.report is not None:

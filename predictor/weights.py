@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -24,7 +25,7 @@ from engine.checkpoint import (
 from engine.config import LazyConfig, instantiate
 from engine.known_configs import fitting_configs
 
-__all__ = ["build_inference_model", "load_inference_weights"]
+__all__ = ["build_inference_model", "inference_config", "load_inference_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,19 @@ logger = logging.getLogger(__name__)
 _MAX_LISTED_KEYS = 8
 
 
+def inference_config(config_file: str | Path, overrides: Sequence[str] = ()) -> Any:
+    """A LazyConfig file with ``overrides`` (checked) and without the distillation teacher.
+
+    Raises:
+        FileNotFoundError, ValueError: a missing config file, or an override that does not fit.
+    """
+    cfg = LazyConfig.load(str(config_file))
+    return LazyConfig.apply_overrides(cfg, [*overrides, "model.teacher_backbone=None"])
+
+
 def build_inference_model(config_file: str | Path, overrides: Sequence[str] = ()) -> nn.Module:
     """Instantiate ``cfg.model`` from a LazyConfig file without the distillation teacher."""
-    cfg = LazyConfig.load(str(config_file))
-    cfg = LazyConfig.apply_overrides(cfg, [*overrides, "model.teacher_backbone=None"])
-    return instantiate(cfg.model)
+    return instantiate(inference_config(config_file, overrides).model)
 
 
 def load_inference_weights(model: nn.Module, path: str | Path, *, trusted: bool = False) -> None:

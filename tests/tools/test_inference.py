@@ -738,3 +738,35 @@ def test_a_failure_on_one_rank_fails_the_run(tmp_path, spelling):
     assert record["done"] == 3 and record["exit_code"] == 1
     (failure,) = record["failed"]
     assert failure["path"].endswith("test_001.png") and record["ranks"][1]["failed"] == [failure]
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--precision", "fp16"], "fp16 inference needs a CUDA device"),
+        (["model.backbone.max_number_tokens=5"], "takes no argument 'max_number_tokens'"),
+        (["model.backbone.depth=deep"], "model.backbone.depth takes an int"),
+    ],
+)
+def test_a_complete_output_folder_refuses_bad_options_as_an_empty_one(
+    tmp_path, caplog, option, expected
+):
+    done = tmp_path / "done"
+    assert run_cli("--data-dir", str(DEMO_DIR), "--output-dir", str(done)) == 0
+    stamps = {path: path.stat().st_mtime_ns for path in done.rglob("*")}
+    for out in (done, tmp_path / "fresh"):
+        caplog.clear()
+        assert run_cli("--data-dir", str(DEMO_DIR), "--output-dir", str(out), *option) == 2
+        assert expected in caplog.text, out
+    assert {path: path.stat().st_mtime_ns for path in done.rglob("*")} == stamps
+    assert not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_a_complete_output_folder_refuses_a_missing_gpu(tmp_path, caplog):
+    out = tmp_path / "out"
+    assert run_cli("--data-dir", str(DEMO_DIR), "--output-dir", str(out)) == 0
+    command = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
+    argv = [*command, "--device", "cuda", "--data-dir", str(DEMO_DIR), "--output-dir", str(out)]
+    assert inference.main(argv) == 2
+    assert "no CUDA device is available" in caplog.text
