@@ -29,7 +29,9 @@ torchrun --nproc-per-node N [--nnodes M ...] inference.py ...
 Files already in the output folder are skipped unless --overwrite, so an interrupted run resumes;
 an item whose outputs are incomplete (an alpha PNG that is empty, cut short or does not decode, a
 requested extra output missing or cut short) is done again. A bad item (unreadable or truncated
-file, missing or mismatched trimap) is reported with its path and skipped.
+file, missing or mismatched trimap, a trimap with values other than 0/128/255 such as a JPEG
+trimap: pass --snap-trimap to move each value to the nearest level) is reported with its path
+and skipped.
 
 Exit status: 0 every item done or already present; 1 some items failed (listed at the end and
 in --report); 2 usage or setup error (bad option, missing input folder or checkpoint, an output
@@ -47,7 +49,7 @@ import sys
 from pathlib import Path
 
 from data.readers import FOLDER_LAYOUTS
-from data.trimap import unknown_width_argument
+from data.trimap import add_snap_trimap_argument, unknown_width_argument
 from predictor.matting import AUTO
 from predictor.runner import run_command
 from utils.arguments import add_checkpoint_arguments, add_config_argument, add_device_arguments
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     guide.add_argument(
         "--trimap", nargs="+", metavar="PATH", help="one trimap per --image (0/128/255)"
     )
+    add_snap_trimap_argument(parser)
     guide.add_argument(
         "--mask",
         nargs="+",

@@ -38,6 +38,8 @@ class MattingEvaluator:
         region: ``unknown`` (trimap == 128) or ``all`` (whole image).
         max_images: evaluate only the first N items (quick checks during training).
         prefix: prefix of the returned metric names.
+        snap_trimap: move trimap values other than 0, 128 and 255 (JPEG trimaps) to the nearest
+            of them instead of skipping the item (as ``inference.py --snap-trimap``).
     """
 
     def __init__(
@@ -50,8 +52,9 @@ class MattingEvaluator:
         region: Region = "unknown",
         max_images: int | None = None,
         prefix: str = "eval/",
+        snap_trimap: bool = False,
     ) -> None:
-        self.dataset = MattingEvalDataset(data_dir, layout=layout)
+        self.dataset = MattingEvalDataset(data_dir, layout=layout, snap_trimap=snap_trimap)
         if max_images is not None:
             self.dataset.items = self.dataset.items[:max_images]
         missing = [item.image_path for item in self.dataset.items if item.alpha_path is None]

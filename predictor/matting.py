@@ -118,6 +118,7 @@ class ImagePredictor:
         mask: MapInput | None = None,
         unknown_width: float | None = None,
         return_routing: bool = False,
+        snap_trimap: bool = False,
     ) -> np.ndarray | tuple[np.ndarray, RoutingMaps]:
         """Alpha matte of one image.
 
@@ -125,23 +126,28 @@ class ImagePredictor:
             image: a path, a PIL image, an ``[H, W, 3]`` uint8 RGB array or a ``[3, H, W]``
                 float tensor in [0, 1] (see :func:`image_levels` for the other forms).
             trimap: a path, a PIL image or an ``[H, W]`` uint8 array: 0 background, 128
-                unknown, 255 foreground.
+                unknown, 255 foreground; other values are refused unless ``snap_trimap``.
             mask: instead of a trimap, a rough mask (path, PIL image or array; thresholded at
                 half its range), turned into a trimap by :func:`data.trimap.trimap_from_mask`.
             unknown_width: with ``mask``: the unknown band's width on each side of the mask
                 boundary, in px (int) or as a fraction of the shorter side (float < 1).
             return_routing: also return the routing maps.
+            snap_trimap: move trimap values other than 0, 128 and 255 (a trimap saved as JPEG)
+                to the nearest of them (:func:`data.trimap.snap_trimap`) instead of refusing.
 
         Returns:
             ``[H, W]`` float32 alpha in [0, 1], with the :class:`RoutingMaps` when
             ``return_routing``.
 
         Raises:
-            BadSampleError: an unreadable input file, or an input of an unsupported form.
+            BadSampleError: an unreadable input file, an input of an unsupported form, or a
+                trimap with other values than 0, 128 and 255 (without ``snap_trimap``).
             ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
                 mask, or sizes that differ.
         """
-        levels, trimap_map = prepare_inputs(image, trimap, mask=mask, unknown_width=unknown_width)
+        levels, trimap_map = prepare_inputs(
+            image, trimap, mask=mask, unknown_width=unknown_width, snap_trimap=snap_trimap
+        )
         prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
         alpha = prediction.alpha[0].numpy()
         return (alpha, prediction.routing(0)) if return_routing else alpha

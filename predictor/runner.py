@@ -41,6 +41,7 @@ from predictor.weights import inference_config
 from utils import comm
 from utils.file_io import atomic_write
 from utils.memory import MIB, peak_memory_bytes
+from utils.progress import logging_above_progress_bar
 from utils.visualizer import routing_figure
 
 __all__ = [
@@ -182,11 +183,15 @@ def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, 
 
 class _Samples(Dataset):
     """Decodes the pending items (in loader processes): image levels and the trimap, made from
-    the mask when the item has one. A bad item becomes ``{"error": ..., "path": ...}``."""
+    the mask when the item has one (a trimap file's values other than 0, 128 and 255 refused, or
+    snapped with ``snap_trimap``). A bad item becomes ``{"error": ..., "path": ...}``."""
 
-    def __init__(self, items: list[Item], unknown_width: float | None) -> None:
+    def __init__(
+        self, items: list[Item], unknown_width: float | None, snap_trimap: bool = False
+    ) -> None:
         self.items = items
         self.unknown_width = unknown_width
+        self.snap_trimap = snap_trimap
 
     def __len__(self) -> int:
         return len(self.items)
@@ -199,7 +204,8 @@ class _Samples(Dataset):
                 guide_path, mask = item.mask, mask_levels(item.mask)
                 trimap = trimap_from_mask(mask, self.unknown_width, source=str(item.mask))
             else:
-                guide_path, trimap = item.trimap, read_trimap_levels(item.trimap)
+                guide_path = item.trimap
+                trimap = read_trimap_levels(item.trimap, snap=self.snap_trimap)
             if trimap.shape != image.shape[:2]:
                 raise BadSampleError(
                     guide_path,
@@ -320,22 +326,26 @@ def run_shard(
         FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
     """
     predictor = _predictor(args)
-    samples = _Samples(items, args.unknown_width)
+    samples = _Samples(items, args.unknown_width, args.snap_trimap)
     # Processes spawned by --num-gpus would start their loader processes by spawning too, each
     # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
     fork = "fork" if args.workers and "fork" in multiprocessing.get_all_start_methods() else None
-    loader = DataLoader(
-        samples,
-        batch_size=None,
-        num_workers=args.workers,
-        prefetch_factor=PREFETCH_PER_WORKER if args.workers else None,
-        multiprocessing_context=fork,
-        shuffle=False,
-    )
     writes: list[tuple[str, Path, Future]] = []
     slots = BoundedSemaphore(MAX_PENDING_WRITES)
     buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+    with (
+        logging_above_progress_bar() as forward_logs,  # loaders' warnings above the bar too
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer,
+    ):
+        loader = DataLoader(
+            samples,
+            batch_size=None,
+            num_workers=args.workers,
+            prefetch_factor=PREFETCH_PER_WORKER if args.workers else None,
+            multiprocessing_context=fork,
+            worker_init_fn=forward_logs,
+            shuffle=False,
+        )
 
         def predict(batch: list[dict]) -> None:
             start = time.perf_counter()

@@ -16,6 +16,7 @@ for (:func:`default_max_pixels`).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import warnings
@@ -254,14 +255,22 @@ class MattingSession:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
         max_pixels: largest image (H x W) a request may bring; default: :func:`default_max_pixels`
             of the device's free memory now.
+        snap_trimap: move an uploaded trimap's values other than 0, 128 and 255 (a trimap saved
+            as JPEG) to the nearest of them instead of refusing it.
 
     Raises:
         ValueError: a CUDA device without CUDA.
     """
 
     def __init__(
-        self, model: nn.Module, *, device: str | torch.device = AUTO, max_pixels: int | None = None
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = AUTO,
+        max_pixels: int | None = None,
+        snap_trimap: bool = False,
     ) -> None:
+        self.snap_trimap = snap_trimap
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config_cap = self.model.backbone.max_number_token
@@ -318,7 +327,7 @@ class MattingSession:
         levels = _read(image, read_rgb_levels)
         hw = levels.shape[:2]
         self._check_pixels(image, hw)  # where PIL could not read the header
-        trimap_levels = _trimap(image, hw, trimap, mask, unknown_width, painting)
+        trimap_levels = _trimap(image, hw, trimap, mask, unknown_width, painting, self.snap_trimap)
         image_levels = torch.from_numpy(levels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
         with self._lock:
             prediction, numbers = self._predict(image_levels, trimap_levels, options)
@@ -393,8 +402,10 @@ def _trimap(
     mask: Upload | None,
     unknown_width: float | None,
     painting: Sequence[Upload] | None,
+    snap_trimap: bool,
 ) -> np.ndarray:
-    """A request's trimap, decoded and checked against the image size ``hw``."""
+    """A request's trimap, decoded and checked against the image size ``hw`` (an uploaded
+    trimap's other values than 0, 128 and 255 refused, or snapped with ``snap_trimap``)."""
     if painting is not None:
         levels = painted_trimap([_read(layer, _read_rgba) for layer in painting], hw)
         if not (levels != TRIMAP_BG).any():
@@ -404,7 +415,7 @@ def _trimap(
             )
         return levels
     if trimap is not None:
-        levels = _read(trimap, read_trimap_levels)
+        levels = _read(trimap, functools.partial(read_trimap_levels, snap=snap_trimap))
         _check_same_size(trimap, "trimap", levels.shape, image, hw)
         return levels
     levels = _read(mask, mask_levels)
