@@ -159,19 +159,6 @@ def test_every_loading_path_refuses_bad_weights_naming_file_key_and_problem(
     assert f"{path}: {BAD_KEY} {BAD_TENSORS[kind][1]}" in message, message
 
 
-@pytest.fixture
-def restore_logging():
-    """Remove the handlers main() installs on the root logger."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-
-
 def test_main_py_exits_2_on_a_nan_init_checkpoint_and_keeps_no_output_folder(
     tmp_path, capsys, restore_logging
 ):

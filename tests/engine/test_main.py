@@ -271,19 +271,6 @@ def test_teacher_stays_frozen_while_the_student_learns(synthetic, tmp_path, one_
     assert "loss_distill" in set().union(*_metrics(out))
 
 
-@pytest.fixture
-def restore_logging():
-    """Remove the handlers main() installs on the root logger (its streams close with the test)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-
-
 def test_eval_only_loads_pickled_objects_only_with_trust_checkpoint(
     synthetic, tmp_path, one_thread, restore_logging, caplog
 ):
