@@ -1,7 +1,8 @@
 """Weights that are not finite floating-point values (NaN, Inf, integer or bool tensors) are
 refused by every path that loads them, naming the file, the first bad key and the problem:
-inference (predictor, inference.py, hub, ONNX export), conversion (convert.py, preprocess.py) and
-training (init_checkpoint, --resume). A table over entry points x kinds of bad tensor."""
+inference (predictor, inference.py, hub, ONNX export, web demo), conversion (convert.py,
+preprocess.py) and training (init_checkpoint, --resume). A table over entry points x kinds of
+bad tensor."""
 
 from __future__ import annotations
 
@@ -103,6 +104,19 @@ def _export_onnx(path: Path, tmp_path: Path, caplog) -> str:
     return caplog.text
 
 
+def _web_demo(path: Path, tmp_path: Path, caplog) -> str:
+    from tools import web_demo  # imports gradio: only for this entry
+
+    def serve(*args, **kwargs) -> None:
+        raise AssertionError("the web demo served a model with bad weights")
+
+    argv = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(path), "--device", "cpu"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(web_demo, "serve", serve)
+        assert web_demo.main([*argv, "--max-pixels", "4096"]) == 2
+    return caplog.text
+
+
 def _convert(path: Path, tmp_path: Path, caplog) -> str:
     assert convert.main([str(path), str(tmp_path / "converted.safetensors")]) == 1
     assert not (tmp_path / "converted.safetensors").exists()
@@ -141,6 +155,7 @@ ENTRY_POINTS = {
     "inference.py": _inference_py,
     "hub": _hub,
     "export_onnx.py": _export_onnx,
+    "web_demo.py": _web_demo,
     "convert.py": _convert,
     "preprocess.py": _preprocess,
     "train.init_checkpoint": _init_checkpoint,
