@@ -25,6 +25,10 @@ The architecture is read from ``config.json`` and expressed as overrides of
 ``configs/ViTMatte_S_Com.py`` (:func:`hf_config_overrides`); a field the project's ViT and decoder
 cannot express (another activation, dropout, 3 input channels, ...) is refused with its name, as
 is a config that transformers' VitMatte cannot express (:func:`hf_config`: routing on, ...).
+``config.json`` is checked against the weights' shapes (:func:`check_config_fits_weights`: a
+field the tensors contradict is refused by name), and every file a folder names (an index's
+``weight_map`` included) must lie inside the folder. The weights of every source must be finite
+floating-point tensors (:func:`engine.checkpoint.check_weights`).
 
 ``.pth`` and ``pytorch_model.bin`` files are read with ``weights_only=True``; a file that also
 pickles other objects is refused unless ``--trust-checkpoint``.
@@ -68,8 +72,11 @@ from utils.file_io import atomic_write
 
 __all__ = [
     "HF_CONFIG_FILE",
+    "ConfigMismatchError",
     "LoadedWeights",
+    "UnsafeShardPathError",
     "UnsupportedArchitectureError",
+    "check_config_fits_weights",
     "convert",
     "hf_config",
     "hf_config_overrides",
