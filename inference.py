@@ -29,11 +29,12 @@ torchrun --nproc-per-node N [--nnodes M ...] inference.py ...
 Files already in the output folder are skipped unless --overwrite, so an interrupted run resumes;
 an item is complete when its alpha PNG decodes and every requested extra output is a whole file,
 otherwise it is done again (all its files). A bad item (unreadable or truncated file, missing or
-mismatched trimap, an image above --max-pixels by the size its header declares) is reported with
-its path and skipped; so is every file of the image and trimap folders that is not read (another
-format, a hidden file...). The alpha PNG is written first: an extra output that fails is reported
-on its own and the alpha kept. The output folder (and --report) may not be, lie inside or contain
-anything the run reads.
+mismatched trimap, a trimap with values other than 0/128/255 such as a JPEG trimap: pass
+--snap-trimap to move each value to the nearest level, an image above --max-pixels by the size its
+header declares) is reported with its path and skipped; so is every file of the image and trimap
+folders that is not read (another format, a hidden file...). The alpha PNG is written first: an
+extra output that fails is reported on its own and the alpha kept. The output folder (and
+--report) may not be, lie inside or contain anything the run reads.
 
 Exit status: 0 every item done or already present; 1 some items failed (listed at the end and
 in --report); 2 usage or setup error (bad option, missing input folder, checkpoint or graph, an
@@ -54,7 +55,7 @@ from pathlib import Path
 
 from data.pixel_limits import DEFAULT_MAX_PIXELS, max_pixels_argument
 from data.readers import FOLDER_LAYOUTS
-from data.trimap import unknown_width_argument
+from data.trimap import add_snap_trimap_argument, unknown_width_argument
 from predictor.matting import AUTO
 from predictor.runner import run_command
 from utils.arguments import add_checkpoint_arguments, add_config_argument, add_device_arguments
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     guide.add_argument(
         "--trimap", nargs="+", metavar="PATH", help="one trimap per --image (0/128/255)"
     )
+    add_snap_trimap_argument(parser)
     guide.add_argument(
         "--mask",
         nargs="+",

@@ -23,9 +23,10 @@ orientation applied), so a rotated JPEG and its alpha meet as in the official ru
 that inference sends 8-bit pixels to the device and converts them there, once.
 
 Two readers take maps with other rules: ``read_trimap_levels`` (inference and evaluation inputs)
-accepts only 8-bit single-channel trimaps (a grayscale PNG saved as RGB included), and warns,
-naming the file, when values other than 0, 128 and 255 occur; ``read_trimap`` gives those levels
-/ 255, as the official inference feeds them. ``read_map_u8`` (``tools/evaluate.py``) returns the
+accepts only 8-bit single-channel trimaps (a grayscale PNG saved as RGB included) of the values
+0, 128 and 255; other values (a trimap saved as JPEG) are refused with the fix, or with ``snap``
+moved to the nearest level, with a warning naming the file; ``read_trimap`` gives those levels /
+255, as the official inference feeds them. ``read_map_u8`` (``tools/evaluate.py``) returns the
 8-bit levels the official MATLAB evaluation compares: 16-bit values become ``round(v / 257)``. A
 colour file where a map is expected is an error (``evaluate.m`` would silently keep its red
 channel; a gray image saved as RGB is fine).
@@ -65,7 +66,7 @@ import numpy as np
 from PIL import Image
 
 from data.pixel_limits import DEFAULT_MAX_PIXELS
-from data.trimap import non_trimap_share
+from data.trimap import SNAP_TRIMAP_FLAG, non_trimap_share, snap_trimap
 from utils.device import to_unit_float
 from utils.file_io import atomic_write
 from utils.levels import UINT8_MAX, UINT16_PER_UINT8
@@ -529,19 +530,22 @@ def read_gray(path: str | Path) -> np.ndarray:
     return _to_unit_float(image, path)
 
 
-def trimap_levels(image: np.ndarray, source: str | Path) -> np.ndarray:
-    """Check a decoded trimap: 8-bit, single-channel (equal colour channels collapse); warn,
-    naming ``source``, when values other than 0, 128 and 255 occur (they are fed as they are).
+def trimap_levels(image: np.ndarray, source: str | Path, *, snap: bool = False) -> np.ndarray:
+    """Check a decoded trimap: 8-bit, single-channel (equal colour channels collapse), values 0,
+    128 and 255 only; other values are refused, or with ``snap`` moved to the nearest level
+    (:func:`data.trimap.snap_trimap`, with a warning naming ``source`` and the share moved).
 
     Args:
         image: ``[H, W]`` or ``[H, W, C]`` array.
         source: the file (or a description of the array) for messages.
+        snap: snap values other than the levels instead of refusing the trimap.
 
     Returns:
-        ``[H, W]`` uint8 array.
+        ``[H, W]`` uint8 array in {0, 128, 255}.
 
     Raises:
-        BadSampleError: not 8-bit, or a colour image.
+        BadSampleError: not 8-bit, a colour image, or (without ``snap``) values other than the
+            levels; the message says how to fix it.
     """
     image = _as_map(image, source)
     if image.ndim != 2:
@@ -549,22 +553,34 @@ def trimap_levels(image: np.ndarray, source: str | Path) -> np.ndarray:
     if image.dtype != np.uint8:
         raise BadSampleError(source, f"trimap must be 8-bit (0..255), got {image.dtype}")
     share = non_trimap_share(image)
-    if share:
-        logger.warning(
-            "%s: %.2f%% of the trimap's pixels are neither 0, 128 nor 255; they are fed as they "
-            "are (value / 255; only 0 and 255 force the alpha)",
+    if not share:
+        return image
+    if not snap:
+        raise BadSampleError(
             source,
-            100 * share,
+            f"{100 * share:.2f}% of the pixels are neither 0, 128 nor 255: not a trimap as it "
+            "is (saved as JPEG? resized with interpolation? an alpha matte?); save it losslessly "
+            f"(PNG) with only these values, or pass {SNAP_TRIMAP_FLAG} (snap_trimap=True in "
+            "Python) to move each value to the nearest of them",
         )
-    return image
+    logger.warning(
+        "%s: %.2f%% of the trimap's pixels are neither 0, 128 nor 255; snapped to the nearest (%s)",
+        source,
+        100 * share,
+        SNAP_TRIMAP_FLAG,
+    )
+    return snap_trimap(image)
 
 
-def read_trimap_levels(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_trimap_levels(
+    path: str | Path, *, snap: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Read an 8-bit trimap (see :func:`trimap_levels`).
 
     Args:
         path: single-channel 8-bit image file (0 background, 128 unknown, 255 foreground); a
             grayscale PNG saved as RGB(A) is accepted.
+        snap: snap values other than the levels instead of refusing the file.
         max_pixels: the largest trimap read; a file declaring more is refused before decoding.
 
     Returns:
@@ -573,13 +589,13 @@ def read_trimap_levels(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS
     Raises:
         UnreadableImageError: the file is missing, truncated or cannot be decoded.
         ImageTooLargeError: it declares more than ``max_pixels`` pixels.
-        BadSampleError: not 8-bit, or a colour image.
+        BadSampleError: not 8-bit, a colour image, or values other than the levels.
     """
     path = Path(path)
-    return trimap_levels(_read_raw(path, max_pixels=max_pixels), path)
+    return trimap_levels(_read_raw(path, max_pixels=max_pixels), path, snap=snap)
 
 
-def read_trimap(path: str | Path) -> np.ndarray:
+def read_trimap(path: str | Path, *, snap: bool = False) -> np.ndarray:
     """Read an 8-bit trimap as the official inference feeds it: file value / 255.
 
     Returns:
@@ -588,7 +604,7 @@ def read_trimap(path: str | Path) -> np.ndarray:
     Raises:
         UnreadableImageError, BadSampleError: as :func:`read_trimap_levels`.
     """
-    return read_trimap_levels(path).astype(np.float32) / UINT8_MAX
+    return read_trimap_levels(path, snap=snap).astype(np.float32) / UINT8_MAX
 
 
 def to_map_levels(image: np.ndarray, source: str | Path) -> np.ndarray:

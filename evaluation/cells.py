@@ -189,6 +189,8 @@ def _inference_args(
         workers=options.workers,
         num_gpus=options.num_gpus,
         report=None,
+        max_pixels=options.max_pixels,
+        snap_trimap=options.snap_trimap,
         opts=list(options.overrides),
     )
 
@@ -275,7 +277,7 @@ def load_result(path: Path) -> dict | None:
 
 
 def _evaluate(
-    cell: Cell, items: list[MattingItem], trimap_dir: Path, run: dict, workers: int
+    cell: Cell, items: list[MattingItem], trimap_dir: Path, run: dict, options: RunOptions
 ) -> None:
     """Rank 0: the metrics of the cell's predictions; write the CSV, then ``result.json``.
 
@@ -287,7 +289,12 @@ def _evaluate(
     eval_trimaps = trimap_dir if cell.eval_on_input else items[0].trimap_path.parent
     pred_dir = cell.folder / PRED_DIR
     matched = match_files(pred_dir, label_dir, eval_trimaps)
-    per_image, failures = evaluate_items(matched, cell.test_set.region, workers=workers)
+    per_image, failures = evaluate_items(
+        matched,
+        cell.test_set.region,
+        workers=options.eval_workers,
+        snap_trimap=options.snap_trimap,
+    )
     if failures:
         raise ValueError(f"{len(failures)} images could not be evaluated: {', '.join(failures)}")
     write_csv(cell.folder / PER_IMAGE_CSV, per_image)
@@ -348,7 +355,7 @@ def _run_cell(cell: Cell, options: RunOptions) -> bool:
     if comm.is_main_process():
         run |= {"device": str(_device(options)), "precision": options.precision}
         try:
-            _evaluate(cell, items, trimap_dir, run, options.eval_workers)
+            _evaluate(cell, items, trimap_dir, run, options)
         except (ValueError, OSError) as exc:  # files that do not match, an unwritable folder
             logger.error("%s: not evaluated: %s", cell.folder, exc)
             ok = False

@@ -11,8 +11,10 @@ files, since the mean would silently cover fewer images, unless ``allow_missing`
 predictions are reported and left out. Files are read as 8-bit single-channel maps by
 ``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``). An image is reported and
 left out of the mean when one of its files cannot be read or is truncated, is a colour image, when
-its sizes differ, when its trimap holds values other than 0, 128 and 255, or when its label looks
-like a trimap (only 0, 128 and 255, with 128: label and trimap folders swapped?).
+its sizes differ, when its trimap holds values other than 0, 128 and 255 (a JPEG trimap:
+``snap_trimap`` moves each value to the nearest level instead, as ``inference.py`` does with the
+same option), or when its label looks like a trimap (only 0, 128 and 255, with 128: label and
+trimap folders swapped?).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.image_io import IMAGE_EXTENSIONS, BadSampleError, read_map_u8
+from data.image_io import IMAGE_EXTENSIONS, BadSampleError, read_map_u8, trimap_levels
 from data.trimap import TRIMAP_LEVELS, TRIMAP_UNKNOWN, non_trimap_share
 from evaluation.metrics import METRIC_NAMES, Region, compute_metrics
 from utils.file_io import atomic_write
+from utils.progress import logging_above_progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +187,17 @@ def match_files(
     return {name: ItemPaths(preds[name], labels[name], trimaps[name]) for name in names}
 
 
-def evaluate_item(name: str, paths: ItemPaths, region: Region) -> ItemResult:
+def evaluate_item(
+    name: str, paths: ItemPaths, region: Region, snap_trimap: bool = False
+) -> ItemResult:
     """Read one image triple and compute its metrics; errors are captured, not raised.
 
     Args:
         name: image name (file stem).
         paths: its prediction, label and trimap files.
         region: ``"unknown"`` or ``"all"`` (see `evaluation.metrics`).
+        snap_trimap: move trimap values other than 0, 128 and 255 to the nearest of them
+            (:func:`data.trimap.snap_trimap`) instead of failing the image.
 
     Returns:
         The result with paper-unit metrics, or with ``error`` set.
@@ -202,25 +209,20 @@ def evaluate_item(name: str, paths: ItemPaths, region: Region) -> ItemResult:
         if len(set(shapes.values())) > 1:
             sizes = ", ".join(f"{path} {shape[1]}x{shape[0]}" for path, shape in shapes.items())
             raise ValueError(f"size mismatch (WxH): {sizes}")
-        _check_roles(paths, label, trimap)
+        _check_label(paths, label)
+        trimap = trimap_levels(trimap, paths.trimap, snap=snap_trimap)
         result.metrics = compute_metrics(pred, label, trimap, region=region)
     except (BadSampleError, ValueError, TypeError) as exc:
         result.error = str(exc)
     return result
 
 
-def _check_roles(paths: ItemPaths, label: np.ndarray, trimap: np.ndarray) -> None:
-    """A trimap holds only 0, 128 and 255; a label that does (with 128) is a trimap.
+def _check_label(paths: ItemPaths, label: np.ndarray) -> None:
+    """A label with only the values 0, 128 and 255 (with 128) is a trimap.
 
     Raises:
-        ValueError: naming the file and what is wrong with it.
+        ValueError: naming the file.
     """
-    share = non_trimap_share(trimap)
-    if share:
-        raise ValueError(
-            f"{paths.trimap}: {100 * share:.2f}% of the pixels are neither 0, 128 nor 255: not a "
-            "trimap (label and trimap folders swapped? a JPEG trimap?)"
-        )
     if (label == TRIMAP_UNKNOWN).any() and not non_trimap_share(label):
         raise ValueError(
             f"{paths.label}: only the values {TRIMAP_LEVELS}: a trimap, not an alpha matte "
@@ -233,6 +235,7 @@ def evaluate_items(
     region: Region = "unknown",
     workers: int = 1,
     progress: bool = False,
+    snap_trimap: bool = False,
 ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Compute the metrics of every item, in parallel processes when ``workers > 1``.
 
@@ -240,7 +243,8 @@ def evaluate_items(
         items: ``{name: ItemPaths}`` as `match_files` returns.
         region: ``"unknown"`` or ``"all"``.
         workers: number of processes; 1 runs in this process.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (log lines, the workers' too, go above it).
+        snap_trimap: see :func:`evaluate_item`.
 
     Returns:
         ``(per_image, failures)``: ``{name: {"sad", "mse", "grad", "conn"}}`` in paper units
@@ -251,12 +255,16 @@ def evaluate_items(
         raise ValueError(f"workers must be >= 1, got {workers}")
     names = list(items)
     with ExitStack() as stack:
+        forward_logs = stack.enter_context(logging_above_progress_bar())
         if workers == 1:
             mapper = map
         else:
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(names)))
+            pool = ProcessPoolExecutor(
+                max_workers=min(workers, len(names)), initializer=forward_logs
+            )
             mapper = stack.enter_context(pool).map
-        outcomes = mapper(evaluate_item, names, items.values(), [region] * len(names))
+        each = [region] * len(names), [snap_trimap] * len(names)
+        outcomes = mapper(evaluate_item, names, items.values(), *each)
         bar = tqdm(outcomes, total=len(names), desc="evaluate", unit="img", disable=not progress)
         results = list(bar)
 

@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.pixel_limits import DEFAULT_MAX_PIXELS, max_pixels_argument
+from data.trimap import add_snap_trimap_argument
 from evaluation.metrics import Region
 from utils.device import resolve_device
 from utils.file_io import sha256_of_file
@@ -174,6 +176,8 @@ class RunOptions:
     trust_checkpoint: bool = False
     overrides: tuple[str, ...] = ()
     eval_workers: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    snap_trimap: bool = False
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode whole images instead of the official 512 px tiles",
     )
     parser.add_argument(
+        "--max-pixels",
+        type=max_pixels_argument,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"largest image read, as inference.py (default {DEFAULT_MAX_PIXELS})",
+    )
+    add_snap_trimap_argument(parser)
+    parser.add_argument(
         "--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides"
     )
 
@@ -283,4 +295,6 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         trust_checkpoint=args.trust_checkpoint,
         overrides=tuple(args.override),
         eval_workers=args.eval_workers,
+        max_pixels=args.max_pixels,
+        snap_trimap=args.snap_trimap,
     )

@@ -2,7 +2,8 @@
 
 Inputs are read as the official ``inference.py`` reads them: RGB / 255 (16-bit images / 65535;
 gray replicated, an alpha channel dropped, EXIF orientation ignored, as PIL's
-``convert("RGB")``), trimap = 8-bit value / 255 (unknown = 128 / 255). Paths go through the
+``convert("RGB")``), trimap = 8-bit value / 255 (unknown = 128 / 255; a trimap with other
+values is refused unless it is to be snapped to the levels). Paths go through the
 readers of :mod:`data.image_io`; PIL images, numpy arrays and tensors are converted with the same
 rules.
 """
@@ -104,20 +105,22 @@ def _checked_unit_range(image: Tensor) -> Tensor:
     return image
 
 
-def trimap_input_levels(trimap: MapInput) -> np.ndarray:
-    """A trimap input as ``[H, W]`` uint8 levels (0, 128, 255; other values with a warning).
+def trimap_input_levels(trimap: MapInput, *, snap: bool = False) -> np.ndarray:
+    """A trimap input as ``[H, W]`` uint8 levels 0, 128, 255 (:func:`data.image_io.trimap_levels`).
 
     Args:
         trimap: a file path, a PIL image, or an ``[H, W]`` uint8 array or tensor.
+        snap: move values other than the levels to the nearest one instead of refusing them.
 
     Raises:
-        BadSampleError: an unreadable file, a colour or non-8-bit trimap.
+        BadSampleError: an unreadable file, a colour or non-8-bit trimap, or (without ``snap``)
+            values other than 0, 128 and 255.
     """
     if isinstance(trimap, str | Path):
-        return read_trimap_levels(trimap)
+        return read_trimap_levels(trimap, snap=snap)
     if isinstance(trimap, Image.Image):
-        return trimap_levels(_pil_levels(trimap), "trimap (PIL image)")
-    return trimap_levels(np.asarray(trimap), "trimap array")
+        return trimap_levels(_pil_levels(trimap), "trimap (PIL image)", snap=snap)
+    return trimap_levels(np.asarray(trimap), "trimap array", snap=snap)
 
 
 def mask_levels(mask: MapInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -144,12 +147,16 @@ def prepare_inputs(
     *,
     mask: MapInput | None = None,
     unknown_width: float | None = None,
+    snap_trimap: bool = False,
 ) -> tuple[Tensor, np.ndarray]:
     """One image's predictor inputs: ``[3, H, W]`` RGB (:func:`image_levels`) and its ``[H, W]``
-    uint8 trimap, given or made from a mask by :func:`data.trimap.trimap_from_mask`.
+    uint8 trimap, given (values other than 0, 128 and 255 refused, or snapped with
+    ``snap_trimap``: :func:`trimap_input_levels`) or made from a mask by
+    :func:`data.trimap.trimap_from_mask`.
 
     Raises:
-        BadSampleError: an unreadable input file, or an input of an unsupported form.
+        BadSampleError: an unreadable input file, an input of an unsupported form, or a trimap
+            with other values (without ``snap_trimap``).
         ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
             mask, or sizes that differ.
     """
@@ -165,7 +172,7 @@ def prepare_inputs(
         source = str(mask) if isinstance(mask, str | Path) else "the mask"
         trimap_map = trimap_from_mask(mask_levels(mask), unknown_width, source=source)
     else:
-        trimap_map = trimap_input_levels(trimap)
+        trimap_map = trimap_input_levels(trimap, snap=snap_trimap)
     if trimap_map.shape != tuple(levels.shape[-2:]):
         raise ValueError(
             f"the {'mask' if mask is not None else 'trimap'} is {trimap_map.shape[1]}x"

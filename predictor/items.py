@@ -159,7 +159,8 @@ def check_not_an_input(args: argparse.Namespace, location: Path, what: str) -> N
 
 class ItemSamples(Dataset):
     """Decodes the pending items (in loader processes): image levels and the trimap, made from
-    the mask when the item has one. The sizes the files declare are checked first: an image above
+    the mask when the item has one (a trimap file's values other than 0, 128 and 255 refused, or
+    snapped with ``snap_trimap``). The sizes the files declare are checked first: an image above
     ``max_pixels``, or a trimap or mask whose size differs from its image's, is refused before
     anything is decoded. A bad item becomes ``{"error": ..., "path": ...}``.
 
@@ -167,12 +168,20 @@ class ItemSamples(Dataset):
         items: the items to decode.
         unknown_width: with masks: the unknown band of the trimaps made from them.
         max_pixels: the largest image read (``--max-pixels``).
+        snap_trimap: snap a trimap file's other values to the nearest level (``--snap-trimap``).
     """
 
-    def __init__(self, items: list[Item], unknown_width: float | None, max_pixels: int) -> None:
+    def __init__(
+        self,
+        items: list[Item],
+        unknown_width: float | None,
+        max_pixels: int,
+        snap_trimap: bool = False,
+    ) -> None:
         self.items = items
         self.unknown_width = unknown_width
         self.max_pixels = max_pixels
+        self.snap_trimap = snap_trimap
 
     def __len__(self) -> int:
         return len(self.items)
@@ -192,7 +201,9 @@ class ItemSamples(Dataset):
             mask = mask_levels(item.mask, max_pixels=self.max_pixels)
             trimap = trimap_from_mask(mask, self.unknown_width, source=str(item.mask))
         else:
-            trimap = read_trimap_levels(item.trimap, max_pixels=self.max_pixels)
+            trimap = read_trimap_levels(
+                item.trimap, snap=self.snap_trimap, max_pixels=self.max_pixels
+            )
         image_chw = torch.from_numpy(image).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
         return image_chw, torch.from_numpy(trimap)[None]
 

@@ -25,7 +25,14 @@ from predictor.token_budget import auto_max_number_token
 from predictor.weights import build_inference_model, load_inference_weights
 from utils.device import autocast, resolve_device, to_unit_float
 
-__all__ = ["AUTO", "BatchPrediction", "ImagePredictor", "MattingPredictor", "RoutingMaps"]
+__all__ = [
+    "AUTO",
+    "BatchPrediction",
+    "ImagePredictor",
+    "MattingPredictor",
+    "RoutingMaps",
+    "check_predictor_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +76,31 @@ class BatchPrediction:
         )
 
 
+def check_predictor_options(
+    device: str | torch.device, precision: str, max_number_token: int | str | None
+) -> torch.device:
+    """Check the options of a :class:`MattingPredictor` without a model (``inference.py``
+    checks them before it decides which items are done already).
+
+    Returns:
+        The device the predictor runs on (``"auto"`` resolved).
+
+    Raises:
+        ValueError: a CUDA device without CUDA, an unknown precision or fp16 on a CPU, or a
+            ``max_number_token`` that is not an int >= 0, ``"auto"`` or None.
+    """
+    resolved = resolve_device(device)
+    autocast(resolved, precision)  # validates the precision for the device
+    if not (max_number_token is None or max_number_token == AUTO):
+        if isinstance(max_number_token, bool) or not isinstance(max_number_token, int):
+            raise ValueError(
+                f"max_number_token must be an int, 'auto' or None, not {max_number_token!r}"
+            )
+        if max_number_token < 0:
+            raise ValueError(f"max_number_token must be >= 0, got {max_number_token}")
+    return resolved
+
+
 class ImagePredictor:
     """The one-image call shared by the predictors (:class:`MattingPredictor` and
     ``predictor.onnx_predictor.OnnxMattingPredictor``): inputs read and checked once
@@ -86,6 +118,7 @@ class ImagePredictor:
         mask: MapInput | None = None,
         unknown_width: float | None = None,
         return_routing: bool = False,
+        snap_trimap: bool = False,
     ) -> np.ndarray | tuple[np.ndarray, RoutingMaps]:
         """Alpha matte of one image.
 
@@ -93,23 +126,28 @@ class ImagePredictor:
             image: a path, a PIL image, an ``[H, W, 3]`` uint8 RGB array or a ``[3, H, W]``
                 float tensor in [0, 1] (see :func:`image_levels` for the other forms).
             trimap: a path, a PIL image or an ``[H, W]`` uint8 array: 0 background, 128
-                unknown, 255 foreground.
+                unknown, 255 foreground; other values are refused unless ``snap_trimap``.
             mask: instead of a trimap, a rough mask (path, PIL image or array; thresholded at
                 half its range), turned into a trimap by :func:`data.trimap.trimap_from_mask`.
             unknown_width: with ``mask``: the unknown band's width on each side of the mask
                 boundary, in px (int) or as a fraction of the shorter side (float < 1).
             return_routing: also return the routing maps.
+            snap_trimap: move trimap values other than 0, 128 and 255 (a trimap saved as JPEG)
+                to the nearest of them (:func:`data.trimap.snap_trimap`) instead of refusing.
 
         Returns:
             ``[H, W]`` float32 alpha in [0, 1], with the :class:`RoutingMaps` when
             ``return_routing``.
 
         Raises:
-            BadSampleError: an unreadable input file, or an input of an unsupported form.
+            BadSampleError: an unreadable input file, an input of an unsupported form, or a
+                trimap with other values than 0, 128 and 255 (without ``snap_trimap``).
             ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
                 mask, or sizes that differ.
         """
-        levels, trimap_map = prepare_inputs(image, trimap, mask=mask, unknown_width=unknown_width)
+        levels, trimap_map = prepare_inputs(
+            image, trimap, mask=mask, unknown_width=unknown_width, snap_trimap=snap_trimap
+        )
         prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
         alpha = prediction.alpha[0].numpy()
         return (alpha, prediction.routing(0)) if return_routing else alpha
@@ -148,15 +186,8 @@ class MattingPredictor(ImagePredictor):
         max_number_token: int | str | None = None,
         patch_decoder: bool = True,
     ) -> None:
-        self.device = resolve_device(device)
-        autocast(self.device, precision)  # validates the precision for the device
+        self.device = check_predictor_options(device, precision, max_number_token)
         if not (max_number_token is None or max_number_token == AUTO):
-            if isinstance(max_number_token, bool) or not isinstance(max_number_token, int):
-                raise ValueError(
-                    f"max_number_token must be an int, 'auto' or None, not {max_number_token!r}"
-                )
-            if max_number_token < 0:
-                raise ValueError(f"max_number_token must be >= 0, got {max_number_token}")
             model.backbone.max_number_token = max_number_token
         self.model = model.to(self.device).eval()
         self.precision = precision

@@ -37,6 +37,7 @@ __all__ = [
     "TRIMAP_INPUT",
     "OnnxMattingPredictor",
     "check_onnx_file",
+    "onnx_providers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,12 @@ CPU_PROVIDER, CUDA_PROVIDER = "CPUExecutionProvider", "CUDAExecutionProvider"
 GLOBAL_ROUTE = 0  # index of "route to global attention" in the router scores
 
 
-def _providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
-    """onnxruntime providers for ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (GPU N)."""
+def onnx_providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
+    """onnxruntime providers for ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (GPU N).
+
+    Raises:
+        ValueError: another device, or CUDA where onnxruntime has no CUDA provider.
+    """
     available = ort.get_available_providers()
     kind, _, index = device.partition(":")
     if kind == "cpu" and not index:
@@ -135,9 +140,10 @@ class OnnxMattingPredictor(ImagePredictor):
         options.enable_mem_pattern = False
         if threads is not None:
             options.intra_op_num_threads = threads
-        providers = _providers(device)
         try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+            self.session = ort.InferenceSession(
+                str(model_path), options, providers=onnx_providers(device)
+            )
         except Exception as exc:  # onnxruntime's errors derive from Exception only
             raise ValueError(f"{model_path}: onnxruntime cannot load it ({exc})") from exc
         metadata = self.session.get_modelmeta().custom_metadata_map

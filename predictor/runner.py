@@ -38,12 +38,14 @@ from tqdm import tqdm
 from engine.launch import launch
 from predictor.foreground import estimate_foreground, foreground_to_uint8
 from predictor.items import Item, ItemSamples, UsageError, check_not_an_input, collect_items
-from predictor.matting import MattingPredictor
-from predictor.onnx_predictor import OnnxMattingPredictor, check_onnx_file
+from predictor.matting import MattingPredictor, check_predictor_options
+from predictor.onnx_predictor import OnnxMattingPredictor, check_onnx_file, onnx_providers
 from predictor.outputs import Outputs, parse_colour
+from predictor.weights import inference_config
 from utils import comm
 from utils.file_io import atomic_write
 from utils.memory import MIB, peak_memory_bytes
+from utils.progress import logging_above_progress_bar
 from utils.visualizer import routing_figure
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Summary",
+    "check_model_options",
     "check_setup",
     "exit_code",
     "make_outputs",
@@ -229,22 +232,26 @@ def run_shard(
         FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
     """
     predictor = _predictor(args)
-    samples = ItemSamples(items, args.unknown_width, args.max_pixels)
+    samples = ItemSamples(items, args.unknown_width, args.max_pixels, args.snap_trimap)
     # Processes spawned by --num-gpus would start their loader processes by spawning too, each
     # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
     fork = "fork" if args.workers and "fork" in multiprocessing.get_all_start_methods() else None
-    loader = DataLoader(
-        samples,
-        batch_size=None,
-        num_workers=args.workers,
-        prefetch_factor=PREFETCH_PER_WORKER if args.workers else None,
-        multiprocessing_context=fork,
-        shuffle=False,
-    )
     writes: list[tuple[str, Path, Future]] = []
     slots = BoundedSemaphore(MAX_PENDING_WRITES)
     buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+    with (
+        logging_above_progress_bar() as forward_logs,  # loaders' warnings above the bar too
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer,
+    ):
+        loader = DataLoader(
+            samples,
+            batch_size=None,
+            num_workers=args.workers,
+            prefetch_factor=PREFETCH_PER_WORKER if args.workers else None,
+            multiprocessing_context=fork,
+            worker_init_fn=forward_logs,
+            shuffle=False,
+        )
 
         def predict(batch: list[dict]) -> None:
             start = time.perf_counter()
@@ -484,6 +491,23 @@ def check_report(args: argparse.Namespace) -> None:
     check_not_an_input(args, args.report, "--report")
 
 
+def check_model_options(args: argparse.Namespace) -> None:
+    """The device, precision and token cap, and the config with its overrides, checked as the
+    model will take them, without building it: an output folder whose items are all done
+    refuses a bad option as an empty one does.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`predictor.matting.check_predictor_options`,
+            :func:`predictor.onnx_predictor.onnx_providers` and
+            :func:`predictor.weights.inference_config`.
+    """
+    if args.onnx is not None:
+        onnx_providers(args.device)
+        return
+    check_predictor_options(args.device, args.precision, args.max_number_token)
+    inference_config(args.config_file, args.opts)
+
+
 def check_setup(args: argparse.Namespace) -> None:
     """Setup errors found before any process or model starts (the report path aside:
     :func:`check_report`).
@@ -502,6 +526,7 @@ def check_setup(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"{args.config_file}: no such config file")
     elif not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    check_model_options(args)  # before outputs that are present are skipped
     check_not_an_input(args, Path(args.output_dir), "output folder")
     for folder in make_outputs(args).folders:  # the output folder and its sub-folders
         check_output_dir(folder)

@@ -268,14 +268,22 @@ class MattingSession:
         max_pixels: largest image (H x W) a request may bring, at most
             ``data.pixel_limits.DECODER_MAX_PIXELS``; default: :func:`default_max_pixels` of the
             device's free memory now.
+        snap_trimap: move an uploaded trimap's values other than 0, 128 and 255 (a trimap saved
+            as JPEG) to the nearest of them instead of refusing it.
 
     Raises:
         ValueError: a CUDA device without CUDA, or ``max_pixels`` above the decoders' ceiling.
     """
 
     def __init__(
-        self, model: nn.Module, *, device: str | torch.device = AUTO, max_pixels: int | None = None
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = AUTO,
+        max_pixels: int | None = None,
+        snap_trimap: bool = False,
     ) -> None:
+        self.snap_trimap = snap_trimap
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config_cap = self.model.backbone.max_number_token
@@ -334,7 +342,9 @@ class MattingSession:
         for upload, what in guides:
             _check_same_size(upload, what, self._header_hw(upload), image, hw)
         levels = _read(image, functools.partial(read_rgb_levels, max_pixels=self.max_pixels))
-        trimap_levels = _trimap(image, hw, trimap, mask, unknown_width, painting, self.max_pixels)
+        trimap_levels = _trimap(
+            image, hw, trimap, mask, unknown_width, painting, self.max_pixels, self.snap_trimap
+        )
         image_levels = torch.from_numpy(levels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
         with self._lock:
             prediction, numbers = self._predict(image_levels, trimap_levels, options)
@@ -427,9 +437,11 @@ def _trimap(
     unknown_width: float | None,
     painting: Sequence[Upload] | None,
     max_pixels: int,
+    snap_trimap: bool,
 ) -> np.ndarray:
     """A request's trimap, decoded (files above ``max_pixels`` refused) and checked against the
-    image size ``hw``."""
+    image size ``hw`` (an uploaded trimap's other values than 0, 128 and 255 refused, or snapped
+    with ``snap_trimap``)."""
     if painting is not None:
         levels = painted_trimap([_read(layer, _read_rgba) for layer in painting], hw)
         if not (levels != TRIMAP_BG).any():
@@ -439,7 +451,10 @@ def _trimap(
             )
         return levels
     if trimap is not None:
-        levels = _read(trimap, functools.partial(read_trimap_levels, max_pixels=max_pixels))
+        levels = _read(
+            trimap,
+            functools.partial(read_trimap_levels, snap=snap_trimap, max_pixels=max_pixels),
+        )
         _check_same_size(trimap, "trimap", levels.shape, image, hw)
         return levels
     levels = _read(mask, functools.partial(mask_levels, max_pixels=max_pixels))

@@ -5,7 +5,8 @@ References: Deep Image Matting evaluation protocol (official MATLAB `evaluate.m`
 
 Usage:
     python tools/evaluate.py --pred-dir P --label-dir L --trimap-dir T \
-        [--region unknown|all] [--workers N] [--csv per_image.csv] [--allow-missing]
+        [--region unknown|all] [--workers N] [--csv per_image.csv] [--allow-missing] \
+        [--snap-trimap]
 
 Files are matched by stem: predictions are ``*.png``; labels and trimaps may be in any format
 inference.py reads (.png, .jpg, .webp, .tif, ...); every other file is named in a warning. A label
@@ -14,8 +15,10 @@ files, since the mean would silently cover fewer images; pass ``--allow-missing`
 partial run knowingly. Extra predictions are reported and left out. Files are read as 8-bit
 single-channel maps by ``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``). An
 image is reported and left out of the mean when one of its files cannot be read or is truncated, is
-a colour image, when its sizes differ, when its trimap holds values other than 0, 128 and 255, or
-when its label looks like a trimap (only 0, 128 and 255, with 128: label and trimap folders
+a colour image, when its sizes differ, when its trimap holds values other than 0, 128 and 255 (a
+JPEG trimap: --snap-trimap moves each value to the nearest level, 0..63 -> 0, 64..191 -> 128,
+192..255 -> 255, as inference.py does with the same option), or when its label looks like a
+trimap (only 0, 128 and 255, with 128: label and trimap folders
 swapped?).
 
 The results table is printed first, then the per-image CSV is written (``--csv``; an unwritable
@@ -32,6 +35,7 @@ from pathlib import Path
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
+from data.trimap import add_snap_trimap_argument
 from evaluation.folders import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -57,6 +61,7 @@ def run(
     workers: int,
     csv_path: Path | None,
     allow_missing: bool = False,
+    snap_trimap: bool = False,
 ) -> int:
     """Evaluate, print the mean table, then write the CSV; return the exit status."""
     try:
@@ -69,7 +74,9 @@ def run(
     except ValueError as exc:  # missing files, or nothing to evaluate
         logger.error("%s", exc)
         return EXIT_FAILURE
-    per_image, failures = evaluate_items(items, region=region, workers=workers, progress=True)
+    per_image, failures = evaluate_items(
+        items, region=region, workers=workers, progress=True, snap_trimap=snap_trimap
+    )
     if not per_image:
         logger.error("no image could be evaluated")
         return EXIT_FAILURE
@@ -113,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate a partial run: labels without prediction (or trimap) are warnings",
     )
+    add_snap_trimap_argument(parser)
     return parser
 
 
@@ -130,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             args.workers,
             args.csv,
             allow_missing=args.allow_missing,
+            snap_trimap=args.snap_trimap,
         )
     )
 

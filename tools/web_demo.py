@@ -16,8 +16,10 @@ routed block).
 
 The model is loaded once; requests are queued and run one at a time. Images above --max-pixels
 (default: sized to the free memory with the token-budget model, see
-``predictor.session.default_max_pixels``), trimaps or masks of another size and files that are
-not images are refused with a message on the page; the server keeps serving.
+``predictor.session.default_max_pixels``), trimaps or masks of another size, trimaps with
+values other than 0/128/255 (a trimap saved as JPEG; --snap-trimap moves each value to the
+nearest level instead) and files that are not images are refused with a message on the page; the
+server keeps serving.
 
 From a script, through ``gradio_client`` (the ``/matte`` endpoint: image and trimap in; the alpha
 PNG, the RGBA PNG and the run's numbers out, with the server's default options)::
@@ -47,6 +49,7 @@ from pathlib import Path
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
 from data.pixel_limits import max_pixels_argument
+from data.trimap import add_snap_trimap_argument
 from predictor.session import MattingSession
 from predictor.web_app import DEFAULT_PORT, DemoHandlers, serve
 from predictor.weights import build_inference_model, load_inference_weights
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "forward, and the results' memory; on CUDA the forward on the GPU, the results on the "
         "host), at most the image decoders' ceiling",
     )
+    add_snap_trimap_argument(parser)
     return parser
 
 
@@ -94,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = build_inference_model(args.config_file)
         load_inference_weights(model, args.checkpoint, trusted=args.trust_checkpoint)
-        session = MattingSession(model, device=args.device, max_pixels=args.max_pixels)
+        session = MattingSession(
+            model, device=args.device, max_pixels=args.max_pixels, snap_trimap=args.snap_trimap
+        )
         autocast(session.device, args.precision)  # fp16 needs CUDA
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)

@@ -255,6 +255,21 @@ def test_refused_requests_say_why(session, tmp_path, case):
         session.run(upload(demo_files("test_000")["image"]), **kwargs)
 
 
+def test_a_jpeg_trimap_is_refused_unless_the_server_snaps_trimaps(session, predictor, tmp_path):
+    files = demo_files("test_000")
+    jpeg = tmp_path / "trimap.jpg"
+    cv2.imwrite(str(jpeg), read(files["trimap"]), [cv2.IMWRITE_JPEG_QUALITY, 50])
+    with pytest.raises(InputError, match=r"trimap.jpg: .*neither 0, 128 nor 255.*--snap-trimap"):
+        session.run(upload(files["image"]), trimap=upload(jpeg))
+    snapping = MattingSession(
+        session.model, device="cpu", max_pixels=SERVER_MAX_PIXELS, snap_trimap=True
+    )
+    result = snapping.run(upload(files["image"]), trimap=upload(jpeg))
+    expected = predictor(files["image"], jpeg, snap_trimap=True)
+    assert np.array_equal(alpha_to_uint8(result.alpha), alpha_to_uint8(expected))
+    assert set(np.unique(result.trimap)) <= {0, 128, 255}
+
+
 def test_non_images_and_images_above_the_limit_are_refused_and_the_session_keeps_serving(
     session, tmp_path, monkeypatch
 ):
