@@ -1,10 +1,10 @@
 """What a run writes for each image: the official 8-bit alpha PNG and, on request, the foreground
 colours, an RGBA cutout, a composite over a colour or an image, the trimap used and the routing
 picture; each file written atomically, the alpha PNG last, so an item whose alpha PNG exists and
-decodes is complete.
+decodes is complete. A prompt run also writes the segmenter's mask the trimap was made from.
 
 Folder layout under the output folder ``root``: ``<name>.png`` (alpha), ``foreground/``,
-``rgba/``, ``composite/``, ``trimap/`` (``<name>.png`` each) and ``routing/<name>.jpg``.
+``rgba/``, ``composite/``, ``trimap/``, ``mask/`` (``<name>.png`` each) and ``routing/<name>.jpg``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from utils.levels import UINT8_MAX
 __all__ = [
     "COMPOSITE_DIR",
     "FOREGROUND_DIR",
+    "MASK_DIR",
     "RGBA_DIR",
     "ROUTING_DIR",
     "TRIMAP_DIR",
@@ -39,6 +40,7 @@ ROUTING_DIR, FOREGROUND_DIR, RGBA_DIR, COMPOSITE_DIR, TRIMAP_DIR = (
     "composite",
     "trimap",
 )
+MASK_DIR = "mask"  # a segmenter's mask (0/255), beside the trimap made from it
 # Colours: ``#rrggbb`` (the ``#`` optional) or a colour picker's ``rgb(r, g, b)`` /
 # ``rgba(r, g, b, a)``.
 _HEX_COLOUR = re.compile(r"#?([0-9a-fA-F]{6})")
@@ -88,6 +90,7 @@ class Outputs:
     rgba: bool = False
     composite: np.ndarray | Path | None = None
     trimap: bool = False
+    mask: bool = False
     round_alpha: bool = False
     _backgrounds: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
@@ -99,6 +102,7 @@ class Outputs:
             (self.rgba, RGBA_DIR, ".png"),
             (self.composite is not None, COMPOSITE_DIR, ".png"),
             (self.trimap, TRIMAP_DIR, ".png"),
+            (self.mask, MASK_DIR, ".png"),
         ]
         paths = [self.root / folder / f"{name}{suffix}" for on, folder, suffix in extras if on]
         return [*paths, self.root / f"{name}.png"]
@@ -139,6 +143,7 @@ class Outputs:
         trimap: torch.Tensor,
         foreground: np.ndarray | None,
         figure: Callable[[], np.ndarray] | None,
+        mask: np.ndarray | None = None,
     ) -> None:
         """Write every output of one item (each atomically; the alpha PNG last).
 
@@ -148,6 +153,8 @@ class Outputs:
             trimap: ``[1, H, W]`` uint8, the trimap the model saw.
             foreground: ``[H, W, 3]`` uint8 RGB foreground colours, when an output needs them.
             figure: draws the routing picture (BGR), when requested.
+            mask: ``[H, W]`` bool, the segmenter's mask the trimap was made from (written as
+                0/255 when requested).
 
         Raises:
             OSError: a file cannot be encoded or written (names the file).
@@ -171,4 +178,6 @@ class Outputs:
                 write_image(folder / COMPOSITE_DIR / f"{name}.png", composite[:, :, ::-1])
         if self.trimap:
             write_image(folder / TRIMAP_DIR / f"{name}.png", trimap[0].numpy())
+        if self.mask and mask is not None:
+            write_image(folder / MASK_DIR / f"{name}.png", (mask * UINT8_MAX).astype(np.uint8))
         write_image(folder / f"{name}.png", alpha_png)

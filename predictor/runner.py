@@ -3,6 +3,9 @@ images, decoded ahead of the model by loader processes, predicted (same-sized im
 their outputs written by a background writer (:class:`predictor.outputs.Outputs`), and one summary
 of the run (``--report``), merged over the processes of a sharded run.
 
+Prompt items (``--segmenter``) get their mask from the segmenter, and the trimap made from it,
+in the main process of each rank, before the forward.
+
 Files already in the output folder are skipped unless ``overwrite``, so an interrupted run resumes;
 a bad item is reported with its path and the run goes on. The functions take the parsed command
 line of ``inference.py`` (an ``argparse.Namespace``).
@@ -37,6 +40,8 @@ from predictor.inputs import mask_levels
 from predictor.matting import MattingPredictor
 from predictor.onnx_predictor import OnnxMattingPredictor
 from predictor.outputs import Outputs, parse_colour
+from predictor.prompts import Prompts, prompt_targets
+from predictor.segmenter import Segmenter, load_segmenter
 from utils import comm
 from utils.file_io import atomic_write
 from utils.memory import MIB, peak_memory_bytes
@@ -75,12 +80,14 @@ PREFETCH_PER_WORKER = 2
 
 @dataclass(frozen=True)
 class Item:
-    """One image to predict and where its trimap (or mask) comes from."""
+    """One image to predict and where its trimap (or mask, or the segmenter's prompts) comes
+    from."""
 
     name: str
     image: Path
     trimap: Path | None = None
     mask: Path | None = None
+    prompts: Prompts | None = None
 
 
 @dataclass
@@ -146,9 +153,13 @@ def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, 
     """The items of the run, sorted by name, and the images that cannot be items (no trimap).
 
     Raises:
-        UsageError, FileNotFoundError, ValueError: bad single-image options, or a test-set
-            folder that is missing or has no supported layout.
+        UsageError, FileNotFoundError, ValueError: bad single-image options or prompts, or a
+            test-set folder that is missing or has no supported layout.
     """
+    if args.segmenter is not None:  # --image or a folder of images, with prompts
+        targets, failed = prompt_targets(args)
+        items = [Item(t.image.stem, t.image, prompts=t.prompts) for t in targets]
+        return sorted(items, key=lambda item: item.name), failed
     if args.data_dir is not None:
         test_set = scan_test_set(args.data_dir, args.layout)
         items = [Item(i.name, i.image_path, trimap=i.trimap_path) for i in test_set.items]
@@ -180,7 +191,8 @@ def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, 
 
 class _Samples(Dataset):
     """Decodes the pending items (in loader processes): image levels and the trimap, made from
-    the mask when the item has one. A bad item becomes ``{"error": ..., "path": ...}``."""
+    the mask when the item has one (a prompt item gets its trimap from :func:`_segment`, in the
+    main process). A bad item becomes ``{"error": ..., "path": ...}``."""
 
     def __init__(self, items: list[Item], unknown_width: float | None) -> None:
         self.items = items
@@ -193,6 +205,8 @@ class _Samples(Dataset):
         item = self.items[idx]
         try:
             image = read_rgb_levels(item.image)
+            if item.prompts is not None:
+                return {"index": idx, "image": torch.from_numpy(image).permute(2, 0, 1)}
             if item.mask is not None:
                 guide_path, mask = item.mask, mask_levels(item.mask)
                 trimap = trimap_from_mask(mask, self.unknown_width, source=str(item.mask))
@@ -213,6 +227,16 @@ class _Samples(Dataset):
             "image": torch.from_numpy(image).permute(2, 0, 1),  # [H, W, 3] -> [3, H, W]
             "trimap": torch.from_numpy(trimap)[None],
         }
+
+
+def _segment(sample: dict, item: Item, segmenter: Segmenter, unknown_width: float | str) -> dict:
+    """A prompt item's sample with the segmenter's mask and the trimap made from it (run in the
+    main process, where the segmenter is); a failure becomes ``{"error": ..., "path": ...}``."""
+    try:
+        guidance = segmenter.guidance(sample["image"], item.prompts, unknown_width)
+    except (ValueError, RuntimeError) as exc:  # prompts outside the image, out of memory
+        return {"index": sample["index"], "error": f"segmenter: {exc}", "path": str(item.image)}
+    return {**sample, "mask": guidance.mask, "trimap": torch.from_numpy(guidance.trimap)[None]}
 
 
 def parse_composite(value: str | None) -> np.ndarray | Path | None:
@@ -318,6 +342,7 @@ def run_shard(
         FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
     """
     predictor = _predictor(args)
+    segmenter = load_segmenter(args.segmenter, device=predictor.device) if args.segmenter else None
     samples = _Samples(items, args.unknown_width)
     # Processes spawned by --num-gpus would start their loader processes by spawning too, each
     # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
@@ -372,7 +397,13 @@ def run_shard(
 
                 slots.acquire()
                 future = writer.submit(
-                    outputs.write, item.name, alpha, sample["trimap"], foreground, figure
+                    outputs.write,
+                    item.name,
+                    alpha,
+                    sample["trimap"],
+                    foreground,
+                    figure,
+                    mask=sample.get("mask"),
                 )
                 future.add_done_callback(lambda _: slots.release())
                 writes.append((item.name, item.image, future))
@@ -385,6 +416,8 @@ def run_shard(
             disable=not comm.is_main_process(),
         )
         for sample in progress:
+            if segmenter is not None and "error" not in sample:
+                sample = _segment(sample, items[sample["index"]], segmenter, args.unknown_width)
             if "error" in sample:
                 summary.fail(sample["path"], sample["error"])
                 continue
@@ -414,6 +447,7 @@ def make_outputs(args: argparse.Namespace) -> Outputs:
         rgba=args.save_rgba,
         composite=parse_composite(args.composite),
         trimap=args.save_trimap,
+        mask=args.save_trimap and args.segmenter is not None,
         round_alpha=args.round,
     )
 
