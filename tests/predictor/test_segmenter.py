@@ -17,6 +17,7 @@ from PIL import Image
 
 from data.trimap import trimap_from_mask
 from predictor.matting import MattingPredictor
+from predictor.onnx_predictor import OnnxMattingPredictor
 from predictor.prompts import PromptError, Prompts
 from predictor.segmenter import (
     EMBEDDING_CACHE_SIZE,
@@ -34,6 +35,7 @@ from tests.helpers import (
     reference_sam_mask,
     save_tiny_segmenter,
 )
+from tools import export_onnx
 
 IMAGE = DEMO_DIR / "merged" / "test_001.png"  # 282 x 285 (W x H)
 # The issue's tolerance: share of mask pixels that may differ from transformers' result.
@@ -227,3 +229,16 @@ def test_prompt_calls_refuse_what_they_cannot_use(predictor):
     plain = MattingPredictor.from_config(TINY_CONFIG, DEMO_CHECKPOINT, device="cpu")
     with pytest.raises(ValueError, match="box= and points= need a segmenter"):
         plain(IMAGE, box=(1, 2, 30, 40))
+
+
+@pytest.mark.slow
+def test_the_onnx_predictor_takes_the_same_prompts(segmenters, tmp_path):
+    graph = tmp_path / "tiny.onnx"
+    argv = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
+    assert export_onnx.main([*argv, "--output", str(graph)]) == 0
+    onnx = OnnxMattingPredictor(graph, device="cpu", segmenter=segmenters["sam"])
+    box = (40, 60, 200, 250)
+    alpha, guidance = onnx(IMAGE, box=box, unknown_width=6, return_guidance=True)
+    assert np.array_equal(guidance.mask, segmenters["sam"].predict(IMAGE, Prompts(box=box)).mask)
+    assert np.array_equal(guidance.trimap, trimap_from_mask(guidance.mask, 6))
+    np.testing.assert_array_equal(alpha, onnx(IMAGE, guidance.trimap))
