@@ -1,7 +1,8 @@
 """The web demo's page (Gradio): an image and a trimap (uploaded, made from a rough mask, or
 painted) in; the trimap used, the alpha PNG, the RGBA cutout, a composite, the routing pictures
 and the run's numbers out. ``tools/web_demo.py`` is its command line; requests run on a
-:class:`predictor.session.MattingSession`.
+:class:`predictor.session.MattingSession`. With a segmenter, a Prompt tab (clicks or a box instead
+of a trimap) is added by :mod:`predictor.web_prompt`.
 
 The ``/matte`` endpoint serves ``gradio_client``: an image and its trimap in, the 8-bit alpha PNG,
 the RGBA PNG and the run's numbers out, with the server's default options.
@@ -19,6 +20,7 @@ import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
@@ -39,6 +41,9 @@ from predictor.session import (
 from utils.device import PRECISIONS
 from utils.memory import MIB
 from utils.visualizer import routing_figure
+
+if TYPE_CHECKING:  # the Prompt tab's module builds on this one
+    from predictor.web_prompt import PromptTab
 
 __all__ = ["DemoHandlers", "build_app", "serve", "write_results"]
 
@@ -222,10 +227,14 @@ class DemoHandlers:
     Args:
         session: the loaded model.
         precision: the default precision (of ``/matte`` and of the page).
+        prompt: the Prompt tab (:mod:`predictor.web_prompt`), or None for a page without it.
     """
 
-    def __init__(self, session: MattingSession, precision: str) -> None:
+    def __init__(
+        self, session: MattingSession, precision: str, prompt: PromptTab | None = None
+    ) -> None:
         self.session = session
+        self.prompt = prompt
         self.default_options = RequestOptions(precision=precision)
         self.folders = RunFolders()
 
@@ -242,6 +251,7 @@ class DemoHandlers:
         precision: str,
         patch_decoder: bool,
         colour: str,
+        prompt_state: dict | None = None,
     ) -> tuple[str, str, str, str, str, str]:
         """The page's run: the trimap of the chosen source, the options of the page.
 
@@ -262,6 +272,8 @@ class DemoHandlers:
             if guide["mask"] is None:
                 raise InputError("upload a mask, or use the Trimap or Paint tab")
             guide["unknown_width"] = int(unknown_width)
+        elif self.prompt is not None and source == "prompt":
+            guide = self.prompt.guide(self, image_upload, prompt_state)
         else:
             if painting is None or painting.get("background") is None:
                 raise InputError("upload an image first, then paint its trimap over it")
@@ -379,6 +391,11 @@ def build_app(handlers: DemoHandlers, title: str) -> gr.Blocks:
                             default_size=BRUSH_SIZE,
                         ),
                     )
+                prompt_state = (  # the Prompt tab, with a segmenter (predictor.web_prompt)
+                    gr.State(None)
+                    if handlers.prompt is None
+                    else handlers.prompt.build(handlers, image, source)
+                )
         gr.Examples(
             [
                 [str(DEMO_DIR / "merged" / f"{n}.png"), str(DEMO_DIR / "trimaps" / f"{n}.png")]
@@ -475,7 +492,7 @@ def build_app(handlers: DemoHandlers, title: str) -> gr.Blocks:
         ).then(
             _errors_on_the_page(handlers.page_run),
             [image, source, trimap, mask, unknown_width, painting]
-            + [cap_mode, cap_number, precision, patch_decoder, colour],
+            + [cap_mode, cap_number, precision, patch_decoder, colour, prompt_state],
             page_outputs,
             preprocess=False,
             api_visibility="private",
