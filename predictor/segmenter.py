@@ -160,6 +160,11 @@ class Segmenter:
     def __repr__(self) -> str:
         return f"Segmenter({self.name!r}, {self.family}, {self.device})"
 
+    def clear_cache(self) -> None:
+        """Forget the kept image embeddings (the next prompt on any image embeds it again)."""
+        with self._lock:
+            self._cache.clear()
+
     def embedding(self, rgb: np.ndarray) -> _Embedding:
         """The image's embedding: from the cache, or the processor and the encoder (once)."""
         key = _image_key(rgb)
