@@ -18,7 +18,7 @@ same image runs the prompt encoder and mask decoder only.
 
 A segmenter is any SAM-family checkpoint that ``transformers`` reads: a Hugging Face hub id
 (``facebook/sam-vit-base``, ``syscv-community/sam-hq-vit-base``,
-``facebook/sam2.1-hiera-tiny``...), downloaded once into the hub cache, or a local folder written
+``facebook/sam2-hiera-small-hf``...), downloaded once into the hub cache, or a local folder written
 by ``save_pretrained`` (model and processor). The model class comes from the checkpoint's config
 (``model_type``: ``sam``, ``sam_hq`` or ``sam2``). Nothing is downloaded at import.
 
