@@ -33,6 +33,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,18 @@ def _hub_message(source: str, reason: str) -> str:
     )
 
 
+def _loaded(load: Callable[[], Any], source: str, problem: str) -> Any:
+    """``load()``; its errors as one ValueError: for a hub id, how to pass a local folder
+    instead; for a folder, ``problem`` and the reason."""
+    try:
+        return load()
+    except (OSError, ValueError) as exc:  # no network, no such repo or file, a bad config
+        reason = str(exc).splitlines()[0]
+        if not Path(source).is_dir():
+            raise ValueError(_hub_message(source, reason)) from exc
+        raise ValueError(f"segmenter {source}: {problem} ({reason})") from exc
+
+
 def load_segmenter(source: str | Path, *, device: str | torch.device = "auto") -> Segmenter:
     """A SAM-family segmenter from a hub id or a local ``save_pretrained`` folder.
 
@@ -296,34 +309,27 @@ def load_segmenter(source: str | Path, *, device: str | torch.device = "auto") -
             SAM-family, or one without its processor.
     """
     text = str(source)
-    local = Path(text).is_dir()
-    try:
-        config = transformers.AutoConfig.from_pretrained(text)
-    except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0]
-        if not local:
-            raise ValueError(_hub_message(text, reason)) from exc
-        raise ValueError(
-            f"segmenter {text}: not a transformers checkpoint folder ({reason}); give a folder "
-            "written by save_pretrained (config.json, weights, processor)"
-        ) from exc
+    config = _loaded(
+        lambda: transformers.AutoConfig.from_pretrained(text),
+        text,
+        "not a transformers checkpoint folder; give a folder written by save_pretrained "
+        "(config.json, weights, processor)",
+    )
     family = getattr(config, "model_type", None)
     if family not in SAM_FAMILY:
         raise ValueError(
             f"segmenter {text}: its config is a {family!r} model, not a SAM-family segmenter "
             f"(model_type {', '.join(SAM_FAMILY)})"
         )
-    try:
-        model = getattr(transformers, SAM_FAMILY[family]).from_pretrained(text)
-        processor = transformers.AutoProcessor.from_pretrained(text)
-    except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0]
-        if not local:
-            raise ValueError(_hub_message(text, reason)) from exc
-        raise ValueError(
-            f"segmenter {text}: cannot load its {family} model and processor ({reason}); save "
-            "both with save_pretrained into the folder"
-        ) from exc
+    model, processor = _loaded(
+        lambda: (
+            getattr(transformers, SAM_FAMILY[family]).from_pretrained(text),
+            transformers.AutoProcessor.from_pretrained(text),
+        ),
+        text,
+        f"cannot load its {family} model and processor; save both with save_pretrained into "
+        "the folder",
+    )
     segmenter = Segmenter(model, processor, device=device, name=text)
     logger.info("segmenter %s (%s) on %s", text, family, segmenter.device)
     return segmenter

@@ -266,6 +266,10 @@ class PromptTab:
             _errors_on_the_page(clicked),
             [image, state, mode],
             [state, *previews, box, source],
+            # Clicks while the last one runs are queued (the default drops them), and no progress
+            # overlay covers the image (it would swallow them).
+            trigger_mode="multiple",
+            show_progress="hidden",
             **events,
         )
         for trigger in (box.submit, box.blur, width.submit, width.blur):

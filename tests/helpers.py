@@ -1,14 +1,24 @@
 """Shared test helpers: paths of the repository and of ../shared, a tiny MEMatte for fast CPU tests,
-random batches, the golden key manifests, a crafted checkpoint whose unpickling runs code, and
-tiny random SAM-family segmenters saved as transformers checkpoints."""
+random batches, the golden key manifests, a crafted checkpoint whose unpickling runs code, tiny
+random SAM-family segmenters saved as transformers checkpoints, and the web demo served in a
+subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import transformers
 from PIL import Image
@@ -199,6 +209,7 @@ def save_tiny_segmenter(family: str, folder: Path, seed: int = 0) -> Path:
     """A tiny random SAM (``"sam"``), SAM-HQ (``"sam_hq"``) or SAM 2 (``"sam2"``) model and its
     processor, saved with ``save_pretrained`` into ``folder``; returns ``folder``."""
     mask_side = SEGMENTER_SIZE // 4
+    torch.manual_seed(seed)  # buffers (SAM's random positional features) are drawn at build
     if family == "sam2":
         config = transformers.Sam2Config(
             vision_config=_SAM2_VISION, prompt_encoder_config=_PROMPT, mask_decoder_config=_DECODER
@@ -265,3 +276,53 @@ def reference_sam_mask(
     sizes = [inputs["original_sizes"]] + ([] if sam2 else [inputs["reshaped_input_sizes"]])
     masks = processor.post_process_masks(outputs.pred_masks, *sizes)[0]  # [1, C, H, W]
     return masks[0, outputs.iou_scores[0, 0].argmax()].numpy()
+
+
+WEB_DEMO_START_SECONDS = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_web_demo(root: Path, *args: str) -> Iterator[str]:
+    """tools/web_demo.py on the demo model and the CPU, with ``args``, in a subprocess on a free
+    port (Gradio's files under ``root``, its output in ``root / "server.log"``, the hub offline):
+    its URL while it serves; stopped with SIGINT, as Ctrl-C stops it."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "GRADIO_TEMP_DIR": str(root / "gradio"),
+        "GRADIO_ANALYTICS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
+    command = [sys.executable, str(REPO_ROOT / "tools" / "web_demo.py")]
+    command += ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
+    command += ["--device", "cpu", "--port", str(port), *args]
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + WEB_DEMO_START_SECONDS
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the web demo exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the web demo did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+    yield url
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"the web demo did not stop on SIGINT:\n{log.read_text()}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -33,7 +32,6 @@ from tests.helpers import (
     SEGMENTER_SIZE,
     TINY_CONFIG,
     reference_sam_mask,
-    save_tiny_segmenter,
 )
 from tools import export_onnx
 
@@ -50,16 +48,12 @@ PROMPT_CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No test here reaches for the network: the hub is offline."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("hub_offline")  # no test here reaches for the network
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("segmenters")
-    return {family: save_tiny_segmenter(family, root / family) for family in SEGMENTER_FAMILIES}
+def folders(tiny_segmenters) -> dict[str, Path]:
+    return tiny_segmenters
 
 
 @pytest.fixture(scope="module")

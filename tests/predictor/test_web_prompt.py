@@ -8,16 +8,10 @@ The browser tests skip as tests/predictor/test_web_demo.py's do (no playwright o
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import huggingface_hub
 import numpy as np
 import pytest
 from gradio.utils import get_upload_folder
@@ -30,15 +24,13 @@ from predictor.session import InputError, MattingSession
 from predictor.web_app import DemoHandlers, build_app
 from predictor.web_prompt import COLOURS, PromptTab, _draw, empty_state, state_prompts
 from predictor.weights import build_inference_model, load_inference_weights
-from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, REPO_ROOT, TINY_CONFIG, save_tiny_segmenter
+from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, TINY_CONFIG, served_web_demo
 from tests.predictor.test_web_demo import (
     CHROMIUM_ARGS,
     RESULT_SECONDS,
-    SERVER_START_SECONDS,
     VIEWPORT,
     _chromium,
     _decoded,
-    _free_port,
     _result,
     _set_file,
     read,
@@ -50,17 +42,15 @@ BOX, POINT = [40, 60, 200, 250], [120, 150]
 
 
 @pytest.fixture(scope="module")
-def segmenter_dir(tmp_path_factory) -> Path:
-    return save_tiny_segmenter("sam", tmp_path_factory.mktemp("segmenter") / "sam")
+def segmenter_dir(tiny_segmenters) -> Path:
+    return tiny_segmenters["sam"]
 
 
 @pytest.fixture(scope="module")
 def predictor(segmenter_dir) -> MattingPredictor:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        return MattingPredictor.from_config(
-            TINY_CONFIG, DEMO_CHECKPOINT, device="cpu", segmenter=segmenter_dir
-        )
+    return MattingPredictor.from_config(
+        TINY_CONFIG, DEMO_CHECKPOINT, device="cpu", segmenter=segmenter_dir
+    )
 
 
 def test_the_state_gives_prompts_once_they_can_make_a_mask():
@@ -176,35 +166,9 @@ def test_a_segmenter_that_cannot_load_is_a_setup_error(tmp_path, caplog):
 def server(tmp_path_factory, segmenter_dir) -> str:
     """tools/web_demo.py --segmenter on the demo model, in a subprocess: its URL."""
     root = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "GRADIO_TEMP_DIR": str(root / "gradio"),
-        "GRADIO_ANALYTICS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-    }
-    command = [sys.executable, str(REPO_ROOT / "tools" / "web_demo.py")]
-    command += ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
-    command += ["--device", "cpu", "--port", str(port), "--segmenter", str(segmenter_dir)]
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while True:
-        assert process.poll() is None, f"the web demo exited:\n{log.read_text()}"
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the web demo did not start:\n{log.read_text()}")
-            time.sleep(0.5)
-    yield url
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=30)
-    assert "UserWarning" not in log.read_text()  # the page is built cleanly
+    with served_web_demo(root, "--segmenter", str(segmenter_dir)) as url:
+        yield url
+    assert "UserWarning" not in (root / "server.log").read_text()  # the page is built cleanly
 
 
 @pytest.fixture(scope="module")
@@ -215,9 +179,7 @@ def cli_pngs(tmp_path_factory, segmenter_dir) -> Path:
     command += ["--device", "cpu", "--workers", "0", "--output-dir", str(out), "--save-trimap"]
     command += ["--image", str(IMAGE), "--segmenter", str(segmenter_dir)]
     command += ["--box", ",".join(map(str, BOX)), "--point", ",".join(map(str, POINT))]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        assert inference.main([*command, "--unknown-width", "auto"]) == 0
+    assert inference.main([*command, "--unknown-width", "auto"]) == 0
     return out
 
 

@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import cv2
-import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -24,7 +23,6 @@ from tests.helpers import (
     REPO_ROOT,
     TINY_CONFIG,
     reference_sam_mask,
-    save_tiny_segmenter,
 )
 
 # The issue's tolerance: share of mask pixels that may differ from transformers' result.
@@ -34,15 +32,12 @@ POINT = "120,150"
 BACKGROUND_POINT = "20,20,0"
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("hub_offline")  # no test here reaches for the network
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("segmenters")
-    return {family: save_tiny_segmenter(family, root / family) for family in ("sam", "sam2")}
+def folders(tiny_segmenters) -> dict[str, Path]:
+    return tiny_segmenters
 
 
 def run_cli(*extra: str) -> int:
