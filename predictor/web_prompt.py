@@ -27,9 +27,15 @@ import numpy as np
 
 from data.image_io import read_rgb_levels, write_image
 from data.trimap import AUTO_WIDTH, parse_unknown_width
-from predictor.prompts import BACKGROUND, FOREGROUND, PromptError, Prompts, parse_box
+from predictor.prompts import (
+    BACKGROUND,
+    FOREGROUND,
+    PromptError,
+    Prompts,
+    parse_box,
+)
 from predictor.segmenter import Guidance, Segmenter, segmenter_rgb
-from predictor.session import InputError, Upload
+from predictor.session import InputError, Upload, _header_hw, _read
 from predictor.web_app import DemoHandlers, _errors_on_the_page, _upload, write_results
 from utils.levels import UINT8_MAX
 
@@ -123,17 +129,34 @@ class PromptTab:
     def __init__(self, segmenter: Segmenter) -> None:
         self.segmenter = segmenter
 
-    def guidance(self, image: Upload, prompts: Prompts, width: float | str) -> Guidance:
-        """The segmenter's mask of an uploaded image and the trimap made from it.
+    @staticmethod
+    def _read(handlers: DemoHandlers, image: Upload) -> np.ndarray:
+        """An uploaded image's RGB levels, refused as the session refuses it: above the
+        server's ``--max-pixels`` (from its header first, so nothing is decoded for a refused
+        image) or not a readable image.
 
         Raises:
-            InputError: an unreadable image, prompts outside it, a bad width.
+            InputError: see above.
+        """
+        header = _header_hw(image)
+        if header is not None:
+            handlers.session._check_pixels(image, header)
+        levels = _read(image, read_rgb_levels)
+        handlers.session._check_pixels(image, levels.shape[:2])  # where PIL had no header
+        return levels
+
+    def guidance(
+        self, image: Upload, levels: np.ndarray, prompts: Prompts, width: float | str
+    ) -> Guidance:
+        """The segmenter's mask of an uploaded image (its ``levels``) and the trimap made from
+        it.
+
+        Raises:
+            InputError: prompts outside the image, a bad width.
         """
         try:
-            return self.segmenter.guidance(read_rgb_levels(image.path), prompts, width)
-        except PromptError as exc:
-            raise InputError(f"{image.name}: {exc}") from exc
-        except ValueError as exc:  # an unreadable image (BadSampleError is not one), a width
+            return self.segmenter.guidance(levels, prompts, width)
+        except ValueError as exc:  # PromptError, a bad width
             raise InputError(f"{image.name}: {exc}") from exc
 
     def guide(self, handlers: DemoHandlers, image: Upload, state: dict | None) -> dict:
@@ -141,18 +164,21 @@ class PromptTab:
         a file of this request) and the unknown width.
 
         Raises:
-            InputError: no prompts yet, or see :meth:`guidance`.
+            InputError: no prompts yet, or see :meth:`_read` and :meth:`guidance`.
         """
         prompts = state_prompts(state or empty_state())
         if prompts is None:
             raise InputError("click the subject on the image (or draw a box) first")
         mask_file = handlers.folders.new() / "mask.png"
-        write_image(mask_file, self._mask_levels(image, prompts, state["width"]))
+        write_image(mask_file, self._mask_levels(handlers, image, prompts, state["width"]))
         return {"mask": Upload(mask_file, "the segmenter's mask"), "unknown_width": state["width"]}
 
-    def _mask_levels(self, image: Upload, prompts: Prompts, width: float | str) -> np.ndarray:
-        mask = self.guidance(image, prompts, width).mask
-        return (mask * UINT8_MAX).astype(np.uint8)  # 0/255
+    def _mask_levels(
+        self, handlers: DemoHandlers, image: Upload, prompts: Prompts, width: float | str
+    ) -> np.ndarray:
+        """The segmenter's mask as 0/255 levels."""
+        mask = self.guidance(image, self._read(handlers, image), prompts, width).mask
+        return (mask * UINT8_MAX).astype(np.uint8)
 
     # --- page events -----------------------------------------------------------------------
 
@@ -161,14 +187,14 @@ class PromptTab:
         the words before an image is given)."""
         if image is None:
             return None, None, None, _points_text(state)
+        levels = self._read(handlers, image)
         folder = handlers.folders.new()
-        rgb = segmenter_rgb(read_rgb_levels(image.path))
         drawn = folder / "prompts.png"
-        write_image(drawn, _draw(rgb, state)[:, :, ::-1])  # RGB -> BGR
+        write_image(drawn, _draw(segmenter_rgb(levels), state)[:, :, ::-1])  # RGB -> BGR
         prompts = state_prompts(state)
         if prompts is None:
             return str(drawn), None, None, _points_text(state)
-        guidance = self.guidance(image, prompts, state["width"])
+        guidance = self.guidance(image, levels, prompts, state["width"])
         mask, trimap = folder / "mask.png", folder / "trimap.png"
         write_image(mask, (guidance.mask * UINT8_MAX).astype(np.uint8))
         write_image(trimap, guidance.trimap)
@@ -320,7 +346,7 @@ class PromptTab:
         prompts, unknown_width = _prompts(box, points), _width(width)
         folder = handlers.folders.new()
         mask_file = folder / "segmenter_mask.png"
-        write_image(mask_file, self._mask_levels(upload, prompts, unknown_width))
+        write_image(mask_file, self._mask_levels(handlers, upload, prompts, unknown_width))
         result = handlers.session.run(
             upload,
             mask=Upload(mask_file, "the segmenter's mask"),

@@ -282,3 +282,22 @@ def test_a_box_is_drawn_with_two_clicks_or_typed(page, predictor):
     page.locator("#run-button").click()
     expected = predictor(IMAGE, box=(30, 40, 220, 260))
     assert np.array_equal(_decoded(_result(page, "alpha-output")), alpha_to_uint8(expected))
+
+
+def test_images_the_session_refuses_are_refused_before_the_segmenter_runs(
+    session, predictor, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    small = MattingSession(session.model, device="cpu", max_pixels=1000)
+    handlers = DemoHandlers(small, "fp32", prompt=PromptTab(predictor.segmenter))
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    try:
+        for payload, message in (
+            (uploaded(IMAGE), r"test_001.png is 282x285 \(W x H\) = 0.08 MP, above this server"),
+            (uploaded(text), "notes.png: cannot decode"),
+        ):
+            with pytest.raises(InputError, match=message):
+                handlers.prompt.api_matte_prompt(handlers, payload, BOX, [POINT], "auto")
+    finally:
+        handlers.folders.remove()
