@@ -20,7 +20,8 @@ import inference
 from predictor.matting import MattingPredictor
 from predictor.outputs import alpha_to_uint8
 from predictor.prompts import Prompts
-from predictor.session import InputError, MattingSession
+from predictor.segmenter import Segmenter, load_segmenter
+from predictor.session import InputError, MattingSession, Upload
 from predictor.web_app import DemoHandlers, build_app
 from predictor.web_prompt import COLOURS, PromptTab, _draw, empty_state, state_prompts
 from predictor.weights import build_inference_model, load_inference_weights
@@ -80,12 +81,24 @@ def session() -> MattingSession:
 
 
 @pytest.fixture
-def handlers(session, predictor, tmp_path, monkeypatch):
-    """Handlers with the Prompt tab, uploads in a folder of this test."""
+def make_handlers(tmp_path, monkeypatch):
+    """Handlers with the Prompt tab of a session and a segmenter, uploads in a folder of this
+    test, their request folders removed afterwards."""
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    handlers = DemoHandlers(session, "fp32", prompt=PromptTab(predictor.segmenter))
-    yield handlers
-    handlers.folders.remove()
+    made = []
+
+    def make(session: MattingSession, segmenter: Segmenter) -> DemoHandlers:
+        made.append(DemoHandlers(session, "fp32", prompt=PromptTab(segmenter)))
+        return made[-1]
+
+    yield make
+    for handlers in made:
+        handlers.folders.remove()
+
+
+@pytest.fixture
+def handlers(make_handlers, session, predictor) -> DemoHandlers:
+    return make_handlers(session, predictor.segmenter)
 
 
 def uploaded(path: Path) -> dict:
@@ -285,19 +298,35 @@ def test_a_box_is_drawn_with_two_clicks_or_typed(page, predictor):
 
 
 def test_images_the_session_refuses_are_refused_before_the_segmenter_runs(
-    session, predictor, tmp_path, monkeypatch
+    make_handlers, session, predictor, tmp_path
 ):
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     small = MattingSession(session.model, device="cpu", max_pixels=1000)
-    handlers = DemoHandlers(small, "fp32", prompt=PromptTab(predictor.segmenter))
+    handlers = make_handlers(small, predictor.segmenter)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    try:
-        for payload, message in (
-            (uploaded(IMAGE), r"test_001.png is 282x285 \(W x H\) = 0.08 MP, above this server"),
-            (uploaded(text), "notes.png: cannot decode"),
-        ):
-            with pytest.raises(InputError, match=message):
-                handlers.prompt.api_matte_prompt(handlers, payload, BOX, [POINT], "auto")
-    finally:
-        handlers.folders.remove()
+    for payload, message in (
+        (uploaded(IMAGE), r"test_001.png is 282x285 \(W x H\) = 0.08 MP, above this server"),
+        (uploaded(text), "notes.png: cannot decode"),
+    ):
+        with pytest.raises(InputError, match=message):
+            handlers.prompt.api_matte_prompt(handlers, payload, BOX, [POINT], "auto")
+
+
+def test_new_prompts_on_an_image_run_the_prompt_decoder_only(
+    make_handlers, session, segmenter_dir, monkeypatch
+):
+    segmenter = load_segmenter(segmenter_dir, device="cpu")
+    embedded = []
+    embed = segmenter.model.get_image_embeddings
+    monkeypatch.setattr(
+        segmenter.model,
+        "get_image_embeddings",
+        lambda pixels: embedded.append(pixels.shape) or embed(pixels),
+    )
+    handlers = make_handlers(session, segmenter)
+    payload = uploaded(IMAGE)
+    handlers.prompt.api_matte_prompt(handlers, payload, BOX, [], "auto")
+    handlers.prompt.api_matte_prompt(handlers, payload, None, [POINT], "auto")
+    state = {**empty_state(), "points": [[*POINT, 1], [20, 20, 0]]}
+    handlers.prompt.guide(handlers, Upload(Path(payload["path"]), IMAGE.name), state)
+    assert len(embedded) == 1  # three prompts, one embedding
