@@ -130,7 +130,7 @@ class PromptTab:
         self.segmenter = segmenter
 
     @staticmethod
-    def _read(handlers: DemoHandlers, image: Upload) -> np.ndarray:
+    def _levels(handlers: DemoHandlers, image: Upload) -> np.ndarray:
         """An uploaded image's RGB levels, refused as the session refuses it: above the
         server's ``--max-pixels`` (from its header first, so nothing is decoded for a refused
         image) or not a readable image.
@@ -164,7 +164,7 @@ class PromptTab:
         a file of this request) and the unknown width.
 
         Raises:
-            InputError: no prompts yet, or see :meth:`_read` and :meth:`guidance`.
+            InputError: no prompts yet, or see :meth:`_levels` and :meth:`guidance`.
         """
         prompts = state_prompts(state or empty_state())
         if prompts is None:
@@ -177,7 +177,7 @@ class PromptTab:
         self, handlers: DemoHandlers, image: Upload, prompts: Prompts, width: float | str
     ) -> np.ndarray:
         """The segmenter's mask as 0/255 levels."""
-        mask = self.guidance(image, self._read(handlers, image), prompts, width).mask
+        mask = self.guidance(image, self._levels(handlers, image), prompts, width).mask
         return (mask * UINT8_MAX).astype(np.uint8)
 
     # --- page events -----------------------------------------------------------------------
@@ -187,7 +187,7 @@ class PromptTab:
         the words before an image is given)."""
         if image is None:
             return None, None, None, _points_text(state)
-        levels = self._read(handlers, image)
+        levels = self._levels(handlers, image)
         folder = handlers.folders.new()
         drawn = folder / "prompts.png"
         write_image(drawn, _draw(segmenter_rgb(levels), state)[:, :, ::-1])  # RGB -> BGR
