@@ -74,7 +74,7 @@ def numbers(text: str) -> tuple[float, ...]:
     ],
     ids=["box", "one point", "both labels"],
 )
-@pytest.mark.parametrize("family", ["sam", "sam2"])
+@pytest.mark.parametrize("family", ["sam", pytest.param("sam2", marks=pytest.mark.slow)])
 def test_a_prompt_run_writes_transformers_mask_and_the_mask_runs_trimap_and_alpha(
     folders, tmp_path, family, prompts, width
 ):
