@@ -19,7 +19,8 @@ same image runs the prompt encoder and mask decoder only.
 A segmenter is any SAM-family checkpoint that ``transformers`` reads: a Hugging Face hub id
 (``facebook/sam-vit-base``, ``syscv-community/sam-hq-vit-base``,
 ``facebook/sam2-hiera-small-hf``...), downloaded once into the hub cache, or a local folder written
-by ``save_pretrained`` (model and processor). The model class comes from the checkpoint's config
+by ``save_pretrained`` (model and processor; a folder saved without the processor gets the
+family's processor at the model's input size). The model class comes from the checkpoint's config
 (``model_type``: ``sam``, ``sam_hq`` or ``sam2``). Nothing is downloaded at import.
 
 References: Kirillov et al., Segment Anything (2023), ``SamPredictor`` (set the image once,
@@ -63,8 +64,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The segmenters: the config's model_type -> the transformers model class.
+# The segmenters: the config's model_type -> the transformers model class, and its processor.
 SAM_FAMILY = {"sam": "SamModel", "sam_hq": "SamHQModel", "sam2": "Sam2Model"}
+PROCESSORS = {"sam": "SamProcessor", "sam_hq": "SamHQProcessor", "sam2": "Sam2Processor"}
+# What save_pretrained writes for a processor (the second name for processors of transformers 5).
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 # Images whose embeddings are kept (a few MiB each: 4 MiB for SAM ViT-B, 16 MiB for SAM 2).
 EMBEDDING_CACHE_SIZE = 4
 
@@ -295,6 +299,29 @@ def _loaded(load: Callable[[], Any], source: str, problem: str) -> Any:
         raise ValueError(f"segmenter {source}: {problem} ({reason})") from exc
 
 
+def _processor(source: str, config: Any) -> Any:
+    """The checkpoint's processor; for a folder saved without one, the family's processor at
+    the model's input size (its prompt encoder's image size), with a warning."""
+    folder = Path(source)
+    if not folder.is_dir() or any((folder / name).is_file() for name in PROCESSOR_FILES):
+        return transformers.AutoProcessor.from_pretrained(source)
+    side = config.prompt_encoder_config.image_size
+    if config.model_type == "sam2":
+        image_processor = transformers.Sam2ImageProcessor(size={"height": side, "width": side})
+    else:
+        image_processor = transformers.SamImageProcessor(
+            size={"longest_edge": side}, pad_size={"height": side, "width": side}
+        )
+    logger.warning(
+        "segmenter %s has no processor config (%s): using %s at the model's input size, %d px",
+        source,
+        " or ".join(PROCESSOR_FILES),
+        PROCESSORS[config.model_type],
+        side,
+    )
+    return getattr(transformers, PROCESSORS[config.model_type])(image_processor)
+
+
 def load_segmenter(source: str | Path, *, device: str | torch.device = "auto") -> Segmenter:
     """A SAM-family segmenter from a hub id or a local ``save_pretrained`` folder.
 
@@ -306,7 +333,7 @@ def load_segmenter(source: str | Path, *, device: str | torch.device = "auto") -
     Raises:
         ValueError: a hub id that cannot be fetched (the message says how to pass a local
             folder), a folder that is not a transformers checkpoint, a checkpoint that is not
-            SAM-family, or one without its processor.
+            SAM-family, or one whose model or processor cannot be loaded.
     """
     text = str(source)
     config = _loaded(
@@ -324,7 +351,7 @@ def load_segmenter(source: str | Path, *, device: str | torch.device = "auto") -
     model, processor = _loaded(
         lambda: (
             getattr(transformers, SAM_FAMILY[family]).from_pretrained(text),
-            transformers.AutoProcessor.from_pretrained(text),
+            _processor(text, config),
         ),
         text,
         f"cannot load its {family} model and processor; save both with save_pretrained into "

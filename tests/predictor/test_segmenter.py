@@ -157,10 +157,20 @@ def test_a_folder_that_is_not_a_sam_checkpoint_is_refused_naming_it(tmp_path):
         load_segmenter(empty)
 
 
-def test_a_folder_without_its_processor_is_refused(folders, tmp_path):
+@pytest.mark.parametrize("family", SEGMENTER_FAMILIES)
+def test_a_folder_without_its_processor_gets_the_familys_at_the_models_size(
+    folders, segmenters, family, tmp_path, caplog
+):
     model_only = tmp_path / "model_only"
-    transformers.SamModel.from_pretrained(folders["sam"]).save_pretrained(model_only)
-    with pytest.raises(ValueError, match=rf"{model_only}: cannot load its sam model and processor"):
+    model_class = type(segmenters[family].model)
+    model_class.from_pretrained(folders[family]).save_pretrained(model_only)
+    segmenter = load_segmenter(model_only, device="cpu")
+    assert "has no processor config" in caplog.text and f"{SEGMENTER_SIZE} px" in caplog.text
+    for prompts in PROMPT_CASES.values():
+        expected = segmenters[family].predict(IMAGE, prompts).mask
+        assert np.array_equal(segmenter.predict(IMAGE, prompts).mask, expected)
+    (model_only / "processor_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=rf"{model_only}: cannot load its {family} model and"):
         load_segmenter(model_only)
 
 
