@@ -252,6 +252,8 @@ class PromptTab:
 
         def clicked(payload: dict | None, page: dict, click_mode: str, event: gr.SelectData):
             upload = self._image(payload)
+            if not event.index or None in event.index:  # the image was being replaced
+                raise InputError("that click came while the image was redrawn: click again")
             x, y = (float(v) for v in event.index)
             page = {**page, "points": list(page["points"])}
             if click_mode == BOX_MODE:

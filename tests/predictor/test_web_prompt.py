@@ -281,11 +281,12 @@ def test_a_box_is_drawn_with_two_clicks_or_typed(page, predictor):
     page.locator("#prompt-image img").first.wait_for()
     page.locator("#prompt-mode").get_by_text("box").click()
     _click(page, 0.2, 0.2)
+    page.locator("#prompt-points").get_by_text("box corner").wait_for()
     _click(page, 0.7, 0.8)
     box_input = page.locator("#prompt-box textarea, #prompt-box input").first
     deadline = time.monotonic() + RESULT_SECONDS
     while not box_input.input_value():
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, page.locator("#prompt-points").inner_text()
         time.sleep(0.2)
     drawn = [float(v) for v in box_input.input_value().split(",")]
     assert drawn[0] < drawn[2] and drawn[1] < drawn[3]
