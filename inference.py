@@ -15,6 +15,15 @@ Your own images, with a trimap or a rough mask (a trimap is made from the mask, 
     python inference.py --config-file CFG --checkpoint CKPT --image photo.jpg \\
         --mask mask.png --unknown-width 0.02 --output-dir output/mine --save-rgba
 
+A box or clicks instead of a trimap: a SAM-family segmenter (transformers; a hub id, downloaded
+once, or a local save_pretrained folder) makes the mask, the trimap is made from it
+(--unknown-width, default auto); --save-trimap also writes the mask (mask/<name>.png). Several
+images or a folder of images take their prompts from a JSON file (--prompts, docs/prompts.md):
+
+    python inference.py --config-file CFG --checkpoint CKPT --image photo.jpg \\
+        --segmenter facebook/sam-vit-base --box 40,60,900,1200 --point 500,700 \\
+        --output-dir output/mine --save-trimap
+
 An exported graph (tools/export_onnx.py) with onnxruntime instead of PyTorch's model, with the
 same outputs, options and exit codes (float32, the exported config; --max-number-token N sets
 the cap at run time):
@@ -57,6 +66,7 @@ from data.pixel_limits import DEFAULT_MAX_PIXELS, max_pixels_argument
 from data.readers import FOLDER_LAYOUTS
 from data.trimap import add_snap_trimap_argument, unknown_width_argument
 from predictor.matting import AUTO
+from predictor.prompts import add_prompt_arguments, check_prompt_arguments
 from predictor.runner import run_command
 from utils.arguments import add_checkpoint_arguments, add_config_argument, add_device_arguments
 
@@ -89,9 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         "and checkpoint (float32; CUDA provider with --device cuda/auto when present)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-dir", metavar="DIR", help="a test-set folder (see --layout)")
     source.add_argument(
-        "--image", nargs="+", metavar="PATH", help="image files (with --trimap or --mask)"
+        "--data-dir",
+        metavar="DIR",
+        help="a test-set folder (see --layout), or a folder of images with --prompts",
+    )
+    source.add_argument(
+        "--image",
+        nargs="+",
+        metavar="PATH",
+        help="image files (with --trimap, --mask or --segmenter prompts)",
     )
     guide = parser.add_mutually_exclusive_group()
     guide.add_argument(
@@ -109,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--unknown-width",
         type=unknown_width_argument,
         metavar="W",
-        help="with --mask: the unknown band on each side of the mask boundary, in px (e.g. 20), "
-        "as a fraction of the shorter image side (e.g. 0.02), or auto (2%% of the diagonal of "
-        "the mask's bounding box, within 4..160 px)",
+        help="with --mask or --segmenter: the unknown band on each side of the mask boundary, in "
+        "px (e.g. 20), as a fraction of the shorter image side (e.g. 0.02), or auto (2%% of the "
+        "diagonal of the mask's bounding box, within 4..160 px; the default with --segmenter)",
     )
+    add_prompt_arguments(parser)
     parser.add_argument(
         "--output-dir",
         "--inference-dir",
@@ -184,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--save-trimap",
         action="store_true",
-        help="with --mask: also write trimap/<name>.png, the trimap made from the mask",
+        help="with --mask or --segmenter: also write trimap/<name>.png, the trimap made from "
+        "the mask (and mask/<name>.png, the segmenter's mask, 0/255)",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo existing outputs")
     parser.add_argument(
@@ -237,10 +256,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--trimap and --mask go with --image; --data-dir has its trimaps")
     if args.mask is not None and args.unknown_width is None:
         parser.error("--mask needs --unknown-width (px, or a fraction of the shorter side)")
-    if args.unknown_width is not None and args.mask is None:
-        parser.error("--unknown-width goes with --mask")
-    if args.save_trimap and args.mask is None:
-        parser.error("--save-trimap writes the trimap made from a --mask")
+    check_prompt_arguments(parser, args)  # --segmenter, --box, --point, --prompts
+    made_from_mask = args.mask is not None or args.segmenter is not None
+    if args.unknown_width is not None and not made_from_mask:
+        parser.error("--unknown-width goes with --mask or --segmenter")
+    if args.save_trimap and not made_from_mask:
+        parser.error("--save-trimap writes the trimap made from a --mask or a --segmenter's mask")
     if args.onnx is None and (args.config_file is None or args.checkpoint is None):
         parser.error("--config-file and --checkpoint are required (or --onnx)")
     if args.onnx is not None:

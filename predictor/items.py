@@ -31,6 +31,7 @@ from data.image_io import (
 from data.readers import FOLDER_LAYOUTS, detect_layout, scan_test_set
 from data.trimap import trimap_from_mask
 from predictor.inputs import mask_levels
+from predictor.prompts import Prompts, prompt_targets
 
 __all__ = [
     "Item",
@@ -48,12 +49,14 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
-    """One image to predict and where its trimap (or mask) comes from."""
+    """One image to predict and where its trimap (or mask, or the segmenter's prompts) comes
+    from."""
 
     name: str
     image: Path
     trimap: Path | None = None
     mask: Path | None = None
+    prompts: Prompts | None = None
 
 
 def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, str]]]:
@@ -62,9 +65,13 @@ def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, 
     is not read).
 
     Raises:
-        UsageError, FileNotFoundError, ValueError: bad single-image options, or a test-set
-            folder that is missing, has no supported layout or no image to read.
+        UsageError, FileNotFoundError, ValueError: bad single-image options or prompts, or a
+            test-set folder that is missing, has no supported layout or no image to read.
     """
+    if args.segmenter is not None:  # --image or a folder of images, with prompts
+        targets, failed = prompt_targets(args)
+        items = [Item(t.image.stem, t.image, prompts=t.prompts) for t in targets]
+        return sorted(items, key=lambda item: item.name), failed
     if args.data_dir is not None:
         test_set = scan_test_set(args.data_dir, args.layout)
         items = [Item(i.name, i.image_path, trimap=i.trimap_path) for i in test_set.items]
@@ -105,7 +112,9 @@ def input_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     layout.
     """
     folders = []
-    if args.data_dir is not None:
+    if args.segmenter is not None:  # prompts: a plain folder of images, and the segmenter's
+        folders += [Path(p) for p in (args.data_dir, args.segmenter) if p and Path(p).is_dir()]
+    elif args.data_dir is not None:
         root = Path(args.data_dir)
         layouts = [layout for layout in FOLDER_LAYOUTS if layout.name == args.layout]
         if args.layout is None:
@@ -117,7 +126,7 @@ def input_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
             names = (*layout.image_dirs, *layout.trimap_dirs, *layout.alpha_dirs)
             folders += [root / name for name in names]
     files = [*(args.image or ()), *(args.trimap or ()), *(args.mask or ())]
-    files += [args.config_file, args.checkpoint, args.onnx]
+    files += [args.config_file, args.checkpoint, args.onnx, args.prompts]
     if args.composite is not None and Path(args.composite).is_file():
         files.append(args.composite)
     return folders, [Path(file) for file in files if file is not None]
@@ -207,8 +216,21 @@ class ItemSamples(Dataset):
         image_chw = torch.from_numpy(image).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
         return image_chw, torch.from_numpy(trimap)[None]
 
+    def _prompt_sample(self, idx: int, item: Item) -> dict:
+        """A prompt item's image alone (its mask and trimap come from the segmenter)."""
+        try:
+            check_image_size(item.image, self.max_pixels)
+            image = read_rgb_levels(item.image, max_pixels=self.max_pixels)
+        except ImageTooLargeError as exc:
+            return {"index": idx, "error": f"{exc.reason} (--max-pixels)", "path": str(exc.path)}
+        except BadSampleError as exc:
+            return {"index": idx, "error": exc.reason, "path": str(exc.path)}
+        return {"index": idx, "image": torch.from_numpy(image).permute(2, 0, 1)}  # -> [3, H, W]
+
     def __getitem__(self, idx: int) -> dict:
         item = self.items[idx]
+        if item.prompts is not None:  # the trimap comes from the segmenter, in the main process
+            return self._prompt_sample(idx, item)
         try:
             image, trimap = self._decode(item)
         except ImageTooLargeError as exc:

@@ -1,5 +1,5 @@
-"""Matting inference from Python: :class:`MattingPredictor` (an image and a trimap or a mask in,
-alpha out), on the official protocol.
+"""Matting inference from Python: :class:`MattingPredictor` (an image and a trimap, a mask, or a
+box and clicks for a segmenter in, alpha out), on the official protocol.
 
 The alpha comes back with the official known-region clamp (0 where the trimap is 0, 1 where it
 is 255), so ``floor(alpha * 255)`` is the PNG the official script writes
@@ -19,8 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from data.trimap import AUTO_WIDTH
 from modeling.backbone.router import GLOBAL_ROUTE
-from predictor.inputs import ImageInput, MapInput, prepare_inputs
+from predictor.inputs import ImageInput, MapInput, image_levels, prepare_inputs
+from predictor.prompts import Prompts
+from predictor.segmenter import Guidance, Segmenter, as_segmenter
 from predictor.token_budget import auto_max_number_token
 from predictor.weights import build_inference_model, load_inference_weights
 from utils.device import autocast, resolve_device, to_unit_float
@@ -104,11 +107,43 @@ def check_predictor_options(
 class ImagePredictor:
     """The one-image call shared by the predictors (:class:`MattingPredictor` and
     ``predictor.onnx_predictor.OnnxMattingPredictor``): inputs read and checked once
-    (:func:`prepare_inputs`), then the subclass's ``predict_levels`` on a batch of one."""
+    (:func:`prepare_inputs`), or a trimap made from a segmenter's mask of prompts, then the
+    subclass's ``predict_levels`` on a batch of one."""
+
+    # The SAM-family front end of box= and points= (predictor.segmenter), set by the subclass.
+    segmenter: Segmenter | None = None
 
     def predict_levels(self, image: Tensor, trimap: Tensor) -> BatchPrediction:
         """Alpha and routing of ``[B, 3, H, W]`` images with ``[B, 1, H, W]`` uint8 trimaps."""
         raise NotImplementedError
+
+    def _guided_inputs(
+        self,
+        image: ImageInput,
+        trimap: MapInput | None,
+        mask: MapInput | None,
+        prompts: Prompts | None,
+        unknown_width: float | str | None,
+        snap_trimap: bool,
+    ) -> tuple[Tensor, Guidance]:
+        """The image levels and what guides the model: the trimap (given, snapped with
+        ``snap_trimap``, or made from a mask), or the segmenter's mask of the prompts and its
+        trimap."""
+        if prompts is None:
+            levels, trimap_map = prepare_inputs(
+                image, trimap, mask=mask, unknown_width=unknown_width, snap_trimap=snap_trimap
+            )
+            return levels, Guidance(mask=None, trimap=trimap_map)
+        if trimap is not None or mask is not None:
+            raise ValueError("give a trimap, a mask, or box= / points=, not several")
+        if self.segmenter is None:
+            raise ValueError(
+                "box= and points= need a segmenter: build the predictor with segmenter= (a SAM "
+                "hub id or a save_pretrained folder, see docs/prompts.md)"
+            )
+        levels = image_levels(image)
+        width = AUTO_WIDTH if unknown_width is None else unknown_width
+        return levels, self.segmenter.guidance(levels, prompts, width)
 
     def __call__(
         self,
@@ -116,10 +151,13 @@ class ImagePredictor:
         trimap: MapInput | None = None,
         *,
         mask: MapInput | None = None,
-        unknown_width: float | None = None,
+        box: Sequence[float] | None = None,
+        points: Sequence[Sequence[float]] | None = None,
+        unknown_width: float | str | None = None,
         return_routing: bool = False,
         snap_trimap: bool = False,
-    ) -> np.ndarray | tuple[np.ndarray, RoutingMaps]:
+        return_guidance: bool = False,
+    ) -> np.ndarray | tuple:
         """Alpha matte of one image.
 
         Args:
@@ -129,28 +167,42 @@ class ImagePredictor:
                 unknown, 255 foreground; other values are refused unless ``snap_trimap``.
             mask: instead of a trimap, a rough mask (path, PIL image or array; thresholded at
                 half its range), turned into a trimap by :func:`data.trimap.trimap_from_mask`.
-            unknown_width: with ``mask``: the unknown band's width on each side of the mask
-                boundary, in px (int) or as a fraction of the shorter side (float < 1).
+            box: instead of a trimap, ``(x0, y0, x1, y1)`` around the subject, in pixels, for
+                the predictor's segmenter (its mask then makes the trimap).
+            points: instead of a trimap (or with ``box``), clicks ``(x, y)`` or
+                ``(x, y, label)``, label 1 foreground (default) or 0 background.
+            unknown_width: with ``mask`` (required) or prompts (default ``"auto"``): the unknown
+                band's width on each side of the mask boundary, in px (int), as a fraction of
+                the shorter side (float < 1), or ``"auto"`` (2 % of the diagonal of the mask's
+                bounding box, within 4..160 px).
             return_routing: also return the routing maps.
             snap_trimap: move trimap values other than 0, 128 and 255 (a trimap saved as JPEG)
                 to the nearest of them (:func:`data.trimap.snap_trimap`) instead of refusing.
+            return_guidance: also return the :class:`Guidance`: the segmenter's mask (None
+                without prompts) and the trimap the model saw.
 
         Returns:
-            ``[H, W]`` float32 alpha in [0, 1], with the :class:`RoutingMaps` when
-            ``return_routing``.
+            ``[H, W]`` float32 alpha in [0, 1]; with ``return_routing`` and/or
+            ``return_guidance``, a tuple of the alpha, the :class:`RoutingMaps` and the
+            :class:`Guidance`, in that order.
 
         Raises:
             BadSampleError: an unreadable input file, an input of an unsupported form, or a
                 trimap with other values than 0, 128 and 255 (without ``snap_trimap``).
-            ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
-                mask, or sizes that differ.
+            PromptError: prompts outside the image, an empty box, an unknown label.
+            ValueError: not exactly one of a trimap, a mask and prompts, prompts without a
+                segmenter, no ``unknown_width`` with a mask, or sizes that differ.
         """
-        levels, trimap_map = prepare_inputs(
-            image, trimap, mask=mask, unknown_width=unknown_width, snap_trimap=snap_trimap
+        prompts = None if box is None and points is None else Prompts.create(box, points)
+        levels, guidance = self._guided_inputs(
+            image, trimap, mask, prompts, unknown_width, snap_trimap
         )
-        prediction = self.predict_levels(levels[None], torch.from_numpy(trimap_map)[None, None])
+        trimap_levels = torch.from_numpy(guidance.trimap)[None, None]  # [H, W] -> [1, 1, H, W]
+        prediction = self.predict_levels(levels[None], trimap_levels)
         alpha = prediction.alpha[0].numpy()
-        return (alpha, prediction.routing(0)) if return_routing else alpha
+        extras = [prediction.routing(0)] if return_routing else []
+        extras += [guidance] if return_guidance else []
+        return (alpha, *extras) if extras else alpha
 
 
 class MattingPredictor(ImagePredictor):
@@ -171,10 +223,13 @@ class MattingPredictor(ImagePredictor):
             (:func:`predictor.token_budget.auto_max_number_token`; the cap chosen is logged).
         patch_decoder: decode in the official 512 px tiles (False: the whole image at once, which
             can change results slightly at tile borders).
+        segmenter: for ``box=`` / ``points=`` calls: a :class:`~predictor.segmenter.Segmenter`,
+            or a SAM, SAM-HQ or SAM 2 checkpoint (hub id or ``save_pretrained`` folder) loaded
+            onto ``device`` (see :func:`~predictor.segmenter.load_segmenter`).
 
     Raises:
-        ValueError: an unknown precision, fp16 on a CPU, a CUDA device without CUDA, or a bad
-            ``max_number_token``.
+        ValueError: an unknown precision, fp16 on a CPU, a CUDA device without CUDA, a bad
+            ``max_number_token``, or a segmenter that cannot be loaded.
     """
 
     def __init__(
@@ -185,6 +240,7 @@ class MattingPredictor(ImagePredictor):
         precision: str = "fp32",
         max_number_token: int | str | None = None,
         patch_decoder: bool = True,
+        segmenter: Segmenter | str | Path | None = None,
     ) -> None:
         self.device = check_predictor_options(device, precision, max_number_token)
         if not (max_number_token is None or max_number_token == AUTO):
@@ -194,6 +250,7 @@ class MattingPredictor(ImagePredictor):
         self.auto_cap = max_number_token == AUTO
         self.patch_decoder = patch_decoder
         self._auto_caps: dict[tuple[int, int], int | None] = {}
+        self.segmenter = as_segmenter(segmenter, self.device)
 
     @classmethod
     def from_config(
@@ -207,6 +264,7 @@ class MattingPredictor(ImagePredictor):
         patch_decoder: bool = True,
         overrides: Sequence[str] = (),
         trust_checkpoint: bool = False,
+        segmenter: Segmenter | str | Path | None = None,
     ) -> MattingPredictor:
         """Build the model of a LazyConfig file (without the teacher) and load its weights.
 
@@ -215,7 +273,7 @@ class MattingPredictor(ImagePredictor):
                 (configs are code: only from a trusted source).
             checkpoint: official or trainer checkpoint; None keeps random weights (with a
                 warning).
-            device, precision, max_number_token, patch_decoder: see the class.
+            device, precision, max_number_token, patch_decoder, segmenter: see the class.
             overrides: config overrides ``key=value``.
             trust_checkpoint: also load a checkpoint that pickles objects other than tensors
                 (runs code stored in the file).
@@ -235,6 +293,7 @@ class MattingPredictor(ImagePredictor):
             precision=precision,
             max_number_token=max_number_token,
             patch_decoder=patch_decoder,
+            segmenter=segmenter,
         )
 
     def _set_auto_cap(self, hw: tuple[int, int]) -> None:

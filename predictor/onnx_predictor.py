@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from modeling.decoder.detail_capture import force_known
 from predictor.matting import BatchPrediction, ImagePredictor
+from predictor.segmenter import Segmenter, as_segmenter
 from utils.device import to_unit_float
 
 __all__ = [
@@ -111,10 +112,13 @@ class OnnxMattingPredictor(ImagePredictor):
         max_number_token: cap on tokens in one global attention; None takes the exported
             config's cap (18500 for the official configs; no cap if the config has none).
         threads: onnxruntime intra-op threads (None: its default, one per core).
+        segmenter: for ``box=`` / ``points=`` calls, as ``MattingPredictor``'s (a PyTorch model,
+            run on the predictor's device).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: an unusable device or cap, or a file onnxruntime cannot load.
+        ValueError: an unusable device or cap, a file onnxruntime cannot load, or a segmenter
+            that cannot be loaded.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class OnnxMattingPredictor(ImagePredictor):
         device: str = "auto",
         max_number_token: int | None = None,
         threads: int | None = None,
+        segmenter: Segmenter | str | Path | None = None,
     ) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -158,6 +163,7 @@ class OnnxMattingPredictor(ImagePredictor):
         gpu = "cuda" if device == "auto" else device  # "cuda" or "cuda:N"
         self.device = torch.device(gpu if provider == CUDA_PROVIDER else "cpu")
         logger.info("%s on %s, cap %s", model_path, provider, self.max_number_token)
+        self.segmenter = as_segmenter(segmenter, self.device)
 
     def predict_levels(self, image: torch.Tensor, trimap: torch.Tensor) -> BatchPrediction:
         """Alpha and routing of a batch of same-sized images, one graph run per image

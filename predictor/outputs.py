@@ -1,6 +1,7 @@
 """What a run writes for each image: the official 8-bit alpha PNG and, on request, the foreground
 colours, an RGBA cutout, a composite over a colour or an image, the trimap used and the routing
-picture; each file written atomically.
+picture, and for a prompt run the segmenter's mask the trimap was made from; each file written
+atomically.
 
 The alpha PNG is written first, then the extras, each on its own: an extra that cannot be made or
 written is reported (:meth:`Outputs.write` returns it with the reason) and costs neither the
@@ -10,7 +11,7 @@ predicts it again and rewrites all its files (the prediction is the same, and th
 needs the forward anyway).
 
 Folder layout under the output folder ``root``: ``<name>.png`` (alpha), ``foreground/``,
-``rgba/``, ``composite/``, ``trimap/`` (``<name>.png`` each) and ``routing/<name>.jpg``.
+``rgba/``, ``composite/``, ``trimap/``, ``mask/`` (``<name>.png`` each) and ``routing/<name>.jpg``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from utils.levels import UINT8_MAX
 __all__ = [
     "COMPOSITE_DIR",
     "FOREGROUND_DIR",
+    "MASK_DIR",
     "RGBA_DIR",
     "ROUTING_DIR",
     "TRIMAP_DIR",
@@ -46,6 +48,7 @@ ROUTING_DIR, FOREGROUND_DIR, RGBA_DIR, COMPOSITE_DIR, TRIMAP_DIR = (
     "composite",
     "trimap",
 )
+MASK_DIR = "mask"  # a segmenter's mask (0/255), beside the trimap made from it
 # Colours: ``#rrggbb`` (the ``#`` optional) or a colour picker's ``rgb(r, g, b)`` /
 # ``rgba(r, g, b, a)``.
 _HEX_COLOUR = re.compile(r"#?([0-9a-fA-F]{6})")
@@ -99,6 +102,7 @@ class Outputs:
     rgba: bool = False
     composite: np.ndarray | Path | None = None
     trimap: bool = False
+    mask: bool = False
     round_alpha: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     _backgrounds: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
@@ -111,6 +115,7 @@ class Outputs:
             (self.rgba, RGBA_DIR, ".png"),
             (self.composite is not None, COMPOSITE_DIR, ".png"),
             (self.trimap, TRIMAP_DIR, ".png"),
+            (self.mask, MASK_DIR, ".png"),
         ]
         return {
             folder: self.root / folder / f"{name}{suffix}" for on, folder, suffix in extras if on
@@ -153,6 +158,7 @@ class Outputs:
         trimap: torch.Tensor,
         foreground: np.ndarray | None,
         figure: Callable[[], np.ndarray] | None,
+        mask: np.ndarray | None = None,
     ) -> list[tuple[Path, str]]:
         """Write every output of one item, each atomically: the alpha PNG first, then each extra
         on its own (one that fails is returned, not raised).
@@ -163,6 +169,8 @@ class Outputs:
             trimap: ``[1, H, W]`` uint8, the trimap the model saw.
             foreground: ``[H, W, 3]`` uint8 RGB foreground colours, when an output needs them.
             figure: draws the routing picture (BGR), when requested.
+            mask: ``[H, W]`` bool, the segmenter's mask the trimap was made from (written as
+                0/255 when requested).
 
         Returns:
             the extras that could not be made or written: ``(file, reason)`` each.
@@ -179,6 +187,7 @@ class Outputs:
             RGBA_DIR: lambda: np.dstack([foreground[:, :, ::-1], alpha_png]),
             COMPOSITE_DIR: lambda: self._composite(foreground, alpha_png)[:, :, ::-1],
             TRIMAP_DIR: lambda: trimap[0].numpy(),
+            MASK_DIR: lambda: (mask * UINT8_MAX).astype(np.uint8),  # bool -> 0/255
         }
         failed = []
         for kind, path in self.extra_paths(name).items():

@@ -4,6 +4,9 @@ images (:mod:`predictor.items`), decoded ahead of the model by loader processes,
 (:class:`predictor.outputs.Outputs`), and one summary of the run (``--report``), merged over the
 processes of a sharded run.
 
+Prompt items (``--segmenter``) get their mask from the segmenter, and the trimap made from it,
+in the main process of each rank, before the forward.
+
 Files already in the output folder are skipped unless ``overwrite``, so an interrupted run resumes;
 a bad item is reported with its path and the run goes on; an optional output that cannot be
 written is reported on its own, its item's alpha kept. The functions take the parsed command line
@@ -41,6 +44,7 @@ from predictor.items import Item, ItemSamples, UsageError, check_not_an_input, c
 from predictor.matting import MattingPredictor, check_predictor_options
 from predictor.onnx_predictor import OnnxMattingPredictor, check_onnx_file, onnx_providers
 from predictor.outputs import Outputs, parse_colour
+from predictor.segmenter import Segmenter, load_segmenter
 from predictor.weights import inference_config
 from utils import comm
 from utils.file_io import atomic_write
@@ -130,6 +134,16 @@ def merge(summaries: list[Summary]) -> Summary:
 
 
 # --- inputs and outputs ----------------------------------------------------------------------
+
+
+def _segment(sample: dict, item: Item, segmenter: Segmenter, unknown_width: float | str) -> dict:
+    """A prompt item's sample with the segmenter's mask and the trimap made from it (run in the
+    main process, where the segmenter is); a failure becomes ``{"error": ..., "path": ...}``."""
+    try:
+        guidance = segmenter.guidance(sample["image"], item.prompts, unknown_width)
+    except (ValueError, RuntimeError) as exc:  # prompts outside the image, out of memory
+        return {"index": sample["index"], "error": f"segmenter: {exc}", "path": str(item.image)}
+    return {**sample, "mask": guidance.mask, "trimap": torch.from_numpy(guidance.trimap)[None]}
 
 
 def parse_composite(value: str | None) -> np.ndarray | Path | None:
@@ -232,6 +246,7 @@ def run_shard(
         FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
     """
     predictor = _predictor(args)
+    segmenter = load_segmenter(args.segmenter, device=predictor.device) if args.segmenter else None
     samples = ItemSamples(items, args.unknown_width, args.max_pixels, args.snap_trimap)
     # Processes spawned by --num-gpus would start their loader processes by spawning too, each
     # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
@@ -290,7 +305,13 @@ def run_shard(
 
                 slots.acquire()
                 future = writer.submit(
-                    outputs.write, item.name, alpha, sample["trimap"], foreground, figure
+                    outputs.write,
+                    item.name,
+                    alpha,
+                    sample["trimap"],
+                    foreground,
+                    figure,
+                    mask=sample.get("mask"),
                 )
                 future.add_done_callback(lambda _: slots.release())
                 writes.append((item.name, item.image, future))
@@ -303,6 +324,8 @@ def run_shard(
             disable=not comm.is_main_process(),
         )
         for sample in progress:
+            if segmenter is not None and "error" not in sample:
+                sample = _segment(sample, items[sample["index"]], segmenter, args.unknown_width)
             if "error" in sample:
                 summary.fail(sample["path"], sample["error"])
                 continue
@@ -334,6 +357,7 @@ def make_outputs(args: argparse.Namespace) -> Outputs:
         rgba=args.save_rgba,
         composite=parse_composite(args.composite),
         trimap=args.save_trimap,
+        mask=args.save_trimap and args.segmenter is not None,
         round_alpha=args.round,
         max_pixels=args.max_pixels,
     )

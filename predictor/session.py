@@ -337,11 +337,10 @@ class MattingSession:
         if painting is not None:
             guides = [(layer, "painting") for layer in painting]
         # Sizes from the headers first: nothing is decoded for a request that is refused.
-        hw = self._header_hw(image)
-        self._check_pixels(image, hw)
+        hw = self.image_size(image)
         for upload, what in guides:
             _check_same_size(upload, what, self._header_hw(upload), image, hw)
-        levels = _read(image, functools.partial(read_rgb_levels, max_pixels=self.max_pixels))
+        levels = self.read_image(image)
         trimap_levels = _trimap(
             image, hw, trimap, mask, unknown_width, painting, self.max_pixels, self.snap_trimap
         )
@@ -362,6 +361,26 @@ class MattingSession:
             routing=prediction.routing(0),
             numbers={"image": image.name, "width": hw[1], "height": hw[0], **numbers},
         )
+
+    def image_size(self, image: Upload) -> tuple[int, int]:
+        """An uploaded image's ``(H, W)`` from its header, refused above ``max_pixels``.
+
+        Raises:
+            InputError: a file whose size cannot be read from its header, or too large.
+        """
+        hw = self._header_hw(image)
+        self._check_pixels(image, hw)
+        return hw
+
+    def read_image(self, image: Upload) -> np.ndarray:
+        """An uploaded image's ``[H, W, 3]`` RGB levels, read as ``inference.py`` reads images
+        (its size checked from the header first: nothing is decoded for a refused image).
+
+        Raises:
+            InputError: not a readable image, or above ``max_pixels``.
+        """
+        self.image_size(image)
+        return _read(image, functools.partial(read_rgb_levels, max_pixels=self.max_pixels))
 
     def _header_hw(self, upload: Upload) -> tuple[int, int]:
         """``(H, W)`` from a file's header, without decoding (:func:`data.image_io.image_size`).

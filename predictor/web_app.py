@@ -1,7 +1,8 @@
 """The web demo's page (Gradio): an image and a trimap (uploaded, made from a rough mask, or
 painted) in; the trimap used, the alpha PNG, the RGBA cutout, a composite, the routing pictures
 and the run's numbers out. ``tools/web_demo.py`` is its command line; requests run on a
-:class:`predictor.session.MattingSession`.
+:class:`predictor.session.MattingSession`. With a segmenter, a Prompt tab (clicks or a box instead
+of a trimap) is added by :mod:`predictor.web_prompt`.
 
 The ``/matte`` endpoint serves ``gradio_client``: an image and its trimap in, the 8-bit alpha PNG,
 the RGBA PNG and the run's numbers out, with the server's default options.
@@ -25,6 +26,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
@@ -46,7 +48,18 @@ from utils.device import PRECISIONS
 from utils.memory import MIB
 from utils.visualizer import routing_figure
 
-__all__ = ["DemoHandlers", "build_app", "only_uploaded_files", "serve", "write_results"]
+if TYPE_CHECKING:  # the Prompt tab's module builds on this one
+    from predictor.web_prompt import PromptTab
+
+__all__ = [
+    "DemoHandlers",
+    "build_app",
+    "errors_on_the_page",
+    "only_uploaded_files",
+    "serve",
+    "uploaded_file",
+    "write_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +202,7 @@ def numbers_markdown(numbers: dict) -> str:
 # --- requests --------------------------------------------------------------------------------
 
 
-def _upload(payload: dict | None, what: str) -> Upload | None:
+def uploaded_file(payload: dict | None, what: str) -> Upload | None:
     """A Gradio file payload (``preprocess=False``: the file as uploaded) as an :class:`Upload`
     (:func:`only_uploaded_files` has checked that it names an uploaded file).
 
@@ -285,7 +298,7 @@ def _token_cap(mode: str, number: float | None) -> int | str | None:
     return int(number)
 
 
-def _errors_on_the_page(fn: Callable) -> Callable:
+def errors_on_the_page(fn: Callable) -> Callable:
     """Show a refused request's message on the page (``gr.Error``); log it on the server."""
 
     @functools.wraps(fn)
@@ -308,10 +321,14 @@ class DemoHandlers:
     Args:
         session: the loaded model.
         precision: the default precision (of ``/matte`` and of the page).
+        prompt: the Prompt tab (:mod:`predictor.web_prompt`), or None for a page without it.
     """
 
-    def __init__(self, session: MattingSession, precision: str) -> None:
+    def __init__(
+        self, session: MattingSession, precision: str, prompt: PromptTab | None = None
+    ) -> None:
         self.session = session
+        self.prompt = prompt
         self.default_options = RequestOptions(precision=precision)
         self.folders = RunFolders()
 
@@ -328,6 +345,7 @@ class DemoHandlers:
         precision: str,
         patch_decoder: bool,
         colour: str,
+        prompt_state: dict | None = None,
     ) -> tuple[str, str, str, str, str, str]:
         """The page's run: the trimap of the chosen source, the options of the page.
 
@@ -335,23 +353,25 @@ class DemoHandlers:
             the paths of the trimap used, alpha, RGBA, composite and routing picture, and the
             numbers as Markdown.
         """
-        image_upload = _upload(image, "image")
+        image_upload = uploaded_file(image, "image")
         if image_upload is None:
             raise InputError("upload an image (or pick a demo image) first")
         guide = {}
         if source == "trimap":
-            guide["trimap"] = _upload(trimap, "trimap")
+            guide["trimap"] = uploaded_file(trimap, "trimap")
             if guide["trimap"] is None:
                 raise InputError("upload a trimap, or use the Mask or Paint tab")
         elif source == "mask":
-            guide["mask"] = _upload(mask, "mask")
+            guide["mask"] = uploaded_file(mask, "mask")
             if guide["mask"] is None:
                 raise InputError("upload a mask, or use the Trimap or Paint tab")
             guide["unknown_width"] = int(unknown_width)
+        elif self.prompt is not None and source == "prompt":
+            guide = self.prompt.guide(self, image_upload, prompt_state)
         else:
             if painting is None or painting.get("background") is None:
                 raise InputError("upload an image first, then paint its trimap over it")
-            layers = (_upload(layer, "painting") for layer in painting["layers"])
+            layers = (uploaded_file(layer, "painting") for layer in painting["layers"])
             guide["painting"] = [layer for layer in layers if layer is not None]
         options = RequestOptions(
             max_number_token=_token_cap(cap_mode, cap_number),
@@ -379,7 +399,7 @@ class DemoHandlers:
             the paths of the 8-bit alpha PNG and the RGBA PNG (None when it could not be made),
             and the run's numbers (``not_written``: the extras not made, with the reasons).
         """
-        image_upload, trimap_upload = _upload(image, "image"), _upload(trimap, "trimap")
+        image_upload, trimap_upload = uploaded_file(image, "image"), uploaded_file(trimap, "trimap")
         if image_upload is None or trimap_upload is None:
             raise InputError("/matte takes an image and its trimap")
         result = self.session.run(image_upload, trimap=trimap_upload, options=self.default_options)
@@ -471,6 +491,11 @@ def build_app(handlers: DemoHandlers, title: str) -> gr.Blocks:
                             default_size=BRUSH_SIZE,
                         ),
                     )
+                prompt_state = (  # the Prompt tab, with a segmenter (predictor.web_prompt)
+                    gr.State(None)
+                    if handlers.prompt is None
+                    else handlers.prompt.build(handlers, image, source)
+                )
         gr.Examples(
             [
                 [str(DEMO_DIR / "merged" / f"{n}.png"), str(DEMO_DIR / "trimaps" / f"{n}.png")]
@@ -565,16 +590,16 @@ def build_app(handlers: DemoHandlers, title: str) -> gr.Blocks:
             queue=False,
             api_visibility="private",
         ).then(
-            _errors_on_the_page(handlers.page_run),
+            errors_on_the_page(handlers.page_run),
             [image, source, trimap, mask, unknown_width, painting]
-            + [cap_mode, cap_number, precision, patch_decoder, colour],
+            + [cap_mode, cap_number, precision, patch_decoder, colour, prompt_state],
             page_outputs,
             preprocess=False,
             api_visibility="private",
             **model_queue,
         )
         api_trigger.click(
-            _errors_on_the_page(handlers.api_matte),
+            errors_on_the_page(handlers.api_matte),
             [image, trimap],
             [alpha, rgba, api_numbers],
             preprocess=False,

@@ -14,6 +14,18 @@ colour, the routing of every routed block (tokens sent to global attention, rout
 heat maps) and the run's numbers (time, peak memory, share of tokens in global attention per
 routed block).
 
+With --segmenter (a SAM, SAM-HQ or SAM 2 checkpoint: a Hugging Face hub id or a local
+save_pretrained folder, see docs/prompts.md) the page has a Prompt tab: click the subject (a
+toggle makes the next clicks background points, or the corners of a box; a box can be typed),
+the segmenter's mask and the trimap made from it are shown, and Run mattes the image with them.
+Each image is embedded once; a new click runs the segmenter's prompt decoder only. Its
+``/matte_prompt`` endpoint takes an image, a box, points and an unknown width::
+
+    mask, trimap, alpha_png, rgba_png, numbers = client.predict(
+        handle_file("demo/merged/test_001.png"), [40, 60, 200, 250], [[120, 150]], "auto",
+        api_name="/matte_prompt",
+    )
+
 The model is loaded once; requests are queued and run one at a time. Images above --max-pixels
 (default: sized to the free memory with the token-budget model, see
 ``predictor.session.default_max_pixels``), trimaps or masks of another size, trimaps with
@@ -50,8 +62,10 @@ runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.p
 
 from data.pixel_limits import max_pixels_argument
 from data.trimap import add_snap_trimap_argument
+from predictor.segmenter import load_segmenter
 from predictor.session import MattingSession
 from predictor.web_app import DEFAULT_PORT, DemoHandlers, serve
+from predictor.web_prompt import PromptTab
 from predictor.weights import build_inference_model, load_inference_weights
 from utils.arguments import add_model_arguments
 from utils.device import autocast
@@ -86,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         "host), at most the image decoders' ceiling",
     )
     add_snap_trimap_argument(parser)
+    parser.add_argument(
+        "--segmenter",
+        metavar="ID_OR_DIR",
+        help="adds the Prompt tab: a transformers SAM, SAM-HQ or SAM 2 checkpoint, a Hugging "
+        "Face hub id (e.g. facebook/sam-vit-base, downloaded once) or a save_pretrained folder",
+    )
     return parser
 
 
@@ -102,13 +122,16 @@ def main(argv: list[str] | None = None) -> int:
             model, device=args.device, max_pixels=args.max_pixels, snap_trimap=args.snap_trimap
         )
         autocast(session.device, args.precision)  # fp16 needs CUDA
+        prompt = None
+        if args.segmenter is not None:
+            prompt = PromptTab(load_segmenter(args.segmenter, device=session.device))
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
     logger.info(
         "%s on %s; images up to %.1f MP", args.config_file, session.device, session.max_pixels / 1e6
     )
-    handlers = DemoHandlers(session, args.precision)
+    handlers = DemoHandlers(session, args.precision, prompt=prompt)
     title = (
         f"`{Path(args.config_file).name}` with `{Path(args.checkpoint).name}` on "
         f"{session.device}; images up to {session.max_pixels / 1e6:.1f} MP."

@@ -14,10 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -51,10 +47,9 @@ from predictor.session import (
 from predictor.token_budget import SAFETY
 from predictor.weights import build_inference_model
 from predictor.weights import load_inference_weights as load_weights
-from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, REPO_ROOT, TINY_CONFIG
+from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, REPO_ROOT, TINY_CONFIG, served_web_demo
 from tests.image_files import declare_size, picture, tall_image_and_trimap, write_picture
 
-WEB_DEMO = REPO_ROOT / "tools" / "web_demo.py"
 SCREENSHOT = REPO_ROOT / "docs" / "web_demo.jpg"
 SCREENSHOT_MAX_BYTES = 300 * 1024
 SCREENSHOT_QUALITY = 80  # JPEG quality of the README's screenshot
@@ -62,7 +57,6 @@ VIEWPORT = {"width": 1280, "height": 900}
 # The test server's image limit: the demo images (72416 and 80370 px) pass, a 400 x 300 one not.
 SERVER_MAX_PIXELS = 100_000
 TOO_LARGE_HW = (300, 400)
-SERVER_START_SECONDS = 180
 RESULT_SECONDS = 60  # wait for one run's results on a busy CPU (the tiny model takes < 1 s)
 MASK_WIDTH = 10  # the page's default unknown width, px
 # A canvas showing a demo image has thousands of colours; a blank one a handful.
@@ -503,12 +497,6 @@ def test_default_max_pixels_on_cuda_plans_the_forward_on_the_gpu_and_the_results
 # --- the server ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server_root(tmp_path_factory) -> Path:
     """The server's working folder (in the temporary folder), holding a secret it must not
@@ -520,37 +508,10 @@ def server_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(server_root) -> str:
-    """tools/web_demo.py on the demo model, in a subprocess on a free port: its URL."""
-    root = server_root
-    port = _free_port()
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "GRADIO_ANALYTICS_ENABLED": "0"}
-    command = [sys.executable, str(WEB_DEMO), "--config-file", str(TINY_CONFIG)]
-    command += ["--checkpoint", str(DEMO_CHECKPOINT), "--device", "cpu", "--port", str(port)]
-    command += ["--max-pixels", str(SERVER_MAX_PIXELS)]
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the web demo exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the web demo did not start:\n{log.read_text()}")
-            time.sleep(0.5)
-    yield url
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        pytest.fail(f"the web demo did not stop on SIGINT:\n{log.read_text()}")
+    """tools/web_demo.py on the demo model, in a subprocess on a free port, run from
+    ``server_root``: its URL."""
+    with served_web_demo(server_root, "--max-pixels", str(SERVER_MAX_PIXELS)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
