@@ -35,6 +35,16 @@ Exit status: 0 every item done or already present; 1 some items failed (listed a
 in --report); 2 usage or setup error (bad option, missing input folder or checkpoint, an output
 folder that is a file or not writable), reported before any model is loaded where possible.
 
+Video clips (a video file, a folder of frames, or a folder of clips) with per-frame trimaps or
+masks, or the first frame's mask propagated by optical flow, with flow-guided temporal smoothing
+and videos of the results (docs/video.md):
+
+    python inference.py --config-file CFG --checkpoint CKPT --video clip.mp4 \\
+        --mask first_mask.png --unknown-width 10 --temporal flow --output-dir output/clip \\
+        --save-video alpha prores
+
+writes output/clip/clip/pha/00000.png ... (8-bit alpha; --alpha-bits 16), and the videos.
+
 Checkpoints are read with weights_only=True; one that also pickles other objects is refused
 unless --trust-checkpoint (unpickling runs code stored in the file). Config files are code too:
 only from a trusted source.
@@ -50,6 +60,8 @@ from data.readers import FOLDER_LAYOUTS
 from data.trimap import unknown_width_argument
 from predictor.matting import AUTO
 from predictor.runner import run_command
+from predictor.video.arguments import add_video_arguments, check_video_arguments
+from predictor.video.runner import run_video_command
 from utils.arguments import add_checkpoint_arguments, add_config_argument, add_device_arguments
 
 
@@ -84,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data-dir", metavar="DIR", help="a test-set folder (see --layout)")
     source.add_argument(
         "--image", nargs="+", metavar="PATH", help="image files (with --trimap or --mask)"
+    )
+    source.add_argument(
+        "--video",
+        nargs="+",
+        metavar="CLIP",
+        help="video files, folders of frames or folders of clips (see the video options)",
     )
     guide = parser.add_mutually_exclusive_group()
     guide.add_argument(
@@ -194,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the run's summary as JSON: done/skipped/failed items, time per image, peak "
         "memory, routed share per block, and per-rank records in sharded runs",
     )
+    add_video_arguments(parser)
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -215,6 +234,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num-gpus must be at least 1")
     if args.workers < 0:
         parser.error("--workers must be >= 0")
+    check_video_arguments(parser, args)
+    if args.onnx is None and (args.config_file is None or args.checkpoint is None):
+        parser.error("--config-file and --checkpoint are required (or --onnx)")
+    if args.onnx is not None:
+        _check_onnx_options(parser, args)
+    if args.video is not None:
+        return args
     if args.data_dir is not None and (args.trimap or args.mask):
         parser.error("--trimap and --mask go with --image; --data-dir has its trimaps")
     if args.mask is not None and args.unknown_width is None:
@@ -223,10 +249,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--unknown-width goes with --mask")
     if args.save_trimap and args.mask is None:
         parser.error("--save-trimap writes the trimap made from a --mask")
-    if args.onnx is None and (args.config_file is None or args.checkpoint is None):
-        parser.error("--config-file and --checkpoint are required (or --onnx)")
-    if args.onnx is not None:
-        _check_onnx_options(parser, args)
     return args
 
 
@@ -250,7 +272,8 @@ def _check_onnx_options(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (0, 1 or 2, see the module docstring)."""
-    return run_command(parse_args(argv))
+    args = parse_args(argv)
+    return run_video_command(args) if args.video is not None else run_command(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,266 @@
+"""``inference.py --video``: the clips of the command line, sharded over processes (each takes a
+disjoint share of the clips, as folder runs share images), each matted by
+:func:`predictor.video.pipeline.matte_clip` into ``OUT/<clip>/``, with one summary of the run
+(the image runner's :class:`predictor.runner.Summary`, its items ``<clip>/<frame>``), its report
+and exit status.
+
+``--video`` takes video files, folders of frames, and folders of clips (their sub-folders of
+frames and video files, sorted by name). Guidance folders of a run with several clips hold one
+sub-folder per clip (``DIR/<clip>/``); ``--trimap`` / ``--mask`` (the first frame's) need a single
+clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from data.clips import list_frames
+from data.image_io import IMAGE_EXTENSIONS, BadSampleError
+from data.trimap import AUTO_WIDTH
+from engine.launch import launch
+from predictor.matting import ImagePredictor, MattingPredictor
+from predictor.onnx_predictor import OnnxMattingPredictor
+from predictor.runner import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Summary,
+    UsageError,
+    check_output_dir,
+    exit_code,
+    merge,
+    parse_composite,
+    report,
+    setup_logging,
+)
+from predictor.video.frames import ClipOutputs
+from predictor.video.guidance import ClipGuidance
+from predictor.video.io import DEFAULT_FOLDER_FPS, ClipSource, open_clip
+from predictor.video.pipeline import VideoSettings, matte_clip
+from utils import comm
+from utils.file_io import atomic_write
+from utils.memory import peak_memory_bytes
+
+__all__ = ["clip_paths", "run_video", "run_video_command", "video_process_main"]
+
+logger = logging.getLogger("inference")
+
+
+def clip_paths(paths: list[str]) -> list[Path]:
+    """The clips of ``--video``: each path a video file, a folder of frames, or a folder of
+    clips (its sub-folders and other files, sorted).
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        UsageError: two clips share a name (their outputs would overwrite each other).
+    """
+    clips: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such video file or folder")
+        if path.is_file() or list_frames(path):
+            clips.append(path)
+            continue
+        clips += sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    names: dict[str, Path] = {}
+    for clip in clips:
+        name = clip.stem if clip.is_file() else clip.name
+        if name in names:
+            raise UsageError(
+                f"{names[name]} and {clip} are both clip {name!r}: outputs would clash"
+            )
+        names[name] = clip
+    return clips
+
+
+def _clip_name(path: Path) -> str:
+    return path.stem if path.is_file() else path.name
+
+
+def _guidance(args: argparse.Namespace, name: str, single: bool) -> ClipGuidance:
+    """The guidance of clip ``name``: ``DIR/<clip>/`` of a guidance folder (``DIR`` itself for
+    a single clip without such a sub-folder)."""
+    folder = args.trimap_dir or args.mask_dir
+    if folder is not None and (folder / name).is_dir():
+        folder = folder / name
+    elif folder is not None and not single:
+        raise UsageError(f"{folder}: no sub-folder {name}/ with the guidance of clip {name}")
+    first = args.trimap or args.mask
+    width = args.unknown_width if args.unknown_width is not None else AUTO_WIDTH
+    return ClipGuidance(
+        folder, Path(first[0]) if first else None, bool(args.mask or args.mask_dir), width
+    )
+
+
+def _outputs(args: argparse.Namespace, name: str) -> ClipOutputs:
+    return ClipOutputs(
+        Path(args.output_dir) / name,
+        alpha_bits=args.alpha_bits,
+        foreground=args.save_foreground,
+        rgba=args.save_rgba,
+        composite=args.composite is not None,
+        trimap=args.save_trimap,
+        round_alpha=args.round,
+    )
+
+
+def _background(args: argparse.Namespace) -> object:
+    """``--composite``: a colour, an image path, or a clip (a video or a folder of frames)."""
+    value = parse_composite(args.composite) if args.composite is not None else None
+    if value is None and args.composite is not None and Path(args.composite).is_dir():
+        value = Path(args.composite)
+    if isinstance(value, Path) and (value.is_dir() or value.suffix.lower() not in IMAGE_EXTENSIONS):
+        return open_clip(value, args.fps or DEFAULT_FOLDER_FPS)
+    return value
+
+
+def _device(args: argparse.Namespace) -> str:
+    if comm.get_world_size() > 1 and args.device != "cpu" and torch.cuda.is_available():
+        return f"cuda:{comm.get_local_rank()}"
+    return args.device
+
+
+def _predictor(args: argparse.Namespace) -> ImagePredictor:
+    if args.onnx is not None:
+        threads = torch.get_num_threads() if comm.get_world_size() > 1 else None
+        return OnnxMattingPredictor(
+            args.onnx, device=_device(args), max_number_token=args.max_number_token, threads=threads
+        )
+    return MattingPredictor.from_config(
+        args.config_file,
+        args.checkpoint,
+        device=_device(args),
+        precision=args.precision,
+        max_number_token=args.max_number_token,
+        patch_decoder=args.patch_decoder,
+        overrides=args.opts,
+        trust_checkpoint=args.trust_checkpoint,
+    )
+
+
+def _settings(args: argparse.Namespace) -> VideoSettings:
+    return VideoSettings(
+        temporal=args.temporal,
+        strength=args.temporal_strength,
+        propagate=args.propagate,
+        unknown_width=args.unknown_width if args.unknown_width is not None else AUTO_WIDTH,
+        videos=args.save_video,
+        overwrite=args.overwrite,
+    )
+
+
+def run_video(args: argparse.Namespace) -> tuple[Summary, list[Summary]]:
+    """This process's share of the clips; returns the merged summary and each rank's.
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: a setup error.
+    """
+    start = time.perf_counter()
+    rank, world = comm.get_rank(), comm.get_world_size()
+    clips = clip_paths(args.video)
+    share = clips[rank::world]
+    summary = Summary()
+    setup_error = None
+    try:
+        predictor = _predictor(args) if share else None
+        background = _background(args)
+        settings = _settings(args)
+        for path in share:
+            name = _clip_name(path)
+            try:
+                source: ClipSource = open_clip(path, args.fps or DEFAULT_FOLDER_FPS)
+                guidance = _guidance(args, name, len(clips) == 1)
+            except (BadSampleError, ValueError, FileNotFoundError) as exc:
+                summary.fail(path, str(exc))
+                continue
+            logger.info("clip %s: %dx%d at %s fps", name, source.width, source.height, source.rate)
+            result = matte_clip(
+                predictor, source, guidance, _outputs(args, name), settings, background
+            )
+            summary.done += result.done
+            summary.skipped += result.skipped
+            summary.failed += result.failed
+            summary.model_seconds += result.model_seconds
+            for block, total in result.routed_share_sums.items():
+                summary.routed_share_sums[block] += total
+        if predictor is not None:
+            summary.peak_memory_bytes = peak_memory_bytes(predictor.device)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        setup_error = str(exc)
+    summary.wall_seconds = time.perf_counter() - start
+    gathered = comm.all_gather((summary, setup_error))
+    errors = sorted({error for _, error in gathered if error is not None})
+    if errors:
+        raise ValueError("; ".join(errors))
+    ranks = [rank_summary for rank_summary, _ in gathered]
+    return merge(ranks), ranks
+
+
+def video_process_main(args: argparse.Namespace, status_file: str) -> None:
+    """What every process of a video run runs (see :func:`predictor.runner.process_main`)."""
+    setup_logging()
+    if comm.get_world_size() > 1 and args.device == "cpu":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
+    try:
+        summary, ranks = run_video(args)
+        code = exit_code(summary)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        summary, ranks, code = None, [], EXIT_USAGE
+    if comm.is_main_process() and summary is not None:
+        report(args, summary, ranks)
+    atomic_write(status_file, lambda file: file.write(str(code).encode()))
+
+
+def _check_setup(args: argparse.Namespace) -> None:
+    """Setup errors found before any process or model starts."""
+    clips = clip_paths(args.video)
+    if not clips:
+        raise UsageError(f"--video {' '.join(args.video)}: no clip")
+    if (args.trimap or args.mask) and len(clips) > 1:
+        raise UsageError(
+            "--trimap / --mask give the first frame of one clip: use --trimap-dir or --mask-dir"
+        )
+    for path in [*(args.trimap or ()), *(args.mask or ())]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+    for folder in (args.trimap_dir, args.mask_dir):
+        if folder is not None and not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such guidance folder")
+    if args.onnx is not None:
+        if not args.onnx.is_file():
+            raise FileNotFoundError(f"{args.onnx}: no such ONNX file")
+    elif not Path(args.config_file).is_file():
+        raise FileNotFoundError(f"{args.config_file}: no such config file")
+    elif not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    check_output_dir(Path(args.output_dir))
+    if args.report is not None:
+        check_output_dir(args.report.parent)
+
+
+def run_video_command(args: argparse.Namespace) -> int:
+    """The whole run of ``inference.py --video``; returns the exit status (0, 1 or 2)."""
+    setup_logging()
+    try:
+        _check_setup(args)
+        _background(args)
+    except (UsageError, FileNotFoundError, ValueError, BadSampleError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    with tempfile.TemporaryDirectory(prefix="mematte-video-") as tmp:
+        status_file = str(Path(tmp) / "exit_status")
+        try:
+            launch(video_process_main, args.num_gpus, args=(args, status_file))
+        except Exception as exc:  # a process died (its traceback is printed above)
+            logger.error("an inference process failed: %s", exc)
+            return EXIT_FAILED
+        return int(Path(status_file).read_text())
