@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_FOLDER_FPS = Fraction(25)
 # Degrees of a quarter turn: display rotations must be multiples of it.
 QUARTER_TURN = 90
+# Degrees a display rotation may be off a quarter turn (FFmpeg rounds the matrix's angle).
+ROTATION_TOLERANCE = 1
 # A decoded clip may end this many frame durations before the declared duration (rounding of
 # container durations) before it counts as truncated.
 DURATION_SLACK_FRAMES = 1.5
@@ -139,14 +141,15 @@ class FrameFolder(ClipSource):
 
 def _rotation(frame: av.VideoFrame, path: Path) -> int:
     """Quarter turns (counter-clockwise) that make a decoded frame upright."""
-    degrees = int(round(frame.rotation or 0))
-    if degrees % QUARTER_TURN:
+    degrees = frame.rotation or 0
+    turns = round(degrees / QUARTER_TURN)
+    if abs(degrees - turns * QUARTER_TURN) > ROTATION_TOLERANCE:
         raise BadSampleError(
             path,
             f"rotation metadata of {degrees} degrees: only multiples of 90 are supported "
             "(re-encode the clip upright)",
         )
-    return degrees // QUARTER_TURN % 4
+    return turns % 4
 
 
 class _DamageError(Exception):

@@ -157,6 +157,7 @@ def matte_clip(
     outputs: ClipOutputs,
     settings: VideoSettings,
     background: np.ndarray | object | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ClipReport:
     """Matte one clip into ``outputs`` (see the module docstring).
 
@@ -167,6 +168,7 @@ def matte_clip(
         outputs: its per-frame files.
         settings: temporal mode, propagation, videos, overwrite.
         background: the composite's background (colour, image path or clip), when requested.
+        progress: called with each frame's index once it is handled.
 
     Returns:
         the :class:`ClipReport`.
@@ -276,6 +278,8 @@ def matte_clip(
                     report.skipped.append(label)
                 else:
                     writes.append((label, future))
+                if progress is not None:
+                    progress(frame.index)
     finally:
         reader.close()
     for label, future in writes:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from data.clips import list_frames
 from data.image_io import IMAGE_EXTENSIONS, BadSampleError
@@ -177,13 +178,23 @@ def run_video(args: argparse.Namespace) -> tuple[Summary, list[Summary]]:
             try:
                 source: ClipSource = open_clip(path, args.fps or DEFAULT_FOLDER_FPS)
                 guidance = _guidance(args, name, len(clips) == 1)
-            except (BadSampleError, ValueError, FileNotFoundError) as exc:
+            except BadSampleError as exc:
+                summary.fail(exc.path, exc.reason)
+                continue
+            except (ValueError, FileNotFoundError) as exc:
                 summary.fail(path, str(exc))
                 continue
             logger.info("clip %s: %dx%d at %s fps", name, source.width, source.height, source.rate)
-            result = matte_clip(
-                predictor, source, guidance, _outputs(args, name), settings, background
-            )
+            with tqdm(desc=name, unit="frame", disable=not comm.is_main_process()) as bar:
+                result = matte_clip(
+                    predictor,
+                    source,
+                    guidance,
+                    _outputs(args, name),
+                    settings,
+                    background,
+                    progress=lambda _: bar.update(),
+                )
             summary.done += result.done
             summary.skipped += result.skipped
             summary.failed += result.failed
