@@ -70,7 +70,11 @@ def warp(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LIN
         np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
     )
     return cv2.remap(
-        image, grid_x + flow[..., 0], grid_y + flow[..., 1], interpolation, cv2.BORDER_REPLICATE
+        image,
+        grid_x + flow[..., 0],
+        grid_y + flow[..., 1],
+        interpolation,
+        borderMode=cv2.BORDER_REPLICATE,
     )
 
 

@@ -134,13 +134,18 @@ class FlowPropagator(Propagator):
         grid = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
         self._map = np.dstack(grid)
 
+    @staticmethod
+    def _sample(keyframe: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+        """A keyframe map seen through the frame -> keyframe map (edges replicated)."""
+        return cv2.remap(keyframe, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
     def propagate(self, image: np.ndarray, flow: FlowPair | None) -> np.ndarray:
         if self._map is None or flow is None:
             raise RuntimeError("FlowPropagator.propagate needs a keyframe and the frame's flow")
         self._map = warp(self._map, flow.backward)
         map_x, map_y = self._map[..., 0], self._map[..., 1]
-        carried = cv2.remap(self._mask, map_x, map_y, cv2.INTER_LINEAR, cv2.BORDER_REPLICATE)
-        unknown = cv2.remap(self._unknown, map_x, map_y, cv2.INTER_LINEAR, cv2.BORDER_REPLICATE)
+        carried = self._sample(self._mask, map_x, map_y)
+        unknown = self._sample(self._unknown, map_x, map_y)
         mask = carried >= MASK_LEVEL
         trimap = trimap_from_mask(mask, self.unknown_width, source="the carried mask")
         band = trimap == TRIMAP_UNKNOWN

@@ -31,7 +31,7 @@ __all__ = [
 
 TEMPORAL_MODES = ("off", "flow")
 # The share of the carried previous alpha where the flow and colours agree.
-DEFAULT_STRENGTH = 0.5
+DEFAULT_STRENGTH = 0.8
 # Mean absolute RGB difference (in [0, 1]) at which the weight reaches 0.
 DEFAULT_COLOUR_TOLERANCE = 0.06
 
