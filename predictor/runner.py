@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ __all__ = [
     "Item",
     "Summary",
     "UsageError",
+    "build_predictor",
+    "check_model_files",
     "check_setup",
     "collect_items",
     "exit_code",
@@ -286,7 +289,7 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
 
-def _predictor(args: argparse.Namespace) -> MattingPredictor | OnnxMattingPredictor:
+def build_predictor(args: argparse.Namespace) -> MattingPredictor | OnnxMattingPredictor:
     """The model of this process: the exported graph (--onnx) or the config and checkpoint."""
     if args.onnx is not None:
         # Sharded CPU processes share the cores (torch's share is set in process_main).
@@ -317,7 +320,7 @@ def run_shard(
     Raises:
         FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
     """
-    predictor = _predictor(args)
+    predictor = build_predictor(args)
     samples = _Samples(items, args.unknown_width)
     # Processes spawned by --num-gpus would start their loader processes by spawning too, each
     # importing torch again (seconds per image on a busy CPU): fork them where the OS can.
@@ -521,17 +524,22 @@ def setup_logging() -> None:
     )
 
 
-def process_main(args: argparse.Namespace, status_file: str) -> None:
-    """What every inference process runs: its share, then (rank 0) the merged report. Every rank
-    writes the run's exit status (the same on all ranks) to ``status_file``, which the launching
-    process reads: the one spawned processes share, or each torchrun process's own."""
+def process_main(
+    args: argparse.Namespace,
+    status_file: str,
+    run_share: Callable[[argparse.Namespace], tuple[Summary, list[Summary]]] = run,
+) -> None:
+    """What every inference process runs: its share (``run_share``: images by default), then
+    (rank 0) the merged report. Every rank writes the run's exit status (the same on all ranks)
+    to ``status_file``, which the launching process reads: the one spawned processes share, or
+    each torchrun process's own."""
     setup_logging()
     if comm.get_world_size() > 1 and args.device == "cpu":
         # The CPU processes of this machine share its cores.
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     try:
-        summary, ranks = run(args)
+        summary, ranks = run_share(args)
         code = exit_code(summary)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
@@ -552,13 +560,7 @@ def check_setup(args: argparse.Namespace) -> None:
         if not Path(path).is_file():
             hint = " (config overrides after a list of files go after --)" if "=" in path else ""
             raise FileNotFoundError(f"{path}: no such file{hint}")
-    if args.onnx is not None:
-        if not args.onnx.is_file():
-            raise FileNotFoundError(f"{args.onnx}: no such ONNX file")
-    elif not Path(args.config_file).is_file():
-        raise FileNotFoundError(f"{args.config_file}: no such config file")
-    elif not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    check_model_files(args)
     for folder in make_outputs(args).folders:  # the output folder and its sub-folders
         check_output_dir(folder)
     if args.report is not None:
@@ -567,9 +569,29 @@ def check_setup(args: argparse.Namespace) -> None:
             raise UsageError(f"--report {args.report} is a folder")
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """The whole run of ``inference.py``: setup checks, then ``--num-gpus`` processes (or this
-    torchrun process) each running :func:`process_main`.
+def check_model_files(args: argparse.Namespace) -> None:
+    """The model's files exist: the ``--onnx`` graph, or the config and checkpoint.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+    """
+    if args.onnx is not None:
+        if not args.onnx.is_file():
+            raise FileNotFoundError(f"{args.onnx}: no such ONNX file")
+    elif not Path(args.config_file).is_file():
+        raise FileNotFoundError(f"{args.config_file}: no such config file")
+    elif not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+
+
+def run_command(
+    args: argparse.Namespace,
+    check: Callable[[argparse.Namespace], None] = check_setup,
+    run_share: Callable[[argparse.Namespace], tuple[Summary, list[Summary]]] = run,
+) -> int:
+    """The whole run of ``inference.py``: setup checks (``check``), then ``--num-gpus``
+    processes (or this torchrun process) each running :func:`process_main` with ``run_share``
+    (images by default; the video runner passes its own).
 
     Returns:
         the exit status: 0 every item done or already present, 1 some items failed or a process
@@ -577,14 +599,14 @@ def run_command(args: argparse.Namespace) -> int:
     """
     setup_logging()
     try:
-        check_setup(args)
+        check(args)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
     with tempfile.TemporaryDirectory(prefix="mematte-inference-") as tmp:
         status_file = str(Path(tmp) / "exit_status")
         try:
-            launch(process_main, args.num_gpus, args=(args, status_file))
+            launch(process_main, args.num_gpus, args=(args, status_file, run_share))
         except Exception as exc:  # a process died (its traceback is printed above)
             logger.error("an inference process failed: %s", exc)
             return EXIT_FAILED

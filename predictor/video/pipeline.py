@@ -22,10 +22,9 @@ import logging
 import queue
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from threading import BoundedSemaphore
 
 import numpy as np
@@ -35,6 +34,7 @@ from data.image_io import BadSampleError
 from data.trimap import AUTO_WIDTH
 from predictor.foreground import estimate_foreground, foreground_to_uint8
 from predictor.matting import BatchPrediction, ImagePredictor
+from predictor.runner import Summary
 from predictor.video.encode import VIDEO_KINDS, VideoEncoder
 from predictor.video.flow import FlowEstimator, FlowPair, to_gray
 from predictor.video.frames import Background, ClipOutputs, composite_over, to_uint8
@@ -43,7 +43,7 @@ from predictor.video.io import ClipSource, Frame
 from predictor.video.propagation import DEFAULT_PROPAGATOR, PROPAGATORS
 from predictor.video.temporal import DEFAULT_STRENGTH, temporal_blend, temporal_weight
 
-__all__ = ["ClipReport", "VideoSettings", "matte_clip"]
+__all__ = ["VideoSettings", "matte_clip"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,21 +73,6 @@ class VideoSettings:
     unknown_width: float | str = AUTO_WIDTH
     videos: tuple[str, ...] = ()
     overwrite: bool = False
-
-
-@dataclass
-class ClipReport:
-    """What happened to one clip's frames (``<clip>/<frame>`` names)."""
-
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
-    model_seconds: float = 0.0
-    routed_share_sums: dict[int, float] = field(default_factory=lambda: defaultdict(float))
-
-    def fail(self, path: object, reason: str) -> None:
-        logger.error("failed: %s: %s", path, reason)
-        self.failed.append({"path": str(path), "reason": reason})
 
 
 class _Reader:
@@ -158,7 +143,7 @@ def matte_clip(
     settings: VideoSettings,
     background: np.ndarray | object | None = None,
     progress: Callable[[int], None] | None = None,
-) -> ClipReport:
+) -> Summary:
     """Matte one clip into ``outputs`` (see the module docstring).
 
     Args:
@@ -171,9 +156,9 @@ def matte_clip(
         progress: called with each frame's index once it is handled.
 
     Returns:
-        the :class:`ClipReport`.
+        the :class:`predictor.runner.Summary` of the clip's frames (``<clip>/<frame>``).
     """
-    report = ClipReport()
+    report = Summary()
     names = source.frame_names()
     first_missing = _first_missing(names, outputs, settings.overwrite)
     videos = {kind: outputs.root / VIDEO_KINDS[kind].file for kind in settings.videos}
@@ -321,7 +306,7 @@ def _write(
         encoder.put(array, frame.pts, frame.time_base)
 
 
-def _finish_videos(encoders: dict[str, VideoEncoder], report: ClipReport, clip: str) -> None:
+def _finish_videos(encoders: dict[str, VideoEncoder], report: Summary, clip: str) -> None:
     """Close the videos of a clip whose frames all succeeded; abandon them otherwise."""
     for kind, encoder in encoders.items():
         if report.failed:

@@ -14,41 +14,32 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from data.clips import list_frames
 from data.image_io import IMAGE_EXTENSIONS, BadSampleError
 from data.trimap import AUTO_WIDTH
-from engine.launch import launch
-from predictor.matting import ImagePredictor, MattingPredictor
-from predictor.onnx_predictor import OnnxMattingPredictor
 from predictor.runner import (
-    EXIT_FAILED,
-    EXIT_USAGE,
     Summary,
     UsageError,
+    build_predictor,
+    check_model_files,
     check_output_dir,
-    exit_code,
     merge,
     parse_composite,
-    report,
-    setup_logging,
+    run_command,
 )
 from predictor.video.frames import ClipOutputs
 from predictor.video.guidance import ClipGuidance
 from predictor.video.io import DEFAULT_FOLDER_FPS, ClipSource, open_clip
 from predictor.video.pipeline import VideoSettings, matte_clip
 from utils import comm
-from utils.file_io import atomic_write
 from utils.memory import peak_memory_bytes
 
-__all__ = ["clip_paths", "run_video", "run_video_command", "video_process_main"]
+__all__ = ["clip_paths", "run_video", "run_video_command"]
 
 logger = logging.getLogger("inference")
 
@@ -122,30 +113,6 @@ def _background(args: argparse.Namespace) -> object:
     return value
 
 
-def _device(args: argparse.Namespace) -> str:
-    if comm.get_world_size() > 1 and args.device != "cpu" and torch.cuda.is_available():
-        return f"cuda:{comm.get_local_rank()}"
-    return args.device
-
-
-def _predictor(args: argparse.Namespace) -> ImagePredictor:
-    if args.onnx is not None:
-        threads = torch.get_num_threads() if comm.get_world_size() > 1 else None
-        return OnnxMattingPredictor(
-            args.onnx, device=_device(args), max_number_token=args.max_number_token, threads=threads
-        )
-    return MattingPredictor.from_config(
-        args.config_file,
-        args.checkpoint,
-        device=_device(args),
-        precision=args.precision,
-        max_number_token=args.max_number_token,
-        patch_decoder=args.patch_decoder,
-        overrides=args.opts,
-        trust_checkpoint=args.trust_checkpoint,
-    )
-
-
 def _settings(args: argparse.Namespace) -> VideoSettings:
     return VideoSettings(
         temporal=args.temporal,
@@ -170,7 +137,7 @@ def run_video(args: argparse.Namespace) -> tuple[Summary, list[Summary]]:
     summary = Summary()
     setup_error = None
     try:
-        predictor = _predictor(args) if share else None
+        predictor = build_predictor(args) if share else None
         background = _background(args)
         settings = _settings(args)
         for path in share:
@@ -195,12 +162,7 @@ def run_video(args: argparse.Namespace) -> tuple[Summary, list[Summary]]:
                     background,
                     progress=lambda _: bar.update(),
                 )
-            summary.done += result.done
-            summary.skipped += result.skipped
-            summary.failed += result.failed
-            summary.model_seconds += result.model_seconds
-            for block, total in result.routed_share_sums.items():
-                summary.routed_share_sums[block] += total
+            summary = merge([summary, result])
         if predictor is not None:
             summary.peak_memory_bytes = peak_memory_bytes(predictor.device)
     except (UsageError, FileNotFoundError, ValueError) as exc:
@@ -212,23 +174,6 @@ def run_video(args: argparse.Namespace) -> tuple[Summary, list[Summary]]:
         raise ValueError("; ".join(errors))
     ranks = [rank_summary for rank_summary, _ in gathered]
     return merge(ranks), ranks
-
-
-def video_process_main(args: argparse.Namespace, status_file: str) -> None:
-    """What every process of a video run runs (see :func:`predictor.runner.process_main`)."""
-    setup_logging()
-    if comm.get_world_size() > 1 and args.device == "cpu":
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
-    try:
-        summary, ranks = run_video(args)
-        code = exit_code(summary)
-    except (UsageError, FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        summary, ranks, code = None, [], EXIT_USAGE
-    if comm.is_main_process() and summary is not None:
-        report(args, summary, ranks)
-    atomic_write(status_file, lambda file: file.write(str(code).encode()))
 
 
 def _check_setup(args: argparse.Namespace) -> None:
@@ -246,32 +191,17 @@ def _check_setup(args: argparse.Namespace) -> None:
     for folder in (args.trimap_dir, args.mask_dir):
         if folder is not None and not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such guidance folder")
-    if args.onnx is not None:
-        if not args.onnx.is_file():
-            raise FileNotFoundError(f"{args.onnx}: no such ONNX file")
-    elif not Path(args.config_file).is_file():
-        raise FileNotFoundError(f"{args.config_file}: no such config file")
-    elif not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    check_model_files(args)
     check_output_dir(Path(args.output_dir))
     if args.report is not None:
         check_output_dir(args.report.parent)
+    try:
+        _background(args)
+    except BadSampleError as exc:
+        raise UsageError(f"--composite: {exc}") from exc
 
 
 def run_video_command(args: argparse.Namespace) -> int:
-    """The whole run of ``inference.py --video``; returns the exit status (0, 1 or 2)."""
-    setup_logging()
-    try:
-        _check_setup(args)
-        _background(args)
-    except (UsageError, FileNotFoundError, ValueError, BadSampleError) as exc:
-        logger.error("%s", exc)
-        return EXIT_USAGE
-    with tempfile.TemporaryDirectory(prefix="mematte-video-") as tmp:
-        status_file = str(Path(tmp) / "exit_status")
-        try:
-            launch(video_process_main, args.num_gpus, args=(args, status_file))
-        except Exception as exc:  # a process died (its traceback is printed above)
-            logger.error("an inference process failed: %s", exc)
-            return EXIT_FAILED
-        return int(Path(status_file).read_text())
+    """The whole run of ``inference.py --video``: :func:`predictor.runner.run_command` with the
+    video setup checks and :func:`run_video`; returns the exit status (0, 1 or 2)."""
+    return run_command(args, check=_check_setup, run_share=run_video)
