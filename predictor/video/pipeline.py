@@ -194,12 +194,15 @@ def matte_clip(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
             for item in reader:
                 if isinstance(item, BaseException):
-                    report.fail(getattr(item, "path", source.path), getattr(item, "reason", item))
+                    report.fail(
+                        getattr(item, "path", source.path), str(getattr(item, "reason", item))
+                    )
                     break
                 frame, flow = item
                 label = f"{source.name}/{frame.name}"
                 shape = frame.image.shape[:2]
                 try:
+                    backdrop_frame = backdrop.next() if backdrop is not None else None
                     guide = guidance.guide(frame.index, frame.name)
                     if guide is not None:
                         trimap, mask = guidance.load(guide, shape)
@@ -229,11 +232,13 @@ def matte_clip(
                             )
                             alpha = temporal_blend(alpha, trimap, previous.alpha, weight, flow)
                         levels = outputs.levels(alpha)
-                except (BadSampleError, RuntimeError) as exc:
-                    report.fail(getattr(exc, "path", source.path), getattr(exc, "reason", str(exc)))
+                except BadSampleError as exc:
+                    report.fail(exc.path, exc.reason)
                     previous = None
-                    if backdrop is not None:
-                        backdrop.next()
+                    continue
+                except RuntimeError as exc:  # out of memory, or another failure of the forward
+                    report.fail(source.path, f"frame {frame.index} ({frame.name}): {exc}")
+                    previous = None
                     continue
                 full_scale = np.float32(np.iinfo(levels.dtype).max)
                 previous = _Previous(frame.image, levels.astype(np.float32) / full_scale)
@@ -243,10 +248,8 @@ def matte_clip(
                         frame.image, previous.alpha, device=getattr(predictor, "device", "cpu")
                     )
                     foreground = foreground_to_uint8(colours)
-                if backdrop is not None:
-                    backdrop_frame = backdrop.next()
-                    if needs_composite and foreground is not None:
-                        composite = composite_over(foreground, to_uint8(levels), backdrop_frame)
+                if backdrop_frame is not None and needs_composite and foreground is not None:
+                    composite = composite_over(foreground, to_uint8(levels), backdrop_frame)
                 slots.acquire()
                 future = writer.submit(
                     _write,

@@ -456,3 +456,27 @@ def test_two_processes_share_the_clips(clips, tmp_path):
     assert pngs(one) == pngs(two)
     record = json.loads(report.read_text())
     assert record["done"] == 2 * FRAMES and len(record["ranks"]) == 2
+
+
+def test_composites_over_a_background_video(clips, tmp_path):
+    background = [np.full((36, 48, 3), 40 * i, np.uint8) for i in range(4)]  # restarts after 4
+    write_test_video(tmp_path / "bg.mkv", background)
+    out = tmp_path / "out"
+    code = run(
+        "--video", str(clips / "c0.mkv"),
+        "--trimap-dir", str(clips / "trimap" / "c0"),
+        "--composite", str(tmp_path / "bg.mkv"),
+        "--save-foreground", "--save-video", "composite",
+        "--output-dir", str(out),
+    )  # fmt: skip
+    assert code == 0
+    for index in range(FRAMES):
+        name = f"{index:05d}.png"
+        foreground = read_rgb_levels(out / "c0" / "fgr" / name).astype(np.float32) / 255
+        alpha = read_map_levels(out / "c0" / "pha" / name)[..., None].astype(np.float32) / 255
+        colour = np.float32(40 * (index % 4) / 255)
+        expected = np.round((foreground * alpha + colour * (1 - alpha)) * 255)
+        composite = read_rgb_levels(out / "c0" / "com" / name).astype(np.float32)
+        assert np.abs(composite - expected).max() <= 1
+    with av.open(str(out / "c0" / "composite.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == FRAMES
