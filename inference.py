@@ -60,8 +60,7 @@ from data.readers import FOLDER_LAYOUTS
 from data.trimap import unknown_width_argument
 from predictor.matting import AUTO
 from predictor.runner import run_command
-from predictor.video.arguments import add_video_arguments, check_video_arguments
-from predictor.video.runner import run_video_command
+from predictor.video import add_video_arguments, check_video_arguments, run_video_command
 from utils.arguments import add_checkpoint_arguments, add_config_argument, add_device_arguments
 
 

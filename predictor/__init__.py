@@ -7,7 +7,8 @@
   of a config and its checkpoint), ``predictor.token_budget`` (the automatic token cap).
 - :func:`estimate_foreground` (``predictor.foreground``): foreground colours for cutouts;
   ``predictor.outputs``: the files a run writes (:func:`alpha_to_uint8`, the official PNG).
-- ``predictor.runner``: folder and sharded runs of ``inference.py``; ``predictor.onnx_graph``: the
+- ``predictor.runner``: folder and sharded runs of ``inference.py``; ``predictor.video``: clips
+  (``inference.py --video``); ``predictor.onnx_graph``: the
   exported graph; ``predictor.session`` and ``predictor.web_app``: the web demo;
   ``predictor.profiling``: FLOPs and timings for the benchmark tools.
 
