@@ -175,9 +175,13 @@ class VideoFile(ClipSource):
                 self.rate = Fraction(stream.average_rate or stream.guessed_rate or 0)
                 first = next(container.decode(stream), None)
         except av.FFmpegError as exc:
-            raise BadSampleError(self.path, f"cannot open the video: {exc}") from exc
+            raise BadSampleError(
+                self.path,
+                f"frame 0: cannot open the video, damaged or truncated before its first frame "
+                f"(an MP4 cut short loses its index): {exc}",
+            ) from exc
         if first is None:
-            raise BadSampleError(self.path, "no frame can be decoded")
+            raise BadSampleError(self.path, "frame 0: no frame can be decoded")
         if not self.rate:
             raise BadSampleError(self.path, "the container declares no frame rate")
         self.quarter_turns = _rotation(first, self.path)

@@ -33,6 +33,7 @@ def test_speed_compares_the_pipeline_with_a_per_frame_loop(tmp_path):
     assert "| loop |" in out
 
 
+@pytest.mark.slow
 def test_quality_and_propagation_report_each_mode(tmp_path):
     _, quality = _run(tmp_path, "quality", "--size", "64x96", "--frames", "3", "--clips", "1")
     assert set(quality) >= {"off", "flow"} and quality["off"]["dtssd"] > 0

@@ -480,3 +480,23 @@ def test_composites_over_a_background_video(clips, tmp_path):
         assert np.abs(composite - expected).max() <= 1
     with av.open(str(out / "c0" / "composite.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == FRAMES
+
+
+def test_an_mp4_cut_before_its_index_is_a_clear_error(clips, tmp_path, caplog):
+    frames = [read_rgb_levels(p) for p in list_frames(clips / "com" / "c0")]
+    write_test_video(tmp_path / "c0.mp4", frames, codec="libx264", pixel_format="yuv420p")
+    data = (tmp_path / "c0.mp4").read_bytes()
+    (tmp_path / "c0.mp4").write_bytes(data[: len(data) // 2])  # the index (moov) is at the end
+    code = run(
+        "--video",
+        str(tmp_path / "c0.mp4"),
+        "--trimap-dir",
+        str(clips / "trimap" / "c0"),
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
+    assert code == 1
+    assert any(
+        str(tmp_path / "c0.mp4") in r.getMessage() and "frame 0" in r.getMessage()
+        for r in caplog.records
+    )
