@@ -48,6 +48,14 @@ def run(*argv: str) -> int:
     return inference.main([*MODEL, "--device", "cpu", *argv])
 
 
+def run_guided(clips: Path, video: Path, out: Path, *extra: str) -> int:
+    """A run of ``video`` guided by clip c0's per-frame trimaps."""
+    trimaps = clips / "trimap" / "c0"
+    return run(
+        "--video", str(video), "--trimap-dir", str(trimaps), *extra, "--output-dir", str(out)
+    )
+
+
 def pngs(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
@@ -72,14 +80,7 @@ def test_temporal_off_gives_the_image_cli_png_of_every_frame(clips, tmp_path):
     )
     for video in (clips / "com" / "c0", clips / "c0.mkv"):
         out = tmp_path / video.suffix.lstrip(".")
-        code = run(
-            "--video",
-            str(video),
-            "--trimap-dir",
-            str(clips / "trimap" / "c0"),
-            "--output-dir",
-            str(out),
-        )
+        code = run_guided(clips, video, out)
         assert code == 0
         written = list_frames(out / "c0" / "pha")
         assert [p.stem for p in written] == [p.stem for p in frames]
@@ -154,17 +155,8 @@ def test_outputs_and_videos(uninterrupted, clips, tmp_path):
 def test_the_lossless_video_decodes_to_the_pngs(clips, tmp_path):
     for bits in ("8", "16"):
         out = tmp_path / bits
-        code = run(
-            "--video",
-            str(clips / "c0.mkv"),
-            "--trimap-dir",
-            str(clips / "trimap" / "c0"),
-            "--alpha-bits",
-            bits,
-            "--save-video",
-            "lossless",
-            "--output-dir",
-            str(out),
+        code = run_guided(
+            clips, clips / "c0.mkv", out, "--alpha-bits", bits, "--save-video", "lossless"
         )
         assert code == 0
         with av.open(str(out / "c0" / "alpha.mkv")) as container:
@@ -244,24 +236,12 @@ def test_a_killed_run_resumes_with_identical_outputs(clips, tmp_path):
 
 def test_a_truncated_video_gives_the_frames_before_the_damage(clips, tmp_path, caplog):
     whole = tmp_path / "whole"
-    assert (
-        run(
-            "--video",
-            str(clips / "c0.mkv"),
-            "--trimap-dir",
-            str(clips / "trimap" / "c0"),
-            "--output-dir",
-            str(whole),
-        )
-        == 0
-    )
+    assert run_guided(clips, clips / "c0.mkv", whole) == 0
     data = (clips / "c0.mkv").read_bytes()
     cut = tmp_path / "c0.mkv"
     cut.write_bytes(data[: len(data) * 6 // 10])
     out = tmp_path / "cut"
-    code = run(
-        "--video", str(cut), "--trimap-dir", str(clips / "trimap" / "c0"), "--output-dir", str(out)
-    )
+    code = run_guided(clips, cut, out)
     assert code == 1
     written = list_frames(out / "c0" / "pha")
     assert 0 < len(written) < FRAMES
@@ -278,43 +258,16 @@ def test_rotation_metadata_is_applied(clips, tmp_path):
         tmp_path / "c0.mkv", [np.ascontiguousarray(np.rot90(f, -1)) for f in frames], rotation=90
     )
     out = tmp_path / "out"
-    assert (
-        run(
-            "--video",
-            str(tmp_path / "c0.mkv"),
-            "--trimap-dir",
-            str(clips / "trimap" / "c0"),
-            "--output-dir",
-            str(out),
-        )
-        == 0
-    )
+    assert run_guided(clips, tmp_path / "c0.mkv", out) == 0
     upright = tmp_path / "upright"
-    assert (
-        run(
-            "--video",
-            str(clips / "c0.mkv"),
-            "--trimap-dir",
-            str(clips / "trimap" / "c0"),
-            "--output-dir",
-            str(upright),
-        )
-        == 0
-    )
+    assert run_guided(clips, clips / "c0.mkv", upright) == 0
     assert pngs(out / "c0" / "pha") == pngs(upright / "c0" / "pha")
 
 
 def test_a_rotation_that_is_not_a_quarter_turn_is_refused(clips, tmp_path, caplog):
     frames = [read_rgb_levels(p) for p in list_frames(clips / "com" / "c0")][:2]
     write_test_video(tmp_path / "odd.mkv", frames, rotation=30)
-    code = run(
-        "--video",
-        str(tmp_path / "odd.mkv"),
-        "--trimap-dir",
-        str(clips / "trimap" / "c0"),
-        "--output-dir",
-        str(tmp_path / "out"),
-    )
+    code = run_guided(clips, tmp_path / "odd.mkv", tmp_path / "out")
     assert code == 1
     assert any("multiples of 90" in r.getMessage() for r in caplog.records)
 
@@ -324,17 +277,7 @@ def test_variable_frame_rate_timestamps_are_kept_in_the_videos(clips, tmp_path):
     pts = [0, 40, 80, 200, 240, 400]  # ms: a pause, then a jump
     write_test_video(tmp_path / "vfr.mkv", frames, pts=pts, time_base=Fraction(1, 1000))
     out = tmp_path / "out"
-    code = run(
-        "--video",
-        str(tmp_path / "vfr.mkv"),
-        "--trimap-dir",
-        str(clips / "trimap" / "c0"),
-        "--save-video",
-        "lossless",
-        "prores",
-        "--output-dir",
-        str(out),
-    )
+    code = run_guided(clips, tmp_path / "vfr.mkv", out, "--save-video", "lossless", "prores")
     assert code == 0
     for video in ("alpha.mkv", "rgba.mov"):
         with av.open(str(out / "vfr" / video)) as container:
@@ -462,13 +405,14 @@ def test_composites_over_a_background_video(clips, tmp_path):
     background = [np.full((36, 48, 3), 40 * i, np.uint8) for i in range(4)]  # restarts after 4
     write_test_video(tmp_path / "bg.mkv", background)
     out = tmp_path / "out"
-    code = run(
-        "--video", str(clips / "c0.mkv"),
-        "--trimap-dir", str(clips / "trimap" / "c0"),
-        "--composite", str(tmp_path / "bg.mkv"),
-        "--save-foreground", "--save-video", "composite",
-        "--output-dir", str(out),
-    )  # fmt: skip
+    extra = (
+        "--composite",
+        str(tmp_path / "bg.mkv"),
+        "--save-foreground",
+        "--save-video",
+        "composite",
+    )
+    code = run_guided(clips, clips / "c0.mkv", out, *extra)
     assert code == 0
     for index in range(FRAMES):
         name = f"{index:05d}.png"
@@ -487,14 +431,7 @@ def test_an_mp4_cut_before_its_index_is_a_clear_error(clips, tmp_path, caplog):
     write_test_video(tmp_path / "c0.mp4", frames, codec="libx264", pixel_format="yuv420p")
     data = (tmp_path / "c0.mp4").read_bytes()
     (tmp_path / "c0.mp4").write_bytes(data[: len(data) // 2])  # the index (moov) is at the end
-    code = run(
-        "--video",
-        str(tmp_path / "c0.mp4"),
-        "--trimap-dir",
-        str(clips / "trimap" / "c0"),
-        "--output-dir",
-        str(tmp_path / "out"),
-    )
+    code = run_guided(clips, tmp_path / "c0.mp4", tmp_path / "out")
     assert code == 1
     assert any(
         str(tmp_path / "c0.mp4") in r.getMessage() and "frame 0" in r.getMessage()
