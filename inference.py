@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="with --mask: the unknown band on each side of the mask boundary, in px (e.g. 20), "
         "as a fraction of the shorter image side (e.g. 0.02), or auto (2%% of the diagonal of "
-        "the mask's bounding box, within 4..160 px)",
+        "the mask's bounding box, within 4..160 px; the default for --video, whose propagated "
+        "trimaps take it too)",
     )
     parser.add_argument(
         "--output-dir",
@@ -178,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--composite",
         metavar="COLOR|IMAGE",
         help="also write composite/<name>.png: the foreground over a colour (#00ff00) or an "
-        "image (resized to each image)",
+        "image (resized to each image); with --video: <clip>/com/, over a colour, an image or "
+        "a clip's frames",
     )
     parser.add_argument(
         "--save-trimap",

@@ -11,6 +11,7 @@ import argparse
 from fractions import Fraction
 from pathlib import Path
 
+from data.trimap import AUTO_WIDTH
 from predictor.video.encode import VIDEO_KINDS
 from predictor.video.frames import ALPHA_BITS
 from predictor.video.propagation import DEFAULT_PROPAGATOR, PROPAGATORS
@@ -119,14 +120,11 @@ def check_video_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         )
     if len(folders) > 1:
         parser.error("give --trimap-dir or --mask-dir, not both")
-    masks = bool(args.mask or args.mask_dir)
-    if masks and (args.trimap or args.trimap_dir):
+    if (args.mask or args.mask_dir) and (args.trimap or args.trimap_dir):
         parser.error("guidance of one kind: masks (--mask, --mask-dir) or trimaps")
     for flag, value in (("--trimap", args.trimap), ("--mask", args.mask)):
         if value and len(value) != 1:
             parser.error(f"{flag} with --video: one file, the first frame's")
-    if masks and args.unknown_width is None:
-        parser.error("masks need --unknown-width (px, a fraction of the shorter side, or auto)")
     if "composite" in (args.save_video or ()) and args.composite is None:
         parser.error("--save-video composite needs --composite (a colour, an image or a video)")
     strength = DEFAULT_STRENGTH if args.temporal_strength is None else args.temporal_strength
@@ -134,6 +132,7 @@ def check_video_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--temporal-strength must be in (0, 1]")
     if args.temporal_strength is not None and args.temporal != "flow":
         parser.error("--temporal-strength goes with --temporal flow")
+    args.unknown_width = AUTO_WIDTH if args.unknown_width is None else args.unknown_width
     args.temporal = args.temporal or TEMPORAL_MODES[0]
     args.temporal_strength = strength
     args.propagate = args.propagate or DEFAULT_PROPAGATOR

@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from data.clips import list_frames
 from data.image_io import IMAGE_EXTENSIONS, BadSampleError
-from data.trimap import AUTO_WIDTH
 from predictor.runner import (
     Summary,
     UsageError,
@@ -85,10 +84,8 @@ def _guidance(args: argparse.Namespace, name: str, single: bool) -> ClipGuidance
     elif folder is not None and not single:
         raise UsageError(f"{folder}: no sub-folder {name}/ with the guidance of clip {name}")
     first = args.trimap or args.mask
-    width = args.unknown_width if args.unknown_width is not None else AUTO_WIDTH
-    return ClipGuidance(
-        folder, Path(first[0]) if first else None, bool(args.mask or args.mask_dir), width
-    )
+    is_mask = bool(args.mask or args.mask_dir)
+    return ClipGuidance(folder, Path(first[0]) if first else None, is_mask, args.unknown_width)
 
 
 def _outputs(args: argparse.Namespace, name: str) -> ClipOutputs:
@@ -118,7 +115,7 @@ def _settings(args: argparse.Namespace) -> VideoSettings:
         temporal=args.temporal,
         strength=args.temporal_strength,
         propagate=args.propagate,
-        unknown_width=args.unknown_width if args.unknown_width is not None else AUTO_WIDTH,
+        unknown_width=args.unknown_width,
         videos=args.save_video,
         overwrite=args.overwrite,
     )

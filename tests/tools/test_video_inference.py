@@ -23,6 +23,7 @@ import inference
 from data.clips import list_frames
 from data.image_io import read_map_levels, read_rgb_levels, write_image
 from data.synthetic_clips import ClipMotion, iter_clip, write_clip
+from data.trimap import trimap_from_mask
 from evaluation.clips import evaluate_clips, match_clips
 from tests.helpers import DEMO_CHECKPOINT, REPO_ROOT, TINY_CONFIG, write_test_video
 
@@ -293,7 +294,6 @@ def test_variable_frame_rate_timestamps_are_kept_in_the_videos(clips, tmp_path):
         ["--save-video", "alpha"],
         ["--temporal-strength", "0.5"],
         ["--save-video", "composite", "--trimap-dir", "."],
-        ["--mask", "m.png"],  # no --unknown-width
         ["--trimap", "a.png", "b.png"],
     ],
 )
@@ -437,3 +437,20 @@ def test_an_mp4_cut_before_its_index_is_a_clear_error(clips, tmp_path, caplog):
         str(tmp_path / "c0.mp4") in r.getMessage() and "frame 0" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_masks_of_clips_take_the_auto_width_by_default(clips, tmp_path):
+    mask = clips / "mask" / "c0.png"
+    out = tmp_path / "out"
+    code = run(
+        "--video",
+        str(clips / "c0.mkv"),
+        "--mask",
+        str(mask),
+        "--save-trimap",
+        "--output-dir",
+        str(out),
+    )
+    assert code == 0
+    expected = trimap_from_mask(read_map_levels(mask), "auto")
+    assert np.array_equal(read_map_levels(out / "c0" / "trimap" / "00000.png"), expected)
