@@ -10,12 +10,12 @@ webm       ``rgba.webm``    foreground colours with alpha, VP9 (``libvpx-vp9``, 
 lossless   ``alpha.mkv``    the alpha, FFV1 (gray or gray16le): decoded frames equal the PNGs
 ========== ================ ======================================================================
 
-H.264 takes 4:2:0 chroma when both sides are even and 4:4:4 otherwise. Every frame keeps the
-input frame's timestamp (variable frame rates stay in sync). Each video is encoded by its own
-thread from a bounded queue while the clip is matted, into a temporary file renamed over the
-target when the clip ends (:func:`utils.file_io.atomic_write`), so a video is either whole or
-absent; the container and codecs are asked for bit-exact output, so the same frames give the
-same bytes.
+H.264 takes 4:2:0 chroma when both sides are even and 4:4:4 otherwise, and one encoder thread.
+Every frame keeps the input frame's timestamp (variable frame rates stay in sync). Each video is
+encoded by its own thread from a bounded queue while the clip is matted, into a temporary file
+renamed over the target when the clip ends (:func:`utils.file_io.atomic_write`), so a video is
+either whole or absent; the container and codecs are asked for bit-exact output, so the same
+frames give the same bytes.
 
 References: PyAV (``av.open``, ``add_stream``); FFmpeg's ``prores_ks``, ``libvpx-vp9``, ``ffv1``.
 """
@@ -41,6 +41,9 @@ __all__ = ["VIDEO_KINDS", "VideoEncoder", "VideoKind"]
 ENCODER_QUEUE_FRAMES = 4
 # H.264 constant rate factor: visually lossless for mattes and composites.
 H264_CRF = "16"
+# x264 threads: one, so that the same frames give the same bytes (a resumed run's video equals
+# an uninterrupted run's; multi-threaded x264 was seen to differ between runs on a busy machine).
+H264_THREADS = "1"
 # VP9: constant quality (b:v 0 with a crf).
 VP9_CRF = "20"
 # ProRes profile 4 is 4444 (with alpha).
@@ -92,7 +95,7 @@ VIDEO_KINDS: dict[str, VideoKind] = {
         "libx264",
         lambda w, h, deep: _h264_format(w, h),
         lambda deep: "gray",
-        {"crf": H264_CRF},
+        {"crf": H264_CRF, "threads": H264_THREADS},
     ),
     "composite": VideoKind(
         "composite.mp4",
@@ -100,7 +103,7 @@ VIDEO_KINDS: dict[str, VideoKind] = {
         "libx264",
         lambda w, h, deep: _h264_format(w, h),
         lambda deep: "rgb24",
-        {"crf": H264_CRF},
+        {"crf": H264_CRF, "threads": H264_THREADS},
         needs_composite=True,
     ),
     "prores": VideoKind(
