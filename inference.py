@@ -51,6 +51,16 @@ unreadable graph, an output folder that is a file, not writable or overlaps the 
 reported before any model is loaded or folder created where possible. --report describes the run
 that ended last, a crashed one included ("complete": false).
 
+Video clips (a video file, a folder of frames, or a folder of clips) with per-frame trimaps or
+masks, or the first frame's mask propagated by optical flow, with flow-guided temporal smoothing
+and videos of the results (docs/video.md):
+
+    python inference.py --config-file CFG --checkpoint CKPT --video clip.mp4 \\
+        --mask first_mask.png --unknown-width 10 --temporal flow --output-dir output/clip \\
+        --save-video alpha prores
+
+writes output/clip/clip/pha/00000.png ... (8-bit alpha; --alpha-bits 16), and the videos.
+
 Checkpoints are read with weights_only=True; one that also pickles other objects is refused
 unless --trust-checkpoint (unpickling runs code stored in the file). Config files are code too:
 only from a trusted source.
@@ -68,6 +78,7 @@ from data.trimap import add_snap_trimap_argument, unknown_width_argument
 from predictor.matting import AUTO
 from predictor.prompts import add_prompt_arguments, check_prompt_arguments
 from predictor.runner import run_command
+from predictor.video import add_video_arguments, check_video_arguments, run_video_command
 from utils.arguments import add_checkpoint_arguments, add_config_argument, add_device_arguments
 
 
@@ -110,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="image files (with --trimap, --mask or --segmenter prompts)",
     )
+    source.add_argument(
+        "--video",
+        nargs="+",
+        metavar="CLIP",
+        help="video files, folders of frames or folders of clips (see the video options)",
+    )
     guide = parser.add_mutually_exclusive_group()
     guide.add_argument(
         "--trimap", nargs="+", metavar="PATH", help="one trimap per --image (0/128/255)"
@@ -128,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="with --mask or --segmenter: the unknown band on each side of the mask boundary, in "
         "px (e.g. 20), as a fraction of the shorter image side (e.g. 0.02), or auto (2%% of the "
-        "diagonal of the mask's bounding box, within 4..160 px; the default with --segmenter)",
+        "diagonal of the mask's bounding box, within 4..160 px; the default with --segmenter "
+        "and for --video, whose propagated trimaps take it too)",
     )
     add_prompt_arguments(parser)
     parser.add_argument(
@@ -197,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--composite",
         metavar="COLOR|IMAGE",
         help="also write composite/<name>.png: the foreground over a colour (#00ff00) or an "
-        "image (resized to each image)",
+        "image (resized to each image); with --video: <clip>/com/, over a colour, an image or "
+        "a clip's frames",
     )
     parser.add_argument(
         "--save-trimap",
@@ -231,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the run's summary as JSON: done/skipped/failed items, time per image, peak "
         "memory, routed share per block, and per-rank records in sharded runs",
     )
+    add_video_arguments(parser)
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -252,6 +272,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num-gpus must be at least 1")
     if args.workers < 0:
         parser.error("--workers must be >= 0")
+    check_video_arguments(parser, args)
+    if args.onnx is None and (args.config_file is None or args.checkpoint is None):
+        parser.error("--config-file and --checkpoint are required (or --onnx)")
+    if args.onnx is not None:
+        _check_onnx_options(parser, args)
+    if args.video is not None:
+        if args.segmenter or args.box or args.point or args.prompts:
+            parser.error(
+                "--segmenter, --box, --point and --prompts go with --image or --data-dir; a "
+                "clip takes --mask (its first frame's) or --mask-dir / --trimap-dir"
+            )
+        return args
     if args.data_dir is not None and (args.trimap or args.mask):
         parser.error("--trimap and --mask go with --image; --data-dir has its trimaps")
     if args.mask is not None and args.unknown_width is None:
@@ -262,10 +294,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--unknown-width goes with --mask or --segmenter")
     if args.save_trimap and not made_from_mask:
         parser.error("--save-trimap writes the trimap made from a --mask or a --segmenter's mask")
-    if args.onnx is None and (args.config_file is None or args.checkpoint is None):
-        parser.error("--config-file and --checkpoint are required (or --onnx)")
-    if args.onnx is not None:
-        _check_onnx_options(parser, args)
     return args
 
 
@@ -289,7 +317,8 @@ def _check_onnx_options(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (0, 1 or 2, see the module docstring)."""
-    return run_command(parse_args(argv))
+    args = parse_args(argv)
+    return run_video_command(args) if args.video is not None else run_command(args)
 
 
 if __name__ == "__main__":

@@ -105,8 +105,8 @@ def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, 
 def input_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     """Everything the run reads: the folders (a test set's image, trimap and alpha folders, each
     candidate name of its layout, present or not, since a folder created there would be read
-    next time) and the files (images, trimaps, masks, config, checkpoint, graph, composite
-    background).
+    next time; the clips and guidance folders of ``--video``) and the files (images, trimaps,
+    masks, video files, prompts, config, checkpoint, graph, composite background).
 
     A test-set folder that is missing or has no detected layout counts with the folders of every
     layout.
@@ -125,8 +125,13 @@ def input_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
         for layout in layouts:
             names = (*layout.image_dirs, *layout.trimap_dirs, *layout.alpha_dirs)
             folders += [root / name for name in names]
+    # --video: clips (video files or folders of frames) and their guidance folders
+    folders += [Path(p) for p in (args.trimap_dir, args.mask_dir) if p is not None]
+    clips = [Path(p) for p in args.video or ()]
+    folders += [clip for clip in clips if clip.is_dir()]
     files = [*(args.image or ()), *(args.trimap or ()), *(args.mask or ())]
-    files += [args.config_file, args.checkpoint, args.onnx, args.prompts]
+    files += [*(clip for clip in clips if not clip.is_dir()), args.config_file, args.checkpoint]
+    files += [args.onnx, args.prompts]
     if args.composite is not None and Path(args.composite).is_file():
         files.append(args.composite)
     return folders, [Path(file) for file in files if file is not None]

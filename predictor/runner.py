@@ -28,6 +28,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,8 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Summary",
+    "build_predictor",
+    "check_model",
     "check_model_options",
     "check_setup",
     "exit_code",
@@ -214,7 +217,7 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
 
-def _predictor(args: argparse.Namespace) -> MattingPredictor | OnnxMattingPredictor:
+def build_predictor(args: argparse.Namespace) -> MattingPredictor | OnnxMattingPredictor:
     """The model of this process: the exported graph (--onnx) or the config and checkpoint."""
     if args.onnx is not None:
         # Sharded CPU processes share the cores (torch's share is set in process_main).
@@ -245,7 +248,7 @@ def run_shard(
     Raises:
         FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
     """
-    predictor = _predictor(args)
+    predictor = build_predictor(args)
     segmenter = load_segmenter(args.segmenter, device=predictor.device) if args.segmenter else None
     samples = ItemSamples(items, args.unknown_width, args.max_pixels, args.snap_trimap)
     # Processes spawned by --num-gpus would start their loader processes by spawning too, each
@@ -477,17 +480,22 @@ def setup_logging() -> None:
     )
 
 
-def process_main(args: argparse.Namespace, status_file: str) -> None:
-    """What every inference process runs: its share, then (rank 0) the merged report. Every rank
-    writes the run's exit status (the same on all ranks) to ``status_file``, which the launching
-    process reads: the one spawned processes share, or each torchrun process's own."""
+def process_main(
+    args: argparse.Namespace,
+    status_file: str,
+    run_share: Callable[[argparse.Namespace], tuple[Summary, list[Summary]]] = run,
+) -> None:
+    """What every inference process runs: its share (``run_share``: images by default), then
+    (rank 0) the merged report. Every rank writes the run's exit status (the same on all ranks)
+    to ``status_file``, which the launching process reads: the one spawned processes share, or
+    each torchrun process's own."""
     setup_logging()
     if comm.get_world_size() > 1 and args.device == "cpu":
         # The CPU processes of this machine share its cores.
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     try:
-        summary, ranks = run(args)
+        summary, ranks = run_share(args)
         code = exit_code(summary)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
@@ -544,13 +552,7 @@ def check_setup(args: argparse.Namespace) -> None:
         if not Path(path).is_file():
             hint = " (config overrides after a list of files go after --)" if "=" in path else ""
             raise FileNotFoundError(f"{path}: no such file{hint}")
-    if args.onnx is not None:
-        check_onnx_file(args.onnx)
-    elif not Path(args.config_file).is_file():
-        raise FileNotFoundError(f"{args.config_file}: no such config file")
-    elif not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
-    check_model_options(args)  # before outputs that are present are skipped
+    check_model(args)
     check_not_an_input(args, Path(args.output_dir), "output folder")
     for folder in make_outputs(args).folders:  # the output folder and its sub-folders
         check_output_dir(folder)
@@ -561,9 +563,32 @@ def _first_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """The whole run of ``inference.py``: setup checks, then ``--num-gpus`` processes (or this
-    torchrun process) each running :func:`process_main`. ``--report`` always ends describing
+def check_model(args: argparse.Namespace) -> None:
+    """The model of the run, before anything starts: the ``--onnx`` graph readable as an
+    exported graph, or the config and checkpoint present, and the options it runs with
+    (:func:`check_model_options`, so that a folder whose outputs are all present refuses a bad
+    option as an empty one does).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file or option.
+    """
+    if args.onnx is not None:
+        check_onnx_file(args.onnx)
+    elif not Path(args.config_file).is_file():
+        raise FileNotFoundError(f"{args.config_file}: no such config file")
+    elif not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    check_model_options(args)
+
+
+def run_command(
+    args: argparse.Namespace,
+    check: Callable[[argparse.Namespace], None] = check_setup,
+    run_share: Callable[[argparse.Namespace], tuple[Summary, list[Summary]]] = run,
+) -> int:
+    """The whole run of ``inference.py``: setup checks (``check``), then ``--num-gpus``
+    processes (or this torchrun process) each running :func:`process_main` with ``run_share``
+    (images by default; the video runner passes its own). ``--report`` always ends describing
     this run (see the module docstring).
 
     Returns:
@@ -577,7 +602,7 @@ def run_command(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return EXIT_USAGE
     try:
-        check_setup(args)
+        check(args)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         if args.report is not None and _first_process():
@@ -588,7 +613,7 @@ def run_command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="mematte-inference-") as tmp:
         status_file = str(Path(tmp) / "exit_status")
         try:
-            launch(process_main, args.num_gpus, args=(args, status_file))
+            launch(process_main, args.num_gpus, args=(args, status_file, run_share))
         except (Exception, SystemExit) as exc:  # a process died (its traceback is printed above)
             logger.error("an inference process failed: %s", exc)
             if args.report is not None and _first_process():

@@ -326,3 +326,37 @@ def served_web_demo(root: Path, *args: str) -> Iterator[str]:
         process.kill()
         process.wait()
         pytest.fail(f"the web demo did not stop on SIGINT:\n{log.read_text()}")
+
+
+def write_test_video(
+    path: Path,
+    frames: list,
+    *,
+    codec: str = "ffv1",
+    pixel_format: str = "bgr0",
+    rate: int = 25,
+    pts: list[int] | None = None,
+    time_base=None,
+    rotation: float | None = None,
+    options: dict | None = None,
+) -> None:
+    """Encode ``[H, W, 3]`` uint8 RGB frames with PyAV (lossless FFV1 by default), optionally with
+    given timestamps (``pts`` in ``time_base``) and display-rotation metadata."""
+    import av
+
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = pixel_format
+        if time_base is not None:
+            stream.codec_context.time_base = time_base
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts[index], time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -7,6 +7,14 @@ Usage:
     python tools/evaluate.py --pred-dir P --label-dir L --trimap-dir T \
         [--region unknown|all] [--workers N] [--csv per_image.csv] [--allow-missing] \
         [--snap-trimap]
+    python tools/evaluate.py --pred-dir OUT --label-dir L [--trimap-dir T]   # clips
+
+Clips: a prediction folder of clip folders (as ``inference.py --video`` writes them,
+``OUT/<clip>/pha/<frame>.png``) is evaluated clip by clip against labels in the VideoMatte240K or
+VideoMatting108 layouts (``L/<clip>/pha/``, ``L/pha/<clip>/`` or ``L/<clip>/``; frames matched by
+name): per clip and overall, the image metrics averaged over the frames and dtSSD (whole frame,
+x100, 0 for the first frame). Without ``--trimap-dir`` the metrics cover the whole frame. The
+rules are in ``evaluation/clips.py``; ``--csv`` gets one row per frame.
 
 Files are matched by stem: predictions are ``*.png``; labels and trimaps may be in any format
 inference.py reads (.png, .jpg, .webp, .tif, ...); every other file is named in a warning. A label
@@ -24,6 +32,7 @@ swapped?).
 The results table is printed first, then the per-image CSV is written (``--csv``; an unwritable
 path is reported before any work). Exit status: 0 every image evaluated; 1 some image failed or
 is missing; 2 usage or setup error (a folder that does not exist, an unwritable CSV path).
+The same for clips (a clip that fails counts as a failed image).
 """
 
 import argparse
@@ -36,6 +45,13 @@ from pathlib import Path
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
 from data.trimap import add_snap_trimap_argument
+from evaluation.clips import (
+    evaluate_clips,
+    format_clip_table,
+    is_clip_folder,
+    match_clips,
+    write_clip_csv,
+)
 from evaluation.folders import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -94,6 +110,46 @@ def run(
     return EXIT_OK
 
 
+def run_clips(
+    pred_dir: Path,
+    label_dir: Path,
+    trimap_dir: Path | None,
+    region: Region,
+    workers: int,
+    csv_path: Path | None,
+    allow_missing: bool = False,
+    snap_trimap: bool = False,
+) -> int:
+    """Evaluate folders of clips, print the per-clip table, then write the CSV; return the exit
+    status."""
+    try:
+        if csv_path is not None:
+            check_csv_path(csv_path)
+        clips = match_clips(pred_dir, label_dir, trimap_dir, allow_missing=allow_missing)
+    except (FileNotFoundError, CsvPathError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except ValueError as exc:  # missing clips or frames, or nothing to evaluate
+        logger.error("%s", exc)
+        return EXIT_FAILURE
+    results, failures = evaluate_clips(
+        clips, region, workers=workers, progress=True, snap_trimap=snap_trimap
+    )
+    if not results:
+        logger.error("no clip could be evaluated")
+        return EXIT_FAILURE
+    print(format_clip_table(results, region), flush=True)
+    if csv_path is not None:
+        write_clip_csv(csv_path, results)
+        logger.info("wrote per-frame metrics to %s", csv_path)
+    if failures:
+        logger.error(
+            "%d of %d clips failed (see errors above), not in the mean", len(failures), len(clips)
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's options."""
     parser = argparse.ArgumentParser(
@@ -101,12 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pred-dir", type=Path, required=True, help="predicted alpha PNGs")
     parser.add_argument("--label-dir", type=Path, required=True, help="ground-truth alphas")
-    parser.add_argument("--trimap-dir", type=Path, required=True, help="trimaps (128 = unknown)")
+    parser.add_argument(
+        "--trimap-dir",
+        type=Path,
+        help="trimaps (128 = unknown); required for images, optional for clips",
+    )
     parser.add_argument(
         "--region",
         choices=("unknown", "all"),
-        default="unknown",
-        help="pixels summed: trimap == 128 (Composition-1k) or whole image",
+        help="pixels summed: trimap == 128 (Composition-1k; the default with trimaps) or whole "
+        "image (the default for clips without --trimap-dir)",
     )
     parser.add_argument(
         "--workers",
@@ -129,12 +189,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    region = args.region or ("unknown" if args.trimap_dir is not None else "all")
+    if region == "unknown" and args.trimap_dir is None:
+        parser.error("--region unknown needs --trimap-dir")
+    if is_clip_folder(args.pred_dir):
+        evaluate = run_clips
+    elif args.trimap_dir is None:
+        parser.error("--trimap-dir is required for images (clips: a folder of clip folders)")
+    else:
+        evaluate = run
     sys.exit(
-        run(
+        evaluate(
             args.pred_dir,
             args.label_dir,
             args.trimap_dir,
-            args.region,
+            region,
             args.workers,
             args.csv,
             allow_missing=args.allow_missing,
