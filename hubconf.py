@@ -13,7 +13,17 @@ file, or a URL: downloaded once into torch.hub's cache, ``<torch.hub.get_dir()>/
 ``torch.hub.load_state_dict_from_url`` does, then read by the project's checkpoint reader, which
 refuses pickled objects unless ``trust_checkpoint=True``) and the keyword arguments of
 :meth:`MattingPredictor.from_config` (``device``, ``precision``, ``max_number_token``,
-``patch_decoder``, ``overrides``). Without a checkpoint the weights are random (with a warning).
+``patch_decoder``, ``overrides``, ``segmenter``). Without a checkpoint the weights are random
+(with a warning).
+
+With ``segmenter=`` (a SAM, SAM-HQ or SAM 2 hub id or ``save_pretrained`` folder, see
+``docs/prompts.md``) the predictor also takes a box or clicks instead of a trimap::
+
+    predictor = torch.hub.load(
+        "path/to/this/repository", "mematte_vits", source="local",
+        checkpoint="MEMatte_ViTS_DIM.pth", segmenter="facebook/sam-vit-base",
+    )
+    alpha = predictor("photo.jpg", box=(40, 60, 900, 1200), points=[(500, 700)])
 
 The official checkpoints are Google Drive links (README, Model zoo), which are not direct
 downloads: fetch the file in a browser (or with a Google Drive client) and pass its path.

@@ -5,6 +5,8 @@ Usage::
 
     python main.py --config-file configs/MEMatte_S_topk0.25_win_global_long.py --num-gpus 2
     python main.py --config-file CFG --num-gpus 2 --resume   # continue from train.output_dir
+    python main.py --config-file CFG --overwrite   # delete the run in train.output_dir, restart
+    python main.py --config-file OUT/config.yaml --resume   # a run's folder holds its config
     python main.py --config-file CFG --eval-only train.init_checkpoint=PATH
     python main.py --config-file CFG --trust-checkpoint   # a trusted file with pickled objects
     python main.py --config-file CFG train.max_iter=1000 dataloader.train.batch_size=8
@@ -14,11 +16,13 @@ Usage::
 that talk over gloo. The config provides ``model``, ``optimizer``, ``lr_multiplier``, ``train``
 and ``dataloader.{train,evaluator}`` (see ``configs/common/``).
 
-``train.output_dir`` receives ``config.yaml`` (the resolved config, loadable with
-``--config-file``), ``log.txt``, ``model.txt`` (the model's structure), ``metrics.json``,
-TensorBoard events, and ``model_{iter}.pth`` / ``model_final.pth`` checkpoints, each with a
-``.sha256``, with ``last_checkpoint`` naming the newest. ``--resume`` continues exactly where the
-last checkpoint left off (data position and random generators included).
+``train.output_dir`` receives ``config.yaml`` (the config that runs, loadable with
+``--config-file``: overrides applied, the lr steps as iterations of this run), ``log.txt``,
+``model.txt`` (the model's structure), ``metrics.json``, TensorBoard events, and
+``model_{iter}.pth`` / ``model_final.pth`` checkpoints, each with a ``.sha256``, with
+``last_checkpoint`` naming the newest. ``--resume`` continues exactly where the last checkpoint
+left off (data position and random generators included). A folder that holds a run is refused
+unless ``--resume`` continues it or ``--overwrite`` deletes its files first.
 
 A run that cannot start (a wrong override, data folder, device or checkpoint) stops with one line
 ``main.py: error: ...`` and exit status 2, before any process is spawned where it can tell, and
@@ -40,6 +44,7 @@ from engine.defaults import (
     SetupError,
     check_device,
     check_init_checkpoint,
+    check_output_dir,
     default_argument_parser,
     default_setup,
     default_writers,
@@ -158,7 +163,8 @@ def do_train(args: argparse.Namespace, cfg: Any) -> None:
 
 
 def do_eval_only(args: argparse.Namespace, cfg: Any) -> dict[str, float]:
-    """Evaluate ``train.init_checkpoint`` with ``dataloader.evaluator`` and log the metrics."""
+    """Evaluate ``train.init_checkpoint`` with ``dataloader.evaluator``, which logs the metrics
+    in the table of ``tools/evaluate.py`` (paper units, each column's scaling in its header)."""
     check_init_checkpoint(
         cfg.train.init_checkpoint, eval_only=True, output_dir=cfg.train.output_dir
     )
@@ -169,10 +175,7 @@ def do_eval_only(args: argparse.Namespace, cfg: Any) -> dict[str, float]:
     Checkpointer(model, trusted=args.trust_checkpoint, strict_shapes=cfg.train.init_strict).load(
         cfg.train.init_checkpoint
     )
-    results = do_test(cfg, model)
-    for name, value in results.items():
-        logger.info("%s: %.4f", name, value)
-    return results
+    return do_test(cfg, model)  # the evaluator logs the table, with the units
 
 
 def load_config(args: argparse.Namespace) -> Any:
@@ -222,9 +225,18 @@ def cli_main(args: argparse.Namespace) -> None:
 
 
 def check_before_launch(args: argparse.Namespace) -> None:
-    """What can be checked before any process is spawned: the config and overrides, and the
-    device (``--num-gpus N`` with ``train.device=cuda`` and no GPU)."""
-    check_device(load_config(args).train.device)
+    """What can be checked before any process is spawned: the config and overrides, the device
+    (``--num-gpus N`` with ``train.device=cuda`` and no GPU) and, for training, an output folder
+    that holds a run without ``--resume`` or ``--overwrite``."""
+    cfg = load_config(args)
+    check_device(cfg.train.device)
+    if not args.eval_only:
+        check_output_dir(
+            cfg.train.output_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            init_checkpoint=cfg.train.init_checkpoint,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

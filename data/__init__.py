@@ -4,6 +4,8 @@ The names below are imported on first use, so that the readers (``data.image_io`
 ``data.readers``, ``data.trimap``) import without PyTorch: the onnxruntime predictor uses them.
 """
 
+# First: bounds OpenCV's decoders before anything imports cv2 (see data/pixel_limits.py).
+from data import pixel_limits
 from utils.lazy import lazy_exports
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "UnreadableImageError",
     "detect_layout",
     "init_worker",
+    "pixel_limits",
     "read_gray",
     "read_map_u8",
     "read_rgb",

@@ -3,7 +3,8 @@
 Samples hold the files' levels, not floats: the RGB image as uint8 (or uint16 for 16-bit files),
 the trimap and the ground-truth alpha as 8-bit maps, so a loader moves a quarter of the bytes and
 the float copy is made once, where the model runs (``predictor.matting``: image / 255 or / 65535,
-trimap / 255, as the official inference). A trimap must be an 8-bit single-channel map. See
+trimap / 255, as the official inference). A trimap must be an 8-bit single-channel map of the
+values 0, 128 and 255 (others are snapped to the nearest with ``snap_trimap``). See
 ``data.image_io`` for the conversions of grayscale, RGBA and 16-bit files.
 """
 
@@ -41,10 +42,13 @@ class MattingEvalDataset(torch.utils.data.Dataset):
         layout: layout name; ``None`` detects it.
         items: explicit items instead of scanning ``folder`` (then ``folder`` and ``layout`` are
             ignored).
+        snap_trimap: move trimap values other than 0, 128 and 255 to the nearest of them
+            (:func:`data.trimap.snap_trimap`) instead of refusing the item.
 
     Raises (per item, from ``__getitem__``):
-        BadSampleError: unreadable or truncated file, trimap that is not 8-bit single-channel,
-            colour alpha, or trimap/alpha size differing from the image; the exception's
+        BadSampleError: unreadable or truncated file, trimap that is not 8-bit single-channel
+            or (without ``snap_trimap``) holds other values than 0, 128 and 255, colour alpha, or
+            trimap/alpha size differing from the image; the exception's
             ``path`` names the file, so callers can report it and skip the item.
     """
 
@@ -54,12 +58,14 @@ class MattingEvalDataset(torch.utils.data.Dataset):
         *,
         layout: str | None = None,
         items: Sequence[MattingItem] | None = None,
+        snap_trimap: bool = False,
     ) -> None:
         if items is None:
             if folder is None:
                 raise ValueError("give a test-set folder or a list of items")
             items = scan_test_set(folder, layout).items
         self.items = list(items)
+        self.snap_trimap = snap_trimap
 
     def __len__(self) -> int:
         return len(self.items)
@@ -67,7 +73,7 @@ class MattingEvalDataset(torch.utils.data.Dataset):
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor | str]:
         item = self.items[idx]
         image = read_rgb_levels(item.image_path)
-        trimap = read_trimap_levels(item.trimap_path)
+        trimap = read_trimap_levels(item.trimap_path, snap=self.snap_trimap)
         _check_size(item.trimap_path, trimap, image, item.image_path)
         sample: dict[str, torch.Tensor | str] = {
             "image": torch.from_numpy(image).permute(2, 0, 1),  # [H, W, 3] -> [3, H, W] view

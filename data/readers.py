@@ -1,7 +1,9 @@
 """Test-set layouts: detect a benchmark folder's layout and list its (image, trimap, alpha) items.
 
 Supported layouts (sub-folders of the test-set folder; files matched by stem, any of
-``IMAGE_EXTENSIONS``; the first listed folder name that exists is used):
+``IMAGE_EXTENSIONS``; the first listed folder name that exists is used; every other entry of the
+image and trimap folders is reported in ``MattingTestSet.skipped`` with the reason it is not
+read):
 
 ==================== ============ =========== ================== ===========================
 layout               images       trimaps     alphas (optional)  benchmark
@@ -23,7 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.image_io import list_images_by_stem
+from data.image_io import SkippedFile, images_by_stem, list_images_by_stem, scan_images
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class MattingTestSet:
         items: images with a trimap, sorted by name.
         missing_trimaps: images without a trimap (not in ``items``).
         missing_alphas: images of ``items`` without an alpha while the layout has an alpha folder.
+        skipped: entries of the image and trimap folders that are not read (another format, a
+            hidden file, a folder...), with the reason.
     """
 
     root: Path
@@ -100,6 +104,7 @@ class MattingTestSet:
     items: list[MattingItem]
     missing_trimaps: list[Path] = field(default_factory=list)
     missing_alphas: list[Path] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
 
 
 def _first_existing(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -152,11 +157,13 @@ def scan_test_set(folder: str | Path, layout: str | None = None) -> MattingTestS
         layout: a name from ``FOLDER_LAYOUTS``; ``None`` detects it.
 
     Returns:
-        A ``MattingTestSet``. Missing trimaps and alphas are also logged as warnings.
+        A ``MattingTestSet``. Missing trimaps and alphas and skipped entries are also logged as
+        warnings.
 
     Raises:
         FileNotFoundError: ``folder`` or the layout's image/trimap folder does not exist.
-        ValueError: unknown layout name, no layout detected, or no image in the image folder.
+        ValueError: unknown layout name, no layout detected, or no image in the image folder (the
+            message names the entries that are not read, and why).
     """
     root = Path(folder)
     if layout is None:
@@ -171,11 +178,19 @@ def scan_test_set(folder: str | Path, layout: str | None = None) -> MattingTestS
         raise FileNotFoundError(f"{root} is not a {spec.describe()} folder")
     alpha_dir = _first_existing(root, spec.alpha_dirs)
 
-    images, trimaps = list_images_by_stem(image_dir), list_images_by_stem(trimap_dir)
+    image_files, skipped_images = scan_images(image_dir)
+    trimap_files, skipped_trimaps = scan_images(trimap_dir)
+    images, trimaps = images_by_stem(image_files), images_by_stem(trimap_files)
     alphas = list_images_by_stem(alpha_dir) if alpha_dir is not None else {}
     if not images:
-        raise ValueError(f"no image in {image_dir}")
-    test_set = MattingTestSet(root=root, layout=spec, items=[])
+        not_read = [f"{entry.path.name} ({entry.reason})" for entry in skipped_images]
+        raise ValueError(
+            f"no image to read in {image_dir}"
+            + (f"; not read: {_elide(not_read)}" if not_read else " (the folder is empty)")
+        )
+    test_set = MattingTestSet(
+        root=root, layout=spec, items=[], skipped=skipped_images + skipped_trimaps
+    )
     for stem, image_path in images.items():
         if stem not in trimaps:
             test_set.missing_trimaps.append(image_path)
@@ -192,6 +207,14 @@ def scan_test_set(folder: str | Path, layout: str | None = None) -> MattingTestS
             image_dir,
             trimap_dir,
             _elide([p.name for p in test_set.missing_trimaps]),
+        )
+    if test_set.skipped:
+        logger.warning(
+            "%d entries of %s and %s are not read: %s",
+            len(test_set.skipped),
+            image_dir,
+            trimap_dir,
+            _elide([f"{entry.path.name} ({entry.reason})" for entry in test_set.skipped]),
         )
     if test_set.missing_alphas:
         logger.warning(

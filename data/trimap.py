@@ -1,8 +1,17 @@
 """Trimaps: generated from an alpha matte by erosion (training) or from a mask by a Euclidean
-band (your own images), checked, and quantized for the network.
+band (your own images), checked, snapped to the levels, and quantized for the network.
 
 An 8-bit trimap (a file, or the training pipeline before ``ToTensor``) holds 0 (background), 128
 (unknown) and 255 (foreground); the network takes {0, 0.5, 1}.
+
+A trimap file with other values (a trimap saved as JPEG, resized with interpolation) is refused
+by the readers of inference and evaluation, unless ``--snap-trimap`` (``snap_trimap=True``)
+asks for :func:`snap_trimap`: each value to the nearest level, a tie (64) to unknown. Not the
+training thresholds 85 / 170: JPEG's error is symmetric around the level a pixel had, and the
+nearest level gives every level the same margin (63 values each side), where 85 / 170 leave the
+unknown level 43 below and 41 above; and a wrong unknown pixel costs less than a wrong definite
+one (the model still predicts it, where 0 or 255 force the alpha), so the wider unknown band
+(64..191 against 85..169) is the safer side.
 
 The training pipeline keeps :func:`erosion_trimap` (elliptic kernels, as GCA-Matting): the
 Euclidean band of :func:`trimap_from_mask` would change its trimaps, so the two share the levels
@@ -30,6 +39,9 @@ __all__ = [
     "non_trimap_share",
     "parse_unknown_width",
     "quantize_trimap",
+    "SNAP_TRIMAP_FLAG",
+    "add_snap_trimap_argument",
+    "snap_trimap",
     "trimap_from_mask",
     "auto_unknown_width",
     "unknown_width_argument",
@@ -52,6 +64,8 @@ DEFINITE_EPS = 1e-5
 # unknown in between.
 TRIMAP_BG_BELOW = 85
 TRIMAP_FG_FROM = 170
+# The command-line option that snaps a trimap's other values to the levels (snap_trimap).
+SNAP_TRIMAP_FLAG = "--snap-trimap"
 # Trimap values the network takes.
 BACKGROUND, UNKNOWN, FOREGROUND = 0.0, 0.5, 1.0
 # unknown_width "auto": a fraction of the diagonal of the mask's bounding box, clamped to a pixel
@@ -107,6 +121,42 @@ def quantize_trimap(trimap: np.ndarray) -> np.ndarray:
     out[trimap < TRIMAP_BG_BELOW] = BACKGROUND
     out[trimap >= TRIMAP_FG_FROM] = FOREGROUND
     return out
+
+
+def _nearest_level(value: int) -> int:
+    """The trimap level nearest to an 8-bit ``value``; unknown on a tie (64 is 64 from 0 and
+    from 128)."""
+    by_preference = (TRIMAP_UNKNOWN, TRIMAP_BG, TRIMAP_FG)
+    return min(by_preference, key=lambda level: abs(value - level))
+
+
+# Every 8-bit value -> its nearest trimap level.
+_SNAP_TABLE = np.array([_nearest_level(value) for value in range(256)], np.uint8)
+
+
+def snap_trimap(levels: np.ndarray) -> np.ndarray:
+    """An 8-bit trimap with each value moved to the nearest of 0, 128 and 255 (a tie to 128):
+    0..63 -> 0, 64..191 -> 128, 192..255 -> 255. See the module docstring for why this rule.
+
+    Args:
+        levels: ``[H, W]`` uint8 map.
+
+    Returns:
+        ``[H, W]`` uint8 trimap in {0, 128, 255}.
+    """
+    return _SNAP_TABLE[levels]
+
+
+def add_snap_trimap_argument(parser: argparse.ArgumentParser) -> None:
+    """``--snap-trimap``: accept trimaps with values other than 0, 128 and 255 (a trimap saved
+    as JPEG), each value snapped to the nearest level (:func:`snap_trimap`)."""
+    parser.add_argument(
+        SNAP_TRIMAP_FLAG,
+        action="store_true",
+        help="accept trimaps with values other than 0/128/255 (e.g. saved as JPEG): each value "
+        "goes to the nearest level (0..63 background, 64..191 unknown, 192..255 foreground); "
+        "without it such a trimap is refused",
+    )
 
 
 def binarize_mask(mask: np.ndarray) -> np.ndarray:

@@ -8,8 +8,13 @@ those objects runs code stored in the file. A ``.safetensors`` file (``pretraine
 holds tensors only and is read as a bare state dict. A checkpoint with a ``.sha256`` file next to
 it (the :class:`Checkpointer` writes one for every checkpoint, in ``sha256sum`` format) is checked
 against it first, so a corrupt file is an error instead of silently wrong weights.
-:func:`clean_state_dict` is the one place that removes DDP's ``module.`` key prefix and, for
-inference, the distillation teacher's weights.
+:func:`check_weights` is the one check of the values every loading path (training, inference,
+conversion) applies to a state dict: finite floating-point tensors, integers only where the model
+holds integer buffers (BatchNorm's ``num_batches_tracked``), so NaN, Inf or integer weights are an
+error naming the key instead of a matte of zeros. :func:`clean_state_dict` is the one place that
+removes DDP's ``module.`` key prefix and, for inference, the distillation teacher's weights. A
+checkpoint of another model size is summarised (:func:`describe_shape_mismatches`), naming the
+shipped configs it fits.
 
 References: fvcore ``fvcore/common/checkpoint.py``; detectron2 ``DetectionCheckpointer``.
 """
@@ -27,8 +32,9 @@ import safetensors.torch
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
-from torch import nn
+from torch import Tensor, nn
 
+from engine.known_configs import CONFIG_DIR, fitting_configs
 from modeling.meta_arch.mematte import TEACHER_PREFIX
 from utils import comm
 from utils.arguments import TRUST_CHECKPOINT_FLAG
@@ -42,9 +48,14 @@ __all__ = [
     "Checkpointer",
     "CorruptCheckpointError",
     "IncompatibleCheckpointError",
+    "InvalidWeightsError",
     "UntrustedCheckpointError",
+    "check_weights",
     "clean_state_dict",
+    "describe_shape_mismatches",
     "load_checkpoint",
+    "non_floating_keys",
+    "shape_mismatches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +72,9 @@ CHECKSUM_SUFFIX = ".sha256"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # The iteration in a periodic checkpoint's file name ("model_0001234.pth").
 _PERIODIC_NAME = re.compile(r"_(\d+)\.pth$")
+# Tensors of other shapes named in a message; the rest are counted (a checkpoint of another
+# model size differs in about a hundred).
+MAX_LISTED_MISMATCHES = 3
 
 Value = TypeVar("Value")
 
@@ -75,6 +89,11 @@ class CorruptCheckpointError(CheckpointError):
 
 class IncompatibleCheckpointError(CheckpointError):
     """A checkpoint whose tensors have other shapes than the model's (with ``strict_shapes``)."""
+
+
+class InvalidWeightsError(CheckpointError):
+    """A state dict with a value that cannot be a weight: NaN or Inf, an integer or bool tensor
+    where the model holds floating-point values, or no tensor at all."""
 
 
 class UntrustedCheckpointError(CheckpointError):
@@ -203,6 +222,68 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
+def non_floating_keys(state_dict: Mapping[str, Any]) -> frozenset[str]:
+    """The keys of a model's state dict whose tensors are not floating point: its integer
+    buffers (BatchNorm's ``num_batches_tracked``), the only entries a checkpoint may hold as
+    integers (:func:`check_weights`).
+
+    Args:
+        state_dict: the model's own ``state_dict()`` (a model on the meta device will do).
+    """
+    return frozenset(
+        key
+        for key, value in state_dict.items()
+        if isinstance(value, Tensor) and not value.is_floating_point()
+    )
+
+
+def _weight_problem(value: Any, integer_allowed: bool) -> str | None:
+    """What makes ``value`` unusable as a state-dict entry, or None."""
+    if not isinstance(value, Tensor):
+        return f"is a {type(value).__name__}, not a tensor"
+    if not value.is_floating_point():
+        if integer_allowed:
+            return None
+        dtype = str(value.dtype).removeprefix("torch.")
+        return f"is {dtype}, not floating point (the model holds floating-point values there)"
+    if value.is_meta:
+        return None
+    counts = {"NaN": int(torch.isnan(value).sum()), "Inf": int(torch.isinf(value).sum())}
+    found = [f"{count:,} {kind}" for kind, count in counts.items() if count]
+    if not found:
+        return None
+    return f"holds {' and '.join(found)} of its {value.numel():,} values"
+
+
+def check_weights(
+    state_dict: Mapping[str, Any], source: str | os.PathLike, *, integer_keys: frozenset[str]
+) -> None:
+    """Refuse a state dict whose values are not all finite floating-point tensors, except the
+    integer buffers of the model it is for.
+
+    A NaN or Inf weight, or integer or bool weights, make every unknown pixel of a matte the
+    same value (0, 127 or 255) without any other sign; loading, conversion and training call
+    this before using the weights.
+
+    Args:
+        state_dict: key -> tensor, as read from ``source`` (cleaned of a ``module.`` prefix).
+        source: the file (or folder) the state dict comes from, for the message.
+        integer_keys: the keys where the model holds integer tensors (:func:`non_floating_keys`
+            of its state dict); there any dtype is accepted (floats must be finite).
+
+    Raises:
+        InvalidWeightsError: naming ``source``, the first bad key in the state dict's order and
+            what is wrong with it.
+    """
+    for key, value in state_dict.items():
+        problem = _weight_problem(value, key in integer_keys)
+        if problem is not None:
+            raise InvalidWeightsError(
+                f"{source}: {key} {problem}: not usable weights (a damaged file, or saved from "
+                "a run that diverged; use another checkpoint)"
+            )
+
+
 def clean_state_dict(
     state_dict: Mapping[str, Value], *, drop_teacher: bool = False
 ) -> dict[str, Value]:
@@ -228,10 +309,11 @@ def _format_keys(keys: list[str]) -> str:
     return "\n".join(f"  {key}" for key in sorted(keys))
 
 
-def _shape_mismatches(
+def shape_mismatches(
     checkpoint: Mapping[str, Any], model_state: Mapping[str, Any]
 ) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
-    """``(key, checkpoint shape, model shape)`` of the tensors whose shapes differ."""
+    """``(key, checkpoint shape, model shape)`` of the tensors whose shapes differ, in the
+    checkpoint's order."""
     return [
         (key, tuple(value.shape), tuple(model_state[key].shape))
         for key, value in checkpoint.items()
@@ -239,6 +321,34 @@ def _shape_mismatches(
         and hasattr(value, "shape")
         and tuple(value.shape) != tuple(model_state[key].shape)
     ]
+
+
+def describe_shape_mismatches(
+    mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    state_dict: Mapping[str, Any] | None = None,
+) -> str:
+    """One paragraph on the :func:`shape_mismatches` of a checkpoint: their count, the first
+    :data:`MAX_LISTED_MISMATCHES`, and the shipped configs whose shapes the checkpoint fits
+    (:func:`engine.known_configs.fitting_configs`), if ``state_dict`` is given and one does.
+
+    Returns:
+        e.g. ``"107 tensors have other shapes than in the model (backbone.pos_embed: [1, 1025,
+        768] in the checkpoint, [1, 1025, 384] in the model; ...; and 104 more); its shapes fit
+        configs/MEMatte_B_topk0.25_win_global_long.py"``.
+    """
+    listed = "; ".join(
+        f"{key}: {list(ours)} in the checkpoint, {list(model)} in the model"
+        for key, ours, model in mismatches[:MAX_LISTED_MISMATCHES]
+    )
+    if len(mismatches) > MAX_LISTED_MISMATCHES:
+        listed += f"; and {len(mismatches) - MAX_LISTED_MISMATCHES} more"
+    text = f"{len(mismatches)} tensors have other shapes than in the model ({listed})"
+    fits = fitting_configs(state_dict) if state_dict is not None else []
+    if fits:
+        text += f"; its shapes fit {', '.join(fits)}"
+    elif state_dict is not None:
+        text += f"; its shapes fit none of the configs in {CONFIG_DIR.name}/"
+    return text
 
 
 class Checkpointer(_FvcoreCheckpointer):
@@ -382,35 +492,37 @@ class Checkpointer(_FvcoreCheckpointer):
         return [path for _, path in sorted(found, reverse=True)]
 
     def _load_file(self, f: str) -> dict[str, Any]:
-        """Read a checkpoint with :func:`load_checkpoint`; the model keys lose a ``module.``.
+        """Read a checkpoint with :func:`load_checkpoint`; the model keys lose a ``module.``; the
+        weights are checked with :func:`check_weights`.
 
         Raises:
+            InvalidWeightsError: a weight that is NaN, Inf, or not floating point where the
+                model's is, before anything is loaded.
             IncompatibleCheckpointError: with ``strict_shapes``, tensors whose shapes differ from
                 the model's (listed), before anything is loaded.
         """
         checkpoint = load_checkpoint(f, trusted=self.trusted)
         checkpoint["model"] = clean_state_dict(checkpoint["model"])
-        mismatches = _shape_mismatches(checkpoint["model"], self.model.state_dict())
+        model_state = self.model.state_dict()
+        check_weights(checkpoint["model"], f, integer_keys=non_floating_keys(model_state))
+        mismatches = shape_mismatches(checkpoint["model"], model_state)
         if mismatches and self.strict_shapes:
-            listed = "\n".join(
-                f"  {key}: {list(ours)} in the checkpoint, {list(model)} in the model"
-                for key, ours, model in mismatches
-            )
+            summary = describe_shape_mismatches(mismatches, checkpoint["model"])
             raise IncompatibleCheckpointError(
-                f"{f}: {len(mismatches)} tensors have other shapes than in the model (a "
-                f"checkpoint of another configuration?); pass strict_shapes=False "
-                f"(train.init_strict=False) to skip them:\n{listed}"
+                f"{f}: a checkpoint of another configuration? {summary}. Use the config it was "
+                "trained with, or pass strict_shapes=False (train.init_strict=False) to skip "
+                "these tensors"
             )
         return checkpoint
 
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
-        """Log shape mismatches, missing and unexpected keys at WARNING, one key per line."""
-        for key, shape_checkpoint, shape_model in incompatible.incorrect_shapes:
+        """Log shape mismatches (summarised), missing and unexpected keys (one key per line) at
+        WARNING."""
+        if incompatible.incorrect_shapes:
             logger.warning(
-                "Skipped %s: shape %s in the checkpoint, %s in the model",
-                key,
-                shape_checkpoint,
-                shape_model,
+                "Skipped the checkpoint's tensors of other shapes (they keep their initial "
+                "values): %s",
+                describe_shape_mismatches(incompatible.incorrect_shapes),
             )
         if incompatible.missing_keys:
             logger.warning(

@@ -6,6 +6,7 @@ References: detectron2 ``detectron2/engine/defaults.py`` (interface only).
 """
 
 import argparse
+import copy
 import logging
 import os
 import random
@@ -16,11 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+from omegaconf import DictConfig
 from torch import nn
 
-from engine.checkpoint import CheckpointError
-from engine.config import ConfigOverrideError, LazyConfig
+from engine.checkpoint import CHECKSUM_SUFFIX, LAST_CHECKPOINT_FILE, CheckpointError
+from engine.config import ConfigOverrideError, LazyConfig, instantiate
 from engine.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
+from engine.lr_scheduler import WarmupParamScheduler, steps_in_iterations
 from utils import comm
 from utils.arguments import add_config_argument, add_trust_checkpoint_argument
 from utils.file_io import atomic_write
@@ -31,13 +35,17 @@ __all__ = [
     "SetupError",
     "check_device",
     "check_init_checkpoint",
+    "check_output_dir",
+    "clear_previous_run",
     "default_argument_parser",
     "default_setup",
     "default_writers",
     "exit_on_setup_error",
     "model_summary",
+    "previous_run_files",
     "remove_failed_setup",
     "save_model_summary",
+    "schedule_in_iterations",
     "seed_all_rng",
     "setup_logging",
 ]
@@ -51,6 +59,19 @@ MODEL_FILE_NAME = "model.txt"
 # What default_setup and the model summary write before training: a folder that holds nothing
 # else has no training result in it.
 SETUP_FILE_NAMES = frozenset({CONFIG_FILE_NAME, LOG_FILE_NAME, MODEL_FILE_NAME})
+# What training writes into train.output_dir: checkpoints (model_0001234.pth, model_final.pth)
+# with their SHA-256 files, the last-checkpoint tag, the metrics and TensorBoard's event files.
+# A folder with one of them holds a run.
+CHECKPOINT_PATTERN = "model_*.pth"
+RUN_FILE_PATTERNS = (
+    CHECKPOINT_PATTERN,
+    CHECKPOINT_PATTERN + CHECKSUM_SUFFIX,
+    LAST_CHECKPOINT_FILE,
+    METRICS_FILE_NAME,
+    "events.out.tfevents.*",
+)
+# Files of an earlier run named in a message before the rest are counted.
+MAX_LISTED_FILES = 4
 # Exit status of a run that could not start (as argparse's for a bad command line).
 EXIT_SETUP_ERROR = 2
 
@@ -76,7 +97,8 @@ _installed_handlers: list[logging.Handler] = []
 
 
 def default_argument_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """The command line of detectron2's training scripts, plus ``--trust-checkpoint``.
+    """The command line of detectron2's training scripts, plus ``--overwrite`` and
+    ``--trust-checkpoint``.
 
     Args:
         description: the script's help text (its docstring).
@@ -85,11 +107,19 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_argument(parser)
-    parser.add_argument(
+    existing_run = parser.add_mutually_exclusive_group()
+    existing_run.add_argument(
         "--resume",
         action="store_true",
         help="continue from the last checkpoint in train.output_dir, if there is one "
         "(otherwise start from train.init_checkpoint)",
+    )
+    existing_run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train afresh in a train.output_dir that holds a run: its checkpoints, metrics, "
+        "TensorBoard events, log and config are deleted first (without --resume or "
+        "--overwrite, such a folder is refused)",
     )
     parser.add_argument(
         "--eval-only",
@@ -158,27 +188,53 @@ def check_device(device_name: str) -> None:
 
 
 def default_setup(cfg: Any, args: argparse.Namespace) -> None:
-    """Output folder, logging, saved config, seeds and device checks, as detectron2 does.
+    """Output folder, logging, saved config, seeds and device checks, as detectron2 does. The
+    lr steps are written in iterations of the run first (:func:`schedule_in_iterations`), so
+    that ``config.yaml`` is the config that runs.
+
+    Training into a folder that holds a run needs ``--resume`` or ``--overwrite``
+    (:func:`check_output_dir`); ``--overwrite`` deletes that run's files first
+    (:func:`clear_previous_run`). ``--eval-only`` in such a folder keeps its ``config.yaml``.
 
     Args:
-        cfg: the config (reads ``train.output_dir``, ``train.device``, ``train.seed``).
-        args: the parsed command line (logged; ``num_gpus`` shares the CPU cores).
+        cfg: the config (reads ``train.output_dir``, ``train.device``, ``train.seed``,
+            ``train.init_checkpoint``; rewrites the lr steps of ``lr_multiplier``).
+        args: the parsed command line (logged; ``eval_only``, ``resume`` and ``overwrite``
+            decide about an existing run; ``num_gpus`` shares the CPU cores).
 
     Raises:
-        SetupError: ``train.device`` is CUDA but no GPU is visible.
+        SetupError: ``train.device`` is CUDA but no GPU is visible, or the output folder holds a
+            run and neither ``--resume`` nor ``--overwrite`` is given.
     """
     check_device(cfg.train.device)
     output_dir = cfg.train.output_dir
+    training = not args.eval_only
+    if training:
+        check_output_dir(
+            output_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            init_checkpoint=cfg.train.init_checkpoint,
+        )
+    deleted = []
+    if training and args.overwrite and comm.is_main_process() and output_dir:
+        deleted = clear_previous_run(output_dir)
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
     setup_logging(output_dir)
     rank, world_size = comm.get_rank(), comm.get_world_size()
     logger.info("Rank %d of %d; torch %s", rank, world_size, torch.__version__)
     logger.info("Command line arguments: %s", args)
+    if deleted:
+        logger.info("--overwrite: deleted the %d files of the run in %s", len(deleted), output_dir)
+    schedule_in_iterations(cfg)  # the saved config is the schedule that runs
     if comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, CONFIG_FILE_NAME)
-        LazyConfig.save(cfg, path)
-        logger.info("Full config saved to %s", path)
+        if training or not previous_run_files(output_dir):
+            LazyConfig.save(cfg, path)
+            logger.info("Full config saved to %s", path)
+        else:  # evaluating a run's checkpoint in its folder: its config.yaml stays
+            logger.info("%s holds a training run: its %s is kept", output_dir, CONFIG_FILE_NAME)
 
     device = torch.device(cfg.train.device)
     if device.type == "cpu" and world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
@@ -188,6 +244,129 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> None:
         # Intra-op threads wait for each other: on a busy machine, OMP_NUM_THREADS=1 is faster.
         logger.info("Running on CPU with %d intra-op threads", torch.get_num_threads())
     seed_all_rng(cfg.train.seed + rank)
+
+
+# The step schedule whose milestones schedule_in_iterations writes in iterations of the run, and
+# the warmup that may wrap it (which passes it the run's progress unless rescale_interval).
+STEP_SCHEDULER = f"{MultiStepParamScheduler.__module__}.{MultiStepParamScheduler.__qualname__}"
+WARMUP_SCHEDULER = f"{WarmupParamScheduler.__module__}.{WarmupParamScheduler.__qualname__}"
+
+
+def _run_progress_steps(lr_multiplier: Any) -> DictConfig | None:
+    """The :data:`STEP_SCHEDULER` node of ``lr_multiplier`` that is evaluated at the run's
+    progress (iteration / max_iter): the multiplier itself, or the schedule of a warmup without
+    ``rescale_interval``; None if there is none."""
+    if not isinstance(lr_multiplier, DictConfig):
+        return None
+    if lr_multiplier.get("_target_") == STEP_SCHEDULER:
+        return lr_multiplier
+    inner = lr_multiplier.get("scheduler")
+    if (
+        lr_multiplier.get("_target_") == WARMUP_SCHEDULER
+        and not lr_multiplier.get("rescale_interval", False)
+        and isinstance(inner, DictConfig)
+        and inner.get("_target_") == STEP_SCHEDULER
+    ):
+        return inner
+    return None
+
+
+def schedule_in_iterations(cfg: Any) -> None:
+    """Write the lr steps of ``cfg.lr_multiplier`` as the iterations of this run.
+
+    The multiplier is a function of progress (iteration / ``train.max_iter``): after a
+    ``train.max_iter`` override a step schedule keeps its shape and steps at other iterations
+    than its milestones say (``milestones=[300, 450]`` of ``num_updates=500`` step at 120 and 180
+    of 200). They are rewritten as those iterations (``num_updates = train.max_iter``; a value
+    no iteration reaches is dropped), if the rewritten multiplier gives the same lr at every
+    iteration, so that the saved ``config.yaml`` is the schedule that ran. Nothing changes when
+    the milestones are iterations of the run already.
+
+    Args:
+        cfg: a config with ``lr_multiplier`` and ``train.max_iter`` (changed in place).
+    """
+    lr_multiplier = cfg.get("lr_multiplier")
+    node = _run_progress_steps(lr_multiplier)
+    if node is None:
+        return
+    max_iter = cfg.train.max_iter
+    values, milestones = steps_in_iterations(instantiate(node), max_iter)
+    in_iterations = {"values": values, "milestones": milestones, "num_updates": max_iter}
+    if all(node[name] == value for name, value in in_iterations.items()):
+        return
+    rewritten = copy.deepcopy(lr_multiplier)
+    _run_progress_steps(rewritten).update(in_iterations)
+    before, after = instantiate(lr_multiplier), instantiate(rewritten)
+    if any(before(i / max_iter) != after(i / max_iter) for i in range(max_iter)):
+        logger.info("lr schedule: its steps cannot be written as iterations; kept as configured")
+        return
+    logger.info(
+        "lr steps at iterations %s of train.max_iter=%d (configured: milestones %s of "
+        "num_updates=%d, a fraction of training); the saved config records the iterations",
+        milestones,
+        max_iter,
+        list(node["milestones"]),
+        node["num_updates"],
+    )
+    node.update(in_iterations)
+
+
+def previous_run_files(output_dir: str | os.PathLike) -> list[Path]:
+    """The files of a training run in ``output_dir`` (:data:`RUN_FILE_PATTERNS`), sorted; [] for
+    a folder without them or no folder."""
+    folder = Path(output_dir)
+    if not output_dir or not folder.is_dir():
+        return []
+    found = {path for pattern in RUN_FILE_PATTERNS for path in folder.glob(pattern)}
+    return sorted(path for path in found if path.is_file())
+
+
+def check_output_dir(
+    output_dir: str, *, resume: bool, overwrite: bool, init_checkpoint: str = ""
+) -> None:
+    """Refuse to train into a folder that holds a run unless ``--resume`` or ``--overwrite``
+    says which: a new run would replace its checkpoints one by one and add its TensorBoard events
+    to the old ones. With ``--overwrite``, ``train.init_checkpoint`` must not be one of the files
+    it deletes.
+
+    Raises:
+        SetupError: naming the folder, some of its run files and the two options.
+    """
+    files = previous_run_files(output_dir)
+    if not files or resume:
+        return
+    if overwrite:
+        doomed = {path.resolve() for path in files}
+        if init_checkpoint and Path(init_checkpoint).resolve() in doomed:
+            raise SetupError(
+                f"train.init_checkpoint={init_checkpoint} is a file of the run in "
+                f"train.output_dir={output_dir}, which --overwrite deletes: copy it elsewhere "
+                "first, or set another train.output_dir"
+            )
+        return
+    names = ", ".join(path.name for path in files[:MAX_LISTED_FILES])
+    if len(files) > MAX_LISTED_FILES:
+        names += f" and {len(files) - MAX_LISTED_FILES} more"
+    raise SetupError(
+        f"train.output_dir={output_dir} holds a training run ({names}): pass --resume to "
+        "continue it, or --overwrite to delete its files and train afresh (or set another "
+        "train.output_dir)"
+    )
+
+
+def clear_previous_run(output_dir: str) -> list[Path]:
+    """Delete the files of a training run (:func:`previous_run_files`) and of its setup
+    (:data:`SETUP_FILE_NAMES`) from ``output_dir``; other files stay. Main process only.
+
+    Returns:
+        The files deleted.
+    """
+    folder = Path(output_dir)
+    setup = [folder / name for name in sorted(SETUP_FILE_NAMES) if (folder / name).is_file()]
+    deleted = [*previous_run_files(output_dir), *setup]
+    for path in deleted:
+        path.unlink()
+    return deleted
 
 
 def check_init_checkpoint(path: str, *, eval_only: bool = False, output_dir: str = "") -> None:

@@ -20,7 +20,7 @@ from fvcore.common.history_buffer import HistoryBuffer
 from torch.utils.tensorboard import SummaryWriter
 
 from utils.file_io import atomic_write
-from utils.memory import peak_memory_bytes
+from utils.memory import MIB, peak_memory_bytes
 
 __all__ = [
     "CommonMetricPrinter",
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_WINDOW = 20
 # Number of recent iteration times the ETA is estimated from (median).
 ETA_WINDOW = 1000
-_BYTES_PER_MIB = 1024 * 1024
 
 _CURRENT_STORAGE_STACK: list["EventStorage"] = []
 
@@ -359,6 +358,6 @@ class CommonMetricPrinter(EventWriter):
         if "lr" in histories:
             fields.append(f"lr: {histories['lr'].latest():.5g}")
         if torch.cuda.is_available():
-            max_mem_mib = peak_memory_bytes("cuda") / _BYTES_PER_MIB
+            max_mem_mib = peak_memory_bytes("cuda") / MIB
             fields.append(f"max_mem: {max_mem_mib:.0f}M")
         logger.info("  ".join(fields))

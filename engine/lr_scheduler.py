@@ -16,7 +16,7 @@ from fvcore.common.param_scheduler import (
     ParamScheduler,
 )
 
-__all__ = ["LRMultiplier", "WarmupParamScheduler"]
+__all__ = ["LRMultiplier", "WarmupParamScheduler", "steps_in_iterations"]
 
 WARMUP_METHODS = ("linear", "constant")
 
@@ -100,3 +100,28 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
     def state_dict(self) -> dict[str, Any]:
         """``{"base_lrs": ..., "last_epoch": ...}``: plain data, loadable with weights_only."""
         return {"base_lrs": list(self.base_lrs), "last_epoch": self.last_epoch}
+
+
+def steps_in_iterations(scheduler: ParamScheduler, max_iter: int) -> tuple[list[float], list[int]]:
+    """A step schedule over progress as the iterations of one run: where the value of
+    ``scheduler(i / max_iter)`` changes over the iterations ``i = 0 .. max_iter - 1``.
+
+    ``MultiStepParamScheduler(values, num_updates=max_iter, milestones=milestones)`` gives the same
+    value at every iteration of the run (values that no iteration reaches are left out).
+
+    Args:
+        scheduler: a function of training progress in [0, 1] (e.g. a ``MultiStepParamScheduler``
+            whose ``num_updates`` is another number than ``max_iter``).
+        max_iter: the iterations of the run.
+
+    Returns:
+        ``(values, milestones)``: the value of each run of equal values, and the iteration where
+        each one after the first starts.
+    """
+    values, milestones = [scheduler(0.0)], []
+    for iteration in range(1, max_iter):
+        value = scheduler(iteration / max_iter)
+        if value != values[-1]:
+            values.append(value)
+            milestones.append(iteration)
+    return values, milestones

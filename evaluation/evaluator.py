@@ -2,7 +2,9 @@
 
 Used by the periodic evaluation hook during training and by ``main.py --eval-only``. Alphas are
 quantized to 8 bits exactly as ``inference.py`` writes them, so the numbers equal running
-``inference.py`` then ``tools/evaluate.py``.
+``inference.py`` then ``tools/evaluate.py``; they are logged in the table
+``tools/evaluate.py`` prints (:func:`evaluation.folders.format_table`: paper units, each
+column's scaling in its header).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from data.eval_dataset import MattingEvalDataset
 from data.image_io import BadSampleError
+from evaluation.folders import format_table
 from evaluation.metrics import METRIC_NAMES, Region, compute_metrics
 from predictor.matting import MattingPredictor
 from predictor.outputs import alpha_to_uint8
@@ -35,6 +38,8 @@ class MattingEvaluator:
         region: ``unknown`` (trimap == 128) or ``all`` (whole image).
         max_images: evaluate only the first N items (quick checks during training).
         prefix: prefix of the returned metric names.
+        snap_trimap: move trimap values other than 0, 128 and 255 (JPEG trimaps) to the nearest
+            of them instead of skipping the item (as ``inference.py --snap-trimap``).
     """
 
     def __init__(
@@ -47,8 +52,9 @@ class MattingEvaluator:
         region: Region = "unknown",
         max_images: int | None = None,
         prefix: str = "eval/",
+        snap_trimap: bool = False,
     ) -> None:
-        self.dataset = MattingEvalDataset(data_dir, layout=layout)
+        self.dataset = MattingEvalDataset(data_dir, layout=layout, snap_trimap=snap_trimap)
         if max_images is not None:
             self.dataset.items = self.dataset.items[:max_images]
         missing = [item.image_path for item in self.dataset.items if item.alpha_path is None]
@@ -88,10 +94,7 @@ class MattingEvaluator:
         means = {}
         for name in METRIC_NAMES:
             values = [m[name] for m in per_image if not math.isnan(m[name])]
-            means[self.prefix + name] = sum(values) / len(values) if values else math.nan
-        logger.info(
-            "evaluation on %d images: %s",
-            len(per_image),
-            ", ".join(f"{k} {v:.4f}" for k, v in means.items()),
-        )
-        return means
+            means[name] = sum(values) / len(values) if values else math.nan
+        # The table of tools/evaluate.py: the same numbers, the same units.
+        logger.info("%s", format_table(means, len(per_image), self.region))
+        return {self.prefix + name: value for name, value in means.items()}

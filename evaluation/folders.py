@@ -3,15 +3,18 @@ image's SAD, MSE, Grad and Conn (the official DIM MATLAB definitions, :mod:`eval
 paper units, their means, the per-image CSV and the printed table. ``tools/evaluate.py`` is the
 command line.
 
-Files are matched by stem: predictions are ``*.png``; labels and trimaps may be ``.png`` or
-``.jpg``/``.jpeg``. A label without a prediction (or without a trimap, or a trimap without a label)
-is an error naming the files, since the mean would silently cover fewer images, unless
-``allow_missing``. Extra predictions are reported and left out. Files are read as 8-bit
-single-channel maps by ``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``). An
-image is reported and left out of the mean when one of its files cannot be read or is truncated,
-is a colour image, when its sizes differ, when its trimap holds values other than 0, 128 and 255,
-or when its label looks like a trimap (only 0, 128 and 255, with 128: label and trimap folders
-swapped?).
+Files are matched by stem: predictions are ``*.png``; labels and trimaps may be in any format the
+readers take (``data.image_io.IMAGE_EXTENSIONS``; ``.png`` preferred, then ``.jpg``, on a stem
+clash). Every other entry of the three folders is named in a warning, with the reason. A label
+without a prediction (or without a trimap, or a trimap without a label) is an error naming the
+files, since the mean would silently cover fewer images, unless ``allow_missing``. Extra
+predictions are reported and left out. Files are read as 8-bit single-channel maps by
+``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``). An image is reported and
+left out of the mean when one of its files cannot be read or is truncated, is a colour image, when
+its sizes differ, when its trimap holds values other than 0, 128 and 255 (a JPEG trimap:
+``snap_trimap`` moves each value to the nearest level instead, as ``inference.py`` does with the
+same option), or when its label looks like a trimap (only 0, 128 and 255, with 128: label and
+trimap folders swapped?).
 """
 
 from __future__ import annotations
@@ -30,17 +33,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.image_io import BadSampleError, read_map_u8
+from data.image_io import IMAGE_EXTENSIONS, BadSampleError, read_map_u8, trimap_levels
 from data.trimap import TRIMAP_LEVELS, TRIMAP_UNKNOWN, non_trimap_share
 from evaluation.metrics import METRIC_NAMES, Region, compute_metrics
 from utils.file_io import atomic_write
+from utils.progress import logging_above_progress_bar
 
 logger = logging.getLogger(__name__)
 
 PRED_SUFFIXES: tuple[str, ...] = (".png",)
 
 
-LABEL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")  # preferred first on a stem clash
+LABEL_SUFFIXES: tuple[str, ...] = IMAGE_EXTENSIONS  # preferred first on a stem clash
 
 
 CSV_FLOAT_FORMAT = "{:.10g}"
@@ -96,9 +100,11 @@ def _index_dir(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, 
     if not folder.is_dir():
         raise FileNotFoundError(f"{kind} directory not found: {folder}")
     found: dict[str, Path] = {}
+    not_read = []
     for path in sorted(folder.iterdir()):
         suffix = path.suffix.lower()
-        if not path.is_file() or suffix not in suffixes:
+        if not path.is_file() or suffix not in suffixes or path.name.startswith("."):
+            not_read.append(path.name + ("/" if path.is_dir() else ""))
             continue
         previous = found.get(path.stem)
         if previous is None:
@@ -114,6 +120,9 @@ def _index_dir(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, 
             keep.name,
         )
         found[path.stem] = keep
+    listed = _listed(not_read, f"entries of {folder} not read (only {' '.join(suffixes)} files)")
+    if listed:
+        logger.warning("%s: %s", kind, listed)
     return found
 
 
@@ -137,8 +146,8 @@ def match_files(
 
     Args:
         pred_dir: folder of predicted alpha PNGs.
-        label_dir: folder of ground-truth alpha mattes (.png/.jpg).
-        trimap_dir: folder of trimaps (.png/.jpg).
+        label_dir: folder of ground-truth alpha mattes (``LABEL_SUFFIXES``).
+        trimap_dir: folder of trimaps (``LABEL_SUFFIXES``).
         allow_missing: only warn about labels without prediction or trimap and trimaps without
             label, and evaluate the names present in all three folders.
 
@@ -178,13 +187,17 @@ def match_files(
     return {name: ItemPaths(preds[name], labels[name], trimaps[name]) for name in names}
 
 
-def evaluate_item(name: str, paths: ItemPaths, region: Region) -> ItemResult:
+def evaluate_item(
+    name: str, paths: ItemPaths, region: Region, snap_trimap: bool = False
+) -> ItemResult:
     """Read one image triple and compute its metrics; errors are captured, not raised.
 
     Args:
         name: image name (file stem).
         paths: its prediction, label and trimap files.
         region: ``"unknown"`` or ``"all"`` (see `evaluation.metrics`).
+        snap_trimap: move trimap values other than 0, 128 and 255 to the nearest of them
+            (:func:`data.trimap.snap_trimap`) instead of failing the image.
 
     Returns:
         The result with paper-unit metrics, or with ``error`` set.
@@ -196,25 +209,20 @@ def evaluate_item(name: str, paths: ItemPaths, region: Region) -> ItemResult:
         if len(set(shapes.values())) > 1:
             sizes = ", ".join(f"{path} {shape[1]}x{shape[0]}" for path, shape in shapes.items())
             raise ValueError(f"size mismatch (WxH): {sizes}")
-        _check_roles(paths, label, trimap)
+        _check_label(paths, label)
+        trimap = trimap_levels(trimap, paths.trimap, snap=snap_trimap)
         result.metrics = compute_metrics(pred, label, trimap, region=region)
     except (BadSampleError, ValueError, TypeError) as exc:
         result.error = str(exc)
     return result
 
 
-def _check_roles(paths: ItemPaths, label: np.ndarray, trimap: np.ndarray) -> None:
-    """A trimap holds only 0, 128 and 255; a label that does (with 128) is a trimap.
+def _check_label(paths: ItemPaths, label: np.ndarray) -> None:
+    """A label with only the values 0, 128 and 255 (with 128) is a trimap.
 
     Raises:
-        ValueError: naming the file and what is wrong with it.
+        ValueError: naming the file.
     """
-    share = non_trimap_share(trimap)
-    if share:
-        raise ValueError(
-            f"{paths.trimap}: {100 * share:.2f}% of the pixels are neither 0, 128 nor 255: not a "
-            "trimap (label and trimap folders swapped? a JPEG trimap?)"
-        )
     if (label == TRIMAP_UNKNOWN).any() and not non_trimap_share(label):
         raise ValueError(
             f"{paths.label}: only the values {TRIMAP_LEVELS}: a trimap, not an alpha matte "
@@ -227,6 +235,7 @@ def evaluate_items(
     region: Region = "unknown",
     workers: int = 1,
     progress: bool = False,
+    snap_trimap: bool = False,
 ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Compute the metrics of every item, in parallel processes when ``workers > 1``.
 
@@ -234,7 +243,8 @@ def evaluate_items(
         items: ``{name: ItemPaths}`` as `match_files` returns.
         region: ``"unknown"`` or ``"all"``.
         workers: number of processes; 1 runs in this process.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (log lines, the workers' too, go above it).
+        snap_trimap: see :func:`evaluate_item`.
 
     Returns:
         ``(per_image, failures)``: ``{name: {"sad", "mse", "grad", "conn"}}`` in paper units
@@ -245,12 +255,16 @@ def evaluate_items(
         raise ValueError(f"workers must be >= 1, got {workers}")
     names = list(items)
     with ExitStack() as stack:
+        forward_logs = stack.enter_context(logging_above_progress_bar())
         if workers == 1:
             mapper = map
         else:
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(names)))
+            pool = ProcessPoolExecutor(
+                max_workers=min(workers, len(names)), initializer=forward_logs
+            )
             mapper = stack.enter_context(pool).map
-        outcomes = mapper(evaluate_item, names, items.values(), [region] * len(names))
+        each = [region] * len(names), [snap_trimap] * len(names)
+        outcomes = mapper(evaluate_item, names, items.values(), *each)
         bar = tqdm(outcomes, total=len(names), desc="evaluate", unit="img", disable=not progress)
         results = list(bar)
 

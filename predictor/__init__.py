@@ -7,8 +7,11 @@
   of a config and its checkpoint), ``predictor.token_budget`` (the automatic token cap).
 - :func:`estimate_foreground` (``predictor.foreground``): foreground colours for cutouts;
   ``predictor.outputs``: the files a run writes (:func:`alpha_to_uint8`, the official PNG).
-- ``predictor.runner``: folder and sharded runs of ``inference.py``; ``predictor.onnx_graph``: the
-  exported graph; ``predictor.session`` and ``predictor.web_app``: the web demo;
+- ``predictor.prompts`` (box and click prompts) and ``predictor.segmenter`` (the SAM-family front
+  end that turns them into a mask, for the predictors' ``box=`` / ``points=``).
+- ``predictor.runner``: folder and sharded runs of ``inference.py``; ``predictor.video``: clips
+  (``inference.py --video``); ``predictor.onnx_graph``: the exported graph; ``predictor.session``,
+  ``predictor.web_app`` and ``predictor.web_prompt`` (its Prompt tab): the web demo;
   ``predictor.profiling``: FLOPs and timings for the benchmark tools.
 
 The names below are imported on first use, so that ``import predictor.onnx_predictor`` does not

@@ -2,10 +2,11 @@
 
 Inputs are read as the official ``inference.py`` reads them: RGB / 255 (16-bit images / 65535;
 gray replicated, an alpha channel dropped, EXIF orientation ignored, as PIL's
-``convert("RGB")``), trimap = 8-bit value / 255 (unknown = 128 / 255). Paths go through the
-readers of :mod:`data.image_io`; PIL images, numpy arrays and PyTorch tensors are converted with
-the same rules. The result is numpy arrays: this module does not import PyTorch (a tensor can
-only be given where PyTorch is imported already), so the onnxruntime predictor runs without it.
+``convert("RGB")``), trimap = 8-bit value / 255 (unknown = 128 / 255; a trimap with other
+values is refused unless it is to be snapped to the levels). Paths go through the readers of
+:mod:`data.image_io`; PIL images, numpy arrays and PyTorch tensors are converted with the same
+rules. The result is numpy arrays: this module does not import PyTorch (a tensor can only be given
+where PyTorch is imported already), so the onnxruntime predictor runs without it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from data.image_io import (
     to_rgb_levels,
     trimap_levels,
 )
+from data.pixel_limits import DEFAULT_MAX_PIXELS
 from data.trimap import trimap_from_mask
 from utils.levels import UINT16_MAX
 
@@ -105,35 +107,39 @@ def _checked_unit_range(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def trimap_input_levels(trimap: MapInput) -> np.ndarray:
-    """A trimap input as ``[H, W]`` uint8 levels (0, 128, 255; other values with a warning).
+def trimap_input_levels(trimap: MapInput, *, snap: bool = False) -> np.ndarray:
+    """A trimap input as ``[H, W]`` uint8 levels 0, 128, 255 (:func:`data.image_io.trimap_levels`).
 
     Args:
         trimap: a file path, a PIL image, or an ``[H, W]`` uint8 array or tensor.
+        snap: move values other than the levels to the nearest one instead of refusing them.
 
     Raises:
-        BadSampleError: an unreadable file, a colour or non-8-bit trimap.
+        BadSampleError: an unreadable file, a colour or non-8-bit trimap, or (without ``snap``)
+            values other than 0, 128 and 255.
     """
     if isinstance(trimap, str | Path):
-        return read_trimap_levels(trimap)
+        return read_trimap_levels(trimap, snap=snap)
     if isinstance(trimap, Image.Image):
-        return trimap_levels(_pil_levels(trimap), "trimap (PIL image)")
+        return trimap_levels(_pil_levels(trimap), "trimap (PIL image)", snap=snap)
     tensor = _tensor_array(trimap)
-    return trimap_levels(np.asarray(trimap if tensor is None else tensor), "trimap array")
+    array = np.asarray(trimap if tensor is None else tensor)
+    return trimap_levels(array, "trimap array", snap=snap)
 
 
-def mask_levels(mask: MapInput) -> np.ndarray:
+def mask_levels(mask: MapInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A mask input as an ``[H, W]`` array for :func:`data.trimap.trimap_from_mask`.
 
     Args:
         mask: a file path (8- or 16-bit gray), a PIL image, or an ``[H, W]`` bool, uint8, uint16
             or float array or tensor.
+        max_pixels: the largest mask file read (refused before decoding above it).
 
     Raises:
-        BadSampleError: an unreadable file or a colour image.
+        BadSampleError: an unreadable file, one above ``max_pixels`` or a colour image.
     """
     if isinstance(mask, str | Path):
-        return read_map_levels(mask)
+        return read_map_levels(mask, max_pixels=max_pixels)
     if isinstance(mask, Image.Image):
         return to_map_levels(_pil_levels(mask), "mask (PIL image)")
     tensor = _tensor_array(mask)
@@ -146,12 +152,16 @@ def prepare_inputs(
     *,
     mask: MapInput | None = None,
     unknown_width: float | None = None,
+    snap_trimap: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image's predictor inputs: ``[H, W, 3]`` RGB (:func:`image_levels`) and its ``[H, W]``
-    uint8 trimap, given or made from a mask by :func:`data.trimap.trimap_from_mask`.
+    uint8 trimap, given (values other than 0, 128 and 255 refused, or snapped with
+    ``snap_trimap``: :func:`trimap_input_levels`) or made from a mask by
+    :func:`data.trimap.trimap_from_mask`.
 
     Raises:
-        BadSampleError: an unreadable input file, or an input of an unsupported form.
+        BadSampleError: an unreadable input file, an input of an unsupported form, or a trimap
+            with other values (without ``snap_trimap``).
         ValueError: neither or both of ``trimap`` and ``mask``, no ``unknown_width`` with a
             mask, or sizes that differ.
     """
@@ -167,7 +177,7 @@ def prepare_inputs(
         source = str(mask) if isinstance(mask, str | Path) else "the mask"
         trimap_map = trimap_from_mask(mask_levels(mask), unknown_width, source=source)
     else:
-        trimap_map = trimap_input_levels(trimap)
+        trimap_map = trimap_input_levels(trimap, snap=snap_trimap)
     if trimap_map.shape != levels.shape[:2]:
         raise ValueError(
             f"the {'mask' if mask is not None else 'trimap'} is {trimap_map.shape[1]}x"

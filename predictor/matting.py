@@ -1,5 +1,5 @@
-"""Matting inference from Python: :class:`MattingPredictor` (an image and a trimap or a mask in,
-alpha out), on the official protocol.
+"""Matting inference from Python: :class:`MattingPredictor` (an image and a trimap, a mask, or a
+box and clicks for a segmenter in, alpha out), on the official protocol.
 
 The alpha comes back with the official known-region clamp (0 where the trimap is 0, 1 where it
 is 255), so ``floor(alpha * 255)`` is the PNG the official script writes
@@ -21,11 +21,19 @@ from torch import Tensor, nn
 
 from modeling.backbone.router import GLOBAL_ROUTE
 from predictor.prediction import AUTO, BatchPrediction, ImagePredictor, RoutingMaps
+from predictor.segmenter import Segmenter, as_segmenter
 from predictor.token_budget import auto_max_number_token
 from predictor.weights import build_inference_model, load_inference_weights
 from utils.device import autocast, resolve_device, to_unit_float
 
-__all__ = ["AUTO", "BatchPrediction", "ImagePredictor", "MattingPredictor", "RoutingMaps"]
+__all__ = [
+    "AUTO",
+    "BatchPrediction",
+    "ImagePredictor",
+    "MattingPredictor",
+    "RoutingMaps",
+    "check_predictor_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,31 @@ def _as_tensor(levels: np.ndarray | Tensor) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.as_tensor(levels)
+
+
+def check_predictor_options(
+    device: str | torch.device, precision: str, max_number_token: int | str | None
+) -> torch.device:
+    """Check the options of a :class:`MattingPredictor` without a model (``inference.py``
+    checks them before it decides which items are done already).
+
+    Returns:
+        The device the predictor runs on (``"auto"`` resolved).
+
+    Raises:
+        ValueError: a CUDA device without CUDA, an unknown precision or fp16 on a CPU, or a
+            ``max_number_token`` that is not an int >= 0, ``"auto"`` or None.
+    """
+    resolved = resolve_device(device)
+    autocast(resolved, precision)  # validates the precision for the device
+    if not (max_number_token is None or max_number_token == AUTO):
+        if isinstance(max_number_token, bool) or not isinstance(max_number_token, int):
+            raise ValueError(
+                f"max_number_token must be an int, 'auto' or None, not {max_number_token!r}"
+            )
+        if max_number_token < 0:
+            raise ValueError(f"max_number_token must be >= 0, got {max_number_token}")
+    return resolved
 
 
 class MattingPredictor(ImagePredictor):
@@ -59,10 +92,13 @@ class MattingPredictor(ImagePredictor):
             (:func:`predictor.token_budget.auto_max_number_token`; the cap chosen is logged).
         patch_decoder: decode in the official 512 px tiles (False: the whole image at once, which
             can change results slightly at tile borders).
+        segmenter: for ``box=`` / ``points=`` calls: a :class:`~predictor.segmenter.Segmenter`,
+            or a SAM, SAM-HQ or SAM 2 checkpoint (hub id or ``save_pretrained`` folder) loaded
+            onto ``device`` (see :func:`~predictor.segmenter.load_segmenter`).
 
     Raises:
-        ValueError: an unknown precision, fp16 on a CPU, a CUDA device without CUDA, or a bad
-            ``max_number_token``.
+        ValueError: an unknown precision, fp16 on a CPU, a CUDA device without CUDA, a bad
+            ``max_number_token``, or a segmenter that cannot be loaded.
     """
 
     def __init__(
@@ -73,22 +109,17 @@ class MattingPredictor(ImagePredictor):
         precision: str = "fp32",
         max_number_token: int | str | None = None,
         patch_decoder: bool = True,
+        segmenter: Segmenter | str | Path | None = None,
     ) -> None:
-        self.device = resolve_device(device)
-        autocast(self.device, precision)  # validates the precision for the device
+        self.device = check_predictor_options(device, precision, max_number_token)
         if not (max_number_token is None or max_number_token == AUTO):
-            if isinstance(max_number_token, bool) or not isinstance(max_number_token, int):
-                raise ValueError(
-                    f"max_number_token must be an int, 'auto' or None, not {max_number_token!r}"
-                )
-            if max_number_token < 0:
-                raise ValueError(f"max_number_token must be >= 0, got {max_number_token}")
             model.backbone.max_number_token = max_number_token
         self.model = model.to(self.device).eval()
         self.precision = precision
         self.auto_cap = max_number_token == AUTO
         self.patch_decoder = patch_decoder
         self._auto_caps: dict[tuple[int, int], int | None] = {}
+        self.segmenter = as_segmenter(segmenter, self.device)
 
     @classmethod
     def from_config(
@@ -102,6 +133,7 @@ class MattingPredictor(ImagePredictor):
         patch_decoder: bool = True,
         overrides: Sequence[str] = (),
         trust_checkpoint: bool = False,
+        segmenter: Segmenter | str | Path | None = None,
     ) -> MattingPredictor:
         """Build the model of a LazyConfig file (without the teacher) and load its weights.
 
@@ -110,7 +142,7 @@ class MattingPredictor(ImagePredictor):
                 (configs are code: only from a trusted source).
             checkpoint: official or trainer checkpoint; None keeps random weights (with a
                 warning).
-            device, precision, max_number_token, patch_decoder: see the class.
+            device, precision, max_number_token, patch_decoder, segmenter: see the class.
             overrides: config overrides ``key=value``.
             trust_checkpoint: also load a checkpoint that pickles objects other than tensors
                 (runs code stored in the file).
@@ -130,6 +162,7 @@ class MattingPredictor(ImagePredictor):
             precision=precision,
             max_number_token=max_number_token,
             patch_decoder=patch_decoder,
+            segmenter=segmenter,
         )
 
     def _set_auto_cap(self, hw: tuple[int, int]) -> None:

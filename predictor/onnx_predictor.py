@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -36,6 +37,9 @@ from modeling.lean.blocks import DecoderSpec, map_sizes, plan_decoder
 from modeling.patches import padded_size, patch_tiles
 from predictor.prediction import BatchPrediction, ImagePredictor
 from utils.levels import UINT8_MAX, unit_float_array
+
+if TYPE_CHECKING:
+    from predictor.segmenter import Segmenter
 
 __all__ = [
     "BLOCKS_FILE",
@@ -48,8 +52,10 @@ __all__ = [
     "SCORES_OUTPUT",
     "STAGE_FILE",
     "OnnxMattingPredictor",
-    "read_manifest",
+    "check_deployment",
     "normalized_crop",
+    "onnx_providers",
+    "read_manifest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,13 +72,26 @@ KEEP_OUTPUT, SCORES_OUTPUT = "keep_block{}", "router_scores_block{}"
 NO_CAP = np.iinfo(np.int64).max
 CPU_PROVIDER, CUDA_PROVIDER = "CPUExecutionProvider", "CUDAExecutionProvider"
 GLOBAL_ROUTE = 0  # index of "route to global attention" in the router scores
+# The inputs each graph of a deployment has (what the runtime feeds), by its role in the
+# manifest: the embedding, the blocks, and the decoder stages (convstream{k}, fusion{i}, head).
+GRAPH_INPUTS = {
+    "embed": {"input"},
+    "blocks": {"tokens"},
+    "convstream": {"x", "pads"},
+    "fusion": {"detail", "coarse", "starts", "pads"},
+    "head": {"x", "pads"},
+}
 # The trimap value the clamp forces to 0; the one it forces to 1 is the full scale (255 for
 # uint8 levels, 1 for floats).
 _BACKGROUND = 0
 
 
-def _providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
-    """onnxruntime providers for ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (GPU N)."""
+def onnx_providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
+    """onnxruntime providers for ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (GPU N).
+
+    Raises:
+        ValueError: another device, or CUDA where onnxruntime has no CUDA provider.
+    """
     available = ort.get_available_providers()
     kind, _, index = device.partition(":")
     if kind == "cpu" and not index:
@@ -96,6 +115,11 @@ def read_manifest(folder: str | Path) -> dict:
     """
     folder = Path(folder)
     path = folder / MANIFEST_FILE
+    if folder.is_file():
+        raise ValueError(
+            f"{folder}: a file, not an ONNX deployment: tools/export_onnx.py writes a folder "
+            f"({MANIFEST_FILE} and its graphs); export the model again into a folder"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"{folder}: no ONNX deployment (no {MANIFEST_FILE}; export one with "
@@ -111,6 +135,50 @@ def read_manifest(folder: str | Path) -> dict:
     for name in graphs:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: missing (an incomplete export?)")
+    return manifest
+
+
+def check_deployment(folder: str | Path) -> dict:
+    """Check, without building a session, that ``folder`` is a deployment written by
+    ``tools/export_onnx.py``: its manifest (:func:`read_manifest`), and each graph file
+    non-empty and, where the ``onnx`` package is installed (a minimal deployment may go without
+    it: onnxruntime then refuses a bad graph when the predictor loads it), an ONNX model with
+    the inputs its role needs (:data:`GRAPH_INPUTS`; external data left unread).
+
+    Returns:
+        the manifest.
+
+    Raises:
+        FileNotFoundError: no such folder, no manifest, a graph file missing.
+        ValueError: a file instead of a folder, a manifest that does not parse or is of another
+            format, an empty graph file, or one that is not an ONNX model with those inputs;
+            each names the file.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    try:  # a protobuf parser, not a runtime: parsing runs nothing
+        import onnx
+        from google.protobuf.message import DecodeError
+    except ImportError:
+        onnx = None
+    graphs = {"embed": manifest["embed"], "blocks": manifest["blocks"], **manifest["decoder"]}
+    for role, name in graphs.items():
+        path = folder / name
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path}: empty file, not an ONNX graph")
+        if onnx is None:
+            continue
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not an ONNX model ({exc})") from exc
+        inputs = {value.name for value in model.graph.input}
+        needed = GRAPH_INPUTS[role.rstrip("0123456789")]
+        if not needed <= inputs or not model.graph.output:
+            raise ValueError(
+                f"{path}: not the {role} graph of an export by tools/export_onnx.py (needs the "
+                f"inputs {sorted(needed)} and an output; has inputs {sorted(inputs) or 'none'})"
+            )
     return manifest
 
 
@@ -208,10 +276,13 @@ class OnnxMattingPredictor(ImagePredictor):
         max_number_token: cap on tokens in one global attention; None takes the exported
             config's cap (18500 for the official configs; no cap if the config has none).
         threads: onnxruntime intra-op threads (None: its default, one per core).
+        segmenter: for ``box=`` / ``points=`` calls, as ``MattingPredictor``'s (a PyTorch model,
+            run on the predictor's device: PyTorch and transformers are imported only then).
 
     Raises:
         FileNotFoundError, ValueError: not a deployment folder (:func:`read_manifest`).
-        ValueError: an unusable device or cap.
+        ValueError: an unusable device or cap, a graph onnxruntime cannot load, or a segmenter
+            that cannot be loaded.
     """
 
     def __init__(
@@ -221,6 +292,7 @@ class OnnxMattingPredictor(ImagePredictor):
         device: str = "auto",
         max_number_token: int | None = None,
         threads: int | None = None,
+        segmenter: Segmenter | str | Path | None = None,
     ) -> None:
         folder = Path(model_path)
         manifest = read_manifest(folder)
@@ -231,7 +303,7 @@ class OnnxMattingPredictor(ImagePredictor):
                 f"max_number_token must be an integer or None, got {max_number_token!r} (the "
                 "'auto' rule of predictor/token_budget.py models the PyTorch forward's memory)"
             )
-        providers = _providers(device)
+        providers = onnx_providers(device)
 
         def session(name: str, arena: bool) -> ort.InferenceSession:
             options = ort.SessionOptions()
@@ -245,7 +317,10 @@ class OnnxMattingPredictor(ImagePredictor):
             options.enable_cpu_mem_arena = arena
             if threads is not None:
                 options.intra_op_num_threads = threads
-            return ort.InferenceSession(str(folder / name), options, providers=providers)
+            try:
+                return ort.InferenceSession(str(folder / name), options, providers=providers)
+            except Exception as exc:  # onnxruntime's errors derive from Exception only
+                raise ValueError(f"{folder / name}: onnxruntime cannot load it ({exc})") from exc
 
         self.embed = session(manifest["embed"], arena=False)
         self.blocks = session(manifest["blocks"], arena=True)
@@ -270,6 +345,11 @@ class OnnxMattingPredictor(ImagePredictor):
             ("cuda" if device == "auto" else device) if provider == CUDA_PROVIDER else "cpu"
         )
         logger.info("%s on %s, cap %s", folder, provider, self.max_number_token)
+        if segmenter is not None:  # PyTorch and transformers, imported for prompts only
+            from predictor.segmenter import as_segmenter
+
+            segmenter = as_segmenter(segmenter, self.device)
+        self.segmenter = segmenter
 
     def predict_levels(self, image: np.ndarray, trimap: np.ndarray) -> BatchPrediction:
         """Alpha and routing of a batch of same-sized images, one image at a time

@@ -1,10 +1,17 @@
 """What a run writes for each image: the official 8-bit alpha PNG and, on request, the foreground
 colours, an RGBA cutout, a composite over a colour or an image, the trimap used and the routing
-picture; each file written atomically, the alpha PNG last, so an item whose alpha PNG exists and
-decodes is complete.
+picture, and for a prompt run the segmenter's mask the trimap was made from; each file written
+atomically.
+
+The alpha PNG is written first, then the extras, each on its own: an extra that cannot be made or
+written is reported (:meth:`Outputs.write` returns it with the reason) and costs neither the
+alpha nor the other extras. An item is complete (:meth:`Outputs.complete`, what a resumed run
+skips) when its alpha PNG decodes and every requested extra is a whole file; otherwise the run
+predicts it again and rewrites all its files (the prediction is the same, and the routing picture
+needs the forward anyway).
 
 Folder layout under the output folder ``root``: ``<name>.png`` (alpha), ``foreground/``,
-``rgba/``, ``composite/``, ``trimap/`` (``<name>.png`` each) and ``routing/<name>.jpg``.
+``rgba/``, ``composite/``, ``trimap/``, ``mask/`` (``<name>.png`` each) and ``routing/<name>.jpg``.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import cv2
 import numpy as np
 
 from data.image_io import is_complete_image, read_rgb_levels, write_image
+from data.pixel_limits import DEFAULT_MAX_PIXELS
 from utils.levels import UINT8_MAX
 
 __all__ = [
     "COMPOSITE_DIR",
     "FOREGROUND_DIR",
+    "MASK_DIR",
     "RGBA_DIR",
     "ROUTING_DIR",
     "TRIMAP_DIR",
@@ -38,6 +47,7 @@ ROUTING_DIR, FOREGROUND_DIR, RGBA_DIR, COMPOSITE_DIR, TRIMAP_DIR = (
     "composite",
     "trimap",
 )
+MASK_DIR = "mask"  # a segmenter's mask (0/255), beside the trimap made from it
 # Colours: ``#rrggbb`` (the ``#`` optional) or a colour picker's ``rgb(r, g, b)`` /
 # ``rgba(r, g, b, a)``.
 _HEX_COLOUR = re.compile(r"#?([0-9a-fA-F]{6})")
@@ -77,7 +87,11 @@ def parse_colour(value: str) -> np.ndarray:
 
 @dataclass
 class Outputs:
-    """Where one run writes and what it writes besides the alpha PNGs."""
+    """Where one run writes and what it writes besides the alpha PNGs.
+
+    ``max_pixels`` bounds what the writer reads: the alpha PNGs decoded by :meth:`complete` and
+    the composite background image.
+    """
 
     root: Path
     routing: bool = False
@@ -85,32 +99,37 @@ class Outputs:
     rgba: bool = False
     composite: np.ndarray | Path | None = None
     trimap: bool = False
+    mask: bool = False
     round_alpha: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
     _backgrounds: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
-    def paths(self, name: str) -> list[Path]:
-        """Every file item ``name`` gets; the alpha PNG last."""
+    def extra_paths(self, name: str) -> dict[str, Path]:
+        """The requested extra outputs of item ``name``: ``{folder name: file}``."""
         extras = [
             (self.routing, ROUTING_DIR, ".jpg"),
             (self.foreground, FOREGROUND_DIR, ".png"),
             (self.rgba, RGBA_DIR, ".png"),
             (self.composite is not None, COMPOSITE_DIR, ".png"),
             (self.trimap, TRIMAP_DIR, ".png"),
+            (self.mask, MASK_DIR, ".png"),
         ]
-        paths = [self.root / folder / f"{name}{suffix}" for on, folder, suffix in extras if on]
-        return [*paths, self.root / f"{name}.png"]
+        return {
+            folder: self.root / folder / f"{name}{suffix}" for on, folder, suffix in extras if on
+        }
+
+    def alpha_path(self, name: str) -> Path:
+        return self.root / f"{name}.png"
 
     @property
     def folders(self) -> list[Path]:
-        return sorted({path.parent for path in self.paths("x")})
+        return sorted({self.root, *(path.parent for path in self.extra_paths("x").values())})
 
     def complete(self, name: str) -> bool:
-        """Whether every output of ``name`` exists and is a whole image file (the alpha PNG, the
-        official output, is also decoded)."""
-        *extras, alpha = self.paths(name)
-        return all(is_complete_image(path) for path in extras) and is_complete_image(
-            alpha, decode=True
-        )
+        """Whether the alpha PNG of ``name`` decodes and every requested extra is a whole image
+        file (see the module docstring)."""
+        alpha = is_complete_image(self.alpha_path(name), decode=True, max_pixels=self.max_pixels)
+        return alpha and all(map(is_complete_image, self.extra_paths(name).values()))
 
     @property
     def needs_foreground(self) -> bool:
@@ -120,7 +139,7 @@ class Outputs:
         """The composite background ``[H, W, 3]`` float32 RGB in [0, 1] for an image size."""
         if hw not in self._backgrounds:
             if isinstance(self.composite, Path):
-                image = read_rgb_levels(self.composite)
+                image = read_rgb_levels(self.composite, max_pixels=self.max_pixels)
                 scale = float(np.iinfo(image.dtype).max)
                 resized = cv2.resize(image, hw[::-1], interpolation=cv2.INTER_AREA)
                 self._backgrounds[hw] = resized.astype(np.float32) / scale
@@ -136,8 +155,10 @@ class Outputs:
         trimap: np.ndarray,
         foreground: np.ndarray | None,
         figure: Callable[[], np.ndarray] | None,
-    ) -> None:
-        """Write every output of one item (each atomically; the alpha PNG last).
+        mask: np.ndarray | None = None,
+    ) -> list[tuple[Path, str]]:
+        """Write every output of one item, each atomically: the alpha PNG first, then each extra
+        on its own (one that fails is returned, not raised).
 
         Args:
             name: the item's name.
@@ -145,27 +166,40 @@ class Outputs:
             trimap: ``[1, H, W]`` uint8, the trimap the model saw.
             foreground: ``[H, W, 3]`` uint8 RGB foreground colours, when an output needs them.
             figure: draws the routing picture (BGR), when requested.
+            mask: ``[H, W]`` bool, the segmenter's mask the trimap was made from (written as
+                0/255 when requested).
+
+        Returns:
+            the extras that could not be made or written: ``(file, reason)`` each.
 
         Raises:
-            OSError: a file cannot be encoded or written (names the file).
+            OSError: the alpha PNG cannot be encoded or written (names the file); no extra is
+                written then.
         """
         alpha_png = alpha_to_uint8(alpha, rounding=self.round_alpha)
-        folder = self.root
-        if figure is not None:
-            write_image(folder / ROUTING_DIR / f"{name}.jpg", figure())
-        if foreground is not None:
-            if self.foreground:
-                write_image(folder / FOREGROUND_DIR / f"{name}.png", foreground[:, :, ::-1])
-            if self.rgba:
-                bgra = np.dstack([foreground[:, :, ::-1], alpha_png])
-                write_image(folder / RGBA_DIR / f"{name}.png", bgra)
-            if self.composite is not None:
-                weight = alpha_png[:, :, None].astype(np.float32) / UINT8_MAX
-                background = self._background(alpha_png.shape)
-                colours = foreground.astype(np.float32) / UINT8_MAX
-                mixed = colours * weight + background * (1 - weight)
-                composite = np.round(mixed * UINT8_MAX).astype(np.uint8)
-                write_image(folder / COMPOSITE_DIR / f"{name}.png", composite[:, :, ::-1])
-        if self.trimap:
-            write_image(folder / TRIMAP_DIR / f"{name}.png", np.asarray(trimap)[0])
-        write_image(folder / f"{name}.png", alpha_png)
+        write_image(self.alpha_path(name), alpha_png)
+        makers = {
+            ROUTING_DIR: figure,
+            FOREGROUND_DIR: lambda: foreground[:, :, ::-1],  # RGB -> BGR
+            RGBA_DIR: lambda: np.dstack([foreground[:, :, ::-1], alpha_png]),
+            COMPOSITE_DIR: lambda: self._composite(foreground, alpha_png)[:, :, ::-1],
+            TRIMAP_DIR: lambda: np.asarray(trimap)[0],
+            MASK_DIR: lambda: (mask * UINT8_MAX).astype(np.uint8),  # bool -> 0/255
+        }
+        failed = []
+        for kind, path in self.extra_paths(name).items():
+            try:
+                write_image(path, makers[kind]())
+            # Any failure of an optional output (a full disk, a picture that cannot be drawn) is
+            # reported with its file; it must not cost the alpha or the other outputs.
+            except Exception as exc:
+                failed.append((path, f"{type(exc).__name__}: {exc}"))
+        return failed
+
+    def _composite(self, foreground: np.ndarray, alpha_png: np.ndarray) -> np.ndarray:
+        """The foreground over the composite background, ``[H, W, 3]`` uint8 RGB."""
+        weight = alpha_png[:, :, None].astype(np.float32) / UINT8_MAX
+        background = self._background(alpha_png.shape)
+        colours = foreground.astype(np.float32) / UINT8_MAX
+        mixed = colours * weight + background * (1 - weight)
+        return np.round(mixed * UINT8_MAX).astype(np.uint8)

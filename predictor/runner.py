@@ -1,16 +1,26 @@
 """Folder and shard runs of ``inference.py``: the items of a test-set folder or of a list of
-images, decoded ahead of the model by loader processes, predicted (same-sized images batched),
-their outputs written by a background writer (:class:`predictor.outputs.Outputs`), and one summary
-of the run (``--report``), merged over the processes of a sharded run.
+images (:mod:`predictor.items`), decoded ahead of the model by loader processes, predicted
+(same-sized images batched), their outputs written by a background writer
+(:class:`predictor.outputs.Outputs`), and one summary of the run (``--report``), merged over the
+processes of a sharded run.
+
+Prompt items (``--segmenter``) get their mask from the segmenter, and the trimap made from it,
+in the main process of each rank, before the forward.
 
 Files already in the output folder are skipped unless ``overwrite``, so an interrupted run resumes;
-a bad item is reported with its path and the run goes on. The functions take the parsed command
-line of ``inference.py`` (an ``argparse.Namespace``).
+a bad item is reported with its path and the run goes on; an optional output that cannot be
+written is reported on its own, its item's alpha kept. The functions take the parsed command line
+of ``inference.py`` (an ``argparse.Namespace``).
 
 The run of one process needs no PyTorch with ``--onnx``: images travel as numpy arrays and both
 predictors take them. PyTorch is imported where only it can serve: the PyTorch predictor, the
-foreground colours (``--save-foreground``, ``--save-rgba``, ``--composite``) and the processes
-of a sharded run.
+segmenter (``--segmenter``), the foreground colours (``--save-foreground``, ``--save-rgba``,
+``--composite``) and the processes of a sharded run.
+
+``--report`` always describes the run that ended last: a run refused at setup removes an earlier
+report; a run that starts writes ``{"complete": false, ...}`` at once, replaced atomically by the
+summary when it ends (``"complete": true``), or by the failure (``"complete": false`` with its
+``exit_code`` and ``error``) when a setup error stops it or a process dies.
 """
 
 from __future__ import annotations
@@ -26,36 +36,38 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import BoundedSemaphore
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from data.image_io import BadSampleError, read_rgb_levels, read_trimap_levels
-from data.readers import scan_test_set
-from data.trimap import trimap_from_mask
-from predictor.inputs import mask_levels
-from predictor.onnx_predictor import OnnxMattingPredictor, read_manifest
+from predictor.items import Item, ItemSamples, UsageError, check_not_an_input, collect_items
+from predictor.onnx_predictor import OnnxMattingPredictor, check_deployment, onnx_providers
 from predictor.outputs import Outputs, parse_colour
 from predictor.prediction import ImagePredictor
 from utils import comm
 from utils.file_io import atomic_write
 from utils.memory import MIB, peak_memory_bytes
+from utils.progress import logging_above_progress_bar
 from utils.visualizer import routing_figure
+
+if TYPE_CHECKING:
+    from predictor.segmenter import Segmenter
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
-    "Item",
     "Summary",
-    "UsageError",
+    "build_predictor",
+    "check_model",
+    "check_model_options",
     "check_setup",
-    "collect_items",
     "exit_code",
     "make_outputs",
     "merge",
@@ -76,16 +88,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_PENDING_WRITES = 2
 # Images decoded ahead of the model by each loader process.
 PREFETCH_PER_WORKER = 2
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image to predict and where its trimap (or mask) comes from."""
-
-    name: str
-    image: Path
-    trimap: Path | None = None
-    mask: Path | None = None
 
 
 @dataclass
@@ -140,97 +142,33 @@ def merge(summaries: list[Summary]) -> Summary:
     return merged
 
 
-class UsageError(ValueError):
-    """A bad combination of options or inputs (exit status 2)."""
+# --- inputs and outputs ----------------------------------------------------------------------
 
 
-# --- inputs ----------------------------------------------------------------------------------
+def _segment(sample: dict, item: Item, segmenter: Segmenter, unknown_width: float | str) -> dict:
+    """A prompt item's sample with the segmenter's mask and the trimap made from it (run in the
+    main process, where the segmenter is); a failure becomes ``{"error": ..., "path": ...}``."""
+    try:
+        image = sample["image"].transpose(1, 2, 0)  # [3, H, W] -> [H, W, 3]
+        guidance = segmenter.guidance(image, item.prompts, unknown_width)
+    except (ValueError, RuntimeError) as exc:  # prompts outside the image, out of memory
+        return {"index": sample["index"], "error": f"segmenter: {exc}", "path": str(item.image)}
+    return {**sample, "mask": guidance.mask, "trimap": guidance.trimap[None]}
 
 
-def collect_items(args: argparse.Namespace) -> tuple[list[Item], list[dict[str, str]]]:
-    """The items of the run, sorted by name, and the images that cannot be items (no trimap).
-
-    Raises:
-        UsageError, FileNotFoundError, ValueError: bad single-image options, or a test-set
-            folder that is missing or has no supported layout.
-    """
-    if args.data_dir is not None:
-        test_set = scan_test_set(args.data_dir, args.layout)
-        items = [Item(i.name, i.image_path, trimap=i.trimap_path) for i in test_set.items]
-        missing = [{"path": str(p), "reason": "no trimap"} for p in test_set.missing_trimaps]
-        return items, missing
-    guides = args.trimap if args.trimap is not None else args.mask
-    if guides is None:
-        raise UsageError("--image needs --trimap or --mask (one per image)")
-    if len(guides) != len(args.image):
-        flag = "--trimap" if args.trimap is not None else "--mask"
-        overrides = any("=" in guide for guide in guides)
-        hint = " (config overrides after a list of files go after --)" if overrides else ""
-        raise UsageError(
-            f"{len(args.image)} --image but {len(guides)} {flag}: give one per image{hint}"
-        )
-    items, seen = [], {}
-    for image, guide in zip(args.image, guides):
-        image = Path(image)
-        if image.stem in seen:
-            raise UsageError(
-                f"{seen[image.stem]} and {image} have the same name {image.stem!r}: their outputs "
-                "would overwrite each other"
-            )
-        seen[image.stem] = image
-        kind = "trimap" if args.trimap is not None else "mask"
-        items.append(Item(image.stem, image, **{kind: Path(guide)}))
-    return sorted(items, key=lambda item: item.name), []
-
-
-class _Samples:
-    """Decodes the pending items (in loader processes): image levels and the trimap, made from
-    the mask when the item has one. A bad item becomes ``{"error": ..., "path": ...}``."""
-
-    def __init__(self, items: list[Item], unknown_width: float | None) -> None:
-        self.items = items
-        self.unknown_width = unknown_width
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, idx: int) -> dict:
-        item = self.items[idx]
-        try:
-            image = read_rgb_levels(item.image)
-            if item.mask is not None:
-                guide_path, mask = item.mask, mask_levels(item.mask)
-                trimap = trimap_from_mask(mask, self.unknown_width, source=str(item.mask))
-            else:
-                guide_path, trimap = item.trimap, read_trimap_levels(item.trimap)
-            if trimap.shape != image.shape[:2]:
-                raise BadSampleError(
-                    guide_path,
-                    f"size {trimap.shape[1]}x{trimap.shape[0]} differs from image "
-                    f"{item.image.name} {image.shape[1]}x{image.shape[0]} (W x H)",
-                )
-        except BadSampleError as exc:
-            return {"index": idx, "error": exc.reason, "path": str(exc.path)}
-        except ValueError as exc:  # a mask of an unsupported type
-            return {"index": idx, "error": str(exc), "path": str(item.mask or item.image)}
-        return {
-            "index": idx,
-            "image": image.transpose(2, 0, 1),  # [H, W, 3] -> [3, H, W]
-            "trimap": trimap[None],
-        }
-
-
-def _decoded(samples: _Samples, workers: int) -> Iterator[dict]:
+def _decoded(
+    samples: ItemSamples, workers: int, initializer: Callable[[], None] | None = None
+) -> Iterator[dict]:
     """``samples`` in order, decoded ahead by ``workers`` processes (forked where the OS can:
-    spawned ones would import everything again) with ``PREFETCH_PER_WORKER`` images each in
-    flight; in this process with ``workers=0``."""
+    spawned ones would import everything again; each runs ``initializer`` first) with
+    ``PREFETCH_PER_WORKER`` images each in flight; in this process with ``workers=0``."""
     if not workers:
         yield from (samples[i] for i in range(len(samples)))
         return
     fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     context = multiprocessing.get_context(fork)
     indexes = iter(range(len(samples)))
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer) as pool:
         ahead = itertools.islice(indexes, workers * PREFETCH_PER_WORKER)
         pending = collections.deque(pool.submit(samples.__getitem__, i) for i in ahead)
         while pending:
@@ -258,9 +196,6 @@ def parse_composite(value: str | None) -> np.ndarray | Path | None:
                 f"--composite {value}: neither a colour like #00ff00 nor an image file"
             ) from None
         return Path(value)
-
-
-# --- outputs ---------------------------------------------------------------------------------
 
 
 def check_output_dir(path: Path) -> None:
@@ -306,6 +241,16 @@ def _torch_module(name: str):
     return importlib.import_module(name)
 
 
+def launch(main_func: Callable[..., None], num_processes: int, args: tuple) -> None:
+    """``main_func(*args)`` in every process of the run: :func:`engine.launch.launch` for
+    several processes or under torchrun, this process alone otherwise (without importing
+    PyTorch: a run with --onnx needs none)."""
+    if num_processes == 1 and not comm.under_torchrun():
+        main_func(*args)
+    else:
+        _torch_module("engine.launch").launch(main_func, num_processes, args=args)
+
+
 def _cpu_share(args: argparse.Namespace) -> int:
     """Threads of each CPU process of a sharded run: they share the machine's cores."""
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus))
@@ -325,8 +270,9 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
-def _predictor(args: argparse.Namespace) -> ImagePredictor:
-    """The model of this process: the exported graph (--onnx) or the config and checkpoint."""
+def build_predictor(args: argparse.Namespace) -> ImagePredictor:
+    """The model of this process: the exported deployment (--onnx) or the config and
+    checkpoint."""
     if args.onnx is not None:
         threads = _cpu_share(args) if comm.get_world_size() > 1 else None
         return OnnxMattingPredictor(
@@ -355,13 +301,21 @@ def run_shard(
     Raises:
         FileNotFoundError, ValueError: the model cannot be built or its weights loaded.
     """
-    predictor = _predictor(args)
+    predictor = build_predictor(args)
+    segmenter: Segmenter | None = None
+    if args.segmenter:
+        load_segmenter = _torch_module("predictor.segmenter").load_segmenter
+        segmenter = load_segmenter(args.segmenter, device=predictor.device)
     foreground = _torch_module("predictor.foreground") if outputs.needs_foreground else None
-    loader = _decoded(_Samples(items, args.unknown_width), args.workers)
+    samples = ItemSamples(items, args.unknown_width, args.max_pixels, args.snap_trimap)
     writes: list[tuple[str, Path, Future]] = []
     slots = BoundedSemaphore(MAX_PENDING_WRITES)
     buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+    with (
+        logging_above_progress_bar() as forward_logs,  # loaders' warnings above the bar too
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer,
+    ):
+        loader = _decoded(samples, args.workers, forward_logs)
 
         def predict(batch: list[dict]) -> None:
             start = time.perf_counter()
@@ -402,7 +356,13 @@ def run_shard(
 
                 slots.acquire()
                 future = writer.submit(
-                    outputs.write, item.name, alpha, sample["trimap"], colours, figure
+                    outputs.write,
+                    item.name,
+                    alpha,
+                    sample["trimap"],
+                    colours,
+                    figure,
+                    mask=sample.get("mask"),
                 )
                 future.add_done_callback(lambda _: slots.release())
                 writes.append((item.name, item.image, future))
@@ -415,6 +375,8 @@ def run_shard(
             disable=not comm.is_main_process(),
         )
         for sample in progress:
+            if segmenter is not None and "error" not in sample:
+                sample = _segment(sample, items[sample["index"]], segmenter, args.unknown_width)
             if "error" in sample:
                 summary.fail(sample["path"], sample["error"])
                 continue
@@ -428,10 +390,12 @@ def run_shard(
                 predict(bucket)
     for name, image_path, future in writes:  # the writer has finished: collect its outcomes
         error = future.exception()
-        if error is None:
-            summary.done.append(name)
-        else:
-            summary.fail(image_path, f"cannot write its outputs: {error}")
+        if error is not None:
+            summary.fail(image_path, f"cannot write its alpha: {error}")
+            continue
+        summary.done.append(name)
+        for path, reason in future.result():  # optional outputs that failed (the alpha is kept)
+            summary.fail(path, f"not written ({reason}); the alpha of {name} was written")
     summary.peak_memory_bytes = peak_memory_bytes(predictor.device)
 
 
@@ -444,7 +408,9 @@ def make_outputs(args: argparse.Namespace) -> Outputs:
         rgba=args.save_rgba,
         composite=parse_composite(args.composite),
         trimap=args.save_trimap,
+        mask=args.save_trimap and args.segmenter is not None,
         round_alpha=args.round,
+        max_pixels=args.max_pixels,
     )
 
 
@@ -502,11 +468,24 @@ def exit_code(summary: Summary) -> int:
     return EXIT_FAILED if summary.failed else EXIT_OK
 
 
+def write_report(path: Path, record: dict) -> None:
+    """Write (or replace) a report file atomically, creating its folder."""
+    text = json.dumps(record, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def failure_record(code: int | None, error: str) -> dict:
+    """The report of a run that did not finish: ``{"complete": false, "exit_code", "error"}``
+    (``exit_code`` None while it runs)."""
+    return {"complete": False, "exit_code": code, "error": error}
+
+
 def report(args: argparse.Namespace, summary: Summary, ranks: list[Summary]) -> None:
     """Log the merged summary and write ``--report`` (rank 0 only).
 
-    The report is ``Summary.record()`` of the whole run plus ``exit_code`` and, in sharded runs,
-    ``ranks``: one record per rank (with its ``rank``).
+    The report is ``Summary.record()`` of the whole run plus ``"complete": true``, ``exit_code``
+    and, in sharded runs, ``ranks``: one record per rank (with its ``rank``).
     """
     done, skipped, failed = len(summary.done), len(summary.skipped), len(summary.failed)
     logger.info("done %d, skipped (already present) %d, failed %d", done, skipped, failed)
@@ -530,12 +509,10 @@ def report(args: argparse.Namespace, summary: Summary, ranks: list[Summary]) -> 
             args.output_dir,
         )
     if args.report is not None:
-        record["exit_code"] = exit_code(summary)
+        record = {"complete": True, "exit_code": exit_code(summary), **record}
         if len(ranks) > 1:
             record["ranks"] = [rank.record() | {"rank": r} for r, rank in enumerate(ranks)]
-        text = json.dumps(record, indent=2)
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.report, lambda file: file.write(text.encode()))
+        write_report(args.report, record)
         logger.info("wrote the report to %s", args.report)
 
 
@@ -551,52 +528,117 @@ def setup_logging() -> None:
     )
 
 
-def process_main(args: argparse.Namespace, status_file: str) -> None:
-    """What every inference process runs: its share, then (rank 0) the merged report. Every rank
-    writes the run's exit status (the same on all ranks) to ``status_file``, which the launching
-    process reads: the one spawned processes share, or each torchrun process's own."""
+def process_main(
+    args: argparse.Namespace,
+    status_file: str,
+    run_share: Callable[[argparse.Namespace], tuple[Summary, list[Summary]]] = run,
+) -> None:
+    """What every inference process runs: its share (``run_share``: images by default), then
+    (rank 0) the merged report. Every rank writes the run's exit status (the same on all ranks)
+    to ``status_file``, which the launching process reads: the one spawned processes share, or
+    each torchrun process's own."""
     setup_logging()
     if comm.get_world_size() > 1 and args.device == "cpu":
         _torch_module("torch").set_num_threads(_cpu_share(args))  # they share the cores
     try:
-        summary, ranks = run(args)
+        summary, ranks = run_share(args)
         code = exit_code(summary)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
-        summary, ranks, code = None, [], EXIT_USAGE
-    if comm.is_main_process() and summary is not None:
-        report(args, summary, ranks)
+        code = EXIT_USAGE
+        if comm.is_main_process() and args.report is not None:
+            write_report(args.report, failure_record(code, str(exc)))
+    else:
+        if comm.is_main_process():
+            report(args, summary, ranks)
     atomic_write(status_file, lambda file: file.write(str(code).encode()))
 
 
-def check_setup(args: argparse.Namespace) -> None:
-    """Setup errors found before any process or model starts.
+def check_report(args: argparse.Namespace) -> None:
+    """The ``--report`` path: a file (not a folder) in a writable or creatable folder, that is
+    not one of the run's inputs.
 
     Raises:
-        UsageError, FileNotFoundError, ValueError: bad inputs, output folder or report path.
+        UsageError: names the path and the problem.
+    """
+    if args.report is None:
+        return
+    if args.report.is_dir():
+        raise UsageError(f"--report {args.report} is a folder")
+    check_output_dir(args.report.parent)
+    check_not_an_input(args, args.report, "--report")
+
+
+def check_model_options(args: argparse.Namespace) -> None:
+    """The device, precision and token cap, and the config with its overrides, checked as the
+    model will take them, without building it: an output folder whose items are all done
+    refuses a bad option as an empty one does.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`predictor.matting.check_predictor_options`,
+            :func:`predictor.onnx_predictor.onnx_providers` and
+            :func:`predictor.weights.inference_config` (PyTorch imported for the PyTorch model
+            only).
+    """
+    if args.onnx is not None:
+        onnx_providers(args.device)
+        return
+    check_predictor_options = _torch_module("predictor.matting").check_predictor_options
+    check_predictor_options(args.device, args.precision, args.max_number_token)
+    _torch_module("predictor.weights").inference_config(args.config_file, args.opts)
+
+
+def check_setup(args: argparse.Namespace) -> None:
+    """Setup errors found before any process or model starts (the report path aside:
+    :func:`check_report`).
+
+    Raises:
+        UsageError, FileNotFoundError, ValueError: bad inputs, graph or output folder.
     """
     collect_items(args)  # a missing folder, no layout, bad single-image options
     for path in [*(args.image or ()), *(args.trimap or ()), *(args.mask or ())]:
         if not Path(path).is_file():
             hint = " (config overrides after a list of files go after --)" if "=" in path else ""
             raise FileNotFoundError(f"{path}: no such file{hint}")
+    check_model(args)
+    check_not_an_input(args, Path(args.output_dir), "output folder")
+    for folder in make_outputs(args).folders:  # the output folder and its sub-folders
+        check_output_dir(folder)
+
+
+def _first_process() -> bool:
+    """Whether this process launches the run, or is rank 0 of torchrun's processes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_model(args: argparse.Namespace) -> None:
+    """The model of the run, before anything starts: the ``--onnx`` folder an exported
+    deployment (:func:`predictor.onnx_predictor.check_deployment`), or the config and checkpoint
+    present, and the options it runs with
+    (:func:`check_model_options`, so that a folder whose outputs are all present refuses a bad
+    option as an empty one does).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file or option.
+    """
     if args.onnx is not None:
-        read_manifest(args.onnx)
+        check_deployment(args.onnx)
     elif not Path(args.config_file).is_file():
         raise FileNotFoundError(f"{args.config_file}: no such config file")
     elif not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
-    for folder in make_outputs(args).folders:  # the output folder and its sub-folders
-        check_output_dir(folder)
-    if args.report is not None:
-        check_output_dir(args.report.parent)
-        if args.report.is_dir():
-            raise UsageError(f"--report {args.report} is a folder")
+    check_model_options(args)
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """The whole run of ``inference.py``: setup checks, then ``--num-gpus`` processes (or this
-    torchrun process) each running :func:`process_main`.
+def run_command(
+    args: argparse.Namespace,
+    check: Callable[[argparse.Namespace], None] = check_setup,
+    run_share: Callable[[argparse.Namespace], tuple[Summary, list[Summary]]] = run,
+) -> int:
+    """The whole run of ``inference.py``: setup checks (``check``), then ``--num-gpus``
+    processes (or this torchrun process) each running :func:`process_main` with ``run_share``
+    (images by default; the video runner passes its own). ``--report`` always ends describing
+    this run (see the module docstring).
 
     Returns:
         the exit status: 0 every item done or already present, 1 some items failed or a process
@@ -604,19 +646,27 @@ def run_command(args: argparse.Namespace) -> int:
     """
     setup_logging()
     try:
-        check_setup(args)
+        check_report(args)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
+    try:
+        check(args)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        if args.report is not None and _first_process():
+            args.report.unlink(missing_ok=True)  # an earlier run's report would mislead
+        return EXIT_USAGE
+    if args.report is not None and _first_process():
+        write_report(args.report, failure_record(None, "the run has not finished"))
     with tempfile.TemporaryDirectory(prefix="mematte-inference-") as tmp:
         status_file = str(Path(tmp) / "exit_status")
         try:
-            if args.num_gpus == 1 and not comm.under_torchrun():
-                process_main(args, status_file)  # this process: no PyTorch needed with --onnx
-            else:
-                launch = _torch_module("engine.launch").launch
-                launch(process_main, args.num_gpus, args=(args, status_file))
-        except Exception as exc:  # a process died (its traceback is printed above)
+            launch(process_main, args.num_gpus, args=(args, status_file, run_share))
+        except (Exception, SystemExit) as exc:  # a process died (its traceback is printed above)
             logger.error("an inference process failed: %s", exc)
+            if args.report is not None and _first_process():
+                error = f"an inference process failed: {exc}"
+                write_report(args.report, failure_record(EXIT_FAILED, error))
             return EXIT_FAILED
         return int(Path(status_file).read_text())

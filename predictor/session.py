@@ -4,10 +4,13 @@
 A request brings an image and its trimap: an uploaded trimap, a rough mask (turned into a trimap
 by :func:`data.trimap.trimap_from_mask`) or a painting (:func:`painted_trimap`). The session
 checks the sizes in the files' headers before it decodes anything (the image against
-``max_pixels``, the trimap, mask or painting against the image), reads the files as
-``inference.py`` does, predicts with the request's options (token cap, precision, patch decoder)
-and estimates the foreground colours. A request it cannot serve raises :class:`InputError`, with a
-message for the person who sent it that names their file; the session stays usable.
+``max_pixels``, the trimap, mask or painting against the image); a file whose size cannot be read
+from its header (a format other than those of ``data.image_io.IMAGE_EXTENSIONS``) is refused, so
+no decoder ever sees a file larger than ``max_pixels``. It reads the files as ``inference.py``
+does (its readers bounded by ``max_pixels`` too), predicts with the request's options (token cap,
+precision, patch decoder) and estimates the foreground colours. A request it cannot serve raises
+:class:`InputError`, with a message for the person who sent it that names their file; the session
+stays usable.
 
 Requests run one at a time (a lock around each): a request's options are set on the shared model,
 and two forwards of large images at once could exhaust the memory that ``max_pixels`` was sized
@@ -16,9 +19,10 @@ for (:func:`default_max_pixels`).
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +32,15 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from data.image_io import BadSampleError, read_rgb_levels, read_trimap_levels
+from data.image_io import (
+    HEADER_FORMATS,
+    BadSampleError,
+    ImageTooLargeError,
+    image_size,
+    read_rgb_levels,
+    read_trimap_levels,
+)
+from data.pixel_limits import DECODER_MAX_PIXELS
 from data.trimap import TRIMAP_BG, TRIMAP_LEVELS, trimap_from_mask
 from modeling.meta_arch.mematte import padded_size
 from predictor.foreground import estimate_foreground, foreground_to_uint8
@@ -36,7 +48,7 @@ from predictor.inputs import mask_levels
 from predictor.matting import AUTO, BatchPrediction, MattingPredictor, RoutingMaps
 from predictor.token_budget import SAFETY, peak_bytes
 from utils.device import resolve_device
-from utils.memory import TRIM_THRESHOLD_BYTES, free_memory_bytes, peak_memory_bytes
+from utils.memory import MIB, TRIM_THRESHOLD_BYTES, free_memory_bytes, peak_memory_bytes
 
 __all__ = [
     "BRUSH_COLOURS",
@@ -66,9 +78,9 @@ OUTPUT_BYTES_PER_PIXEL = 72
 # over the idle process for 4000 x 3000 px and 2.09 GiB for 6017 x 4872 px, i.e. 70 bytes per
 # pixel and 0.17 GiB more.
 OUTPUT_FIXED_BYTES = TRIM_THRESHOLD_BYTES
-# Side of the largest (square) image default_max_pixels considers, px.
-MAX_PLANNED_SIDE = 2**16
-MIB = 2**20
+# Side of the largest (square) image default_max_pixels considers, px: the largest square the
+# image decoders read (data.pixel_limits).
+MAX_PLANNED_SIDE = math.isqrt(DECODER_MAX_PIXELS)
 # What the reported peak memory covers on each device type (utils.memory.peak_memory_bytes).
 PEAK_MEMORY_SCOPE = {
     "cuda": "torch allocations of this request",
@@ -202,7 +214,8 @@ def default_max_pixels(
 ) -> int:
     """The largest image, in pixels, whose request fits the free memory: the square of the
     largest side whose planned peaks stay within ``SAFETY`` times the free memory, the rule of
-    the auto token cap (:mod:`predictor.token_budget`). On the CPU the forward and the results use
+    the auto token cap (:mod:`predictor.token_budget`), up to ``MAX_PLANNED_SIDE`` (the decoders'
+    ceiling). On the CPU the forward and the results use
     the same memory, one after the other (:func:`planned_forward_bytes`,
     :func:`planned_results_bytes`: the larger must fit); on CUDA the forward must fit the GPU and
     the results the host.
@@ -252,22 +265,36 @@ class MattingSession:
         model: a MEMatte (no teacher needed); its ``backbone.max_number_token`` is the config's
             token cap, used by requests that set none.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
-        max_pixels: largest image (H x W) a request may bring; default: :func:`default_max_pixels`
-            of the device's free memory now.
+        max_pixels: largest image (H x W) a request may bring, at most
+            ``data.pixel_limits.DECODER_MAX_PIXELS``; default: :func:`default_max_pixels` of the
+            device's free memory now.
+        snap_trimap: move an uploaded trimap's values other than 0, 128 and 255 (a trimap saved
+            as JPEG) to the nearest of them instead of refusing it.
 
     Raises:
-        ValueError: a CUDA device without CUDA.
+        ValueError: a CUDA device without CUDA, or ``max_pixels`` above the decoders' ceiling.
     """
 
     def __init__(
-        self, model: nn.Module, *, device: str | torch.device = AUTO, max_pixels: int | None = None
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = AUTO,
+        max_pixels: int | None = None,
+        snap_trimap: bool = False,
     ) -> None:
+        self.snap_trimap = snap_trimap
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config_cap = self.model.backbone.max_number_token
         self.max_pixels = (
             default_max_pixels(self.model, self.device) if max_pixels is None else max_pixels
         )
+        if self.max_pixels > DECODER_MAX_PIXELS:
+            raise ValueError(
+                f"max_pixels {self.max_pixels} is above the image decoders' ceiling "
+                f"{DECODER_MAX_PIXELS} (data.pixel_limits)"
+            )
         self._lock = threading.Lock()
 
     def run(
@@ -310,15 +337,13 @@ class MattingSession:
         if painting is not None:
             guides = [(layer, "painting") for layer in painting]
         # Sizes from the headers first: nothing is decoded for a request that is refused.
-        header = _header_hw(image)
-        if header is not None:
-            self._check_pixels(image, header)
-            for upload, what in guides:
-                _check_same_size(upload, what, _header_hw(upload), image, header)
-        levels = _read(image, read_rgb_levels)
-        hw = levels.shape[:2]
-        self._check_pixels(image, hw)  # where PIL could not read the header
-        trimap_levels = _trimap(image, hw, trimap, mask, unknown_width, painting)
+        hw = self.image_size(image)
+        for upload, what in guides:
+            _check_same_size(upload, what, self._header_hw(upload), image, hw)
+        levels = self.read_image(image)
+        trimap_levels = _trimap(
+            image, hw, trimap, mask, unknown_width, painting, self.max_pixels, self.snap_trimap
+        )
         image_levels = torch.from_numpy(levels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
         with self._lock:
             prediction, numbers = self._predict(image_levels, trimap_levels, options)
@@ -336,6 +361,43 @@ class MattingSession:
             routing=prediction.routing(0),
             numbers={"image": image.name, "width": hw[1], "height": hw[0], **numbers},
         )
+
+    def image_size(self, image: Upload) -> tuple[int, int]:
+        """An uploaded image's ``(H, W)`` from its header, refused above ``max_pixels``.
+
+        Raises:
+            InputError: a file whose size cannot be read from its header, or too large.
+        """
+        hw = self._header_hw(image)
+        self._check_pixels(image, hw)
+        return hw
+
+    def read_image(self, image: Upload) -> np.ndarray:
+        """An uploaded image's ``[H, W, 3]`` RGB levels, read as ``inference.py`` reads images
+        (its size checked from the header first: nothing is decoded for a refused image).
+
+        Raises:
+            InputError: not a readable image, or above ``max_pixels``.
+        """
+        self.image_size(image)
+        return _read(image, functools.partial(read_rgb_levels, max_pixels=self.max_pixels))
+
+    def _header_hw(self, upload: Upload) -> tuple[int, int]:
+        """``(H, W)`` from a file's header, without decoding (:func:`data.image_io.image_size`).
+
+        Raises:
+            InputError: a file whose size cannot be read that way, or that declares more pixels
+                than any limit allows.
+        """
+        try:
+            return image_size(upload.path)
+        except ImageTooLargeError as exc:
+            raise InputError(
+                f"{upload.name} declares more pixels than this server's limit of "
+                f"{self.max_pixels / 1e6:.2f} MP (--max-pixels)"
+            ) from exc
+        except BadSampleError as exc:
+            raise InputError(f"{upload.name}: {exc.reason}") from exc
 
     def _check_pixels(self, upload: Upload, hw: tuple[int, int]) -> None:
         """Refuse an image of size ``hw`` above ``max_pixels``."""
@@ -393,8 +455,12 @@ def _trimap(
     mask: Upload | None,
     unknown_width: float | None,
     painting: Sequence[Upload] | None,
+    max_pixels: int,
+    snap_trimap: bool,
 ) -> np.ndarray:
-    """A request's trimap, decoded and checked against the image size ``hw``."""
+    """A request's trimap, decoded (files above ``max_pixels`` refused) and checked against the
+    image size ``hw`` (an uploaded trimap's other values than 0, 128 and 255 refused, or snapped
+    with ``snap_trimap``)."""
     if painting is not None:
         levels = painted_trimap([_read(layer, _read_rgba) for layer in painting], hw)
         if not (levels != TRIMAP_BG).any():
@@ -404,10 +470,13 @@ def _trimap(
             )
         return levels
     if trimap is not None:
-        levels = _read(trimap, read_trimap_levels)
+        levels = _read(
+            trimap,
+            functools.partial(read_trimap_levels, snap=snap_trimap, max_pixels=max_pixels),
+        )
         _check_same_size(trimap, "trimap", levels.shape, image, hw)
         return levels
-    levels = _read(mask, mask_levels)
+    levels = _read(mask, functools.partial(mask_levels, max_pixels=max_pixels))
     _check_same_size(mask, "mask", levels.shape, image, hw)
     try:
         return trimap_from_mask(levels, unknown_width)
@@ -442,21 +511,6 @@ def _check_same_size(
         )
 
 
-def _header_hw(upload: Upload) -> tuple[int, int] | None:
-    """``(H, W)`` from a file's header, without decoding; None where PIL does not know the
-    format (the decoder decides then)."""
-    try:
-        with warnings.catch_warnings():
-            # The pixel limit is max_pixels, checked by the caller, not PIL's default.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(upload.path) as image:
-                return image.height, image.width
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{upload.name}: {exc}") from exc
-    except (OSError, ValueError, SyntaxError):  # not an image PIL knows, or a broken header
-        return None
-
-
 def _read(upload: Upload, reader: Callable[[Path], np.ndarray]) -> np.ndarray:
     """``reader(upload.path)``, its errors as :class:`InputError` naming the upload."""
     try:
@@ -469,7 +523,7 @@ def _read_rgba(path: Path) -> np.ndarray:
     """A painted layer as ``[H, W, 4]`` uint8 RGBA (its transparency kept, which the readers of
     :mod:`data.image_io` drop)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=HEADER_FORMATS) as image:  # the formats sized above
             return np.array(image.convert("RGBA"))
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadSampleError(path, "not a readable image") from exc

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from modeling.meta_arch.mematte import padded_size
-from utils.memory import free_memory_bytes
+from utils.memory import MIB, free_memory_bytes
 
 __all__ = ["auto_max_number_token", "peak_bytes"]
 
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 # thresholds fixed): 232 MiB + 32.7 bytes per padded pixel. The slope is split into the pixel
 # buffers of the input and the alpha (16 + 4 bytes per pixel) and the token maps (the rest, per
 # channel).
-FIXED_BYTES = 232 * 2**20
+FIXED_BYTES = 232 * MIB
 INPUT_BYTES = 16  # float32 RGB + trimap given to the model
 PIXEL_BYTES = 4  # the float32 alpha (the padded input is built crop by crop, never whole)
 TOKEN_FLOATS_PER_CHANNEL = 2.2  # (32.7 - 20) bytes/px * 256 px/token / (4 bytes * 384 channels)

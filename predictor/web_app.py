@@ -1,10 +1,16 @@
 """The web demo's page (Gradio): an image and a trimap (uploaded, made from a rough mask, or
 painted) in; the trimap used, the alpha PNG, the RGBA cutout, a composite, the routing pictures
 and the run's numbers out. ``tools/web_demo.py`` is its command line; requests run on a
-:class:`predictor.session.MattingSession`.
+:class:`predictor.session.MattingSession`. With a segmenter, a Prompt tab (clicks or a box instead
+of a trimap) is added by :mod:`predictor.web_prompt`.
 
 The ``/matte`` endpoint serves ``gradio_client``: an image and its trimap in, the 8-bit alpha PNG,
 the RGBA PNG and the run's numbers out, with the server's default options.
+
+Every event handler of the page, whatever its component and whenever it was added, reads only
+files this server received as uploads: :func:`only_uploaded_files` wraps each function the built
+page registers, and refuses, before the handler runs, a request whose arguments name (at any
+depth, in a ``path`` or ``url`` field) a file outside Gradio's upload folder.
 
 References: detectron2 ``demo/predictor.py`` (the demo's model-side code kept beside the predictor).
 """
@@ -12,13 +18,15 @@ References: detectron2 ``demo/predictor.py`` (the demo's model-side code kept be
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
@@ -40,7 +48,18 @@ from utils.device import PRECISIONS
 from utils.memory import MIB
 from utils.visualizer import routing_figure
 
-__all__ = ["DemoHandlers", "build_app", "serve", "write_results"]
+if TYPE_CHECKING:  # the Prompt tab's module builds on this one
+    from predictor.web_prompt import PromptTab
+
+__all__ = [
+    "DemoHandlers",
+    "build_app",
+    "errors_on_the_page",
+    "only_uploaded_files",
+    "serve",
+    "uploaded_file",
+    "write_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +84,15 @@ UPLOAD_BYTES_PER_PIXEL = 8
 UPLOAD_EXTRA_BYTES = 16 * MIB
 # Token-cap choices of the page.
 CAP_CONFIG, CAP_NUMBER = "config", "number"
-# Token-cap choices of the page.
+# The fields of a Gradio file payload (FileData) that name a file.
+FILE_FIELDS = ("path", "url")
+# What the page calls each extra output of a request.
+RESULT_NAMES = {
+    "routing": "routing picture",
+    "rgba": "cutout (RGBA PNG)",
+    "composite": "composite",
+    "trimap": "trimap used",
+}
 CSS = """
 #rgba-output img {
   background: repeating-conic-gradient(#c8c8c8 0% 25%, #ffffff 0% 50%) 50% / 16px 16px;
@@ -95,11 +122,12 @@ class RunFolders:
 
 def write_results(
     result: SessionResult, folder: Path, composite: np.ndarray | None
-) -> dict[str, Path]:
+) -> tuple[dict[str, Path], dict[str, str]]:
     """Write a request's files with ``inference.py``'s writer (:class:`predictor.outputs.Outputs`),
     so that they are the files it writes, named for download: ``<name>.png`` (alpha),
     ``<name>_rgba.png``, ``<name>_trimap.png``, ``<name>_routing.jpg`` and, with a colour,
-    ``<name>_composite.png``.
+    ``<name>_composite.png``. The alpha comes first; an extra that cannot be made is left out
+    and returned with the reason.
 
     Args:
         result: the request's result.
@@ -107,10 +135,11 @@ def write_results(
         composite: ``[3]`` uint8 RGB background colour of the composite, or None for none.
 
     Returns:
-        ``{"alpha": path, "rgba": ..., "trimap": ..., "routing": ..., "composite": ...}``.
+        the files written, ``{"alpha": path, "rgba": ..., "trimap": ..., "routing": ...,
+        "composite": ...}``, and the extras not written, ``{kind: reason}``.
 
     Raises:
-        OSError: a file cannot be written.
+        OSError: the alpha cannot be written.
     """
     outputs = Outputs(folder, routing=True, rgba=True, composite=composite, trimap=True)
     for sub_folder in outputs.folders:
@@ -126,15 +155,17 @@ def write_results(
         )
 
     trimap = torch.from_numpy(result.trimap)[None]  # [H, W] -> [1, H, W]
-    outputs.write(result.name, result.alpha, trimap, result.foreground, figure)
-    *extras, alpha = outputs.paths(result.name)
-    files = {"alpha": alpha}
-    for path in extras:  # <kind>/<name>.<suffix> -> <name>_<kind>.<suffix>
-        kind = path.parent.name
-        files[kind] = folder / f"{result.name}_{kind}{path.suffix}"
-        os.replace(path, files[kind])
+    failed = dict(outputs.write(result.name, result.alpha, trimap, result.foreground, figure))
+    files, not_written = {"alpha": outputs.alpha_path(result.name)}, {}
+    for kind, path in outputs.extra_paths(result.name).items():
+        if path in failed:
+            not_written[kind] = failed[path]
+            logger.error("%s of %s not written: %s", kind, result.name, failed[path])
+        else:  # <kind>/<name>.<suffix> -> <name>_<kind>.<suffix>
+            files[kind] = folder / f"{result.name}_{kind}{path.suffix}"
+            os.replace(path, files[kind])
         path.parent.rmdir()
-    return files
+    return files, not_written
 
 
 def numbers_markdown(numbers: dict) -> str:
@@ -161,31 +192,99 @@ def numbers_markdown(numbers: dict) -> str:
         ),
         ("peak memory", f"{numbers['peak_memory_mib']:.0f} MiB ({numbers['peak_memory_of']})"),
     ]
+    rows += [
+        (f"**not made: {RESULT_NAMES[kind]}**", reason)
+        for kind, reason in numbers.get("not_written", {}).items()
+    ]
     return "\n".join(["| this run | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
 
 
 # --- requests --------------------------------------------------------------------------------
 
 
-def _upload(payload: dict | None, what: str) -> Upload | None:
-    """A Gradio file payload (``preprocess=False``: the file as uploaded) as an :class:`Upload`.
+def uploaded_file(payload: dict | None, what: str) -> Upload | None:
+    """A Gradio file payload (``preprocess=False``: the file as uploaded) as an :class:`Upload`
+    (:func:`only_uploaded_files` has checked that it names an uploaded file).
 
     Raises:
-        InputError: a payload that names a file outside Gradio's upload folder. Gradio checks
-            the payloads that carry its file marker, but passes others on as they are: without
-            this check, a client could have the server read any image on its disk.
+        InputError: a payload without a file.
     """
     if payload is None:
         return None
     if not payload.get("path"):
         raise InputError(f"the {what} did not arrive as a file: upload it again")
-    path = Path(payload["path"]).resolve()
-    if not path.is_relative_to(Path(get_upload_folder()).resolve()):
-        raise InputError(
-            f"the {what} was not uploaded to this server: send it as a file "
-            "(gradio_client.handle_file)"
-        )
+    path = Path(payload["path"])
     return Upload(path, payload.get("orig_name") or path.name)
+
+
+def _file_payloads(value: object) -> Iterator[dict]:
+    """The file payloads anywhere in ``value``: every dict with a ``path`` or ``url`` field, in
+    nested dicts, lists and tuples."""
+    if isinstance(value, dict):
+        if any(key in value for key in FILE_FIELDS):
+            yield value
+        for item in value.values():
+            yield from _file_payloads(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _file_payloads(item)
+
+
+def _check_uploaded(payload: dict) -> None:
+    """Refuse a payload that does not name a file in Gradio's upload folder (symbolic links
+    resolved): one with only a URL (this server fetches nothing), or with a path elsewhere.
+
+    Raises:
+        gr.Error: names the path or URL the request gave.
+    """
+    path = payload.get("path")
+    uploads = Path(get_upload_folder()).resolve()
+    if isinstance(path, str) and path and Path(path).resolve().is_relative_to(uploads):
+        return
+    named = path if path else payload.get("url")
+    logger.warning("refused a request naming %r: not a file uploaded to this server", named)
+    raise gr.Error(
+        f"{named!r} was not uploaded to this server: send files as uploads (the page, or "
+        "gradio_client.handle_file)",
+        print_exception=False,
+    )
+
+
+def _guarded(fn: Callable) -> Callable:
+    """``fn`` behind :func:`_check_uploaded` for every file payload of its arguments.
+
+    Raises:
+        TypeError: ``fn`` is a coroutine or generator function (this wrapper would change what
+            Gradio sees: extend it before adding such a handler).
+    """
+    kinds = (inspect.iscoroutinefunction, inspect.isgeneratorfunction, inspect.isasyncgenfunction)
+    if any(kind(fn) for kind in kinds):
+        raise TypeError(f"{fn!r}: only plain functions can be guarded; extend _guarded")
+
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        for payload in _file_payloads([args, kwargs]):
+            _check_uploaded(payload)
+        return fn(*args, **kwargs)
+
+    return handler
+
+
+def only_uploaded_files(app: gr.Blocks) -> gr.Blocks:
+    """Guard every function registered on ``app`` (its event handlers, examples included): a
+    request naming a file outside Gradio's upload folder is refused before the function runs
+    (:func:`_check_uploaded`). Gradio checks the payloads that carry its file marker when it
+    preprocesses them; the others, and every payload of a handler with ``preprocess=False``,
+    reach the handler as they are, and a file they name would be read, or copied into Gradio's
+    cache and served.
+
+    Returns:
+        ``app``, guarded.
+    """
+    for block_fn in app.fns.values():
+        if block_fn.fn is not None:
+            block_fn.fn = _guarded(block_fn.fn)
+    return app
 
 
 def _token_cap(mode: str, number: float | None) -> int | str | None:
@@ -199,7 +298,7 @@ def _token_cap(mode: str, number: float | None) -> int | str | None:
     return int(number)
 
 
-def _errors_on_the_page(fn: Callable) -> Callable:
+def errors_on_the_page(fn: Callable) -> Callable:
     """Show a refused request's message on the page (``gr.Error``); log it on the server."""
 
     @functools.wraps(fn)
@@ -222,10 +321,14 @@ class DemoHandlers:
     Args:
         session: the loaded model.
         precision: the default precision (of ``/matte`` and of the page).
+        prompt: the Prompt tab (:mod:`predictor.web_prompt`), or None for a page without it.
     """
 
-    def __init__(self, session: MattingSession, precision: str) -> None:
+    def __init__(
+        self, session: MattingSession, precision: str, prompt: PromptTab | None = None
+    ) -> None:
         self.session = session
+        self.prompt = prompt
         self.default_options = RequestOptions(precision=precision)
         self.folders = RunFolders()
 
@@ -242,6 +345,7 @@ class DemoHandlers:
         precision: str,
         patch_decoder: bool,
         colour: str,
+        prompt_state: dict | None = None,
     ) -> tuple[str, str, str, str, str, str]:
         """The page's run: the trimap of the chosen source, the options of the page.
 
@@ -249,23 +353,25 @@ class DemoHandlers:
             the paths of the trimap used, alpha, RGBA, composite and routing picture, and the
             numbers as Markdown.
         """
-        image_upload = _upload(image, "image")
+        image_upload = uploaded_file(image, "image")
         if image_upload is None:
             raise InputError("upload an image (or pick a demo image) first")
         guide = {}
         if source == "trimap":
-            guide["trimap"] = _upload(trimap, "trimap")
+            guide["trimap"] = uploaded_file(trimap, "trimap")
             if guide["trimap"] is None:
                 raise InputError("upload a trimap, or use the Mask or Paint tab")
         elif source == "mask":
-            guide["mask"] = _upload(mask, "mask")
+            guide["mask"] = uploaded_file(mask, "mask")
             if guide["mask"] is None:
                 raise InputError("upload a mask, or use the Trimap or Paint tab")
             guide["unknown_width"] = int(unknown_width)
+        elif self.prompt is not None and source == "prompt":
+            guide = self.prompt.guide(self, image_upload, prompt_state)
         else:
             if painting is None or painting.get("background") is None:
                 raise InputError("upload an image first, then paint its trimap over it")
-            layers = (_upload(layer, "painting") for layer in painting["layers"])
+            layers = (uploaded_file(layer, "painting") for layer in painting["layers"])
             guide["painting"] = [layer for layer in layers if layer is not None]
         options = RequestOptions(
             max_number_token=_token_cap(cap_mode, cap_number),
@@ -278,23 +384,29 @@ class DemoHandlers:
             raise InputError(f"composite colour: {exc}") from exc
         result = self.session.run(image_upload, options=options, **guide)
         _log_request(result)
-        files = write_results(result, self.folders.new(), composite)
-        paths = (files[kind] for kind in ("trimap", "alpha", "rgba", "composite", "routing"))
-        return (*map(str, paths), numbers_markdown(result.numbers))
+        files, not_written = write_results(result, self.folders.new(), composite)
+        for kind, reason in not_written.items():
+            gr.Warning(f"the {RESULT_NAMES[kind]} could not be made: {reason}")
+        numbers = {**result.numbers, "not_written": not_written}
+        kinds = ("trimap", "alpha", "rgba", "composite", "routing")
+        paths = (str(files[kind]) if kind in files else None for kind in kinds)
+        return (*paths, numbers_markdown(numbers))
 
     def api_matte(self, image: dict | None, trimap: dict | None) -> tuple[str, str, dict]:
         """``/matte``: an image and its trimap with the server's default options.
 
         Returns:
-            the paths of the 8-bit alpha PNG and the RGBA PNG, and the run's numbers.
+            the paths of the 8-bit alpha PNG and the RGBA PNG (None when it could not be made),
+            and the run's numbers (``not_written``: the extras not made, with the reasons).
         """
-        image_upload, trimap_upload = _upload(image, "image"), _upload(trimap, "trimap")
+        image_upload, trimap_upload = uploaded_file(image, "image"), uploaded_file(trimap, "trimap")
         if image_upload is None or trimap_upload is None:
             raise InputError("/matte takes an image and its trimap")
         result = self.session.run(image_upload, trimap=trimap_upload, options=self.default_options)
         _log_request(result)
-        files = write_results(result, self.folders.new(), composite=None)
-        return str(files["alpha"]), str(files["rgba"]), result.numbers
+        files, not_written = write_results(result, self.folders.new(), composite=None)
+        rgba = str(files["rgba"]) if "rgba" in files else None
+        return str(files["alpha"]), rgba, {**result.numbers, "not_written": not_written}
 
 
 def _log_request(result: SessionResult) -> None:
@@ -379,6 +491,11 @@ def build_app(handlers: DemoHandlers, title: str) -> gr.Blocks:
                             default_size=BRUSH_SIZE,
                         ),
                     )
+                prompt_state = (  # the Prompt tab, with a segmenter (predictor.web_prompt)
+                    gr.State(None)
+                    if handlers.prompt is None
+                    else handlers.prompt.build(handlers, image, source)
+                )
         gr.Examples(
             [
                 [str(DEMO_DIR / "merged" / f"{n}.png"), str(DEMO_DIR / "trimaps" / f"{n}.png")]
@@ -473,16 +590,16 @@ def build_app(handlers: DemoHandlers, title: str) -> gr.Blocks:
             queue=False,
             api_visibility="private",
         ).then(
-            _errors_on_the_page(handlers.page_run),
+            errors_on_the_page(handlers.page_run),
             [image, source, trimap, mask, unknown_width, painting]
-            + [cap_mode, cap_number, precision, patch_decoder, colour],
+            + [cap_mode, cap_number, precision, patch_decoder, colour, prompt_state],
             page_outputs,
             preprocess=False,
             api_visibility="private",
             **model_queue,
         )
         api_trigger.click(
-            _errors_on_the_page(handlers.api_matte),
+            errors_on_the_page(handlers.api_matte),
             [image, trimap],
             [alpha, rgba, api_numbers],
             preprocess=False,
@@ -491,7 +608,7 @@ def build_app(handlers: DemoHandlers, title: str) -> gr.Blocks:
             "writes it), the RGBA cutout PNG and the run's numbers out (server's default options).",
             **model_queue,
         )
-    return app
+    return only_uploaded_files(app)
 
 
 def serve(handlers: DemoHandlers, title: str, host: str, port: int) -> None:

@@ -25,6 +25,10 @@ The architecture is read from ``config.json`` and expressed as overrides of
 ``configs/ViTMatte_S_Com.py`` (:func:`hf_config_overrides`); a field the project's ViT and decoder
 cannot express (another activation, dropout, 3 input channels, ...) is refused with its name, as
 is a config that transformers' VitMatte cannot express (:func:`hf_config`: routing on, ...).
+``config.json`` is checked against the weights' shapes (:func:`check_config_fits_weights`: a
+field the tensors contradict is refused by name), and every file a folder names (an index's
+``weight_map`` included) must lie inside the folder. The weights of every source must be finite
+floating-point tensors (:func:`engine.checkpoint.check_weights`).
 
 ``.pth`` and ``pytorch_model.bin`` files are read with ``weights_only=True``; a file that also
 pickles other objects is refused unless ``--trust-checkpoint``.
@@ -36,6 +40,7 @@ import argparse
 import inspect
 import json
 import logging
+import math
 import re
 import runpy
 import sys
@@ -52,15 +57,26 @@ from omegaconf import DictConfig, OmegaConf
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
-from engine.checkpoint import SAFETENSORS_SUFFIX, CheckpointError, load_checkpoint
+from engine.checkpoint import (
+    SAFETENSORS_SUFFIX,
+    CheckpointError,
+    check_weights,
+    clean_state_dict,
+    load_checkpoint,
+    non_floating_keys,
+)
 from engine.config import LazyConfig, instantiate
+from engine.known_configs import CONFIG_DIR, config_state, shipped_configs
 from utils.arguments import add_trust_checkpoint_argument
 from utils.file_io import atomic_write
 
 __all__ = [
     "HF_CONFIG_FILE",
+    "ConfigMismatchError",
     "LoadedWeights",
+    "UnsafeShardPathError",
     "UnsupportedArchitectureError",
+    "check_config_fits_weights",
     "convert",
     "hf_config",
     "hf_config_overrides",
@@ -83,6 +99,10 @@ HF_WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 HF_INDEX_SUFFIX = ".index.json"
+# huggingface_hub's cache keeps a repository's files in <repo>/blobs, linked from
+# <repo>/snapshots/<revision>/ (the folder a download returns).
+HUB_SNAPSHOTS_DIR = "snapshots"
+HUB_BLOBS_DIR = "blobs"
 # Files a hub download fetches: the config and the weights (not the image processor, README, ...).
 HF_DOWNLOAD_PATTERNS = [HF_CONFIG_FILE, "model.safetensors*", "pytorch_model.bin*"]
 # "owner/name" of a hub repository.
@@ -145,10 +165,30 @@ _CONFIG_FIXED = {
 }
 HF_WEIGHTS_FILE = "model.safetensors"
 _SQUARE_FIELDS = ("image_size", "pretrain_image_size", "patch_size")
+# Official ViTMatte keys whose shapes show the architecture ("{}": a block or layer index).
+_PATCH_KEY = "backbone.patch_embed.proj.weight"  # [C, 4, patch, patch]
+_POS_KEY = "backbone.pos_embed"  # [1, 1 + (pretrain_image_size / patch) ** 2, C]
+_BLOCK_PREFIX = "backbone.blocks.{}."
+_FC1_KEY = "backbone.blocks.0.mlp.fc1.weight"  # [mlp_ratio * C, C]
+_QKV_BIAS_KEY = "backbone.blocks.0.attn.qkv.bias"
+_REL_POS_KEY = "backbone.blocks.{}.attn.rel_pos_h"  # [2 * grid side - 1, C / heads]
+_RESIDUAL_PREFIX = "backbone.blocks.{}.residual."
+_CONVSTREAM_KEY = "decoder.convstream.convs.{}.conv.weight"  # [width, in, 3, 3]
+_FUSION_KEY = "decoder.fusion_blks.{}.conv.conv.weight"  # [width, in, 3, 3]
+# The config a transformers architecture is expressed as overrides of.
+VITMATTE_CONFIG = CONFIG_DIR / "ViTMatte_S_Com.py"
 
 
 class UnsupportedArchitectureError(ValueError):
     """A transformers config field that the project's ViTMatte cannot express."""
+
+
+class ConfigMismatchError(CheckpointError):
+    """A transformers ``config.json`` that describes other shapes than the weights beside it."""
+
+
+class UnsafeShardPathError(CheckpointError):
+    """A weight file named by a folder (``weight_map`` of an index) that lies outside it."""
 
 
 @dataclass
@@ -214,19 +254,13 @@ def _square(name: str, value: Any) -> int:
     return int(value)
 
 
-def hf_config_overrides(config: Mapping[str, Any]) -> list[str]:
-    """The ``configs/ViTMatte_S_Com.py`` overrides that build the architecture of a transformers
-    ``VitMatteConfig`` (a ``config.json`` as a dict).
-
-    Args:
-        config: the parsed ``config.json``; missing fields take transformers' defaults.
-
-    Returns:
-        ``key=value`` overrides, e.g. ``model.backbone.embed_dim=384``, one per mapped field.
+def _hf_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture fields of a transformers ``VitMatteConfig`` (a ``config.json`` as a
+    dict), checked: the ``backbone_config`` fields of :data:`_VITDET_FIELDS` and the decoder
+    fields of :data:`_VITMATTE_FIELDS`, missing ones at transformers' defaults.
 
     Raises:
-        UnsupportedArchitectureError: a field without a counterpart here, or with a value this
-            project's model does not implement; the message names the field.
+        UnsupportedArchitectureError: see :func:`hf_config_overrides`.
     """
     _check_fixed(config, _VITMATTE_FIXED, "")
     backbone = config.get("backbone_config")
@@ -250,10 +284,149 @@ def hf_config_overrides(config: Mapping[str, Any]) -> list[str]:
             decoder_width,
             f"the decoder takes the backbone's width ({values['hidden_size']})",
         )
-    overrides = [f"model.{_VITDET_FIELDS[name][0]}={value!r}" for name, value in values.items()]
-    for name, (key, default) in _VITMATTE_FIELDS.items():
-        overrides.append(f"model.{key}={list(config.get(name, default))!r}")
-    return overrides
+    for name, (_, default) in _VITMATTE_FIELDS.items():
+        values[name] = list(config.get(name, default))
+    return values
+
+
+def hf_config_overrides(config: Mapping[str, Any]) -> list[str]:
+    """The ``configs/ViTMatte_S_Com.py`` overrides that build the architecture of a transformers
+    ``VitMatteConfig`` (a ``config.json`` as a dict).
+
+    Args:
+        config: the parsed ``config.json``; missing fields take transformers' defaults.
+
+    Returns:
+        ``key=value`` overrides, e.g. ``model.backbone.embed_dim=384``, one per mapped field.
+
+    Raises:
+        UnsupportedArchitectureError: a field without a counterpart here, or with a value this
+            project's model does not implement; the message names the field.
+    """
+    values = _hf_fields(config)
+    fields = {**_VITDET_FIELDS, **_VITMATTE_FIELDS}
+    return [f"model.{fields[name][0]}={value!r}" for name, value in values.items()]
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    return tuple(state[key].shape)
+
+
+def _indexed(state: Mapping[str, torch.Tensor], template: str) -> list[int]:
+    """The indexes ``i`` (sorted) for which some key starts with ``template.format(i)``."""
+    pattern = re.compile(r"(\d+)".join(re.escape(part) for part in template.split("{}")))
+    return sorted({int(match.group(1)) for key in state if (match := pattern.match(key))})
+
+
+def _weight_fields(state: Mapping[str, torch.Tensor]) -> list[tuple[str, Any, str]]:
+    """The ``config.json`` fields that the shapes of ViTMatte weights (official keys) determine:
+    ``(field, value, the tensors that show it)``, the backbone's width first.
+
+    Fields without the tensors that show them (no ``backbone.pos_embed``: no pretraining size)
+    are left out; the window layout is checked by :func:`_window_mismatch`.
+    """
+    if _PATCH_KEY not in state or len(_shape(state, _PATCH_KEY)) != 4:
+        return []
+    width, _, patch, _ = _shape(state, _PATCH_KEY)
+    patch_shows = f"{_PATCH_KEY} {list(_shape(state, _PATCH_KEY))}"
+    blocks = _indexed(state, _BLOCK_PREFIX)
+    fields = [("hidden_size", width, patch_shows), ("patch_size", patch, patch_shows)]
+    if blocks:
+        shows = f"{_BLOCK_PREFIX.format(blocks[0])}* .. {_BLOCK_PREFIX.format(blocks[-1])}*"
+        fields.append(("num_hidden_layers", blocks[-1] + 1, shows))
+    if _FC1_KEY in state:
+        hidden = _shape(state, _FC1_KEY)[0]
+        fields.append(("mlp_ratio", hidden / width, f"{_FC1_KEY} {list(_shape(state, _FC1_KEY))}"))
+    for name, key in (
+        ("qkv_bias", _QKV_BIAS_KEY),
+        ("use_absolute_position_embeddings", _POS_KEY),
+        ("use_relative_position_embeddings", _REL_POS_KEY.format(0)),
+    ):
+        fields.append((name, key in state, f"{key} {'present' if key in state else 'absent'}"))
+    if _POS_KEY in state:  # [1, 1 + (pretrain_image_size / patch) ** 2, C], class token first
+        side = math.isqrt(_shape(state, _POS_KEY)[1] - 1)
+        shows = f"{_POS_KEY} {list(_shape(state, _POS_KEY))}"
+        fields.append(("pretrain_image_size", side * patch, shows))
+    rel_pos = _REL_POS_KEY.format(0)
+    if rel_pos in state:  # [2 * size - 1, C / heads]
+        head_dim = _shape(state, rel_pos)[1]
+        shows = f"{rel_pos} {list(_shape(state, rel_pos))}"
+        fields.append(("num_attention_heads", width // head_dim if head_dim else 0, shows))
+    residual = _indexed(state, _RESIDUAL_PREFIX)
+    fields.append(("residual_block_indices", residual, f"{_RESIDUAL_PREFIX.format('<i>')}*"))
+    for name, template in (
+        ("convstream_hidden_sizes", _CONVSTREAM_KEY),
+        ("fusion_hidden_sizes", _FUSION_KEY),
+    ):
+        widths = [_shape(state, template.format(i))[0] for i in _indexed(state, template)]
+        fields.append((name, widths, template.format("<i>")))
+    return fields
+
+
+def _window_mismatch(
+    fields: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> tuple[str, Any, str] | None:
+    """The window-layout field (``window_size``, ``image_size`` or ``window_block_indices``)
+    that the rel-pos tables contradict, as ``(field, value shown or None, tensors)``; None if
+    they agree (or there are none)."""
+    patch = fields["patch_size"]
+    sizes = {}  # block -> token grid side of its rel-pos table [2 * side - 1, head_dim]
+    for block in range(fields["num_hidden_layers"]):
+        key = _REL_POS_KEY.format(block)
+        if key in state:
+            sizes[block] = (_shape(state, key)[0] + 1) // 2
+    # A window size of 0 makes every block global (transformers' VitDet and this ViT alike).
+    windows = set(fields["window_block_indices"]) if fields["window_size"] else set()
+    expected = {
+        b: fields["window_size"] if b in windows else fields["image_size"] // patch for b in sizes
+    }
+    if sizes == expected:
+        return None
+    shows = f"{_REL_POS_KEY.format('<i>')}: grids {[sizes[b] for b in sorted(sizes)]} per block"
+    in_windows = {sizes[b] for b in sizes if b in windows}
+    in_global = {sizes[b] for b in sizes if b not in windows}
+    if len(in_windows) <= 1 and len(in_global) <= 1:  # the layout holds; a size differs
+        if in_global and in_global != {fields["image_size"] // patch}:
+            return "image_size", in_global.pop() * patch, shows
+        return "window_size", in_windows.pop(), shows
+    return "window_block_indices", None, shows
+
+
+def _claimed(field_name: str, value: Any) -> str:
+    where = "" if field_name in _VITMATTE_FIELDS else "backbone_config."
+    return f"config.json field {where}{field_name}={value!r}"
+
+
+def check_config_fits_weights(
+    config: Mapping[str, Any], state: Mapping[str, torch.Tensor], config_path: Path | str
+) -> None:
+    """Refuse a ``config.json`` that describes other shapes than its weights have.
+
+    Args:
+        config: the parsed ``config.json``.
+        state: the folder's weights, official keys.
+        config_path: the file, for the message.
+
+    Raises:
+        ConfigMismatchError: naming the first field (width first, then depth, patch, MLP ratio,
+            heads, ...) whose value the tensors contradict, the value they show and the tensors.
+        UnsupportedArchitectureError: see :func:`hf_config_overrides`.
+    """
+    fields = _hf_fields(config)
+    for name, shown, tensors in _weight_fields(state):
+        if fields[name] != shown:
+            raise ConfigMismatchError(
+                f"{config_path}: {_claimed(name, fields[name])}, but the weights have "
+                f"{name}={shown!r} ({tensors}): config.json does not describe these weights"
+            )
+    mismatch = _window_mismatch(fields, state)
+    if mismatch is not None:
+        name, shown, tensors = mismatch
+        have = f"{name}={shown!r}" if shown is not None else f"another {name}"
+        raise ConfigMismatchError(
+            f"{config_path}: {_claimed(name, fields[name])}, but the weights have {have} "
+            f"({tensors}): config.json does not describe these weights"
+        )
 
 
 def _config_value(model: DictConfig, key: str) -> Any:
@@ -301,32 +474,86 @@ def hf_config(model: DictConfig) -> dict[str, Any]:
     return config
 
 
+def _inside(folder: Path, name: Any, named_by: Path) -> Path:
+    """``folder / name`` for a file name that ``named_by`` gives, if it stays inside ``folder``:
+    a relative path without ``..`` that resolves (symbolic links followed) inside ``folder``, or,
+    for a huggingface_hub download, inside the repository's ``blobs`` folder of its cache, where
+    the files of a ``snapshots/<revision>`` folder link to.
+
+    Raises:
+        UnsafeShardPathError: naming ``named_by``, the name and where it leads.
+    """
+    if not isinstance(name, str) or not name:
+        raise UnsafeShardPathError(f"{named_by}: {name!r} is not a file name")
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts:
+        raise UnsafeShardPathError(
+            f"{named_by} names {name!r}, outside the checkpoint folder {folder}: weight files "
+            "must be inside it (a relative path without '..')"
+        )
+    resolved = (folder / path).resolve()
+    roots = [folder.resolve()]
+    if folder.resolve().parent.name == HUB_SNAPSHOTS_DIR:
+        roots.append(folder.resolve().parents[1] / HUB_BLOBS_DIR)
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise UnsafeShardPathError(
+            f"{named_by} names {name!r}, a symbolic link to {resolved}, outside the checkpoint "
+            f"folder {folder}: weight files must be inside it"
+        )
+    return folder / path
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The weight files a ``*.index.json`` maps the tensors to (each once, sorted)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = set(weight_map.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index}: not a readable index with a weight_map ({exc!r})") from exc
+    return sorted(names, key=str)
+
+
 def _read_hf_state_dict(folder: Path, *, trusted: bool) -> dict[str, torch.Tensor]:
-    """The tensors of a save_pretrained folder's weight file (or shards), transformers keys."""
+    """The tensors of a save_pretrained folder's weight file (or shards), transformers keys.
+
+    Raises:
+        UnsafeShardPathError: a weight file (an index's ``weight_map`` entry) outside ``folder``.
+    """
     for name in HF_WEIGHT_FILES:
-        path = folder / name
-        if not path.is_file():
+        if not (folder / name).is_file():
             continue
+        path = _inside(folder, name, folder)
         if name.endswith(HF_INDEX_SUFFIX):
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-            paths = [folder / shard for shard in shards]
+            paths = [_inside(folder, shard, path) for shard in _shard_names(path)]
         else:
             paths = [path]
         state: dict[str, torch.Tensor] = {}
         for shard in paths:
-            if shard.suffix == SAFETENSORS_SUFFIX:
-                state.update(load_checkpoint(shard)["model"])
-            else:
-                state.update(load_checkpoint(shard, trusted=trusted)["model"])
+            state.update(load_checkpoint(shard, trusted=trusted)["model"])
         return state
     raise FileNotFoundError(
         f"{folder}: no weights of a save_pretrained folder ({', '.join(HF_WEIGHT_FILES)})"
     )
 
 
+def _architecture_state(overrides: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The state dict (meta tensors) of :data:`VITMATTE_CONFIG` with ``overrides``."""
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(VITMATTE_CONFIG)), list(overrides))
+    with torch.device("meta"):
+        return instantiate(cfg.model).state_dict()
+
+
 def _load_hf_folder(folder: Path, *, trusted: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Official-layout state dict and architecture overrides of a save_pretrained folder."""
-    config_path = folder / HF_CONFIG_FILE
+    """Official-layout state dict and architecture overrides of a save_pretrained folder, the
+    config checked against the weights and the weights' values checked.
+
+    Raises:
+        ConfigMismatchError: ``config.json`` describes other shapes than the weights have.
+        UnsafeShardPathError: a weight file outside the folder.
+        InvalidWeightsError: a tensor that is NaN, Inf, or not floating point where the
+            model's is.
+    """
+    config_path = _inside(folder, HF_CONFIG_FILE, folder)
     try:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -342,6 +569,10 @@ def _load_hf_folder(folder: Path, *, trusted: bool) -> tuple[dict[str, torch.Ten
         raise CheckpointError(
             f"{folder}: weights outside the ViTMatte backbone and decoder: {', '.join(foreign[:8])}"
         )
+    check_config_fits_weights(config, state, config_path)
+    architecture = _architecture_state(overrides)
+    _check_fits(state, architecture, f"the architecture of {config_path}")
+    check_weights(state, folder, integer_keys=non_floating_keys(architecture))
     return state, overrides
 
 
@@ -373,13 +604,21 @@ def load_weights(source: str | Path, *, trusted: bool = False) -> LoadedWeights:
     path = Path(source)
     if path.is_file():
         kind = "safetensors" if path.suffix == SAFETENSORS_SUFFIX else "pth"
-        return LoadedWeights(load_checkpoint(path, trusted=trusted), str(source), kind)
+        checkpoint = load_checkpoint(path, trusted=trusted)
+        check_weights(clean_state_dict(checkpoint["model"]), path, integer_keys=_shipped_integers())
+        return LoadedWeights(checkpoint, str(source), kind)
     if not path.is_dir():
         if not _HUB_ID.match(str(source)) or path.suffix in (PTH_SUFFIX, SAFETENSORS_SUFFIX):
             raise FileNotFoundError(f"{source}: no such checkpoint file or folder")
         path = _download(str(source))
     state, overrides = _load_hf_folder(path, trusted=trusted)
     return LoadedWeights({"model": state}, str(source), "huggingface", overrides)
+
+
+def _shipped_integers() -> frozenset[str]:
+    """The keys where a shipped config's model holds an integer tensor (BatchNorm's
+    ``num_batches_tracked``): a file's config is not known, so any of them may."""
+    return frozenset().union(*(non_floating_keys(config_state(c)) for c in shipped_configs()))
 
 
 def _independent_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -427,15 +666,18 @@ def save_weights(weights: LoadedWeights, destination: str | Path) -> None:
         )
 
 
-def _check_fits(state: Mapping[str, torch.Tensor], model: DictConfig, config_file: str) -> None:
-    """Raise ``CheckpointError`` unless ``state`` holds exactly the weights of ``model``."""
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in instantiate(model).state_dict().items()}
-    problems = sorted(shapes.keys() ^ state.keys())
-    problems += [k for k in shapes.keys() & state.keys() if shapes[k] != state[k].shape]
+def _check_fits(
+    state: Mapping[str, torch.Tensor], architecture: Mapping[str, torch.Tensor], what: str
+) -> None:
+    """Raise ``CheckpointError`` unless ``state`` holds exactly the weights of ``architecture``
+    (a state dict, meta tensors will do), shapes included."""
+    problems = sorted(architecture.keys() ^ state.keys())
+    problems += [
+        k for k in architecture.keys() & state.keys() if architecture[k].shape != state[k].shape
+    ]
     if problems:
         raise CheckpointError(
-            f"the weights do not fit {config_file} ({len(problems)} keys missing, unexpected or "
+            f"the weights do not fit {what} ({len(problems)} keys missing, unexpected or "
             f"of another shape): {', '.join(problems[:8])}"
         )
 
@@ -453,7 +695,8 @@ def save_hf_folder(
     cfg = LazyConfig.apply_overrides(LazyConfig.load(str(config_file)), list(overrides))
     config = hf_config(cfg.model)
     state = weights.checkpoint["model"]
-    _check_fits(state, cfg.model, config_file)
+    with torch.device("meta"):
+        _check_fits(state, instantiate(cfg.model).state_dict(), config_file)
     hf_state = {official_to_hf_key(key): value for key, value in state.items()}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,27 @@
 """Shared test helpers: paths of the repository and of ../shared, a tiny MEMatte for fast CPU tests,
-random batches, the golden key manifests, and a crafted checkpoint whose unpickling runs code."""
+random batches, the golden key manifests, a crafted checkpoint whose unpickling runs code, tiny
+random SAM-family segmenters saved as transformers checkpoints, and the web demo served in a
+subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+import transformers
+from PIL import Image
 from torch import nn
 
 from modeling import DetailCapture, MattingCriterion, MEMatte, ViT
@@ -184,3 +196,199 @@ def run_without_torch(
         text=True,
         timeout=timeout,
     )
+
+
+# Tiny SAM-family segmenters: 256 px input (16 x 16 embeddings, 64 x 64 low-resolution masks),
+# 32-d, random weights. What transformers' SAM, SAM-HQ and SAM 2 classes build from a config.
+SEGMENTER_FAMILIES = ("sam", "sam_hq", "sam2")
+SEGMENTER_SIZE = 256
+_SEGMENTER_DIM = 32
+_PROMPT = {"hidden_size": _SEGMENTER_DIM, "image_size": SEGMENTER_SIZE, "patch_size": 16}
+_DECODER = {
+    "hidden_size": _SEGMENTER_DIM,
+    "mlp_dim": 2 * _SEGMENTER_DIM,
+    "num_attention_heads": 2,
+    "iou_head_hidden_dim": _SEGMENTER_DIM,
+}
+_SAM_VISION = {
+    "hidden_size": _SEGMENTER_DIM,
+    "output_channels": _SEGMENTER_DIM,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": SEGMENTER_SIZE,
+    "window_size": 4,
+    "global_attn_indexes": [1],
+    "num_pos_feats": _SEGMENTER_DIM // 2,
+}
+_SAM2_VISION = {
+    "backbone_config": {
+        "model_type": "sam2_hiera_det_model",
+        "hidden_size": 8,
+        "image_size": [SEGMENTER_SIZE, SEGMENTER_SIZE],
+        "blocks_per_stage": [1, 1, 2, 1],
+        "embed_dim_per_stage": [8, 16, 32, 64],
+        "num_attention_heads_per_stage": [1, 1, 1, 1],
+        "window_size_per_stage": [4, 4, 4, 4],
+        "global_attention_blocks": [3],  # not a stage's first block (those pool the queries)
+    },
+    "backbone_channel_list": [64, 32, 16, 8],
+    "backbone_feature_sizes": [[SEGMENTER_SIZE // s] * 2 for s in (4, 8, 16)],
+    "fpn_hidden_size": _SEGMENTER_DIM,
+}
+
+
+def save_tiny_segmenter(family: str, folder: Path, seed: int = 0) -> Path:
+    """A tiny random SAM (``"sam"``), SAM-HQ (``"sam_hq"``) or SAM 2 (``"sam2"``) model and its
+    processor, saved with ``save_pretrained`` into ``folder``; returns ``folder``."""
+    mask_side = SEGMENTER_SIZE // 4
+    torch.manual_seed(seed)  # buffers (SAM's random positional features) are drawn at build
+    if family == "sam2":
+        config = transformers.Sam2Config(
+            vision_config=_SAM2_VISION, prompt_encoder_config=_PROMPT, mask_decoder_config=_DECODER
+        )
+        model = transformers.Sam2Model(config)
+        processor = transformers.Sam2Processor(
+            transformers.Sam2ImageProcessor(
+                size={"height": SEGMENTER_SIZE, "width": SEGMENTER_SIZE},
+                mask_size={"height": mask_side, "width": mask_side},
+            )
+        )
+    else:
+        hq = family == "sam_hq"
+        decoder = {**_DECODER, "vit_dim": _SEGMENTER_DIM} if hq else _DECODER
+        config_class, model_class, processor_class = (
+            (transformers.SamHQConfig, transformers.SamHQModel, transformers.SamHQProcessor)
+            if hq
+            else (transformers.SamConfig, transformers.SamModel, transformers.SamProcessor)
+        )
+        config = config_class(
+            vision_config=_SAM_VISION, prompt_encoder_config=_PROMPT, mask_decoder_config=decoder
+        )
+        model = model_class(config)
+        processor = processor_class(
+            transformers.SamImageProcessor(
+                size={"longest_edge": SEGMENTER_SIZE},
+                pad_size={"height": SEGMENTER_SIZE, "width": SEGMENTER_SIZE},
+                mask_size={"longest_edge": mask_side},
+                mask_pad_size={"height": mask_side, "width": mask_side},
+            )
+        )
+    randomize_(model, seed)  # the default init leaves SAM's encoder near zero
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def reference_sam_mask(
+    folder: Path,
+    image: Path,
+    box: tuple[float, ...] | None = None,
+    points: tuple[tuple[float, float, int], ...] = (),
+) -> np.ndarray:
+    """The mask transformers' own processor and model give for a box and (x, y, label) points
+    under the documented rule: one point alone -> the best of three candidates by predicted IoU,
+    else the single-mask output; every candidate post-processed by the processor, then picked.
+
+    Returns:
+        ``[H, W]`` bool.
+    """
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    sam2 = model.config.model_type == "sam2"
+    kwargs = {}
+    if points:
+        xy, labels = [[[x, y] for x, y, _ in points]], [[label for _, _, label in points]]
+        kwargs["input_points"] = [xy] if sam2 else xy  # SAM 2 nests one level deeper
+        kwargs["input_labels"] = [labels] if sam2 else labels
+    if box is not None:
+        kwargs["input_boxes"] = [[list(box)]]
+    inputs = processor(images=Image.open(image).convert("RGB"), return_tensors="pt", **kwargs)
+    with torch.no_grad():
+        outputs = model(**inputs, multimask_output=box is None and len(points) == 1)
+    sizes = [inputs["original_sizes"]] + ([] if sam2 else [inputs["reshaped_input_sizes"]])
+    masks = processor.post_process_masks(outputs.pred_masks, *sizes)[0]  # [1, C, H, W]
+    return masks[0, outputs.iou_scores[0, 0].argmax()].numpy()
+
+
+WEB_DEMO_START_SECONDS = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_web_demo(root: Path, *args: str) -> Iterator[str]:
+    """tools/web_demo.py on the demo model and the CPU, with ``args``, in a subprocess on a free
+    port, run from ``root`` (Gradio's files under it, its output in ``root / "server.log"``, the
+    hub offline): its URL while it serves; stopped with SIGINT, as Ctrl-C stops it."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "GRADIO_TEMP_DIR": str(root / "gradio"),
+        "GRADIO_ANALYTICS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
+    command = [sys.executable, str(REPO_ROOT / "tools" / "web_demo.py")]
+    command += ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
+    command += ["--device", "cpu", "--port", str(port), *args]
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + WEB_DEMO_START_SECONDS
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the web demo exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the web demo did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+    yield url
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"the web demo did not stop on SIGINT:\n{log.read_text()}")
+
+
+def write_test_video(
+    path: Path,
+    frames: list,
+    *,
+    codec: str = "ffv1",
+    pixel_format: str = "bgr0",
+    rate: int = 25,
+    pts: list[int] | None = None,
+    time_base=None,
+    rotation: float | None = None,
+    options: dict | None = None,
+) -> None:
+    """Encode ``[H, W, 3]`` uint8 RGB frames with PyAV (lossless FFV1 by default), optionally with
+    given timestamps (``pts`` in ``time_base``) and display-rotation metadata."""
+    import av
+
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = pixel_format
+        if time_base is not None:
+            stream.codec_context.time_base = time_base
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts[index], time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -37,6 +37,12 @@ weights (``perf_realistic.py`` of ``../shared/official-bench``, fresh processes)
 how many pixels of the two 8-bit alphas differ; the official side's weights are then loaded into
 every other row's model too (``--weights`` does the same with a checkpoint of your own).
 
+``--segmenter ID_OR_DIR`` also measures a SAM-family segmenter (``predictor.segmenter``; a hub id
+or a ``save_pretrained`` folder) on the same images, prompted with the box around the subject:
+``first prompt`` (the image embedding, then the prompt decoder and the mask brought to the image
+size) and ``next prompt`` (the same image again: the prompt decoder only), each with its peak
+memory (rows with variant ``segmenter``; tokens: the encoder's; fp32).
+
 JSON schema (``--json``)::
 
     {"schema": "mematte-benchmark/1", "created": ISO-8601, "argv": [...],
@@ -74,6 +80,7 @@ Usage::
     python tools/benchmark.py --sizes 2048 4872x6017 --max-number-token 18500 \\
         --modes predictor --backends torch onnxruntime --unknown 0.05 0.1 0.25 \\
         --official ../official --profile --json bench.json
+    python tools/benchmark.py --sizes 1024 4872x6017 --segmenter facebook/sam-vit-base
 """
 
 from __future__ import annotations
@@ -88,6 +95,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
@@ -112,6 +120,8 @@ from predictor.profiling import (
     resolve_cap,
     uint8_inputs,
 )
+from predictor.prompts import Prompts
+from predictor.segmenter import load_segmenter, segmenter_rgb
 from predictor.token_budget import auto_max_number_token
 from utils.benchmark import (
     add_run_arguments,
@@ -129,6 +139,7 @@ from utils.memory import configure_malloc
 SCHEMA = "mematte-benchmark/1"
 BACKENDS = ("torch", "onnxruntime")
 MODES = ("forward", "predictor")
+SEGMENTER, SEGMENTER_MODES = "segmenter", ("first prompt", "next prompt")
 
 
 def _result(spec: dict, **measured: object) -> dict:
@@ -217,6 +228,64 @@ def run_worker(spec: dict) -> dict:
         malloc_pinned=malloc_pinned,
         **measured,
     )
+
+
+def run_segmenter_worker(spec: dict) -> dict:
+    """A segmenter's ``first prompt`` (embedding and prompt decoder: its cache is cleared before
+    each call) or ``next prompt`` (the embedding kept from the warm-up: prompt decoder only), on
+    the benchmark image with the box around its subject (the trimap's non-background)."""
+    malloc_pinned = spec["pin_malloc"] and configure_malloc()
+    device = resolve_device(spec["device"])
+    segmenter = load_segmenter(spec["model"], device=device)
+    image, trimap = uint8_inputs(
+        make_benchmark_inputs(*spec["size"], spec["seed"], spec["unknown"])
+    )
+    rows, cols = np.nonzero(trimap)
+    box = Prompts(box=(cols.min(), rows.min(), cols.max() + 1, rows.max() + 1))
+    first = spec["mode"] == SEGMENTER_MODES[0]
+
+    def call() -> None:
+        if first:
+            segmenter.clear_cache()
+        segmenter.predict(image, box)
+
+    measured = timed_runs(spec, call, device)
+    embeddings = segmenter.embedding(segmenter_rgb(image)).inputs["image_embeddings"]
+    last = embeddings[-1] if isinstance(embeddings, list) else embeddings  # SAM 2: levels
+    return _result(
+        spec,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        threads=torch.get_num_threads(),
+        tokens=last.shape[-2] * last.shape[-1],
+        max_number_token=None,
+        routed_tokens=[],
+        malloc_pinned=malloc_pinned,
+        **measured,
+    )
+
+
+def measure_segmenter(args: argparse.Namespace) -> list[dict]:
+    """``--segmenter``: both calls at every size and device, each in a fresh worker process."""
+    results = []
+    for size, device, mode in itertools.product(args.sizes, args.devices, SEGMENTER_MODES):
+        spec = {
+            "model": args.segmenter,
+            "variant": SEGMENTER,
+            "backend": "torch",
+            "mode": mode,
+            "unknown": args.unknown[0],
+            "size": list(size),
+            "device": device,
+            "precision": "fp32",
+            "repeats": args.repeats,
+            "warmup": max(1, args.warmup),  # the next prompt's embedding comes from the warm-up
+            "seed": args.seed,
+            "pin_malloc": not args.default_malloc,
+        }
+        print(f"measuring {args.segmenter} {mode} {device} ...", file=sys.stderr, flush=True)
+        results.append(run_in_subprocess(Path(__file__), spec, args.timeout))
+        print(markdown_table(results[-1:]).splitlines()[-1], flush=True)
+    return results
 
 
 def _model(spec: dict) -> torch.nn.Module:
@@ -386,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
         "module docstring)",
     )
     parser.add_argument(
+        "--segmenter",
+        metavar="ID_OR_DIR",
+        help="also measure this SAM-family segmenter (hub id or save_pretrained folder) on the "
+        "same images: the first prompt (image embedding + prompt decoder) and the next one "
+        "(prompt decoder only)",
+    )
+    parser.add_argument(
         "--default-malloc",
         action="store_true",
         help="keep glibc's adaptive mmap threshold (see configure_malloc)",
@@ -412,6 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         spec = json.loads(args.worker)
         worker = run_onnxruntime_worker if spec["backend"] == "onnxruntime" else run_worker
+        worker = run_segmenter_worker if spec["variant"] == SEGMENTER else worker
         print(json.dumps(worker(spec)))
         return
     if "onnxruntime" in args.backends and "predictor" not in args.modes:
@@ -482,6 +559,8 @@ def main(argv: list[str] | None = None) -> None:
         results.append(result)
         print(markdown_table([result]).splitlines()[-1], flush=True)
     shutil.rmtree(work)
+    if args.segmenter is not None:
+        results += measure_segmenter(args)
 
     def table(rows: list[dict]) -> str:
         return markdown_table(rows) + (f"\n{official_table(official)}" if official else "")

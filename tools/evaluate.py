@@ -5,21 +5,34 @@ References: Deep Image Matting evaluation protocol (official MATLAB `evaluate.m`
 
 Usage:
     python tools/evaluate.py --pred-dir P --label-dir L --trimap-dir T \
-        [--region unknown|all] [--workers N] [--csv per_image.csv] [--allow-missing]
+        [--region unknown|all] [--workers N] [--csv per_image.csv] [--allow-missing] \
+        [--snap-trimap]
+    python tools/evaluate.py --pred-dir OUT --label-dir L [--trimap-dir T]   # clips
 
-Files are matched by stem: predictions are ``*.png``; labels and trimaps may be ``.png`` or
-``.jpg``/``.jpeg``. A label without a prediction (or without a trimap, or a trimap without a label)
-is an error naming the files, since the mean would silently cover fewer images; pass
-``--allow-missing`` to evaluate a partial run knowingly. Extra predictions are reported and left
-out. Files are read as 8-bit single-channel maps by ``data.image_io.read_map_u8`` (16-bit values
-become ``round(v / 257)``). An image is reported and left out of the mean when one of its files
-cannot be read or is truncated, is a colour image, when its sizes differ, when its trimap holds
-values other than 0, 128 and 255, or when its label looks like a trimap (only 0, 128 and 255,
-with 128: label and trimap folders swapped?).
+Clips: a prediction folder of clip folders (as ``inference.py --video`` writes them,
+``OUT/<clip>/pha/<frame>.png``) is evaluated clip by clip against labels in the VideoMatte240K or
+VideoMatting108 layouts (``L/<clip>/pha/``, ``L/pha/<clip>/`` or ``L/<clip>/``; frames matched by
+name): per clip and overall, the image metrics averaged over the frames and dtSSD (whole frame,
+x100, 0 for the first frame). Without ``--trimap-dir`` the metrics cover the whole frame. The
+rules are in ``evaluation/clips.py``; ``--csv`` gets one row per frame.
+
+Files are matched by stem: predictions are ``*.png``; labels and trimaps may be in any format
+inference.py reads (.png, .jpg, .webp, .tif, ...); every other file is named in a warning. A label
+without a prediction (or without a trimap, or a trimap without a label) is an error naming the
+files, since the mean would silently cover fewer images; pass ``--allow-missing`` to evaluate a
+partial run knowingly. Extra predictions are reported and left out. Files are read as 8-bit
+single-channel maps by ``data.image_io.read_map_u8`` (16-bit values become ``round(v / 257)``). An
+image is reported and left out of the mean when one of its files cannot be read or is truncated, is
+a colour image, when its sizes differ, when its trimap holds values other than 0, 128 and 255 (a
+JPEG trimap: --snap-trimap moves each value to the nearest level, 0..63 -> 0, 64..191 -> 128,
+192..255 -> 255, as inference.py does with the same option), or when its label looks like a
+trimap (only 0, 128 and 255, with 128: label and trimap folders
+swapped?).
 
 The results table is printed first, then the per-image CSV is written (``--csv``; an unwritable
 path is reported before any work). Exit status: 0 every image evaluated; 1 some image failed or
 is missing; 2 usage or setup error (a folder that does not exist, an unwritable CSV path).
+The same for clips (a clip that fails counts as a failed image).
 """
 
 import argparse
@@ -31,6 +44,14 @@ from pathlib import Path
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
 
+from data.trimap import add_snap_trimap_argument
+from evaluation.clips import (
+    evaluate_clips,
+    format_clip_table,
+    is_clip_folder,
+    match_clips,
+    write_clip_csv,
+)
 from evaluation.folders import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -56,6 +77,7 @@ def run(
     workers: int,
     csv_path: Path | None,
     allow_missing: bool = False,
+    snap_trimap: bool = False,
 ) -> int:
     """Evaluate, print the mean table, then write the CSV; return the exit status."""
     try:
@@ -68,7 +90,9 @@ def run(
     except ValueError as exc:  # missing files, or nothing to evaluate
         logger.error("%s", exc)
         return EXIT_FAILURE
-    per_image, failures = evaluate_items(items, region=region, workers=workers, progress=True)
+    per_image, failures = evaluate_items(
+        items, region=region, workers=workers, progress=True, snap_trimap=snap_trimap
+    )
     if not per_image:
         logger.error("no image could be evaluated")
         return EXIT_FAILURE
@@ -86,6 +110,46 @@ def run(
     return EXIT_OK
 
 
+def run_clips(
+    pred_dir: Path,
+    label_dir: Path,
+    trimap_dir: Path | None,
+    region: Region,
+    workers: int,
+    csv_path: Path | None,
+    allow_missing: bool = False,
+    snap_trimap: bool = False,
+) -> int:
+    """Evaluate folders of clips, print the per-clip table, then write the CSV; return the exit
+    status."""
+    try:
+        if csv_path is not None:
+            check_csv_path(csv_path)
+        clips = match_clips(pred_dir, label_dir, trimap_dir, allow_missing=allow_missing)
+    except (FileNotFoundError, CsvPathError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except ValueError as exc:  # missing clips or frames, or nothing to evaluate
+        logger.error("%s", exc)
+        return EXIT_FAILURE
+    results, failures = evaluate_clips(
+        clips, region, workers=workers, progress=True, snap_trimap=snap_trimap
+    )
+    if not results:
+        logger.error("no clip could be evaluated")
+        return EXIT_FAILURE
+    print(format_clip_table(results, region), flush=True)
+    if csv_path is not None:
+        write_clip_csv(csv_path, results)
+        logger.info("wrote per-frame metrics to %s", csv_path)
+    if failures:
+        logger.error(
+            "%d of %d clips failed (see errors above), not in the mean", len(failures), len(clips)
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's options."""
     parser = argparse.ArgumentParser(
@@ -93,12 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pred-dir", type=Path, required=True, help="predicted alpha PNGs")
     parser.add_argument("--label-dir", type=Path, required=True, help="ground-truth alphas")
-    parser.add_argument("--trimap-dir", type=Path, required=True, help="trimaps (128 = unknown)")
+    parser.add_argument(
+        "--trimap-dir",
+        type=Path,
+        help="trimaps (128 = unknown); required for images, optional for clips",
+    )
     parser.add_argument(
         "--region",
         choices=("unknown", "all"),
-        default="unknown",
-        help="pixels summed: trimap == 128 (Composition-1k) or whole image",
+        help="pixels summed: trimap == 128 (Composition-1k; the default with trimaps) or whole "
+        "image (the default for clips without --trimap-dir)",
     )
     parser.add_argument(
         "--workers",
@@ -112,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate a partial run: labels without prediction (or trimap) are warnings",
     )
+    add_snap_trimap_argument(parser)
     return parser
 
 
@@ -120,15 +189,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    region = args.region or ("unknown" if args.trimap_dir is not None else "all")
+    if region == "unknown" and args.trimap_dir is None:
+        parser.error("--region unknown needs --trimap-dir")
+    if is_clip_folder(args.pred_dir):
+        evaluate = run_clips
+    elif args.trimap_dir is None:
+        parser.error("--trimap-dir is required for images (clips: a folder of clip folders)")
+    else:
+        evaluate = run
     sys.exit(
-        run(
+        evaluate(
             args.pred_dir,
             args.label_dir,
             args.trimap_dir,
-            args.region,
+            region,
             args.workers,
             args.csv,
             allow_missing=args.allow_missing,
+            snap_trimap=args.snap_trimap,
         )
     )
 

@@ -23,12 +23,16 @@ __all__ = [
     "current_memory_bytes",
     "free_memory_bytes",
     "peak_memory_bytes",
+    "reset_peak_memory",
 ]
 
 KIB = 1024
 MIB = 2**20
 MEMINFO = Path("/proc/meminfo")
 PROCESS_STATUS = Path("/proc/self/status")
+# proc(5): writing "5" to clear_refs resets the process's peak RSS (VmHWM) to its current RSS.
+CLEAR_REFS = Path("/proc/self/clear_refs")
+RESET_PEAK_RSS = "5"
 # glibc mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -115,3 +119,22 @@ def peak_memory_bytes(device: object) -> int:
         return torch.cuda.max_memory_allocated(device)
     peak = _proc_kib(PROCESS_STATUS, "VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
+
+
+def reset_peak_memory(device: torch.device | str) -> bool:
+    """Start :func:`peak_memory_bytes` afresh: CUDA ``reset_peak_memory_stats``; CPU: the peak
+    RSS set back to the current RSS (``/proc/self/clear_refs``), so that the next reading is the
+    peak of what runs in between (the process's resident memory included).
+
+    Returns:
+        False where the CPU peak cannot be reset (no /proc, or not allowed).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        CLEAR_REFS.write_text(RESET_PEAK_RSS)
+    except OSError:
+        return False
+    return True

@@ -1,5 +1,9 @@
 """Pictures of the routing: which tokens each routed block sent to global attention, and how sure
-its router was (the router's probability of global attention as a heat map), with a legend."""
+its router was (the router's probability of global attention as a heat map), with a legend.
+
+Any aspect ratio fits: the image is scaled so that its longer side is ``PANEL_MAX_SIDE``, and a
+panel narrower than its caption, or a picture narrower than its legend, is widened with white
+space, so no text is cut off."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+
+from utils.levels import UINT8_MAX, UINT16_MAX
 
 __all__ = ["routing_figure"]
 
@@ -25,8 +31,11 @@ LEGEND_LINE_HEIGHT = 22  # px per legend line
 LEGEND_SWATCH = 14  # px side of a legend colour swatch
 LEGEND_MARGIN = 6  # px
 LEGEND_TEXT_SCALE = 0.45
+LEGEND_BAR_WIDTH = 6 * LEGEND_SWATCH  # px, the colour bar of the probabilities
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+TITLE_TEXT_X = 4  # px, left margin of a caption
 _WHITE = 255
-_MAX_LEVEL = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_MAX_LEVEL = {np.dtype(np.uint8): UINT8_MAX, np.dtype(np.uint16): UINT16_MAX}
 
 
 def _token_map(values: np.ndarray, patch: int, hw: tuple[int, int], size: tuple[int, int]):
@@ -61,46 +70,64 @@ def _colour_bar(width: int) -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(ramp, PROBABILITY_COLORMAP), cv2.COLOR_BGR2RGB)
 
 
-def _legend(width: int, probabilities: bool) -> np.ndarray:
-    """What the colours and tints mean, ``[h, width, 3]`` RGB on white."""
+def _text_width(text: str, scale: float) -> int:
+    """Width in px of ``text`` drawn by :func:`cv2.putText` at ``scale`` (thickness 1)."""
+    (width, _), _ = cv2.getTextSize(text, FONT, scale, 1)
+    return width
+
+
+def _pad_width(image: np.ndarray, width: int) -> np.ndarray:
+    """``image`` widened to ``width`` with white columns on the right."""
+    pad = width - image.shape[1]
+    return np.pad(image, ((0, 0), (0, pad), (0, 0)), constant_values=_WHITE) if pad > 0 else image
+
+
+def _legend(probabilities: bool) -> np.ndarray:
+    """What the colours and tints mean, ``[h, w, 3]`` RGB on white, as wide as its text."""
     grey = np.full(3, 128.0)
     lines = [
         ((1 - TINT) * grey + TINT * GLOBAL_COLOUR, "token sent to global attention"),
         (LTRM_DIM * grey, "token refined by the LTRM (image dimmed)"),
     ]
-    height = LEGEND_LINE_HEIGHT * (len(lines) + probabilities) + LEGEND_MARGIN
-    legend = np.full((height, width, 3), _WHITE, np.uint8)
+    caption = "router p(global): 0 ... 1; argmax routing sends p > 0.5"
     text_x = 2 * LEGEND_MARGIN + LEGEND_SWATCH
+    bar_text_x = 2 * LEGEND_MARGIN + LEGEND_BAR_WIDTH
+    ends = [text_x + _text_width(text, LEGEND_TEXT_SCALE) for _, text in lines]
+    if probabilities:
+        ends.append(bar_text_x + _text_width(caption, LEGEND_TEXT_SCALE))
+    height = LEGEND_LINE_HEIGHT * (len(lines) + probabilities) + LEGEND_MARGIN
+    legend = np.full((height, max(ends) + LEGEND_MARGIN, 3), _WHITE, np.uint8)
     for row, (colour, text) in enumerate(lines):
         top = LEGEND_MARGIN + row * LEGEND_LINE_HEIGHT
         legend[top : top + LEGEND_SWATCH, LEGEND_MARGIN : LEGEND_MARGIN + LEGEND_SWATCH] = colour
         _text(legend, text, (text_x, top + LEGEND_SWATCH - 2))
     if probabilities:
         top = LEGEND_MARGIN + len(lines) * LEGEND_LINE_HEIGHT
-        bar_width = 6 * LEGEND_SWATCH
-        legend[top : top + LEGEND_SWATCH, LEGEND_MARGIN : LEGEND_MARGIN + bar_width] = _colour_bar(
-            bar_width
+        bar = (
+            slice(top, top + LEGEND_SWATCH),
+            slice(LEGEND_MARGIN, LEGEND_MARGIN + LEGEND_BAR_WIDTH),
         )
-        caption = "router p(global): 0 ... 1; argmax routing sends p > 0.5"
-        _text(legend, caption, (2 * LEGEND_MARGIN + bar_width, top + LEGEND_SWATCH - 2))
+        legend[bar] = _colour_bar(LEGEND_BAR_WIDTH)
+        _text(legend, caption, (bar_text_x, top + LEGEND_SWATCH - 2))
     return legend
 
 
 def _text(image: np.ndarray, text: str, origin: tuple[int, int]) -> None:
-    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, LEGEND_TEXT_SCALE, (0, 0, 0), 1)
+    cv2.putText(image, text, origin, FONT, LEGEND_TEXT_SCALE, (0, 0, 0), 1)
 
 
 def _titled(panel: np.ndarray, caption: str) -> np.ndarray:
-    """``panel`` under a white band with ``caption``."""
-    title = np.full((TITLE_HEIGHT, panel.shape[1], 3), 255, np.uint8)
-    origin = (4, TITLE_HEIGHT - 9)
-    cv2.putText(title, caption, origin, cv2.FONT_HERSHEY_SIMPLEX, TEXT_SCALE, (0, 0, 0), 1)
-    return np.concatenate([title, panel], axis=0)
+    """``panel`` under a white band with ``caption``, both widened to the caption's width."""
+    width = max(panel.shape[1], 2 * TITLE_TEXT_X + _text_width(caption, TEXT_SCALE))
+    title = np.full((TITLE_HEIGHT, width, 3), _WHITE, np.uint8)
+    origin = (TITLE_TEXT_X, TITLE_HEIGHT - 9)
+    cv2.putText(title, caption, origin, FONT, TEXT_SCALE, (0, 0, 0), 1)
+    return np.concatenate([title, _pad_width(panel, width)], axis=0)
 
 
 def _row(panels: list[np.ndarray]) -> np.ndarray:
     """Panels side by side with white gaps."""
-    gap = np.full((panels[0].shape[0], GAP, 3), 255, np.uint8)
+    gap = np.full((panels[0].shape[0], GAP, 3), _WHITE, np.uint8)
     parts = [p for panel in panels for p in (panel, gap)][:-1]
     return np.concatenate(parts, axis=1)
 
@@ -150,6 +177,8 @@ def routing_figure(
             )
             for prob, index in zip(probabilities, block_indexes, strict=True)
         ]
-        rows += [np.full((GAP, rows[0].shape[1], 3), _WHITE, np.uint8), _row(heat_maps)]
-    rows.append(_legend(rows[0].shape[1], probabilities is not None))
-    return cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR)
+        rows += [np.full((GAP, 1, 3), _WHITE, np.uint8), _row(heat_maps)]
+    rows.append(_legend(probabilities is not None))
+    width = max(row.shape[1] for row in rows)
+    figure = np.concatenate([_pad_width(row, width) for row in rows], axis=0)
+    return cv2.cvtColor(figure, cv2.COLOR_RGB2BGR)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["ECA", "LTRM"]
@@ -61,6 +62,12 @@ class LTRM(nn.Module):
         self.dwconv = nn.Conv2d(
             hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden
         )
+        # The conv runs on a permuted view of [B, H, W, C] tokens, i.e. channels-last, so its
+        # weight gradient comes back channels-last: keep the weight in that layout (as
+        # ResBottleneckBlock does; the same bytes for a [C, 1, k, k] depthwise kernel, only the
+        # stride of the size-1 dim differs), so DDP's gradient buckets match it (otherwise "Grad
+        # strides do not match bucket view strides" on every rank).
+        self.dwconv.to(memory_format=torch.channels_last)
         self.act2 = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.eca = ECA(dim)

@@ -155,6 +155,11 @@ class ResBottleneckBlock(nn.Module):
         self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, 1, bias=False)
         self.norm3 = LayerNorm2d(out_channels)
         self.init_weights()
+        # The block runs on a permuted view of [B, H, W, C] tokens, i.e. channels-last, and the
+        # convs' weight gradients come back in the layout of the activations: keep the weights
+        # channels-last too, so that every gradient has its parameter's strides (DDP's buckets
+        # are laid out as the parameters; another layout makes it warn on every rank).
+        self.to(memory_format=torch.channels_last)
 
     def init_weights(self) -> None:
         """MSRA fill for the convs, unit norms, and a zero last norm."""

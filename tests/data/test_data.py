@@ -591,3 +591,17 @@ def test_eval_dataset_values_and_bad_items(tmp_path: Path) -> None:
     (root / "images" / "x.jpg").write_bytes(b"")
     with pytest.raises(UnreadableImageError, match="x.jpg"):
         dataset[0]
+
+
+def test_eval_dataset_refuses_other_trimap_values_unless_it_snaps_them(tmp_path: Path) -> None:
+    root = _make_test_folder(tmp_path, "images", "trimaps", "alphas")
+    trimap_path = root / "trimaps" / "x.png"
+    trimap = cv2.imread(str(trimap_path), cv2.IMREAD_GRAYSCALE)
+    trimap[0, 0] = 100  # nearest to 128
+    cv2.imwrite(str(trimap_path), trimap)
+    with pytest.raises(BadSampleError, match="--snap-trimap") as info:
+        MattingEvalDataset(root)[0]
+    assert info.value.path == trimap_path
+    snapped = MattingEvalDataset(root, snap_trimap=True)[0]["trimap"][0].numpy()
+    trimap[0, 0] = 128
+    np.testing.assert_array_equal(snapped, trimap)

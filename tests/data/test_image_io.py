@@ -1,5 +1,6 @@
 """data.image_io: truncated files are unreadable whatever the decoder makes of them, the check of
-written files, native-level readers and the trimap warning."""
+written files, native-level readers and the trimap policy (other values refused, or snapped to
+the nearest level on request)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import pytest
 import torch
 
 from data.image_io import (
+    BadSampleError,
     UnreadableImageError,
     is_complete_image,
     read_map_u8,
     read_rgb_levels,
     read_trimap_levels,
 )
+from data.trimap import snap_trimap
+from tests.helpers import DEMO_DIR, DEMO_NAMES
 from utils.device import to_unit_float
 from utils.levels import unit_float_array
 
@@ -93,15 +97,49 @@ def test_unit_float_copies_on_request():
     np.testing.assert_array_equal(converted.numpy(), channels_first.permute(1, 2, 0).numpy())
 
 
-def test_trimap_values_other_than_the_levels_warn_with_file_and_share(tmp_path, caplog):
+def test_trimap_values_other_than_the_levels_are_refused_with_the_fix_or_snapped(tmp_path, caplog):
     trimap = np.full((10, 10), 128, np.uint8)
     trimap[0, :5] = 77
     cv2.imwrite(str(tmp_path / "soft.png"), trimap)
+    with pytest.raises(BadSampleError) as info:
+        read_trimap_levels(tmp_path / "soft.png")
+    assert info.value.path == tmp_path / "soft.png"
+    assert "5.00% of the pixels are neither 0, 128 nor 255" in info.value.reason
+    assert "save it losslessly (PNG)" in info.value.reason and "--snap-trimap" in str(info.value)
     with caplog.at_level(logging.WARNING, logger="data.image_io"):
-        assert np.array_equal(read_trimap_levels(tmp_path / "soft.png"), trimap)
-    assert "soft.png" in caplog.text and "5.00%" in caplog.text
+        snapped = read_trimap_levels(tmp_path / "soft.png", snap=True)
+    assert np.array_equal(snapped, np.full((10, 10), 128, np.uint8))  # 77 is nearest to 128
+    assert "soft.png" in caplog.text and "5.00%" in caplog.text and "snapped" in caplog.text
     caplog.clear()
     cv2.imwrite(str(tmp_path / "clean.png"), np.full((4, 4), 255, np.uint8))
     with caplog.at_level(logging.WARNING, logger="data.image_io"):
         read_trimap_levels(tmp_path / "clean.png")
+        read_trimap_levels(tmp_path / "clean.png", snap=True)
     assert not caplog.text
+
+
+def test_snapping_takes_the_nearest_level_and_unknown_on_a_tie():
+    values = np.arange(256, dtype=np.uint8)
+    levels = np.array([0, 128, 255])
+    distance = np.abs(values[:, None].astype(int) - levels[None, :])
+    nearest = levels[distance.argmin(axis=1)]
+    tie = (distance == distance.min(axis=1, keepdims=True)).sum(axis=1) > 1
+    nearest[tie] = 128
+    assert list(np.flatnonzero(tie)) == [64]
+    np.testing.assert_array_equal(snap_trimap(values), nearest)
+    assert snap_trimap(values).dtype == np.uint8
+
+
+@pytest.mark.parametrize("quality", [50, 75, 95])
+def test_a_trimap_saved_as_jpeg_snaps_back_to_nearly_every_level(tmp_path, quality):
+    """The case the option is for: the demo trimaps through JPEG; the nearest level recovers
+    all but a few edge pixels even at quality 50 (the training thresholds 85 / 170 lose ten times
+    more there)."""
+    for name in DEMO_NAMES:
+        trimap = cv2.imread(str(DEMO_DIR / "trimaps" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+        path = tmp_path / f"{name}.jpg"
+        cv2.imwrite(str(path), trimap, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        with pytest.raises(BadSampleError, match="--snap-trimap"):
+            read_trimap_levels(path)
+        wrong = int((read_trimap_levels(path, snap=True) != trimap).sum())
+        assert wrong <= (10 if quality < 75 else 0), (name, wrong)

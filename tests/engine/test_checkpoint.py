@@ -1,5 +1,6 @@
 """engine.checkpoint: the one checkpoint reader (weights only unless trusted, checked against its
-SHA-256), state-dict cleaning, and the checkpointer's trust flag, fallback and shape checks."""
+SHA-256), state-dict cleaning, and the checkpointer's trust flag, fallback and shape checks; a
+checkpoint of another config summarised, naming the shipped configs it fits."""
 
 from __future__ import annotations
 
@@ -21,9 +22,13 @@ from engine.checkpoint import (
     IncompatibleCheckpointError,
     UntrustedCheckpointError,
     clean_state_dict,
+    describe_shape_mismatches,
     load_checkpoint,
 )
-from tests.helpers import save_untrusted_checkpoint
+from engine.config import LazyConfig, instantiate
+from engine.known_configs import CONFIG_DIR, fitting_configs, shipped_configs
+from predictor.weights import build_inference_model, load_inference_weights
+from tests.helpers import DEMO_CHECKPOINT, TINY_CONFIG, save_untrusted_checkpoint
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -215,12 +220,65 @@ def test_shape_mismatches_are_an_error_unless_not_strict(
     torch.save({"model": source.state_dict()}, tmp_path / "init.pth")
     target = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 5), nn.Linear(5, 1))  # [1] differs
     before = {k: v.clone() for k, v in target.state_dict().items()}
-    with pytest.raises(IncompatibleCheckpointError, match=r"2 tensors .*\n  1.weight: \[4, 2\]"):
+    with pytest.raises(IncompatibleCheckpointError, match=r"2 tensors .*\(1.weight: \[4, 2\]"):
         Checkpointer(target).resume_or_load(str(tmp_path / "init.pth"), resume=False)
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # untouched
     with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
         Checkpointer(target, strict_shapes=False).load(str(tmp_path / "init.pth"))
     assert torch.equal(target[0].weight, source[0].weight)
-    assert "Skipped 1.weight" in caplog.text
+    assert "Skipped the checkpoint's tensors of other shapes" in caplog.text
+    assert "2 tensors have other shapes than in the model (1.weight: [4, 2]" in caplog.text
     assert "model keys are not in the checkpoint" in caplog.text  # missing: a warning
     assert "  2.weight" in caplog.text
+
+
+def _mismatched(count: int) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    return [(f"layer{i}.weight", (i + 1, 2), (i + 1, 3)) for i in range(count)]
+
+
+def test_shape_mismatches_are_summarised_with_the_first_few_and_a_count() -> None:
+    text = describe_shape_mismatches(_mismatched(107))
+    assert text.startswith("107 tensors have other shapes than in the model (layer0.weight: ")
+    assert "layer2.weight: [3, 2] in the checkpoint, [3, 3] in the model; and 104 more)" in text
+    assert "layer3" not in text and "\n" not in text
+    assert describe_shape_mismatches(_mismatched(2)).endswith("[2, 3] in the model)")
+
+
+def test_a_checkpoint_of_another_config_names_the_configs_it_fits(tmp_path: Path) -> None:
+    """The demo checkpoint (configs/tiny) in a model of another width: one summary naming the
+    tiny config, for training (the checkpointer) and inference (load_inference_weights)."""
+    wider = ["model.backbone.embed_dim=64", "model.decoder.in_chans=64"]
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(TINY_CONFIG)), wider)
+    with pytest.raises(IncompatibleCheckpointError) as training:
+        Checkpointer(instantiate(cfg.model)).load(str(DEMO_CHECKPOINT))
+    with pytest.raises(IncompatibleCheckpointError) as inference:
+        load_inference_weights(build_inference_model(TINY_CONFIG, wider), DEMO_CHECKPOINT)
+    tiny = "configs/tiny/MEMatte_tiny_synthetic.py"
+    for message in (str(training.value), str(inference.value)):
+        assert str(DEMO_CHECKPOINT) in message and "\n" not in message
+        assert "tensors have other shapes than in the model (backbone.pos_embed: [1, 197, 48]" in (
+            message
+        )
+        assert f"more); its shapes fit {tiny}" in message
+    assert "train.init_strict=False" in str(training.value)
+    assert "--config-file" in str(inference.value)
+
+
+def test_fitting_configs_are_the_shipped_configs_of_the_same_shapes() -> None:
+    with torch.device("meta"):
+        vitmatte_s = instantiate(LazyConfig.load(str(CONFIG_DIR / "ViTMatte_S_Com.py")).model)
+    state = vitmatte_s.state_dict()
+    # ViTMatte-S fits its own config only (the MEMatte-S student has no rel-pos tables in its
+    # global blocks); its backbone alone also fits the MEMatte-S configs, less the routers.
+    assert fitting_configs(state) == ["configs/ViTMatte_S_Com.py"]
+    backbone = {k: v for k, v in state.items() if ".attn.rel_pos_" not in k}
+    fits = fitting_configs(backbone)
+    assert "configs/MEMatte_S_topk0.25_win_global_long.py" in fits
+    assert not any("_B_" in name or "tiny" in name for name in fits)
+    assert fitting_configs(backbone, complete=True) == []
+    state["backbone.pos_embed"] = torch.empty(1, 2, 3, device="meta")
+    assert fitting_configs(state) == []
+    assert {path.name for path in shipped_configs()} >= {
+        "ViTMatte_B_Com.py",
+        "MEMatte_tiny_synthetic.py",
+    }

@@ -26,6 +26,7 @@ from engine.defaults import (
     default_argument_parser,
     exit_on_setup_error,
 )
+from evaluation.folders import TABLE_HEADER
 from tests.helpers import REPO_ROOT, TINY_CONFIG, save_untrusted_checkpoint
 
 MAIN = REPO_ROOT / "main.py"
@@ -114,6 +115,9 @@ def test_ddp_training_writes_logs_metrics_events_and_checkpoints(synthetic, tmp_
         *_data(synthetic, evaluate=True),
     )
     _ok(result)
+    # Every gradient has its parameter's layout, so DDP's buckets take it as it is (PyTorch warns
+    # once per rank otherwise).
+    assert "Grad strides do not match bucket view strides" not in result.stderr
     for name in ("config.yaml", "log.txt", "metrics.json", "last_checkpoint"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "model_0000001.pth").is_file()
@@ -173,7 +177,7 @@ def test_resume_inside_an_epoch_with_loader_workers_replays_the_run_bit_for_bit(
 
 
 @pytest.mark.slow
-def test_eval_only_reports_metrics(synthetic, continuous_run, tmp_path):
+def test_eval_only_reports_metrics_in_the_table_of_evaluate_py(synthetic, continuous_run, tmp_path):
     result = _run_main(
         "--eval-only",
         f"train.init_checkpoint={continuous_run / 'model_final.pth'}",
@@ -181,13 +185,11 @@ def test_eval_only_reports_metrics(synthetic, continuous_run, tmp_path):
         *_data(synthetic, evaluate=True),
     )
     _ok(result)
-    reported = {
-        line.rsplit("]: ", 1)[1].split(": ")[0]: float(line.rsplit(": ", 1)[1])
-        for line in result.stdout.splitlines()
-        if "]: eval/" in line
-    }
-    assert set(reported) == {"eval/sad", "eval/mse", "eval/grad", "eval/conn"}
-    assert all(np.isfinite(v) and v >= 0 for v in reported.values())
+    lines = result.stdout.splitlines()
+    header = lines.index(TABLE_HEADER)  # the units: SAD(/1e3) MSE(x1e3) Grad(/1e3) Conn(/1e3)
+    assert "Mean over 2 images, unknown region (trimap == 128), in paper units" in lines[header - 1]
+    values = [float(value) for value in lines[header + 1].split()]
+    assert len(values) == 4 and all(np.isfinite(v) and v >= 0 for v in values)
 
 
 def test_eval_only_without_evaluator_fails_clearly(synthetic, tmp_path):
@@ -269,21 +271,8 @@ def test_teacher_stays_frozen_while_the_student_learns(synthetic, tmp_path, one_
     assert "loss_distill" in set().union(*_metrics(out))
 
 
-@pytest.fixture
-def restore_logging():
-    """Remove the handlers main() installs on the root logger (its streams close with the test)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-
-
 def test_eval_only_loads_pickled_objects_only_with_trust_checkpoint(
-    synthetic, tmp_path, one_thread, restore_logging
+    synthetic, tmp_path, one_thread, restore_logging, caplog
 ):
     torch.manual_seed(0)
     weights = instantiate(LazyConfig.load(TINY_CONFIG).model).state_dict()
@@ -295,9 +284,15 @@ def test_eval_only_loads_pickled_objects_only_with_trust_checkpoint(
         main.main(default_argument_parser().parse_args(command))
     assert not marker.exists()
 
-    results = main.main(default_argument_parser().parse_args(["--trust-checkpoint", *command]))
+    with caplog.at_level(logging.INFO):
+        results = main.main(default_argument_parser().parse_args(["--trust-checkpoint", *command]))
     assert marker.is_dir()  # trusted: the file's code ran
     assert set(results) == {"eval/sad", "eval/mse", "eval/grad", "eval/conn"}
+    # The metrics with their units, as tools/evaluate.py prints them.
+    assert "in paper units (each column: the official value scaled as its header says)" in (
+        caplog.text
+    )
+    assert TABLE_HEADER in caplog.text
 
 
 # --- setup errors, output folder, summary -------------------------------------------------------
@@ -349,7 +344,7 @@ def test_eval_only_without_its_checkpoint_suggests_the_trained_one(
     assert not out.exists()
 
 
-def test_init_checkpoint_of_other_shapes_is_an_error_listing_the_keys(
+def test_init_checkpoint_of_other_shapes_is_an_error_summarising_the_keys(
     synthetic, tmp_path, one_thread, restore_logging
 ):
     torch.manual_seed(0)
@@ -363,8 +358,9 @@ def test_init_checkpoint_of_other_shapes_is_an_error_listing_the_keys(
     args.opts += _data(synthetic)
     with pytest.raises(IncompatibleCheckpointError, match="init_strict=False") as info:
         main.main(args)
-    assert "  backbone.pos_embed: " in str(info.value)
-    assert "  decoder.matting_head.matting_convs.3.weight: [1, 3, 1, 1]" in str(info.value)
+    assert "2 tensors have other shapes than in the model (backbone.pos_embed: " in str(info.value)
+    assert "decoder.matting_head.matting_convs.3.weight: [1, 3, 1, 1]" in str(info.value)
+    assert "its shapes fit none of the configs in configs/" in str(info.value)
 
 
 def test_a_resume_without_checkpoint_warns_and_the_run_writes_its_summary(
@@ -416,3 +412,91 @@ def test_command_line_setup_errors_stop_before_and_after_spawning(synthetic, tmp
     }, spawned.stderr
     assert "Traceback" not in spawned.stderr
     assert not out.exists()
+
+
+# --- an output folder that holds a run; the saved config is the run's -----------------------------
+
+
+def test_a_folder_that_holds_a_run_needs_resume_or_overwrite(
+    synthetic, tmp_path, capsys, one_thread, restore_logging
+):
+    out = tmp_path / "out"
+    run = [f"train.output_dir={out}", *_data(synthetic)]
+    main.main(_args(*run, "train.max_iter=2"))
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert "model_final.pth" in before
+
+    # Again without --resume or --overwrite: refused (before spawning, and in the process), the
+    # folder untouched.
+    error = _setup_error(_args(*run, "train.max_iter=2"), capsys)
+    assert f"train.output_dir={out} holds a training run (" in error
+    assert "pass --resume to continue it, or --overwrite to delete its files" in error
+    with pytest.raises(SetupError, match="holds a training run"):
+        main.check_before_launch(_args(*run, "train.max_iter=2"))
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+    # --overwrite keeps no file of the old run: one event file, the new metrics, a new log.
+    (out / "notes.txt").write_text("not the trainer's")
+    main.main(_args("--overwrite", *run, "train.max_iter=3"))
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1
+    assert [r["iteration"] for r in _metrics(out) if "total_loss" in r] == [0, 1, 2]
+    assert (out / "log.txt").read_text().count("Rank 0 of 1") == 1
+    assert (out / "notes.txt").read_text() == "not the trainer's"
+
+    # --overwrite never deletes the checkpoint it is to start from.
+    final = out / "model_final.pth"
+    error = _setup_error(_args("--overwrite", *run, f"train.init_checkpoint={final}"), capsys)
+    assert "which --overwrite deletes" in error and final.is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        _args("--resume", "--overwrite")
+    assert exit_info.value.code == 2  # argparse: one or the other
+
+
+def test_setup_files_alone_are_not_a_run(synthetic, tmp_path, one_thread, restore_logging):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("config.yaml", "log.txt", "model.txt"):  # what a failed setup may leave
+        (out / name).write_text("")
+    main.main(_args(f"train.output_dir={out}", "train.max_iter=1", *_data(synthetic)))
+    assert (out / "model_final.pth").is_file()
+
+
+def test_the_saved_config_is_the_run_and_resumes_it_bit_for_bit(
+    synthetic, tmp_path, one_thread, restore_logging
+):
+    out = tmp_path / "out"
+    max_iter = 4  # the tiny config's steps (0.6 and 0.9 of training): one, at iteration 3
+    main.main(
+        _args(
+            f"train.output_dir={out}",
+            f"train.max_iter={max_iter}",
+            "train.checkpointer.period=2",
+            *_data(synthetic),
+        )
+    )
+    saved = LazyConfig.load(out / "config.yaml")
+    steps = saved.lr_multiplier.scheduler
+    assert (list(steps["values"]), list(steps.milestones), steps.num_updates) == (
+        [1.0, 0.1],
+        [3],
+        max_iter,
+    )
+    lrs = {r["iteration"]: r["lr"] for r in _metrics(out) if "lr" in r}
+    base_lr = saved.optimizer.lr
+    multiplier = instantiate(saved.lr_multiplier)
+    assert lrs == pytest.approx({i: base_lr * multiplier(i / max_iter) for i in range(max_iter)})
+
+    # A crash after the checkpoint of iteration 1; the run's own folder continues it.
+    uninterrupted = _weights(out / "model_final.pth")
+    for name in ("model_final.pth", "model_final.pth.sha256"):
+        (out / name).unlink()
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    main.main(
+        default_argument_parser().parse_args(
+            ["--config-file", str(out / "config.yaml"), "--resume"]
+        )
+    )
+    resumed = _weights(out / "model_final.pth")
+    assert resumed.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        assert torch.equal(resumed[name], value), name

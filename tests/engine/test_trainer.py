@@ -1,6 +1,7 @@
 """Tests for the training engine on a toy model: trainer, hooks, writers, lr schedule, optimizer
 groups, checkpoints and resume (CPU, a few seconds)."""
 
+import copy
 import json
 import logging
 import math
@@ -20,6 +21,8 @@ import engine.events
 from data.build import TrainSampler
 from data.seeding import SampleKey
 from engine.checkpoint import Checkpointer
+from engine.config import LazyConfig, instantiate
+from engine.defaults import schedule_in_iterations
 from engine.events import (
     CommonMetricPrinter,
     EventStorage,
@@ -757,3 +760,49 @@ def test_writers_start_drops_what_a_resumed_run_redoes(
     assert created["purge_step"] == 4  # TensorBoard hides the earlier run's events from 4 on
     TensorboardWriter(tmp_path).start(0)
     assert created["purge_step"] is None
+
+
+@pytest.mark.parametrize("max_iter", [1, 2, 3, 6, 7, 200, 333, 499, 500, 501, 1000, 40406])
+@pytest.mark.parametrize(
+    "config", ["configs/tiny/MEMatte_tiny_synthetic.py", "configs/ViTMatte_S_Com.py"]
+)
+def test_lr_steps_are_written_as_iterations_of_the_run_with_the_same_lr(config, max_iter):
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config), [f"train.max_iter={max_iter}"])
+    before = instantiate(cfg.lr_multiplier)
+    schedule_in_iterations(cfg)
+    after = instantiate(cfg.lr_multiplier)
+    assert [after(i / max_iter) for i in range(max_iter)] == [
+        before(i / max_iter) for i in range(max_iter)
+    ]
+    steps = cfg.lr_multiplier.scheduler
+    assert steps.num_updates == max_iter
+    # The steps as the run has them (the warmup aside): each milestone is the iteration where a
+    # new value starts; a value no iteration reaches is left out.
+    configured = instantiate(LazyConfig.load(config).lr_multiplier.scheduler)
+    factors = [configured(i / max_iter) for i in range(max_iter)]
+    assert list(steps["values"]) == [factors[0]] + [factors[m] for m in steps.milestones]
+    starts = [i for i in range(1, max_iter) if factors[i] != factors[i - 1]]
+    assert list(steps.milestones) == starts
+
+
+def test_the_issue_schedule_steps_at_120_and_180_of_200():
+    cfg = LazyConfig.load("configs/tiny/MEMatte_tiny_synthetic.py")
+    cfg = LazyConfig.apply_overrides(cfg, ["train.max_iter=200"])
+    schedule_in_iterations(cfg)
+    steps = cfg.lr_multiplier.scheduler
+    assert (list(steps.milestones), steps.num_updates) == ([120, 180], 200)
+    assert list(steps["values"]) == [1.0, 0.1, 0.05]
+    again = copy.deepcopy(cfg)
+    schedule_in_iterations(again)  # a saved config is in iterations already: unchanged
+    assert again.lr_multiplier == cfg.lr_multiplier
+
+
+def test_a_schedule_whose_steps_are_not_iterations_is_kept():
+    """With rescale_interval the steps run over the post-warmup progress: not rewritten."""
+    cfg = LazyConfig.load("configs/tiny/MEMatte_tiny_synthetic.py")
+    cfg = LazyConfig.apply_overrides(
+        cfg, ["train.max_iter=200", "lr_multiplier.rescale_interval=True"]
+    )
+    configured = copy.deepcopy(cfg.lr_multiplier)
+    schedule_in_iterations(cfg)
+    assert cfg.lr_multiplier == configured

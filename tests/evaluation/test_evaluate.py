@@ -228,3 +228,59 @@ def test_a_missing_folder_is_a_setup_error(folders, tmp_path, caplog):
     dirs = {**folders["dirs"], "pred": tmp_path / "nowhere"}
     assert _run(dirs) == 2
     assert "nowhere" in caplog.text
+
+
+def test_labels_and_trimaps_in_every_readable_format_and_other_files_reported(tmp_path, caplog):
+    """Labels and trimaps are read in the formats inference.py reads; a file that is not read
+    is named with the reason."""
+    dirs = {kind: tmp_path / kind for kind in ("pred", "label", "trimap")}
+    for folder in dirs.values():
+        folder.mkdir()
+    suffixes = (".webp", ".tif", ".bmp", ".pgm")
+    for index, suffix in enumerate(suffixes):
+        pred, gt, trimap = _synthetic(index)
+        name = suffix[1:]
+        cv2.imwrite(str(dirs["pred"] / f"{name}.png"), pred)
+        cv2.imwrite(str(dirs["label"] / f"{name}{suffix}"), gt, [cv2.IMWRITE_WEBP_QUALITY, 101])
+        cv2.imwrite(
+            str(dirs["trimap"] / f"{name}{suffix}"), trimap, [cv2.IMWRITE_WEBP_QUALITY, 101]
+        )
+    (dirs["label"] / "notes.txt").write_text("labels")
+    with caplog.at_level(logging.WARNING):
+        items = match_files(dirs["pred"], dirs["label"], dirs["trimap"])
+    assert sorted(items) == sorted(s[1:] for s in suffixes)
+    assert "notes.txt" in caplog.text and "not read" in caplog.text
+    per_image, _ = evaluate_items(items, "unknown")
+    for index, suffix in enumerate(suffixes):
+        pred, gt, trimap = _synthetic(index)
+        assert per_image[suffix[1:]] == pytest.approx(compute_metrics(pred, gt, trimap))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_jpeg_trimap_fails_with_the_fix_or_is_snapped_with_snap_trimap(folders, caplog, workers):
+    """The policy of inference.py: refused with the fix, or each value to the nearest level."""
+    dirs = folders["dirs"]
+    _only(dirs, "a")
+    png = dirs["trimap"] / "a.png"
+    jpeg = png.with_suffix(".jpg")
+    cv2.imwrite(
+        str(jpeg), cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), [cv2.IMWRITE_JPEG_QUALITY, 40]
+    )
+    png.unlink()
+    decoded = cv2.imread(str(jpeg), cv2.IMREAD_GRAYSCALE).astype(int)
+    assert not np.isin(decoded, (0, 128, 255)).all()
+    levels = np.array([128, 0, 255])  # argmin takes the first of equals: unknown on a tie
+    snapped = levels[np.abs(decoded[..., None] - levels).argmin(-1)].astype(np.uint8)
+    args = (dirs["pred"], dirs["label"], dirs["trimap"], "unknown", workers, None)
+
+    assert run(*args) == 1
+    assert str(jpeg) in caplog.text and "--snap-trimap" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        items = match_files(dirs["pred"], dirs["label"], dirs["trimap"])
+        per_image, failures = evaluate_items(items, workers=workers, snap_trimap=True)
+        assert run(*args, snap_trimap=True) == 0
+    assert not failures
+    pred, gt, _ = folders["arrays"]["a"]
+    assert per_image["a"] == compute_metrics(pred, gt, snapped)
+    assert f"{jpeg}: " in caplog.text and "snapped to the nearest" in caplog.text  # from a worker

@@ -212,6 +212,17 @@ def test_every_parameter_gets_a_gradient_and_teacher_stays_frozen():
     assert len(out["keep_ratios"]) == 2 and out["phas"].shape == (2, 1, 64, 64)
 
 
+def test_every_gradient_has_the_layout_of_its_parameter():
+    """DDP copies gradients into bucket views laid out as the parameters: a gradient with other
+    strides (a conv run channels-last on a contiguous weight) makes it warn on every rank."""
+    model = build_tiny_mematte(with_teacher=True)
+    losses, _ = _training_step(model, make_batch(2, 64, 64, train=True))
+    sum(losses.values()).backward()
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert p.grad.stride() == p.stride(), name
+
+
 @pytest.mark.parametrize("trimap_value", [0.0, 1.0, 0.5])
 def test_training_losses_finite_without_unknown_or_known_pixels(trimap_value):
     model = build_tiny_mematte(with_teacher=True)

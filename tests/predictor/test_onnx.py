@@ -486,25 +486,25 @@ def test_inference_onnx_missing_deployment_is_a_setup_error(tmp_path, caplog):
     ],
 )
 def test_devices_name_onnxruntime_providers(device, expected):
-    from predictor.onnx_predictor import _providers
+    from predictor.onnx_predictor import onnx_providers
 
     if isinstance(expected, list):
-        assert _providers(device) == expected
+        assert onnx_providers(device) == expected
     else:
         with pytest.raises(ValueError, match=expected):
-            _providers(device)
+            onnx_providers(device)
 
 
 def test_cuda_devices_need_the_cuda_provider(monkeypatch):
     import onnxruntime as ort
 
-    from predictor.onnx_predictor import _providers
+    from predictor.onnx_predictor import onnx_providers
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ValueError, match="offers only"):
-        _providers("cuda:1")
-    assert _providers("auto") == ["CPUExecutionProvider"]
+        onnx_providers("cuda:1")
+    assert onnx_providers("auto") == ["CPUExecutionProvider"]
     with_cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: with_cuda)
-    assert _providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), with_cuda[1]]
-    assert _providers("auto")[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    assert onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), with_cuda[1]]
+    assert onnx_providers("auto")[0] == ("CUDAExecutionProvider", {"device_id": 0})

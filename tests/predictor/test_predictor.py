@@ -181,12 +181,18 @@ def test_bad_inputs_are_clear_errors(demo_predictor, tmp_path, caplog):
     with pytest.raises(BadSampleError, match="nothere.png"):
         demo_predictor(tmp_path / "nothere.png", trimap)
     gradient = trimap.copy()
-    gradient[:10] = 77  # not a trimap level
+    gradient[:10] = 77  # not a trimap level: refused with the fix, or snapped (to 128) on request
     cv2.imwrite(str(tmp_path / "soft_trimap.png"), gradient)
+    for soft in (tmp_path / "soft_trimap.png", gradient, Image.fromarray(gradient)):
+        with pytest.raises(BadSampleError, match="neither 0, 128 nor 255.*snap_trimap=True"):
+            demo_predictor(DEMO_IMAGE, soft)
     with caplog.at_level(logging.WARNING, logger="data.image_io"):
-        demo_predictor(DEMO_IMAGE, tmp_path / "soft_trimap.png")
+        alpha = demo_predictor(DEMO_IMAGE, tmp_path / "soft_trimap.png", snap_trimap=True)
     share = 100 * 10 * trimap.shape[1] / trimap.size
     assert "soft_trimap.png" in caplog.text and f"{share:.2f}%" in caplog.text
+    snapped = trimap.copy()
+    snapped[:10] = 128
+    np.testing.assert_array_equal(alpha, demo_predictor(DEMO_IMAGE, snapped))
 
 
 def test_construction_errors():

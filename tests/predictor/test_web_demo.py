@@ -14,20 +14,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import cv2
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
 
 import inference
+from data import image_io
+from data.pixel_limits import DECODER_MAX_PIXELS
 from data.trimap import trimap_from_mask
 from predictor import web_app
 from predictor.matting import MattingPredictor
@@ -46,9 +47,9 @@ from predictor.session import (
 from predictor.token_budget import SAFETY
 from predictor.weights import build_inference_model
 from predictor.weights import load_inference_weights as load_weights
-from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, REPO_ROOT, TINY_CONFIG
+from tests.helpers import DEMO_CHECKPOINT, DEMO_DIR, REPO_ROOT, TINY_CONFIG, served_web_demo
+from tests.image_files import declare_size, picture, tall_image_and_trimap, write_picture
 
-WEB_DEMO = REPO_ROOT / "tools" / "web_demo.py"
 SCREENSHOT = REPO_ROOT / "docs" / "web_demo.jpg"
 SCREENSHOT_MAX_BYTES = 300 * 1024
 SCREENSHOT_QUALITY = 80  # JPEG quality of the README's screenshot
@@ -56,7 +57,6 @@ VIEWPORT = {"width": 1280, "height": 900}
 # The test server's image limit: the demo images (72416 and 80370 px) pass, a 400 x 300 one not.
 SERVER_MAX_PIXELS = 100_000
 TOO_LARGE_HW = (300, 400)
-SERVER_START_SECONDS = 180
 RESULT_SECONDS = 60  # wait for one run's results on a busy CPU (the tiny model takes < 1 s)
 MASK_WIDTH = 10  # the page's default unknown width, px
 # A canvas showing a demo image has thousands of colours; a blank one a handful.
@@ -249,6 +249,21 @@ def test_refused_requests_say_why(session, tmp_path, case):
         session.run(upload(demo_files("test_000")["image"]), **kwargs)
 
 
+def test_a_jpeg_trimap_is_refused_unless_the_server_snaps_trimaps(session, predictor, tmp_path):
+    files = demo_files("test_000")
+    jpeg = tmp_path / "trimap.jpg"
+    cv2.imwrite(str(jpeg), read(files["trimap"]), [cv2.IMWRITE_JPEG_QUALITY, 50])
+    with pytest.raises(InputError, match=r"trimap.jpg: .*neither 0, 128 nor 255.*--snap-trimap"):
+        session.run(upload(files["image"]), trimap=upload(jpeg))
+    snapping = MattingSession(
+        session.model, device="cpu", max_pixels=SERVER_MAX_PIXELS, snap_trimap=True
+    )
+    result = snapping.run(upload(files["image"]), trimap=upload(jpeg))
+    expected = predictor(files["image"], jpeg, snap_trimap=True)
+    assert np.array_equal(alpha_to_uint8(result.alpha), alpha_to_uint8(expected))
+    assert set(np.unique(result.trimap)) <= {0, 128, 255}
+
+
 def test_non_images_and_images_above_the_limit_are_refused_and_the_session_keeps_serving(
     session, tmp_path, monkeypatch
 ):
@@ -265,6 +280,181 @@ def test_non_images_and_images_above_the_limit_are_refused_and_the_session_keeps
     assert decoded == []  # refused from the header: never decoded
     monkeypatch.undo()
     assert session.run(image, trimap=trimap).alpha.shape == (292, 248)
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail the test if OpenCV decodes a file."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a decoder ran")
+
+    monkeypatch.setattr(image_io.cv2, "imdecode", refuse)
+
+
+@pytest.mark.parametrize("name", ["radiance.hdr", "photo.exr", "notes.txt"])
+def test_a_file_whose_size_cannot_be_read_from_its_header_is_refused_undecoded(
+    session, tmp_path, name, no_decoding
+):
+    """The size check fails closed: OpenCV could decode a Radiance file (whole, in float32)
+    before any other check; it never gets the chance."""
+    path = tmp_path / name
+    if name.endswith(".hdr"):
+        cv2.imwrite(str(path), np.ones((300, 300, 3), np.float32))
+    else:
+        path.write_bytes(b"\x76\x2f\x31\x01" + bytes(64))  # an OpenEXR magic, or not
+    trimap = upload(demo_files("test_000")["trimap"])
+    with pytest.raises(InputError, match=f"{name}.*its size cannot be read"):
+        session.run(upload(path), trimap=trimap)
+    with pytest.raises(InputError, match=f"{name}.*its size cannot be read"):
+        session.run(upload(demo_files("test_000")["image"]), trimap=upload(path))
+
+
+@pytest.mark.parametrize("side", [1_000, 20_000])
+@pytest.mark.parametrize("suffix", image_io.IMAGE_EXTENSIONS)
+def test_bombs_are_refused_from_their_headers_in_every_format(
+    session, tmp_path, suffix, side, monkeypatch
+):
+    image = tmp_path / f"bomb{suffix}"
+    write_picture(image, picture())
+    declare_size(image, side, side)
+    trimap = tmp_path / "trimap.png"
+    write_picture(trimap, picture((292, 248)))
+    declare_size(trimap, side, side)
+    demo = demo_files("test_000")
+    monkeypatch.setattr(image_io.cv2, "imdecode", lambda *a: pytest.fail("a decoder ran"))
+    with pytest.raises(InputError, match=f"bomb\\{suffix}.*server's limit"):
+        session.run(upload(image), trimap=upload(demo["trimap"]))
+    with pytest.raises(InputError, match="trimap.png"):  # the image's size, or any limit
+        session.run(upload(demo["image"]), trimap=upload(trimap))
+
+
+def test_the_limit_never_exceeds_the_decoders_ceiling(session):
+    assert default_max_pixels(session.model, "cpu", free_bytes=2**50) <= DECODER_MAX_PIXELS
+    with pytest.raises(ValueError, match="ceiling"):
+        MattingSession(session.model, device="cpu", max_pixels=DECODER_MAX_PIXELS + 1)
+
+
+def test_a_tall_narrow_image_gets_all_its_results(tmp_path):
+    model = build_inference_model(TINY_CONFIG)
+    load_weights(model, DEMO_CHECKPOINT)
+    tall = MattingSession(model, device="cpu", max_pixels=SERVER_MAX_PIXELS)
+    image, trimap, _ = tall_image_and_trimap(tmp_path)
+    result = tall.run(upload(image), trimap=upload(trimap))
+    files, not_written = web_app.write_results(result, tmp_path / "out", parse_colour("#00ff00"))
+    assert not_written == {} and set(files) == {"alpha", "rgba", "composite", "trimap", "routing"}
+
+
+def test_an_extra_result_that_fails_is_named_on_the_page_and_the_alpha_kept(
+    session, tmp_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise ValueError("cannot draw this picture")
+
+    monkeypatch.setattr(web_app, "routing_figure", broken)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    files = {}
+    for kind in ("image", "trimap"):  # uploaded
+        files[kind] = tmp_path / "uploads" / kind / demo_files("test_000")[kind].name
+        files[kind].parent.mkdir(parents=True)
+        shutil.copy(demo_files("test_000")[kind], files[kind])
+    handlers = web_app.DemoHandlers(session, "fp32")
+    try:
+        with pytest.warns(UserWarning, match="routing picture could not be made"):
+            *paths, markdown = handlers.page_run(
+                {"path": str(files["image"])},
+                "trimap",
+                {"path": str(files["trimap"])},
+                None,
+                10,
+                None,
+                web_app.CAP_CONFIG,
+                None,
+                "fp32",
+                True,
+                "#00ff00",
+            )
+        trimap_used, alpha, rgba, composite, routing = paths
+        assert routing is None and all(Path(p).is_file() for p in (alpha, rgba, composite))
+        assert "not made: routing picture" in markdown and "cannot draw" in markdown
+        *_, numbers = handlers.api_matte(
+            {"path": str(files["image"])}, {"path": str(files["trimap"])}
+        )
+        assert "routing" in numbers["not_written"]
+    finally:
+        handlers.folders.remove()
+
+
+# --- the page's handlers read only uploaded files ----------------------------------------------
+
+
+def _to_root(folder: Path) -> Path:
+    """``folder/../..``: a path that starts in ``folder`` and leads to the root."""
+    return folder.joinpath(*[".."] * (len(folder.parts) - 1))
+
+
+def _payloads(path: Path, uploads: Path) -> dict[str, object]:
+    """Ways a request can name ``path``: a file payload with or without Gradio's marker, a URL,
+    a way out of the upload folder, the editor's nested value."""
+    return {
+        "path": {"path": str(path)},
+        "marked": {"path": str(path), "meta": {"_type": "gradio.FileData"}},
+        "url only": {"url": f"file://{path}"},
+        "out of the uploads": {"path": str(_to_root(uploads) / path.relative_to("/"))},
+        "editor": {"background": {"path": str(path)}, "layers": [{"path": str(path)}]},
+    }
+
+
+def _outside_files(tmp_path: Path) -> list[Path]:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("key = 0123456789abcdef\n")
+    return [DEMO_CHECKPOINT, REPO_ROOT / "README.md", secret]
+
+
+@pytest.fixture
+def app(session, tmp_path, monkeypatch):
+    """The page as built for the server, with Gradio's upload folder in ``tmp_path``."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    handlers = web_app.DemoHandlers(session, "fp32")
+    yield web_app.build_app(handlers, "test")
+    handlers.folders.remove()
+
+
+def test_every_handler_refuses_files_that_were_not_uploaded(app, tmp_path):
+    """Each function the page registers (discovered from the app) refuses, before it runs, any
+    argument naming a file outside the upload folder, whatever the payload's shape."""
+    uploads = tmp_path / "uploads"
+    cached = sorted(uploads.rglob("*"))  # the demo images of the examples
+    handlers = [fn for fn in app.fns.values() if fn.fn is not None and fn.inputs]
+    assert {fn.name for fn in handlers} >= {"_painting_canvas", "page_run", "api_matte"}
+    for block_fn in handlers:
+        for position in range(len(block_fn.inputs)):
+            for path in _outside_files(tmp_path):
+                for shape, payload in _payloads(path, uploads).items():
+                    arguments = [None] * len(block_fn.inputs)
+                    arguments[position] = payload
+                    with pytest.raises(gr.Error, match="not uploaded to this server"):
+                        block_fn.fn(*arguments)
+                    assert sorted(uploads.rglob("*")) == cached, shape
+
+
+def test_an_uploaded_file_passes_the_guard(app, tmp_path):
+    uploaded = tmp_path / "uploads" / "abc" / "image.png"
+    uploaded.parent.mkdir(parents=True)
+    shutil.copy(demo_files("test_000")["image"], uploaded)
+    (canvas,) = [fn for fn in app.fns.values() if fn.name == "_painting_canvas"]
+    assert canvas.fn({"path": str(uploaded)})["background"] == str(uploaded)
+
+
+def test_handlers_the_guard_cannot_wrap_are_refused_when_the_page_is_built():
+    def stream(value):
+        yield value
+
+    with gr.Blocks() as blocks:
+        box = gr.Textbox()
+        box.change(stream, box, box)
+    with pytest.raises(TypeError, match="extend"):
+        web_app.only_uploaded_files(blocks)
 
 
 def _planned_on_cpu(model, hw: tuple[int, int]) -> int:
@@ -292,7 +482,7 @@ def test_default_max_pixels_is_the_largest_square_that_fits(session):
 def test_default_max_pixels_on_cuda_plans_the_forward_on_the_gpu_and_the_results_on_the_host(
     session,
 ):
-    model, free = session.model, 8 * 2**30
+    model, free = session.model, 2 * 2**30  # the planned sides stay below the decoders' ceiling
     cpu = default_max_pixels(model, "cpu", free_bytes=free)
     # Plenty of host memory: the forward on the GPU decides.
     gpu_bound = default_max_pixels(model, "cuda", free_bytes=free, host_free_bytes=2**40)
@@ -307,45 +497,21 @@ def test_default_max_pixels_on_cuda_plans_the_forward_on_the_gpu_and_the_results
 # --- the server ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(scope="module")
+def server_root(tmp_path_factory) -> Path:
+    """The server's working folder (in the temporary folder), holding a secret it must not
+    serve; Gradio's upload folder is its ``gradio`` sub-folder."""
+    root = tmp_path_factory.mktemp("server")
+    (root / "secret.txt").write_text("key = 0123456789abcdef\n")
+    return root
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
-    """tools/web_demo.py on the demo model, in a subprocess on a free port: its URL."""
-    root = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "GRADIO_ANALYTICS_ENABLED": "0"}
-    command = [sys.executable, str(WEB_DEMO), "--config-file", str(TINY_CONFIG)]
-    command += ["--checkpoint", str(DEMO_CHECKPOINT), "--device", "cpu", "--port", str(port)]
-    command += ["--max-pixels", str(SERVER_MAX_PIXELS)]
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the web demo exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the web demo did not start:\n{log.read_text()}")
-            time.sleep(0.5)
-    yield url
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        pytest.fail(f"the web demo did not stop on SIGINT:\n{log.read_text()}")
+def server(server_root) -> str:
+    """tools/web_demo.py on the demo model, in a subprocess on a free port, run from
+    ``server_root``: its URL."""
+    with served_web_demo(server_root, "--max-pixels", str(SERVER_MAX_PIXELS)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -424,13 +590,78 @@ def test_matte_endpoint_reads_only_uploaded_files(server):
             assert "was not uploaded to this server" in events
 
 
+def _post(server: str, route: str, body: dict) -> str:
+    request = urllib.request.Request(
+        f"{server}{route}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=RESULT_SECONDS) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.read().decode()
+
+
+def _urls(value: object) -> list[str]:
+    """Every ``url`` field of a JSON value."""
+    if isinstance(value, dict):
+        own = [value["url"]] if isinstance(value.get("url"), str) else []
+        return own + [url for item in value.values() for url in _urls(item)]
+    if isinstance(value, list):
+        return [url for item in value for url in _urls(item)]
+    return []
+
+
+def _fetch(server: str, url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(urllib.parse.urljoin(server, url), timeout=30) as response:
+            return response.read()
+    except urllib.error.HTTPError:
+        return None
+
+
+@pytest.mark.slow
+def test_no_handler_of_the_server_serves_a_file_it_was_not_given(server, server_root):
+    """Every handler the served page has (read from its /config) gets, in each argument, payloads
+    naming files outside the upload folder (the checkpoint, README.md, a secret in the server's
+    working and temporary folder), over HTTP as any client can send them: no answer holds or
+    links to such a file, none is copied into Gradio's cache, none is served."""
+    with urllib.request.urlopen(f"{server}config", timeout=30) as response:
+        config = json.load(response)
+    handlers = [d for d in config["dependencies"] if d.get("backend_fn") and d["inputs"]]
+    assert len(handlers) >= 3  # the painting canvas, the page's run, /matte
+    outside = [DEMO_CHECKPOINT, REPO_ROOT / "README.md", server_root / "secret.txt"]
+    secrets = {path.read_bytes() for path in outside}
+    uploads = server_root / "gradio"
+    shapes = [*_payloads(outside[0], uploads), "relative"]
+    for handler in handlers:
+        for position in range(len(handler["inputs"])):
+            for path in outside:
+                payloads = _payloads(path, uploads)
+                payloads["relative"] = {"path": os.path.relpath(path, server_root)}
+                for shape in shapes:
+                    data = [None] * len(handler["inputs"])
+                    data[position] = payloads[shape]
+                    body = {"fn_index": handler["id"], "data": data, "session_hash": "sweep"}
+                    answer = _post(server, "gradio_api/run/predict", body)
+                    assert not any(secret.decode(errors="ignore") in answer for secret in secrets)
+                    for url in _urls(json.loads(answer)):
+                        assert _fetch(server, url) not in secrets, (handler["api_name"], shape)
+    cached = [p for p in uploads.rglob("*") if p.is_file()]
+    assert not [p for p in cached if p.read_bytes() in secrets]
+    for path in outside:
+        assert _fetch(server, f"gradio_api/file={path}") not in secrets
+
+
 @pytest.mark.slow
 def test_results_are_written_as_inference_writes_them(tmp_path, session):
     files = demo_files("test_000")
     result = session.run(upload(files["image"]), trimap=upload(files["trimap"]))
     colour = parse_colour("rgba(10, 20, 200, 1)")
     assert np.array_equal(colour, parse_colour("#0a14c8"))
-    written = web_app.write_results(result, tmp_path, colour)
+    written, not_written = web_app.write_results(result, tmp_path, colour)
+    assert not_written == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written.values())
     assert set(written) == {"alpha", "rgba", "composite", "trimap", "routing"}
     alpha = read(written["alpha"])

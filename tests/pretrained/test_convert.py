@@ -5,10 +5,12 @@ folder."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import safetensors
+import safetensors.torch
 import torch
 
 from engine.checkpoint import CheckpointError
@@ -354,3 +356,137 @@ def test_official_weights_convert_back_to_a_transformers_folder(tiny_hf_folder, 
         convert(official, tmp_path / "no", config_file=str(VITMATTE_S))
     with pytest.raises(ValueError, match="needs --config-file"):
         convert(official, tmp_path / "no")
+
+
+# --- config.json against the weights, shard paths, bad tensors ----------------------------------
+
+
+def _folder_with(source: Path, destination: Path, **changes) -> Path:
+    """A copy of the save_pretrained folder ``source`` whose config.json has ``changes``: keys
+    ``backbone__<field>`` go into backbone_config, the others to the top level."""
+    shutil.copytree(source, destination)
+    config = json.loads((source / "config.json").read_text())
+    for name, value in changes.items():
+        if name.startswith("backbone__"):
+            config["backbone_config"][name.removeprefix("backbone__")] = value
+        else:
+            config[name] = value
+    (destination / "config.json").write_text(json.dumps(config))
+    return destination
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "shown"),
+    [
+        # the attack: a 384-wide config for 64-wide weights (both widths claimed)
+        (
+            {"hidden_size": 384, "backbone__hidden_size": 384},
+            "backbone_config.hidden_size=384",
+            "hidden_size=64",
+        ),
+        (
+            {"backbone__num_hidden_layers": 6, "backbone__out_features": ["stage6"]},
+            "backbone_config.num_hidden_layers=6",
+            "num_hidden_layers=4",
+        ),
+        ({"backbone__num_attention_heads": 4}, "num_attention_heads=4", "num_attention_heads=2"),
+        ({"backbone__patch_size": 8}, "backbone_config.patch_size=8", "patch_size=16"),
+        ({"backbone__mlp_ratio": 2}, "backbone_config.mlp_ratio=2", "mlp_ratio=4.0"),
+        ({"backbone__window_size": 8}, "backbone_config.window_size=8", "window_size=4"),
+        ({"backbone__image_size": 128}, "backbone_config.image_size=128", "image_size=64"),
+        ({"backbone__pretrain_image_size": 448}, "pretrain_image_size=448", "=224"),
+        ({"backbone__qkv_bias": False}, "backbone_config.qkv_bias=False", "qkv_bias=True"),
+        (
+            {"backbone__use_relative_position_embeddings": False},
+            "use_relative_position_embeddings=False",
+            "use_relative_position_embeddings=True",
+        ),
+        ({"backbone__residual_block_indices": [0]}, "residual_block_indices=[0]", "[1, 3]"),
+        (
+            {"convstream_hidden_sizes": [8, 16, 64]},
+            "field convstream_hidden_sizes=[8, 16, 64]",
+            "convstream_hidden_sizes=[8, 16, 32]",
+        ),
+        (
+            {"fusion_hidden_sizes": [32, 16, 16, 4]},
+            "field fusion_hidden_sizes=[32, 16, 16, 4]",
+            "fusion_hidden_sizes=[32, 16, 16, 8]",
+        ),
+    ],
+)
+def test_a_config_json_that_contradicts_the_weights_is_refused_naming_the_field(
+    tiny_hf_folder, tmp_path, caplog, changes, field, shown
+):
+    folder = _folder_with(tiny_hf_folder[0], tmp_path / "lying", **changes)
+    with pytest.raises(convert_module.ConfigMismatchError) as info:
+        load_weights(folder)
+    message = str(info.value)
+    assert str(folder / "config.json") in message and field in message, message
+    assert f"the weights have {shown}" in message or shown in message, message
+    output = tmp_path / "converted.pth"
+    assert convert_module.main([str(folder), str(output)]) == 1  # nothing recorded
+    assert not output.exists()
+
+
+def _sharded(hf: torch.nn.Module, folder: Path) -> tuple[Path, dict]:
+    hf.save_pretrained(folder, max_shard_size="100KB")
+    index = folder / "model.safetensors.index.json"
+    return index, json.loads(index.read_text())
+
+
+@pytest.mark.parametrize(
+    "shard", ["../outside.safetensors", "ABSOLUTE", "sub/../../outside.safetensors", "LINK"]
+)
+def test_shard_paths_must_stay_inside_the_checkpoint_folder(tiny_hf_folder, tmp_path, shard):
+    folder = tmp_path / "sharded"
+    index, content = _sharded(tiny_hf_folder[1], folder)
+    first = sorted(set(content["weight_map"].values()))[0]
+    outside = tmp_path / "outside.safetensors"  # a valid shard, which must not be read
+    shutil.copy(folder / first, outside)
+    if shard == "LINK":  # the name is inside, the file it links to is not
+        (folder / first).unlink()
+        (folder / first).symlink_to(outside)
+        shard = first
+    else:
+        shard = str(outside) if shard == "ABSOLUTE" else shard
+        weight_map = content["weight_map"]
+        content["weight_map"] = {k: shard if v == first else v for k, v in weight_map.items()}
+        index.write_text(json.dumps(content))
+    with pytest.raises(convert_module.UnsafeShardPathError) as info:
+        load_weights(folder)
+    message = str(info.value)
+    assert str(index) in message and repr(shard) in message and "outside" in message
+
+
+def test_a_hub_cache_snapshot_may_link_into_its_blobs(tiny_hf_folder, tmp_path):
+    """huggingface_hub's cache: snapshots/<revision>/<file> -> ../../blobs/<hash>."""
+    repo = tmp_path / "models--hustvl--vitmatte-tiny"
+    snapshot, blobs = repo / "snapshots" / "0123abc", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    source = tmp_path / "sharded"
+    _sharded(tiny_hf_folder[1], source)
+    for number, path in enumerate(sorted(source.iterdir())):
+        shutil.copy(path, blobs / f"blob{number}")
+        (snapshot / path.name).symlink_to(Path("..", "..", "blobs", f"blob{number}"))
+    expected = load_weights(tiny_hf_folder[0]).checkpoint["model"]
+    state = load_weights(snapshot).checkpoint["model"]
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize("kind", ["nan", "int64"])
+def test_bad_tensors_in_a_transformers_folder_are_refused(tiny_hf_folder, tmp_path, kind):
+    folder, hf = tiny_hf_folder
+    state = {k: v.clone() for k, v in hf.state_dict().items()}
+    key = "decoder.convstream.convs.1.conv.weight"
+    if kind == "nan":
+        state[key].view(-1)[0] = float("nan")
+    else:
+        state[key] = state[key].long()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(folder / "config.json", bad / "config.json")
+    safetensors.torch.save_file(state, bad / "model.safetensors")
+    problem = "holds 1 NaN" if kind == "nan" else "is int64, not floating point"
+    with pytest.raises(CheckpointError, match=rf"{bad}: {key} {problem}"):
+        load_weights(bad)

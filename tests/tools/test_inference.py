@@ -276,7 +276,8 @@ def test_bad_items_are_reported_and_skipped(workspace, tmp_path, caplog):
     images = sorted((data / "images").iterdir())
     images[0].write_bytes(b"this is not an image")  # corrupt image
     (data / "trimaps" / f"{images[1].stem}.png").unlink()  # missing trimap
-    trimap16 = (np.ones((SIZE, SIZE)) * 128 * 257).astype(np.uint16)
+    hw = cv2.imread(str(images[2])).shape[:2]
+    trimap16 = (np.ones(hw) * 128 * 257).astype(np.uint16)
     cv2.imwrite(str(data / "trimaps" / f"{images[2].stem}.png"), trimap16)  # 16-bit trimap
     out = tmp_path / "pred"
     caplog.set_level(logging.INFO)
@@ -382,7 +383,9 @@ def test_a_read_only_output_folder_is_a_setup_error(tmp_path):
         out.chmod(0o755)
 
 
-def test_a_failed_write_fails_the_item_and_a_rerun_redoes_it(tmp_path, monkeypatch, caplog):
+def test_a_failed_extra_output_is_reported_and_a_rerun_redoes_its_item(
+    tmp_path, monkeypatch, caplog
+):
     out = tmp_path / "out"
 
     def refuse_pictures(path, image):
@@ -393,11 +396,14 @@ def test_a_failed_write_fails_the_item_and_a_rerun_redoes_it(tmp_path, monkeypat
     monkeypatch.setattr(outputs, "write_image", refuse_pictures)
     caplog.set_level(logging.INFO)
     assert run_demo(DEMO_DIR, out, "--save-routing") == 1
-    assert "failed 4" in caplog.text and "Permission denied" in caplog.text
-    assert not list(out.glob("*.png"))  # the alpha PNG comes last: no item looks complete
+    assert "done 4, skipped (already present) 0, failed 4" in caplog.text
+    for name in DEMO_NAMES:  # each picture reported on its own; the alphas are written first
+        picture = out / "routing" / f"{name}.jpg"
+        assert any(str(picture) in e and "Permission denied" in e for e in errors(caplog))
+        assert cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED) is not None
     monkeypatch.undo()
     caplog.clear()
-    assert run_demo(DEMO_DIR, out, "--save-routing") == 0
+    assert run_demo(DEMO_DIR, out, "--save-routing") == 0  # the pictures missing: redone
     assert "done 4" in caplog.text
     assert all((out / "routing" / f"{name}.jpg").is_file() for name in DEMO_NAMES)
 
@@ -460,18 +466,70 @@ def test_a_run_where_every_item_fails_leaves_no_empty_folder(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_trimaps_with_other_values_are_used_with_a_warning(tmp_path, caplog):
+def _jpeg_trimap(data: Path, name: str = "test_001", quality: int = 50) -> tuple[Path, np.ndarray]:
+    """Replace ``name``'s trimap in ``data`` by a JPEG of it; return the JPEG and its values
+    moved to the nearest level (computed here: a tie, 64, to unknown)."""
+    png = data / "trimaps" / f"{name}.png"
+    jpeg = png.with_suffix(".jpg")
+    cv2.imwrite(
+        str(jpeg), cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    png.unlink()
+    decoded = cv2.imread(str(jpeg), cv2.IMREAD_GRAYSCALE).astype(int)
+    levels = np.array([128, 0, 255])  # argmin takes the first of equals: unknown on a tie
+    return jpeg, levels[np.abs(decoded[..., None] - levels).argmin(-1)].astype(np.uint8)
+
+
+def test_a_jpeg_trimap_is_refused_with_the_fix_or_snapped_with_snap_trimap(tmp_path, caplog):
+    data, reference = tmp_path / "data", tmp_path / "reference"
+    shutil.copytree(DEMO_DIR, data)
+    shutil.copytree(DEMO_DIR, reference)
+    jpeg, snapped = _jpeg_trimap(data)
+    cv2.imwrite(str(reference / "trimaps" / "test_001.png"), snapped)
+
+    refused = tmp_path / "refused"
+    assert run_demo(data, refused) == 1  # the item is reported, the others done
+    failure = next(message for message in errors(caplog) if str(jpeg) in message)
+    assert "neither 0, 128 nor 255" in failure and "--snap-trimap" in failure
+    assert sorted(p.stem for p in refused.glob("*.png")) == ["test_000", "test_002", "test_003"]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert run_demo(data, tmp_path / "snapped", "--snap-trimap") == 0
+    share = 100 * np.mean(~np.isin(cv2.imread(str(jpeg), cv2.IMREAD_GRAYSCALE), (0, 128, 255)))
+    warning = next(r.getMessage() for r in caplog.records if str(jpeg) in r.getMessage())
+    assert f"{share:.2f}%" in warning and "snapped to the nearest" in warning
+    assert run_demo(reference, tmp_path / "expected") == 0
+    for name in DEMO_NAMES:  # the same mattes as from the snapped trimap saved as PNG
+        assert np.array_equal(
+            read_png(tmp_path / "snapped" / f"{name}.png"),
+            read_png(tmp_path / "expected" / f"{name}.png"),
+        ), name
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_warnings_of_loader_processes_do_not_break_the_progress_bar(tmp_path, workers):
     data = tmp_path / "data"
     shutil.copytree(DEMO_DIR, data)
-    trimap_path = data / "trimaps" / "test_001.png"
-    trimap = cv2.imread(str(trimap_path), cv2.IMREAD_UNCHANGED)
-    trimap[:4] = np.linspace(0, 255, trimap.shape[1]).astype(np.uint8)  # a gradient
-    cv2.imwrite(str(trimap_path), trimap)
-    share = 100 * np.mean(~np.isin(trimap, (0, 128, 255)))
-    with caplog.at_level(logging.WARNING):
-        assert run_demo(data, tmp_path / "out") == 0
-    warning = next(r.getMessage() for r in caplog.records if "test_001.png" in r.getMessage())
-    assert f"{share:.2f}%" in warning
+    jpeg, _ = _jpeg_trimap(data)
+    command = [sys.executable, str(REPO_ROOT / "inference.py"), "--config-file", str(TINY_CONFIG)]
+    command += ["--checkpoint", str(DEMO_CHECKPOINT), "--data-dir", str(data), "--device", "cpu"]
+    command += ["--output-dir", str(tmp_path / "out"), "--workers", workers, "--snap-trimap"]
+    completed = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "inference:" in completed.stderr  # the bar was shown
+    # tqdm redraws its line after "\r"; a log line must start a line or a redrawn segment of its
+    # own, not follow the bar's text.
+    segments = [s for line in completed.stderr.split("\n") for s in line.split("\r")]
+    warning = next(segment for segment in segments if f"{jpeg}:" in segment)
+    assert warning.startswith(("19", "20")), warning  # the log format's date first
 
 
 def test_auto_token_cap_is_logged(tmp_path, caplog):
@@ -738,3 +796,35 @@ def test_a_failure_on_one_rank_fails_the_run(tmp_path, spelling):
     assert record["done"] == 3 and record["exit_code"] == 1
     (failure,) = record["failed"]
     assert failure["path"].endswith("test_001.png") and record["ranks"][1]["failed"] == [failure]
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--precision", "fp16"], "fp16 inference needs a CUDA device"),
+        (["model.backbone.max_number_tokens=5"], "takes no argument 'max_number_tokens'"),
+        (["model.backbone.depth=deep"], "model.backbone.depth takes an int"),
+    ],
+)
+def test_a_complete_output_folder_refuses_bad_options_as_an_empty_one(
+    tmp_path, caplog, option, expected
+):
+    done = tmp_path / "done"
+    assert run_cli("--data-dir", str(DEMO_DIR), "--output-dir", str(done)) == 0
+    stamps = {path: path.stat().st_mtime_ns for path in done.rglob("*")}
+    for out in (done, tmp_path / "fresh"):
+        caplog.clear()
+        assert run_cli("--data-dir", str(DEMO_DIR), "--output-dir", str(out), *option) == 2
+        assert expected in caplog.text, out
+    assert {path: path.stat().st_mtime_ns for path in done.rglob("*")} == stamps
+    assert not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_a_complete_output_folder_refuses_a_missing_gpu(tmp_path, caplog):
+    out = tmp_path / "out"
+    assert run_cli("--data-dir", str(DEMO_DIR), "--output-dir", str(out)) == 0
+    command = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
+    argv = [*command, "--device", "cuda", "--data-dir", str(DEMO_DIR), "--output-dir", str(out)]
+    assert inference.main(argv) == 2
+    assert "no CUDA device is available" in caplog.text

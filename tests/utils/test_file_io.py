@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.file_io import atomic_write, sha256_of_file
+from utils.file_io import atomic_write, remove_stale_temporaries, sha256_of_file
 
 
 def _write_bytes(data: bytes):
@@ -67,3 +67,55 @@ def test_sha256_of_file_matches_hashlib(tmp_path: Path) -> None:
     data = bytes(range(256)) * 5000  # more than one read chunk
     (tmp_path / "blob").write_bytes(data)
     assert sha256_of_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_the_temporary_file_of_a_killed_write_is_found_and_removed(tmp_path: Path) -> None:
+    """A process killed inside ``write`` leaves its temporary file; the cleanup removes exactly
+    such files (not other hidden or .tmp files)."""
+
+    def killed(file) -> None:
+        file.write(b"half")
+        os._exit(0)  # the child dies here, as a killed process would
+
+    pid = os.fork()
+    if pid == 0:
+        atomic_write(tmp_path / "out.png", killed)
+    os.waitpid(pid, 0)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".out.png.")
+    (tmp_path / ".hidden.tmp").write_bytes(b"keep")
+    (tmp_path / "notes.tmp").write_bytes(b"keep")
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.tmp", "notes.tmp"]
+
+
+@pytest.mark.parametrize("stem_bytes", [200, 239, 251])
+@pytest.mark.parametrize("character", ["a", "é", "猫"])
+def test_a_name_the_folder_allows_is_written_whatever_its_length(
+    tmp_path: Path, stem_bytes: int, character: str
+) -> None:
+    """The temporary name never needs more bytes than the final one may have (NAME_MAX)."""
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    width = len(character.encode())
+    name = character * ((min(stem_bytes, name_max - 4)) // width) + ".png"
+    assert len(name.encode()) <= name_max
+    seen = []
+
+    def write(file) -> None:
+        seen.extend(p.name for p in tmp_path.iterdir())  # the temporary file, while written
+        file.write(b"x")
+
+    atomic_write(tmp_path / name, write)
+    assert (tmp_path / name).read_bytes() == b"x"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    (temporary,) = seen
+    assert len(os.fsencode(temporary)) <= name_max and temporary.startswith(".")
+
+
+def test_temporary_names_stay_unpredictable_when_shortened(tmp_path: Path) -> None:
+    name = "n" * 250 + ".png"
+    seen = []
+    for _ in range(2):
+        atomic_write(tmp_path / name, lambda file: seen.extend(p.name for p in tmp_path.iterdir()))
+    temporaries = [seen_name for seen_name in seen if seen_name != name]
+    assert len(temporaries) == 2 and temporaries[0] != temporaries[1]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import mmap
 
 import numpy as np
+import pytest
 
-from utils.memory import current_memory_bytes, peak_memory_bytes
+from utils.memory import current_memory_bytes, peak_memory_bytes, reset_peak_memory
 
 MIB = 2**20
 BLOCK_BYTES = 64 * MIB
@@ -42,3 +43,14 @@ def test_a_subprocess_reports_its_own_peak_not_its_parents():
     )
     assert int(child.stdout) < parent_block.nbytes
     del parent_block
+
+
+def test_reset_peak_memory_forgets_an_earlier_peak():
+    block = mmap.mmap(-1, 4 * BLOCK_BYTES)
+    np.frombuffer(block, np.uint8)[:] = 1
+    block.close()
+    high = peak_memory_bytes("cpu")
+    if not reset_peak_memory("cpu"):
+        pytest.skip("/proc/self/clear_refs cannot be written here")
+    assert peak_memory_bytes("cpu") <= high - 3 * BLOCK_BYTES
+    assert peak_memory_bytes("cpu") >= current_memory_bytes("cpu") - COUNTER_LAG_BYTES

@@ -1,6 +1,7 @@
 """Routing pictures: layout of the panels and where the tint and the heat map land."""
 
 import numpy as np
+import pytest
 
 from utils.visualizer import (
     GAP,
@@ -59,3 +60,25 @@ def test_global_tokens_are_tinted_and_probabilities_coloured_blue_to_red():
     sure, unsure = bottom[-token // 2, -token // 2], bottom[token // 2, token // 2]
     assert sure[2] > sure[0] + 50  # p = 1: red
     assert unsure[0] > unsure[2] + 50  # p = 0: blue
+
+
+@pytest.mark.parametrize(
+    "hw", [(64, 96), (13 * 16, 16), (40 * 16, 16), (4000, 3), (16, 40 * 16), (3, 4000), (1, 1)]
+)
+def test_pictures_fit_any_aspect_ratio(hw):
+    """Tall, narrow images (below the width of the legend or of a caption) and wide, flat ones
+    give whole pictures: every panel, caption and legend line fits."""
+    grid = (-(-hw[0] // PATCH), -(-hw[1] // PATCH))  # tokens, padded up
+    rng = np.random.default_rng(0)
+    image = rng.random((*hw, 3)).astype(np.float32)
+    keep = (rng.random(grid) > 0.5).astype(np.float32)
+    probability = rng.random(grid).astype(np.float32)
+    figure = routing_figure(image, [keep, keep], [1, 3], probabilities=[probability] * 2)
+    assert figure.ndim == 3 and figure.shape[2] == 3 and figure.dtype == np.uint8
+    legend = 3 * LEGEND_LINE_HEIGHT + LEGEND_MARGIN
+    assert figure.shape[0] >= 2 * TITLE_HEIGHT + GAP + legend
+    # Every caption and legend line ends inside the picture, before a white margin (text that
+    # did not fit would run into the last columns).
+    for picture in (figure, routing_figure(image, [keep], [1], probabilities=[probability])):
+        assert (picture[-legend:, -LEGEND_MARGIN:] == 255).all()
+        assert (picture[:TITLE_HEIGHT, -LEGEND_MARGIN:] == 255).all()
