@@ -243,6 +243,7 @@ def _ring_batch(batch: int, height: int, width: int, seed: int) -> dict:
     return {"image": image, "trimap": trimap.expand(batch, 1, height, width).contiguous()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(600, 540), (530, 300), (96, 64)])
 def test_clamped_lean_output_is_bit_identical_to_clamping_afterwards(size):
     model = build_tiny_mematte(seed=1).eval()

@@ -46,6 +46,7 @@ class _WholeForward(nn.Module):
         return self.model({"image": image, "trimap": trimap}, patch_decoder=True)["phas"]
 
 
+@pytest.mark.slow
 def test_count_gflops_equals_one_trace_of_the_whole_forward():
     model = build_tiny_mematte().eval()
     model.backbone.max_number_token = 3
@@ -68,6 +69,7 @@ class _Features(nn.Module):
         return self.backbone(images).features
 
 
+@pytest.mark.slow
 def test_module_by_module_backbone_count_equals_one_whole_trace():
     model = build_tiny_mematte().eval()
     model.backbone.max_number_token = 5

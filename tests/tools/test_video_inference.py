@@ -94,6 +94,7 @@ def differing(got: dict[str, bytes], expected: dict[str, bytes]) -> list[str]:
     return sorted(name for name in got.keys() | expected.keys() if not same(name))
 
 
+@pytest.mark.slow
 def test_temporal_off_gives_the_image_cli_png_of_every_frame(clips, tmp_path):
     frames = list_frames(clips / "com" / "c0")
     trimaps = list_frames(clips / "trimap" / "c0")
