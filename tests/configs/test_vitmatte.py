@@ -48,6 +48,7 @@ def test_vitmatte_recipes_follow_the_vitmatte_repository():
     assert (b.model.backbone.embed_dim, b.model.backbone.num_heads) == (768, 12)
 
 
+@pytest.mark.slow
 def test_a_model_without_routed_blocks_trains():
     cfg = LazyConfig.apply_overrides(LazyConfig.load(str(TINY_CONFIG)), TINY_VITMATTE)
     torch.manual_seed(0)

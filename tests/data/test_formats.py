@@ -183,6 +183,7 @@ except cv2.error as exc:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["inference", "predictor.session"])
 def test_opencv_is_bounded_in_the_entry_points(tmp_path, module):
     """Once an entry point is imported, OpenCV itself refuses an image above the decoders'

@@ -461,6 +461,7 @@ def test_setup_files_alone_are_not_a_run(synthetic, tmp_path, one_thread, restor
     assert (out / "model_final.pth").is_file()
 
 
+@pytest.mark.slow
 def test_the_saved_config_is_the_run_and_resumes_it_bit_for_bit(
     synthetic, tmp_path, one_thread, restore_logging
 ):

@@ -174,6 +174,7 @@ def full_loss(model: nn.Module) -> float:
 # ---------------------------------------------------------------- trainer
 
 
+@pytest.mark.slow
 def test_simple_trainer_lowers_loss() -> None:
     model = make_model()
     before = full_loss(model)

@@ -266,6 +266,7 @@ def _band_trimap(kind: str, height: int, width: int, gen: torch.Generator) -> to
     return trimap[None, None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("size", "kind"),
     [

@@ -57,6 +57,7 @@ def _step(model: nn.Module, batch: dict, seed: int) -> tuple[dict, dict]:
     return {k: v.detach() for k, v in out.items() if k.startswith("loss_")}, grads
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_gives_the_same_losses_gradients_and_statistics():
     model = build_tiny_mematte(with_teacher=True).train()
     for blk in model.backbone.blocks:  # stochastic depth: the replay must draw the same masks

@@ -41,6 +41,7 @@ def test_the_entries_are_exactly_the_public_callables():
     assert all(getattr(module, name).__doc__ for name in ENTRIES)
 
 
+@pytest.mark.slow
 def test_mematte_equals_the_predictor_it_wraps():
     hub = hub_load("mematte", config_file=TINY_CONFIG, checkpoint=DEMO_CHECKPOINT, device="cpu")
     direct = MattingPredictor.from_config(TINY_CONFIG, DEMO_CHECKPOINT, device="cpu")
@@ -56,6 +57,7 @@ def test_mematte_equals_the_predictor_it_wraps():
     np.testing.assert_array_equal(relative(DEMO_IMAGE, DEMO_TRIMAP), expected)
 
 
+@pytest.mark.slow
 def test_a_url_is_downloaded_into_the_hub_cache_once(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     url = DEMO_CHECKPOINT.resolve().as_uri()  # file://: a URL without the network

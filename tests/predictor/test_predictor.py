@@ -133,6 +133,7 @@ def test_16_bit_images_are_scaled_by_65535(demo_predictor, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_mask_equals_the_trimap_made_from_it(demo_predictor):
     mask = cv2.imread(str(DEMO_ALPHA), cv2.IMREAD_UNCHANGED)
     for width in (6, 0.05):

@@ -48,6 +48,7 @@ class _WholeForward(nn.Module):
         return self.model(batch, patch_decoder=True, clamp_known=self.clamp_known)["phas"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clamp_known", [False, True])
 def test_count_gflops_equals_one_trace_of_the_whole_forward(clamp_known):
     """The decoder's count comes from its block plans: it must be what the traced forward runs,
@@ -87,6 +88,7 @@ class _Features(nn.Module):
         return self.backbone(images).features
 
 
+@pytest.mark.slow
 def test_module_by_module_backbone_count_equals_one_whole_trace():
     model = build_tiny_mematte().eval()
     model.backbone.max_number_token = 5

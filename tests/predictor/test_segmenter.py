@@ -100,6 +100,7 @@ def test_the_rule_picks_the_candidate_of_the_highest_predicted_iou(segmenters, m
     assert not uses_multimask(PROMPT_CASES["box"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", SEGMENTER_FAMILIES)
 def test_an_image_is_embedded_once_at_the_segmenters_input_size(folders, family, monkeypatch):
     segmenter = load_segmenter(folders[family], device="cpu")
@@ -157,6 +158,7 @@ def test_a_folder_that_is_not_a_sam_checkpoint_is_refused_naming_it(tmp_path):
         load_segmenter(empty)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", SEGMENTER_FAMILIES)
 def test_a_folder_without_its_processor_gets_the_familys_at_the_models_size(
     folders, segmenters, family, tmp_path, caplog
@@ -193,6 +195,7 @@ def predictor(segmenters) -> MattingPredictor:
     )
 
 
+@pytest.mark.slow
 def test_a_prompt_call_is_the_call_with_the_trimap_of_the_segmenters_mask(predictor, segmenters):
     box, points = (40, 60, 200, 250), [(120, 150), (20, 20, 0)]
     for width in (5, 0.05, "auto", None):

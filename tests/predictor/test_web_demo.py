@@ -181,6 +181,7 @@ def test_a_painting_gives_its_trimap(session, predictor, tmp_path):
         session.run(upload(files["image"]), painting=[upload(empty)])
 
 
+@pytest.mark.slow
 def test_options_apply_to_their_request_only(session):
     files = demo_files("test_000")
     image, trimap = upload(files["image"]), upload(files["trimap"])

@@ -109,6 +109,7 @@ def uploaded(path: Path) -> dict:
     return {"path": str(copy), "orig_name": path.name}
 
 
+@pytest.mark.slow
 def test_matte_prompt_gives_the_predictors_alpha_of_the_prompts(handlers, predictor):
     payload = uploaded(IMAGE)
     mask, trimap, alpha, rgba, numbers = handlers.prompt.api_matte_prompt(
@@ -133,6 +134,7 @@ def test_matte_prompt_gives_the_predictors_alpha_of_the_prompts(handlers, predic
             handlers.prompt.api_matte_prompt(handlers, payload, box, points, width)
 
 
+@pytest.mark.slow
 def test_the_page_run_takes_the_prompt_states_mask(handlers, predictor):
     payload = uploaded(IMAGE)
     state = {**empty_state(), "points": [[*POINT, 1], [20, 20, 0]], "width": 5}

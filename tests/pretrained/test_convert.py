@@ -333,6 +333,7 @@ def test_preprocess_of_a_transformers_folder_gives_the_mematte_s_keys(golden_dir
         preprocess.convert(output, tmp_path / "again.pth")
 
 
+@pytest.mark.slow
 def test_official_weights_convert_back_to_a_transformers_folder(tiny_hf_folder, tmp_path):
     folder, hf = tiny_hf_folder
     official = tmp_path / "vitmatte.pth"

@@ -178,6 +178,7 @@ def _differ(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return any(not np.array_equal(a[stem], b[stem]) for stem in a)
 
 
+@pytest.mark.slow
 def test_composition1k_outputs_follow_the_official_conversion(workspace, reference_model, tmp_path):
     out = tmp_path / "pred"
     assert _run(workspace["comp1k"], out, workspace["ckpt"], "--save-routing") == 0
@@ -186,6 +187,7 @@ def test_composition1k_outputs_follow_the_official_conversion(workspace, referen
         assert (out / "routing" / f"{stem}.jpg").is_file()
 
 
+@pytest.mark.slow
 def test_no_patch_decoder_decodes_the_whole_image(workspace, reference_model, tmp_path):
     whole = expected_pngs(reference_model, workspace["large"], patch_decoder=False)
     tiled = expected_pngs(reference_model, workspace["large"])
@@ -195,6 +197,7 @@ def test_no_patch_decoder_decodes_the_whole_image(workspace, reference_model, tm
     _assert_same_pngs(_read(out), whole)
 
 
+@pytest.mark.slow
 def test_bf16_precision_runs_the_forward_under_bf16_autocast(workspace, reference_model, tmp_path):
     bf16 = expected_pngs(reference_model, workspace["comp1k"], bf16=True)
     assert _differ(bf16, expected_pngs(reference_model, workspace["comp1k"]))
@@ -203,6 +206,7 @@ def test_bf16_precision_runs_the_forward_under_bf16_autocast(workspace, referenc
     _assert_same_pngs(_read(out), bf16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("enough_memory", [False, True])
 def test_auto_token_cap_follows_the_free_memory(
     workspace, reference_model, tmp_path, monkeypatch, caplog, enough_memory
@@ -219,6 +223,7 @@ def test_auto_token_cap_follows_the_free_memory(
     assert ("not enough" in caplog.text) == (not enough_memory)
 
 
+@pytest.mark.slow
 def test_a_ddp_prefixed_checkpoint_gives_the_same_alphas(workspace, reference_model, tmp_path):
     weights = torch.load(workspace["ckpt"], weights_only=True)["model"]
     ddp = tmp_path / "ddp.pth"
@@ -228,6 +233,7 @@ def test_a_ddp_prefixed_checkpoint_gives_the_same_alphas(workspace, reference_mo
     _assert_same_pngs(_read(out), expected_pngs(reference_model, workspace["comp1k"]))
 
 
+@pytest.mark.slow
 def test_pickled_objects_are_loaded_only_with_trust_checkpoint(
     workspace, reference_model, tmp_path, caplog
 ):
@@ -245,6 +251,7 @@ def test_pickled_objects_are_loaded_only_with_trust_checkpoint(
     _assert_same_pngs(_read(out), expected_pngs(reference_model, workspace["comp1k"]))
 
 
+@pytest.mark.slow
 def test_batch_of_two_equals_batch_of_one_with_mixed_sizes(workspace, tmp_path):
     assert _run(workspace["generic"], tmp_path / "b1", workspace["ckpt"]) == 0
     assert _run(workspace["generic"], tmp_path / "b2", workspace["ckpt"], "--batch-size", "2") == 0
@@ -254,6 +261,7 @@ def test_batch_of_two_equals_batch_of_one_with_mixed_sizes(workspace, tmp_path):
         assert np.abs(one[stem].astype(int) - two[stem].astype(int)).max() <= 1, stem
 
 
+@pytest.mark.slow
 def test_existing_outputs_are_skipped_unless_overwrite(workspace, tmp_path, caplog):
     out = tmp_path / "pred"
     assert _run(workspace["comp1k"], out, workspace["ckpt"]) == 0
@@ -294,6 +302,7 @@ def test_missing_checkpoint_is_a_clear_error(workspace, tmp_path, caplog):
     assert "none.pth" in caplog.text
 
 
+@pytest.mark.slow
 def test_evaluate_tool_and_evaluator_agree_with_compute_metrics(workspace, tmp_path):
     out = tmp_path / "pred"
     assert _run(workspace["comp1k"], out, workspace["ckpt"]) == 0
@@ -383,6 +392,7 @@ def test_a_read_only_output_folder_is_a_setup_error(tmp_path):
         out.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_a_failed_extra_output_is_reported_and_a_rerun_redoes_its_item(
     tmp_path, monkeypatch, caplog
 ):
@@ -408,6 +418,7 @@ def test_a_failed_extra_output_is_reported_and_a_rerun_redoes_its_item(
     assert all((out / "routing" / f"{name}.jpg").is_file() for name in DEMO_NAMES)
 
 
+@pytest.mark.slow
 def test_resume_redoes_items_with_incomplete_outputs(tmp_path, caplog):
     out = tmp_path / "out"
     assert run_demo(DEMO_DIR, out, "--save-routing") == 0
@@ -480,6 +491,7 @@ def _jpeg_trimap(data: Path, name: str = "test_001", quality: int = 50) -> tuple
     return jpeg, levels[np.abs(decoded[..., None] - levels).argmin(-1)].astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_a_jpeg_trimap_is_refused_with_the_fix_or_snapped_with_snap_trimap(tmp_path, caplog):
     data, reference = tmp_path / "data", tmp_path / "reference"
     shutil.copytree(DEMO_DIR, data)
@@ -507,6 +519,7 @@ def test_a_jpeg_trimap_is_refused_with_the_fix_or_snapped_with_snap_trimap(tmp_p
         ), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_warnings_of_loader_processes_do_not_break_the_progress_bar(tmp_path, workers):
     data = tmp_path / "data"
@@ -597,6 +610,7 @@ def test_single_images_give_the_folder_modes_pngs(folder_run, tmp_path):
         ), name
 
 
+@pytest.mark.slow
 def test_a_mask_gives_the_pngs_of_the_trimap_made_from_it(tmp_path):
     masks = [str(DEMO_DIR / "alpha_copy" / f"{name}.png") for name in DEMO_NAMES[:2]]
     out = tmp_path / "mask"
@@ -622,6 +636,7 @@ def test_a_mask_gives_the_pngs_of_the_trimap_made_from_it(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_cutout_outputs_agree_with_the_alpha_and_foreground_pngs(folder_run, tmp_path):
     out = tmp_path / "cutout"
     command = ["--data-dir", str(DEMO_DIR), "--output-dir", str(out), "--save-foreground"]

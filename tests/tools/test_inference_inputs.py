@@ -145,6 +145,7 @@ def test_a_report_over_an_input_file_is_refused(data, tmp_path, caplog):
 # --- every format of a test-set folder, and the files it does not read ----------------------------
 
 
+@pytest.mark.slow
 def test_format_sweep_through_inference(tmp_path):
     """Every readable format gets its alpha; every file that is not read is a reported failure
     (summary, report, exit status)."""
@@ -215,6 +216,7 @@ def test_a_png_bomb_is_refused_before_decoding_with_memory_kept_low(data, tmp_pa
     assert "10000x10000" in failure["reason"] and "--max-pixels" in failure["reason"]
 
 
+@pytest.mark.slow
 def test_max_pixels_refuses_larger_images_from_their_headers(data, tmp_path, caplog, monkeypatch):
     # test_000 is 248 x 292 = 72416 px, test_001 282 x 285 = 80370 px.
     out = tmp_path / "out"
@@ -348,6 +350,7 @@ def test_a_tall_narrow_image_gets_its_routing_picture_and_alpha(tmp_path):
     assert cv2.imread(str(out / "routing" / "tall.jpg")) is not None
 
 
+@pytest.mark.slow
 def test_an_extra_output_that_fails_costs_neither_the_alpha_nor_the_other_extras(
     tmp_path, monkeypatch, caplog
 ):

@@ -99,6 +99,7 @@ def test_a_prompt_run_writes_transformers_mask_and_the_mask_runs_trimap_and_alph
     assert (out / "test_001.png").read_bytes() == (by_mask / "test_001.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_python_torch_hub_and_the_command_line_give_the_same_alpha(folders, tmp_path):
     out = tmp_path / "cli"
     prompts = ["--box", BOX, "--point", POINT, "--point", BACKGROUND_POINT]
@@ -140,6 +141,7 @@ def test_several_images_take_their_prompts_from_a_file(folders, tmp_path):
     assert (out / "test_000.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_folder_run_reports_bad_items_and_goes_on(folders, tmp_path, caplog):
     prompts = tmp_path / "prompts.json"
     entries = {

@@ -5,6 +5,7 @@ frame rates, usage errors, the flow mode's temporal stability, sharding and flat
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -65,6 +66,35 @@ def pngs(folder: Path) -> dict[str, bytes]:
     }
 
 
+# Lossy videos: compared by their decoded frames. Two complete runs in one long test process
+# once gave H.264 files that decode to the same frames (same x264 options, threads=1) but differ
+# in a few bytes; the PNGs and the lossless video are compared byte for byte.
+LOSSY_VIDEOS = (".mp4", ".mov", ".webm")
+
+
+def decoded(data: bytes) -> list[bytes]:
+    """Every decoded frame of a video file's bytes, all planes at the stream's own format."""
+    with av.open(io.BytesIO(data)) as container:
+        return [
+            b"".join(bytes(plane) for plane in frame.planes) for frame in container.decode(video=0)
+        ]
+
+
+def differing(got: dict[str, bytes], expected: dict[str, bytes]) -> list[str]:
+    """The names of the files that are missing, extra or hold other contents (lossy videos:
+    other decoded frames)."""
+
+    def same(name: str) -> bool:
+        if name not in got or name not in expected:
+            return False
+        if got[name] == expected[name]:
+            return True
+        return name.endswith(LOSSY_VIDEOS) and decoded(got[name]) == decoded(expected[name])
+
+    return sorted(name for name in got.keys() | expected.keys() if not same(name))
+
+
+@pytest.mark.slow
 def test_temporal_off_gives_the_image_cli_png_of_every_frame(clips, tmp_path):
     frames = list_frames(clips / "com" / "c0")
     trimaps = list_frames(clips / "trimap" / "c0")
@@ -172,7 +202,7 @@ def test_the_lossless_video_decodes_to_the_pngs(clips, tmp_path):
 def test_a_resumed_run_gives_the_same_bytes(clips, uninterrupted, tmp_path):
     out = tmp_path / "out"
     assert full_run(clips, out) == 0  # a first, complete run
-    assert pngs(out) == uninterrupted
+    assert differing(pngs(out), uninterrupted) == []
     # Lose the second half of the frames and a video, cut one alpha PNG short: resume.
     for i in range(3, FRAMES):
         (out / "c0" / "pha" / f"{i:05d}.png").unlink()
@@ -180,7 +210,7 @@ def test_a_resumed_run_gives_the_same_bytes(clips, uninterrupted, tmp_path):
     png = out / "c0" / "pha" / "00002.png"
     png.write_bytes(png.read_bytes()[:40])
     assert full_run(clips, out) == 0
-    assert pngs(out) == uninterrupted
+    assert differing(pngs(out), uninterrupted) == []
     # Nothing missing: the clip is skipped, nothing is rewritten.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert full_run(clips, out) == 0
@@ -232,7 +262,7 @@ def test_a_killed_run_resumes_with_identical_outputs(clips, tmp_path):
     subprocess.run([*argv, "--output-dir", str(killed)], check=True, capture_output=True)
     for path in killed.rglob(".*.tmp"):  # what the kill left half-written is not an output
         path.unlink()
-    assert pngs(killed) == pngs(reference)
+    assert differing(pngs(killed), pngs(reference)) == []
 
 
 def test_a_truncated_video_gives_the_frames_before_the_damage(clips, tmp_path, caplog):

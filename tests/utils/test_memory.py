@@ -30,6 +30,7 @@ def test_cpu_readers_see_a_known_allocation():
     block.close()
 
 
+@pytest.mark.slow
 def test_a_subprocess_reports_its_own_peak_not_its_parents():
     import subprocess
     import sys
