@@ -26,12 +26,15 @@ _PACKED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakref.We
 
 
 def _fusable(x: Tensor, layer: nn.Linear) -> bool:
-    """oneDNN's fused matmul serves float32 on the CPU outside autocast."""
+    """oneDNN's fused matmul serves float32 on the CPU outside autocast, and outside a JIT trace
+    (fvcore's FLOP count traces the forward: the tracer cannot record the fused op, and counts
+    ``F.linear``'s matmul, the same multiply-adds)."""
     return (
         x.device.type == "cpu"
         and x.dtype == layer.weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
     )
 
 
