@@ -14,7 +14,6 @@ from __future__ import annotations
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .constants import MLP_CHUNK_TOKENS
@@ -28,7 +27,7 @@ _PACKED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakref.We
 def _fusable(x: Tensor, layer: nn.Linear) -> bool:
     """oneDNN's fused matmul serves float32 on the CPU outside autocast, and outside a JIT trace
     (fvcore's FLOP count traces the forward: the tracer cannot record the fused op, and counts
-    ``F.linear``'s matmul, the same multiply-adds)."""
+    the layer's own matmul, the same multiply-adds)."""
     return (
         x.device.type == "cpu"
         and x.dtype == layer.weight.dtype == torch.float32
@@ -53,7 +52,8 @@ def _packed(layer: nn.Linear) -> Tensor:
 
 def fused_linear(x: Tensor, layer: nn.Linear, gelu: nn.GELU | None = None) -> Tensor:
     """``layer(x)``, then ``gelu`` if given, as one oneDNN matmul where it serves (see the module
-    docstring); ``F.linear`` (and the GELU) elsewhere.
+    docstring); elsewhere the layer's own call (its hooks run, autocast picks its dtype) and the
+    GELU.
 
     Args:
         x: ``[N, C_in]`` rows.
@@ -61,7 +61,7 @@ def fused_linear(x: Tensor, layer: nn.Linear, gelu: nn.GELU | None = None) -> Te
         gelu: a GELU applied to its output.
     """
     if not _fusable(x, layer):
-        y = F.linear(x, layer.weight, layer.bias)
+        y = layer(x)
         return gelu(y) if gelu is not None else y
     attr, algorithm = ("gelu", gelu.approximate) if gelu is not None else ("none", None)
     return torch.ops.mkldnn._linear_pointwise(x, _packed(layer), layer.bias, attr, [], algorithm)
