@@ -58,7 +58,8 @@ JSON schema (``--json``)::
         "memory_mib": {"peak": float, "before": float, "increment": float},
         "gflops": {"total": float, "backbone": float, "decoder": float,
                    "parts": {part: float}} | null,
-        "decoder_work": {stage: {"pixels": int, "boxes": int, "macs": int}} | null (torch),
+        "decoder_work": {stage: {"pixels": int, "boxes": int, "macs": int}} | null (PyTorch
+                         rows only),
         "vs_fp32": {"alpha_max_abs_diff": float, "alpha_mean_abs_diff": float,
                     "flipped_decisions": [int per routed block]} | null (fp32 runs),
         "load_avg": [1 min, 5 min, 15 min] before the run (CPU contention),
@@ -149,6 +150,7 @@ def _result(spec: dict, **measured: object) -> dict:
         **{k: spec[k] for k in (*keys, "repeats", "warmup")},
         "torch": torch.__version__,
         "gflops": None,
+        "decoder_work": None,
         "vs_fp32": None,
         **measured,
         "status": "ok",
