@@ -508,3 +508,32 @@ def test_cuda_devices_need_the_cuda_provider(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: with_cuda)
     assert onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), with_cuda[1]]
     assert onnx_providers("auto")[0] == ("CUDAExecutionProvider", {"device_id": 0})
+
+
+@pytest.mark.slow
+def test_inference_onnx_mattes_a_video_as_its_frames_also_without_torch(demo_onnx, tmp_path):
+    """``--video`` with ``--onnx`` (temporal blending off): each frame's alpha PNG is the
+    onnxruntime predictor's for that frame and its trimap, also in a process where ``import
+    torch`` fails (the video pipeline on the predictors' numpy results)."""
+    from data.clips import list_frames
+    from data.image_io import read_map_levels
+    from data.synthetic_clips import ClipMotion, write_clip
+    from predictor.outputs import alpha_to_uint8
+
+    root = tmp_path / "clips"
+    write_clip(root, "c0", 0, (72, 96), 3, ClipMotion())
+    frames, trimaps = (list_frames(root / kind / "c0") for kind in ("com", "trimap"))
+    argv = ["--onnx", str(demo_onnx), "--device", "cpu", "--video", str(root / "com" / "c0")]
+    argv += ["--trimap-dir", str(root / "trimap" / "c0"), "--output-dir"]
+    assert inference.main([*argv, str(tmp_path / "out")]) == 0
+    predictor = OnnxMattingPredictor(demo_onnx, device="cpu")
+    written = list_frames(tmp_path / "out" / "c0" / "pha")
+    assert [p.stem for p in written] == [p.stem for p in frames]
+    for frame, trimap, png in zip(frames, trimaps, written, strict=True):
+        assert np.array_equal(read_map_levels(png), alpha_to_uint8(predictor(frame, trimap)))
+    without = tmp_path / "without_torch"
+    without.mkdir()
+    done = run_without_torch(["inference.py", *argv, str(without / "out")], without)
+    assert done.returncode == 0, done.stderr
+    for png in written:
+        assert (without / "out" / "c0" / "pha" / png.name).read_bytes() == png.read_bytes()
