@@ -277,12 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--config-file and --checkpoint are required (or --onnx)")
     if args.onnx is not None:
         _check_onnx_options(parser, args)
-    if args.video is not None:
-        if args.segmenter or args.box or args.point or args.prompts:
-            parser.error(
-                "--segmenter, --box, --point and --prompts go with --image or --data-dir; a "
-                "clip takes --mask (its first frame's) or --mask-dir / --trimap-dir"
-            )
+    if args.video is not None:  # its guidance and prompts: check_video_arguments
         return args
     if args.data_dir is not None and (args.trimap or args.mask):
         parser.error("--trimap and --mask go with --image; --data-dir has its trimaps")
