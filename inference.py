@@ -52,8 +52,9 @@ reported before any model is loaded or folder created where possible. --report d
 that ended last, a crashed one included ("complete": false).
 
 Video clips (a video file, a folder of frames, or a folder of clips) with per-frame trimaps or
-masks, or the first frame's mask propagated by optical flow, with flow-guided temporal smoothing
-and videos of the results (docs/video.md):
+masks, or the first frame's mask (or --segmenter with its --box / --point) propagated by optical
+flow or by SAM 2's video model (--propagate sam2), with flow-guided temporal smoothing and videos
+of the results (docs/video.md):
 
     python inference.py --config-file CFG --checkpoint CKPT --video clip.mp4 \\
         --mask first_mask.png --unknown-width 10 --temporal flow --output-dir output/clip \\
