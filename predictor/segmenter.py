@@ -61,6 +61,7 @@ __all__ = [
     "Segmentation",
     "Segmenter",
     "as_segmenter",
+    "checkpoint_config",
     "load_or_refuse",
     "load_segmenter",
     "saved_processor",
@@ -309,6 +310,20 @@ def load_or_refuse(load: Callable[[], Any], source: str, problem: str) -> Any:
         raise ValueError(f"segmenter {source}: {problem} ({reason})") from exc
 
 
+def checkpoint_config(source: str) -> Any:
+    """The transformers config of a segmenter's checkpoint (a hub id or a folder).
+
+    Raises:
+        ValueError: as :func:`load_or_refuse` words it.
+    """
+    return load_or_refuse(
+        lambda: transformers.AutoConfig.from_pretrained(source),
+        source,
+        "not a transformers checkpoint folder; give a folder written by save_pretrained "
+        "(config.json, weights, processor)",
+    )
+
+
 def saved_processor(source: str) -> bool:
     """Whether ``AutoProcessor`` can read a processor from ``source``: a hub id, or a folder
     holding a processor config (:data:`PROCESSOR_FILES`)."""
@@ -352,12 +367,7 @@ def load_segmenter(source: str | Path, *, device: str | torch.device = "auto") -
             SAM-family, or one whose model or processor cannot be loaded.
     """
     text = str(source)
-    config = load_or_refuse(
-        lambda: transformers.AutoConfig.from_pretrained(text),
-        text,
-        "not a transformers checkpoint folder; give a folder written by save_pretrained "
-        "(config.json, weights, processor)",
-    )
+    config = checkpoint_config(text)
     model_type = getattr(config, "model_type", None)
     family = IMAGE_PART_OF.get(model_type, model_type)
     if family not in SAM_FAMILY:

@@ -413,6 +413,23 @@ def served_web_demo(root: Path, *args: str) -> Iterator[str]:
         pytest.fail(f"the web demo did not stop on SIGINT:\n{log.read_text()}")
 
 
+KILL_WAIT_SECONDS = 300
+
+
+def kill_when_written(command: list[str], folder: Path, count: int, env=None) -> int:
+    """Run ``command`` and SIGKILL it once ``folder`` holds ``count`` PNGs (or after
+    :data:`KILL_WAIT_SECONDS`); returns how many PNGs it left there."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while time.monotonic() < deadline and len(list(folder.glob("*.png"))) < count:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return len(list(folder.glob("*.png")))
+
+
 def write_test_video(
     path: Path,
     frames: list,

@@ -43,6 +43,7 @@ from data.trimap import trimap_from_mask
 from predictor.prompts import Prompts
 from predictor.segmenter import (
     PROCESSOR_FILES,
+    checkpoint_config,
     load_or_refuse,
     saved_processor,
     segmenter_rgb,
@@ -234,12 +235,7 @@ def load_video_segmenter(
             lack some of its modules, or a model or processor that cannot be loaded.
     """
     text = str(source)
-    config = load_or_refuse(
-        lambda: transformers.AutoConfig.from_pretrained(text),
-        text,
-        "not a transformers checkpoint folder; give a folder written by save_pretrained "
-        "(config.json, weights, processor)",
-    )
+    config = checkpoint_config(text)
     model_type = getattr(config, "model_type", None)
     if model_type == SAM2_IMAGE:
         raise ValueError(
@@ -293,7 +289,7 @@ class Sam2Propagator(Propagator):
             raise ValueError("--propagate sam2 needs SAM 2's video model: give --segmenter")
         self.unknown_width = unknown_width
         self.segmenter = segmenter
-        self._session = segmenter.start()
+        self.session = segmenter.start()
 
     def _trimap(self, mask: np.ndarray, index: int) -> np.ndarray:
         source = f"SAM 2's mask of frame {index}"
@@ -303,12 +299,12 @@ class Sam2Propagator(Propagator):
         self, index: int, image: np.ndarray, trimap: np.ndarray, mask: np.ndarray | None
     ) -> None:
         keyframe_mask = mask_from_trimap(trimap) if mask is None else mask
-        self.segmenter.track(self._session, index, image, mask=keyframe_mask)
+        self.segmenter.track(self.session, index, image, mask=keyframe_mask)
 
     def prompt(self, index: int, image: np.ndarray, prompts: Prompts) -> np.ndarray:
         return self._trimap(
-            self.segmenter.track(self._session, index, image, prompts=prompts), index
+            self.segmenter.track(self.session, index, image, prompts=prompts), index
         )
 
     def propagate(self, index: int, image: np.ndarray, flow: FlowPair | None) -> np.ndarray:
-        return self._trimap(self.segmenter.track(self._session, index, image), index)
+        return self._trimap(self.segmenter.track(self.session, index, image), index)

@@ -105,7 +105,7 @@ def test_the_session_keeps_only_what_sam2_reads_again(segmenter):
     """Over a long clip with many keyframes: no frame's pixels or mask logits, tracked outputs
     only within SAM 2's reach, the most recent keyframes only."""
     propagator = Sam2Propagator(2, segmenter)
-    session = propagator._session
+    session = propagator.session
     frames = list(iter_clip(1, (32, 40), 2 * KEPT_KEYFRAMES + 4, ClipMotion()))
     for index, frame in enumerate(frames):
         if index % 2 == 0:

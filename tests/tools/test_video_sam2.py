@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from tests.helpers import (
     DEMO_CHECKPOINT,
     REPO_ROOT,
     TINY_CONFIG,
+    kill_when_written,
     reference_sam2_video_masks,
     save_tiny_video_segmenter,
     write_test_video,
@@ -150,20 +149,8 @@ def test_a_killed_sam2_run_resumes_with_identical_outputs(clip, tmp_path):
     subprocess.run(
         [*argv, "--output-dir", str(reference)], check=True, capture_output=True, env=env
     )
-    process = subprocess.Popen(
-        [*argv, "--output-dir", str(killed)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if len(list((killed / "long" / "pha").glob("*.png"))) >= 10:
-            break
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    done = len(list((killed / "long" / "pha").glob("*.png")))
+    pha = killed / "long" / "pha"
+    done = kill_when_written([*argv, "--output-dir", str(killed)], pha, 10, env)
     assert 0 < done < 30 and not (killed / "long" / "alpha.mkv").exists()
     subprocess.run([*argv, "--output-dir", str(killed)], check=True, capture_output=True, env=env)
     for path in killed.rglob(".*.tmp"):  # what the kill left half-written is not an output
