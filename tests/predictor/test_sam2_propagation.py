@@ -65,8 +65,13 @@ def _true_mask(frame) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "prompts",
-    [Prompts(box=BOX), Prompts(points=POINTS), Prompts(box=BOX, points=POINTS[:1])],
-    ids=["box", "points", "box+point"],
+    [
+        Prompts(box=BOX),
+        Prompts(points=POINTS[:1]),
+        Prompts(points=POINTS),
+        Prompts(box=BOX, points=POINTS[:1]),
+    ],
+    ids=["box", "point", "points", "box+point"],
 )
 def test_prompted_frames_get_transformers_own_masks(folder, segmenter, clip, prompts):
     images = [frame.image for frame in clip]
