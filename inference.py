@@ -53,8 +53,9 @@ reported before any model is loaded or folder created where possible. --report d
 that ended last, a crashed one included ("complete": false).
 
 Video clips (a video file, a folder of frames, or a folder of clips) with per-frame trimaps or
-masks, or the first frame's mask propagated by optical flow, with flow-guided temporal smoothing
-and videos of the results (docs/video.md):
+masks, or the first frame's mask (or --segmenter with its --box / --point) propagated by optical
+flow or by SAM 2's video model (--propagate sam2), with flow-guided temporal smoothing and videos
+of the results (docs/video.md):
 
     python inference.py --config-file CFG --checkpoint CKPT --video clip.mp4 \\
         --mask first_mask.png --unknown-width 10 --temporal flow --output-dir output/clip \\
@@ -279,12 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--config-file and --checkpoint are required (or --onnx)")
     if args.onnx is not None:
         _check_onnx_options(parser, args)
-    if args.video is not None:
-        if args.segmenter or args.box or args.point or args.prompts:
-            parser.error(
-                "--segmenter, --box, --point and --prompts go with --image or --data-dir; a "
-                "clip takes --mask (its first frame's) or --mask-dir / --trimap-dir"
-            )
+    if args.video is not None:  # its guidance and prompts: check_video_arguments
         return args
     if args.data_dir is not None and (args.trimap or args.mask):
         parser.error("--trimap and --mask go with --image; --data-dir has its trimaps")

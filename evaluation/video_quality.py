@@ -71,21 +71,21 @@ def propagation_recall(
     results = {name: BandStats([], []) for name in ("flow", "plain warp", "true mask")}
     estimator, propagator = FlowEstimator(), FlowPropagator(unknown_width)
     previous_gray = warped = None
-    for frame in iter_clip(seed, size, num_frames, motion):
+    for index, frame in enumerate(iter_clip(seed, size, num_frames, motion)):
         truth = np.round(frame.alpha * UINT8_MAX) / UINT8_MAX
         gray = to_gray(frame.image)
         true_mask = frame.alpha > MASK_THRESHOLD
         _stats(trimap_from_mask(true_mask, unknown_width), truth, results["true mask"])
         if previous_gray is None:
             trimap = trimap_from_mask(true_mask, unknown_width)
-            propagator.anchor(trimap, true_mask)
+            propagator.anchor(index, frame.image, trimap, true_mask)
             warped = true_mask.astype(np.float32)
             trimaps = {"flow": trimap, "plain warp": trimap}
         else:
             flow = estimator.pair(previous_gray, gray)
             warped = (warp(warped, flow.backward) > MASK_THRESHOLD).astype(np.float32)
             trimaps = {
-                "flow": propagator.propagate(frame.image, flow),
+                "flow": propagator.propagate(index, frame.image, flow),
                 "plain warp": trimap_from_mask(warped > MASK_THRESHOLD, unknown_width),
             }
         for name, trimap in trimaps.items():

@@ -245,21 +245,23 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID_OR_DIR",
         help="a transformers SAM, SAM-HQ or SAM 2 checkpoint: a Hugging Face hub id (e.g. "
         "facebook/sam-vit-base, downloaded once into the hub cache) or a local "
-        "save_pretrained folder",
+        "save_pretrained folder; with --video --propagate sam2 (its default), one of SAM 2's "
+        "video checkpoints (e.g. facebook/sam2.1-hiera-tiny)",
     )
     group.add_argument(
         "--box",
         type=parse_box,
         metavar="X0,Y0,X1,Y1",
-        help="with --segmenter and one --image: a box around the subject, in pixels",
+        help="with --segmenter and one --image (or one --video: its first frame): a box around "
+        "the subject, in pixels",
     )
     group.add_argument(
         "--point",
         type=parse_point,
         action="append",
         metavar="X,Y[,LABEL]",
-        help="with --segmenter and one --image: a click, in pixels; LABEL 1 foreground (the "
-        "default), 0 background; repeat for more points",
+        help="with --segmenter and one --image (or one --video: its first frame): a click, in "
+        "pixels; LABEL 1 foreground (the default), 0 background; repeat for more points",
     )
     group.add_argument(
         "--prompts",

@@ -21,7 +21,9 @@ A segmenter is any SAM-family checkpoint that ``transformers`` reads: a Hugging 
 ``facebook/sam2-hiera-small-hf``...), downloaded once into the hub cache, or a local folder written
 by ``save_pretrained`` (model and processor; a folder saved without the processor gets the
 family's processor at the model's input size). The model class comes from the checkpoint's config
-(``model_type``: ``sam``, ``sam_hq`` or ``sam2``). Nothing is downloaded at import.
+(``model_type``: ``sam``, ``sam_hq`` or ``sam2``; ``sam2_video``, how SAM 2's video checkpoints
+such as ``facebook/sam2.1-hiera-tiny`` are saved, gives their ``Sam2Model`` part). Nothing is
+downloaded at import.
 
 References: Kirillov et al., Segment Anything (2023), ``SamPredictor`` (set the image once,
 prompt many times); Matte-Anything and MattePro (a segmenter in front of a trimap-based matting
@@ -53,12 +55,17 @@ from utils.levels import UINT8_MAX, UINT16_PER_UINT8
 
 __all__ = [
     "EMBEDDING_CACHE_SIZE",
+    "IMAGE_PART_OF",
+    "PROCESSOR_FILES",
     "SAM_FAMILY",
     "Guidance",
     "Segmentation",
     "Segmenter",
     "as_segmenter",
+    "checkpoint_config",
+    "load_or_refuse",
     "load_segmenter",
+    "saved_processor",
     "segmenter_rgb",
     "uses_multimask",
 ]
@@ -68,6 +75,9 @@ logger = logging.getLogger(__name__)
 # The segmenters: the config's model_type -> the transformers model class, and its processor.
 SAM_FAMILY = {"sam": "SamModel", "sam_hq": "SamHQModel", "sam2": "Sam2Model"}
 PROCESSORS = {"sam": "SamProcessor", "sam_hq": "SamHQProcessor", "sam2": "Sam2Processor"}
+# Checkpoints whose image part is a family's model: SAM 2's video checkpoints (the hub's
+# facebook/sam2.1-hiera-* are saved as Sam2VideoModel) hold Sam2Model and the memory modules.
+IMAGE_PART_OF = {"sam2_video": "sam2"}
 # What save_pretrained writes for a processor (the second name for processors of transformers 5).
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 # Images whose embeddings are kept (a few MiB each: 4 MiB for SAM ViT-B, 16 MiB for SAM 2).
@@ -140,7 +150,8 @@ class Segmenter:
     def __init__(
         self, model: Any, processor: Any, *, device: str | torch.device = "auto", name: str = ""
     ) -> None:
-        self.family = model.config.model_type
+        model_type = model.config.model_type
+        self.family = IMAGE_PART_OF.get(model_type, model_type)
         if self.family not in SAM_FAMILY:
             raise ValueError(f"{name or 'the model'} is a {self.family!r} model, not SAM-family")
         self.device = resolve_device(device)
@@ -275,7 +286,7 @@ def _hub_message(source: str, reason: str) -> str:
     )
 
 
-def _loaded(load: Callable[[], Any], source: str, problem: str) -> Any:
+def load_or_refuse(load: Callable[[], Any], source: str, problem: str) -> Any:
     """``load()``; its errors as one ValueError: for a hub id, how to pass a local folder
     instead; for a folder, ``problem`` and the reason."""
     try:
@@ -287,14 +298,34 @@ def _loaded(load: Callable[[], Any], source: str, problem: str) -> Any:
         raise ValueError(f"segmenter {source}: {problem} ({reason})") from exc
 
 
-def _processor(source: str, config: Any) -> Any:
+def checkpoint_config(source: str) -> Any:
+    """The transformers config of a segmenter's checkpoint (a hub id or a folder).
+
+    Raises:
+        ValueError: as :func:`load_or_refuse` words it.
+    """
+    return load_or_refuse(
+        lambda: transformers.AutoConfig.from_pretrained(source),
+        source,
+        "not a transformers checkpoint folder; give a folder written by save_pretrained "
+        "(config.json, weights, processor)",
+    )
+
+
+def saved_processor(source: str) -> bool:
+    """Whether ``AutoProcessor`` can read a processor from ``source``: a hub id, or a folder
+    holding a processor config (:data:`PROCESSOR_FILES`)."""
+    folder = Path(source)
+    return not folder.is_dir() or any((folder / name).is_file() for name in PROCESSOR_FILES)
+
+
+def _processor(source: str, config: Any, family: str) -> Any:
     """The checkpoint's processor; for a folder saved without one, the family's processor at
     the model's input size (its prompt encoder's image size), with a warning."""
-    folder = Path(source)
-    if not folder.is_dir() or any((folder / name).is_file() for name in PROCESSOR_FILES):
+    if saved_processor(source):
         return transformers.AutoProcessor.from_pretrained(source)
     side = config.prompt_encoder_config.image_size
-    if config.model_type == "sam2":
+    if family == "sam2":
         image_processor = transformers.Sam2ImageProcessor(size={"height": side, "width": side})
     else:
         image_processor = transformers.SamImageProcessor(
@@ -304,10 +335,10 @@ def _processor(source: str, config: Any) -> Any:
         "segmenter %s has no processor config (%s): using %s at the model's input size, %d px",
         source,
         " or ".join(PROCESSOR_FILES),
-        PROCESSORS[config.model_type],
+        PROCESSORS[family],
         side,
     )
-    return getattr(transformers, PROCESSORS[config.model_type])(image_processor)
+    return getattr(transformers, PROCESSORS[family])(image_processor)
 
 
 def load_segmenter(source: str | Path, *, device: str | torch.device = "auto") -> Segmenter:
@@ -324,22 +355,18 @@ def load_segmenter(source: str | Path, *, device: str | torch.device = "auto") -
             SAM-family, or one whose model or processor cannot be loaded.
     """
     text = str(source)
-    config = _loaded(
-        lambda: transformers.AutoConfig.from_pretrained(text),
-        text,
-        "not a transformers checkpoint folder; give a folder written by save_pretrained "
-        "(config.json, weights, processor)",
-    )
-    family = getattr(config, "model_type", None)
+    config = checkpoint_config(text)
+    model_type = getattr(config, "model_type", None)
+    family = IMAGE_PART_OF.get(model_type, model_type)
     if family not in SAM_FAMILY:
         raise ValueError(
-            f"segmenter {text}: its config is a {family!r} model, not a SAM-family segmenter "
-            f"(model_type {', '.join(SAM_FAMILY)})"
+            f"segmenter {text}: its config is a {model_type!r} model, not a SAM-family segmenter "
+            f"(model_type {', '.join([*SAM_FAMILY, *IMAGE_PART_OF])})"
         )
-    model, processor = _loaded(
+    model, processor = load_or_refuse(
         lambda: (
             getattr(transformers, SAM_FAMILY[family]).from_pretrained(text),
-            _processor(text, config),
+            _processor(text, config, family),
         ),
         text,
         f"cannot load its {family} model and processor; save both with save_pretrained into "

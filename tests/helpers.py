@@ -26,6 +26,7 @@ from torch import nn
 
 from modeling import DetailCapture, MattingCriterion, MEMatte, ViT
 from modeling.meta_arch.mematte import BACKBONE_PREFIX, TEACHER_PREFIX
+from predictor.prompts import Prompts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -279,6 +280,56 @@ def save_tiny_segmenter(family: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# SAM 2's video model: transformers fixes the memory's width at 64 channels and needs the model's
+# width to be a multiple of it, larger (its object pointers are split into memory-width tokens).
+_VIDEO_DIM = 128
+_MEMORY_DIM = 64
+# A few memory frames and object pointers, so that tests of the session's trimming see it full.
+TINY_VIDEO_MEMORY = {"num_maskmem": 3, "max_object_pointers_in_encoder": 4}
+# Logit of "the object is in the frame" added by the object-score head: random weights would
+# otherwise often declare the object gone, and every propagated mask empty.
+_OBJECT_SCORE_BIAS = 10.0
+
+
+def save_tiny_video_segmenter(folder: Path, seed: int = 0) -> Path:
+    """A tiny random SAM 2 *video* model (``Sam2VideoModel``: the image part of
+    :func:`save_tiny_segmenter`'s SAM 2 at the same 256 px input, with the memory attention,
+    memory encoder and object pointers) and its ``Sam2VideoProcessor``, saved with
+    ``save_pretrained`` into ``folder``; returns ``folder``."""
+    torch.manual_seed(seed)  # transformers' own init: masks of a few tenths of the frame
+    wide = {"hidden_size": _VIDEO_DIM}
+    config = transformers.Sam2VideoConfig(
+        vision_config={**_SAM2_VISION, "fpn_hidden_size": _VIDEO_DIM},
+        prompt_encoder_config={**_PROMPT, **wide},
+        mask_decoder_config={**_DECODER, **wide},
+        image_size=SEGMENTER_SIZE,
+        memory_attention_hidden_size=_VIDEO_DIM,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=_MEMORY_DIM,
+        memory_attention_rope_feat_sizes=[SEGMENTER_SIZE // 16] * 2,
+        memory_encoder_hidden_size=_VIDEO_DIM,
+        memory_encoder_output_channels=_MEMORY_DIM,
+        mask_downsampler_embed_dim=_VIDEO_DIM,
+        memory_fuser_embed_dim=_VIDEO_DIM,
+        memory_fuser_intermediate_dim=_MEMORY_DIM,
+        **TINY_VIDEO_MEMORY,
+    )
+    model = transformers.Sam2VideoModel(config)
+    with torch.no_grad():
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(_OBJECT_SCORE_BIAS)
+    size = {"height": SEGMENTER_SIZE, "width": SEGMENTER_SIZE}
+    mask_side = SEGMENTER_SIZE // 4
+    processor = transformers.Sam2VideoProcessor(
+        transformers.Sam2ImageProcessor(
+            size=size, mask_size={"height": mask_side, "width": mask_side}
+        ),
+        transformers.Sam2VideoVideoProcessor(size=size),
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def reference_sam_mask(
     folder: Path,
     image: Path,
@@ -308,6 +359,40 @@ def reference_sam_mask(
     sizes = [inputs["original_sizes"]] + ([] if sam2 else [inputs["reshaped_input_sizes"]])
     masks = processor.post_process_masks(outputs.pred_masks, *sizes)[0]  # [1, C, H, W]
     return masks[0, outputs.iou_scores[0, 0].argmax()].numpy()
+
+
+def reference_sam2_video_masks(
+    folder: Path,
+    images: list[np.ndarray],
+    prompts: Prompts | None = None,
+    masks: dict[int, np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """transformers' streaming video API on ``images``: a session fed one frame at a time, the
+    prompts added on frame 0, each keyframe's mask on its frame, the processor's binarised
+    ``post_process_masks`` at the frame's size (``[H, W]`` bool per frame)."""
+    model = transformers.Sam2VideoModel.from_pretrained(folder).eval()
+    processor = transformers.Sam2VideoProcessor.from_pretrained(folder)
+    session = processor.init_video_session(inference_device="cpu", dtype=torch.float32)
+    results = []
+    for index, image in enumerate(images):
+        inputs = processor(images=image, return_tensors="pt")
+        if index == 0 and prompts is not None:
+            kwargs = {"original_size": inputs.original_sizes[0]}
+            if prompts.points:
+                kwargs["input_points"] = [[[[p.x, p.y] for p in prompts.points]]]
+                kwargs["input_labels"] = [[[p.label for p in prompts.points]]]
+            if prompts.box is not None:
+                kwargs["input_boxes"] = [[list(prompts.box)]]
+            processor.add_inputs_to_inference_session(session, 0, obj_ids=1, **kwargs)
+        elif masks and index in masks:
+            processor.add_inputs_to_inference_session(
+                session, index, obj_ids=1, input_masks=masks[index]
+            )
+        with torch.inference_mode():
+            output = model(inference_session=session, frame=inputs.pixel_values[0])
+        mask = processor.post_process_masks([output.pred_masks], inputs.original_sizes)[0]
+        results.append(mask[0, 0].numpy())
+    return results
 
 
 WEB_DEMO_START_SECONDS = 180
@@ -358,6 +443,23 @@ def served_web_demo(root: Path, *args: str) -> Iterator[str]:
         process.kill()
         process.wait()
         pytest.fail(f"the web demo did not stop on SIGINT:\n{log.read_text()}")
+
+
+KILL_WAIT_SECONDS = 300
+
+
+def kill_when_written(command: list[str], folder: Path, count: int, env=None) -> int:
+    """Run ``command`` and SIGKILL it once ``folder`` holds ``count`` PNGs (or after
+    :data:`KILL_WAIT_SECONDS`); returns how many PNGs it left there."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while time.monotonic() < deadline and len(list(folder.glob("*.png"))) < count:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return len(list(folder.glob("*.png")))
 
 
 def write_test_video(

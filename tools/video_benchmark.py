@@ -14,7 +14,8 @@ Subcommands (each prints a Markdown table; ``--json FILE`` also writes the numbe
   default) on a realistic trimap (10 % unknown), 1920x1080 by default. Time it on an idle
   machine only;
 - ``memory``: RSS after frame 50 and after the last frame while the pipeline streams a long clip
-  (flow propagation, ``--temporal flow``, RGBA PNGs and a lossless video), and the peak.
+  (flow propagation, or SAM 2's with ``--segmenter`` (a SAM 2 video checkpoint), ``--temporal
+  flow``, RGBA PNGs and a lossless video), and the peak.
 
 Usage::
 
@@ -22,6 +23,7 @@ Usage::
     python tools/video_benchmark.py propagation --frames 12 --unknown-width 8
     python tools/video_benchmark.py speed --size 1080x1920 --frames 20
     python tools/video_benchmark.py memory --size 360x640 --frames 300
+    python tools/video_benchmark.py memory --frames 300 --segmenter facebook/sam2.1-hiera-tiny
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from predictor.video.benchmark import (
     write_memory_clip,
     write_speed_clip,
 )
+from predictor.video.sam2_propagation import load_video_segmenter
 from predictor.video.temporal import DEFAULT_STRENGTH
 from utils.benchmark import parse_size
 from utils.file_io import atomic_write
@@ -146,6 +149,9 @@ def _memory(args: argparse.Namespace) -> tuple[str, dict]:
         predictor = MattingPredictor.from_config(DEMO_CONFIG, DEMO_CHECKPOINT, device=args.device)
     else:
         predictor = MattingPredictor(build_model(args.model, "mematte", [], 0), device=args.device)
+    segmenter = None
+    if args.segmenter is not None:
+        segmenter = load_video_segmenter(args.segmenter, device=predictor.device)
     first = min(MEMORY_FIRST_SAMPLE, args.frames - 1)
     with tempfile.TemporaryDirectory(prefix="mematte-video-memory-") as tmp:
         folder = Path(tmp)
@@ -156,6 +162,7 @@ def _memory(args: argparse.Namespace) -> tuple[str, dict]:
             folder / "mask.png",
             folder / "out",
             (first, args.frames - 1),
+            segmenter,
         )
     rss = result["rss_after_frame"]
     growth = (rss[args.frames - 1] - rss[first]) / MIB
@@ -196,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--unknown-width", type=unknown_width_argument, default=8, help="propagation's band"
     )
     parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="flow mode")
+    parser.add_argument(
+        "--segmenter",
+        metavar="ID_OR_DIR",
+        help="memory: propagate by SAM 2 with this video checkpoint (hub id or folder)",
+    )
     motion = parser.add_argument_group("clip motion, per frame (quality, propagation)")
     motion.add_argument("--speed", type=float, default=1.0, help="subject, px")
     motion.add_argument("--rotation", type=float, default=0.0, help="subject, degrees")

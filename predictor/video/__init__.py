@@ -3,7 +3,8 @@
 - ``io.py``: clips read with PyAV (video files) or from folders of frames; ``encode.py``: the
   output videos; ``frames.py``: the per-frame files of a clip;
 - ``guidance.py``: each frame's trimap or mask; ``flow.py``: DIS optical flow and its
-  forward-backward check; ``propagation.py``: keyframes carried to the frames without guidance;
+  forward-backward check; ``propagation.py``: keyframes carried to the frames without guidance
+  by flow, ``sam2_propagation.py``: by SAM 2's video model, ``propagators.py``: the choices;
   ``temporal.py``: the flow-guided temporal blend;
 - ``pipeline.py``: one clip, streamed and resumable; ``runner.py``: the clips of a run, sharded;
   ``arguments.py``: the command-line options; ``benchmark.py``: speed and memory measurements.

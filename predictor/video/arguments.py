@@ -2,7 +2,9 @@
 combinations (:func:`check_video_arguments`). ``--video`` itself is one of ``inference.py``'s
 inputs, next to ``--data-dir`` and ``--image``; ``--trimap`` / ``--mask`` (the first frame's
 guidance), ``--unknown-width``, the ``--save-*`` and ``--composite`` outputs, ``--round``,
-``--overwrite``, ``--num-gpus`` and ``--report`` are shared with images.
+``--overwrite``, ``--num-gpus`` and ``--report`` are shared with images, and so are
+``--segmenter``, ``--box`` and ``--point`` (:mod:`predictor.prompts`): the first frame's prompts,
+and the weights propagation by SAM 2 runs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from data.trimap import AUTO_WIDTH
 from predictor.video.encode import VIDEO_KINDS
 from predictor.video.frames import ALPHA_BITS
-from predictor.video.propagation import DEFAULT_PROPAGATOR, PROPAGATORS
+from predictor.video.propagators import DEFAULT_PROPAGATOR, PROPAGATORS, SEGMENTER_PROPAGATOR
 from predictor.video.temporal import DEFAULT_STRENGTH, TEMPORAL_MODES
 
 __all__ = ["add_video_arguments", "check_video_arguments"]
@@ -70,8 +72,9 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--propagate",
         choices=sorted(PROPAGATORS),
-        help=f"how frames without guidance get a trimap from the last keyframe (default "
-        f"{DEFAULT_PROPAGATOR}: dense optical flow, no weights)",
+        help="how frames without guidance get a trimap from the last keyframe: flow (dense "
+        "optical flow, no weights; the default) or sam2 (SAM 2's video model, --segmenter; the "
+        "default with --segmenter)",
     )
     group.add_argument(
         "--alpha-bits",
@@ -97,6 +100,49 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_guidance(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The guidance of a clip: files (per frame, keyframes or the first frame's) or the first
+    frame's prompts, and the propagator with its segmenter; sets ``args.propagate``."""
+    prompted = args.box is not None or bool(args.point)
+    firsts = args.trimap or args.mask
+    folders = [value for value in (args.trimap_dir, args.mask_dir) if value is not None]
+    if args.prompts is not None:
+        parser.error(
+            "--prompts maps images to prompts: a clip takes its first frame's --box / --point"
+        )
+    if prompted and args.segmenter is None:
+        parser.error("--box and --point need a --segmenter")
+    if prompted and (firsts or folders):
+        parser.error(
+            "--box / --point are the first frame's guidance: not with --trimap, --mask, "
+            "--trimap-dir or --mask-dir"
+        )
+    if not prompted and not firsts and not folders:
+        parser.error(
+            "--video needs guidance: --trimap-dir or --mask-dir (per frame or keyframes), the "
+            "first frame's --trimap or --mask, or --segmenter with its --box / --point"
+        )
+    if len(folders) > 1:
+        parser.error("give --trimap-dir or --mask-dir, not both")
+    if (args.mask or args.mask_dir) and (args.trimap or args.trimap_dir):
+        parser.error("guidance of one kind: masks (--mask, --mask-dir) or trimaps")
+    for flag, value in (("--trimap", args.trimap), ("--mask", args.mask)):
+        if value and len(value) != 1:
+            parser.error(f"{flag} with --video: one file, the first frame's")
+    default = SEGMENTER_PROPAGATOR if args.segmenter is not None else DEFAULT_PROPAGATOR
+    args.propagate = args.propagate or default
+    if args.propagate == SEGMENTER_PROPAGATOR and args.segmenter is None:
+        parser.error(
+            f"--propagate {SEGMENTER_PROPAGATOR} needs --segmenter: SAM 2's video checkpoint (a "
+            "hub id such as facebook/sam2.1-hiera-tiny, or a save_pretrained folder)"
+        )
+    if args.propagate != SEGMENTER_PROPAGATOR and args.segmenter is not None and not prompted:
+        parser.error(
+            f"--segmenter with --propagate {args.propagate} makes the first frame's mask from "
+            f"--box / --point: give them, or propagate with --propagate {SEGMENTER_PROPAGATOR}"
+        )
+
+
 def check_video_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse video options without ``--video`` and bad combinations with it, then fill in the
     defaults (usage errors exit with status 2)."""
@@ -111,20 +157,7 @@ def check_video_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
             parser.error(f"{flag} is for images, not with --video")
     if args.batch_size != 1:
         parser.error("--batch-size: a clip's frames are matted one by one, in order")
-    firsts = args.trimap or args.mask
-    folders = [value for value in (args.trimap_dir, args.mask_dir) if value is not None]
-    if not firsts and not folders:
-        parser.error(
-            "--video needs guidance: --trimap-dir or --mask-dir (per frame or keyframes), or "
-            "the first frame's --trimap or --mask"
-        )
-    if len(folders) > 1:
-        parser.error("give --trimap-dir or --mask-dir, not both")
-    if (args.mask or args.mask_dir) and (args.trimap or args.trimap_dir):
-        parser.error("guidance of one kind: masks (--mask, --mask-dir) or trimaps")
-    for flag, value in (("--trimap", args.trimap), ("--mask", args.mask)):
-        if value and len(value) != 1:
-            parser.error(f"{flag} with --video: one file, the first frame's")
+    _check_guidance(parser, args)
     if "composite" in (args.save_video or ()) and args.composite is None:
         parser.error("--save-video composite needs --composite (a colour, an image or a video)")
     strength = DEFAULT_STRENGTH if args.temporal_strength is None else args.temporal_strength
@@ -135,6 +168,5 @@ def check_video_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
     args.unknown_width = AUTO_WIDTH if args.unknown_width is None else args.unknown_width
     args.temporal = args.temporal or TEMPORAL_MODES[0]
     args.temporal_strength = strength
-    args.propagate = args.propagate or DEFAULT_PROPAGATOR
     args.alpha_bits = args.alpha_bits or ALPHA_BITS[0]
     args.save_video = tuple(dict.fromkeys(args.save_video or ()))

@@ -8,8 +8,8 @@
 - :func:`pipeline_seconds`: the same frames through :func:`predictor.video.pipeline.matte_clip`
   (decoding, the model and writing overlapped), with ``--temporal off`` or ``flow``;
 - :func:`memory_profile`: the process's RSS while the pipeline streams a long clip (a video file
-  written frame by frame, its first frame's mask propagated by flow, the flow mode on), sampled
-  after chosen frames, and its peak.
+  written frame by frame, its first frame's mask propagated by flow or by SAM 2's video model,
+  the flow mode on), sampled after chosen frames, and its peak.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from predictor.video.frames import ClipOutputs
 from predictor.video.guidance import ClipGuidance
 from predictor.video.io import open_clip
 from predictor.video.pipeline import VideoSettings, matte_clip
+from predictor.video.sam2_propagation import VideoSegmenter
 from utils.memory import current_memory_bytes, peak_memory_bytes
 
 __all__ = [
@@ -97,11 +98,16 @@ def write_memory_clip(path: Path, mask: Path, size: tuple[int, int], num_frames:
 
 
 def memory_profile(
-    predictor: ImagePredictor, video: Path, mask: Path, out: Path, samples: tuple[int, ...]
+    predictor: ImagePredictor,
+    video: Path,
+    mask: Path,
+    out: Path,
+    samples: tuple[int, ...],
+    segmenter: VideoSegmenter | None = None,
 ) -> dict[str, object]:
     """RSS (bytes) after each frame index in ``samples`` while the pipeline runs over ``video``
-    (flow propagation from ``mask``, ``--temporal flow``, RGBA PNGs and a lossless video), and
-    the peak RSS.
+    (propagation from ``mask``: by flow, or by SAM 2 with ``segmenter``; ``--temporal flow``,
+    RGBA PNGs and a lossless video), and the peak RSS.
 
     Returns:
         ``{"rss_after_frame": {index: bytes}, "peak": bytes, "frames": count}``.
@@ -118,7 +124,12 @@ def memory_profile(
     guidance = ClipGuidance(None, mask, True, MEMORY_UNKNOWN_WIDTH)
     outputs = ClipOutputs(out, rgba=True)
     settings = VideoSettings(
-        temporal="flow", unknown_width=MEMORY_UNKNOWN_WIDTH, videos=("lossless",), overwrite=True
+        temporal="flow",
+        propagate="flow" if segmenter is None else "sam2",
+        segmenter=segmenter,
+        unknown_width=MEMORY_UNKNOWN_WIDTH,
+        videos=("lossless",),
+        overwrite=True,
     )
     report = matte_clip(predictor, open_clip(video), guidance, outputs, settings, progress=sample)
     if report.failed:

@@ -1,7 +1,8 @@
 """Where each frame's guidance comes from: a folder of per-frame trimaps or masks
-(``--trimap-dir`` / ``--mask-dir``), the first frame's trimap or mask (``--trimap`` / ``--mask``),
-or, for the frames that have none, propagation from the last keyframe
-(:mod:`predictor.video.propagation`).
+(``--trimap-dir`` / ``--mask-dir``), the first frame's trimap or mask (``--trimap`` / ``--mask``)
+or prompts (``--box`` / ``--point``, made into its mask by the propagator's segmenter), or, for
+the frames that have none, propagation from the last keyframe
+(:mod:`predictor.video.propagators`).
 
 Files of a guidance folder match a frame by name (same stem), else by the number in the name
 (``mask_0012.png`` is frame ``frame_0012`` or, for a video file, frame index 12). A folder that
@@ -21,16 +22,18 @@ from data.clips import frame_number, list_frames
 from data.image_io import BadSampleError, read_trimap_levels
 from data.trimap import binarize_mask, trimap_from_mask
 from predictor.inputs import mask_levels
+from predictor.prompts import Prompts
 
 __all__ = ["ClipGuidance", "Guide"]
 
 
 @dataclass(frozen=True)
 class Guide:
-    """One frame's own guidance file."""
+    """One frame's own guidance: a file, or prompts (then ``path`` is None)."""
 
-    path: Path
+    path: Path | None
     is_mask: bool
+    prompts: Prompts | None = None
 
 
 class ClipGuidance:
@@ -41,6 +44,7 @@ class ClipGuidance:
         first: the first frame's file, or None.
         is_mask: the files are masks (else trimaps).
         unknown_width: the band of masks (px, fraction or ``"auto"``).
+        prompts: the first frame's prompts (instead of ``first``), or None.
 
     Raises:
         FileNotFoundError: ``folder`` is not a folder.
@@ -53,8 +57,10 @@ class ClipGuidance:
         first: Path | None,
         is_mask: bool,
         unknown_width: float | str | None,
+        prompts: Prompts | None = None,
     ) -> None:
         self.is_mask = is_mask
+        self.prompts = prompts
         self.unknown_width = unknown_width
         self.first = first
         self.folder = folder
@@ -75,6 +81,8 @@ class ClipGuidance:
 
     def guide(self, index: int, name: str) -> Guide | None:
         """Frame ``index`` (named ``name``)'s own guidance, or None."""
+        if index == 0 and self.prompts is not None:
+            return Guide(None, True, self.prompts)
         if index == 0 and self.first is not None:
             return Guide(self.first, self.is_mask)
         path = self._by_stem.get(name)

@@ -6,9 +6,10 @@ model overlap and memory stays bounded whatever the clip's length.
 Resume: frames are taken in order; every frame before the first one whose outputs are
 incomplete is *replayed* instead of matted: its written alpha PNG is read back, and guidance
 propagation and the temporal filter go through it exactly as in the first run (they depend on
-the frames, the guidance and the written alphas only), so the frames after it, and the videos,
-which are re-encoded whole, come out byte for byte as in an uninterrupted run. A clip whose
-frames and videos are all complete is skipped.
+the frames, the guidance and the written alphas only; SAM 2's memory is rebuilt by running SAM 2
+over the replayed frames), so the frames after it, and the videos, which are re-encoded whole,
+come out byte for byte as in an uninterrupted run. A clip whose frames and videos are all
+complete is skipped.
 
 Failures: a frame whose guidance is missing or unreadable, or whose prediction fails, is
 reported and left without outputs (the next frame is not blended with it); a damaged video file
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from threading import BoundedSemaphore
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +41,7 @@ from predictor.video.flow import FlowEstimator, FlowPair, to_gray
 from predictor.video.frames import Background, ClipOutputs, composite_over, to_uint8
 from predictor.video.guidance import ClipGuidance
 from predictor.video.io import ClipSource, Frame
-from predictor.video.propagation import DEFAULT_PROPAGATOR, PROPAGATORS
+from predictor.video.propagators import DEFAULT_PROPAGATOR, propagator_class
 from predictor.video.temporal import DEFAULT_STRENGTH, temporal_blend, temporal_weight
 
 __all__ = ["VideoSettings", "matte_clip"]
@@ -61,6 +63,8 @@ class VideoSettings:
         temporal: ``off`` or ``flow`` (:mod:`predictor.video.temporal`).
         strength: weight of the carried previous alpha with ``flow``.
         propagate: the propagator of frames without guidance (:data:`PROPAGATORS`).
+        segmenter: what the propagator makes masks with (prompts, SAM 2), as
+            :func:`~predictor.video.propagators.load_propagation_segmenter` loads it, or None.
         unknown_width: the band of propagated trimaps (px, fraction or ``"auto"``).
         videos: kinds of output videos (:data:`VIDEO_KINDS`).
         overwrite: redo frames whose outputs exist.
@@ -69,6 +73,7 @@ class VideoSettings:
     temporal: str = "off"
     strength: float = DEFAULT_STRENGTH
     propagate: str = DEFAULT_PROPAGATOR
+    segmenter: Any = None
     unknown_width: float | str = AUTO_WIDTH
     videos: tuple[str, ...] = ()
     overwrite: bool = False
@@ -175,7 +180,7 @@ def matte_clip(
     if background is not None:
         backdrop = Background(background, (source.height, source.width))
     flow_for_temporal = settings.temporal == "flow"
-    propagator = PROPAGATORS[settings.propagate](settings.unknown_width)
+    propagator = propagator_class(settings.propagate)(settings.unknown_width, settings.segmenter)
 
     def wants_flow(frame: Frame) -> bool:
         if guidance.guide(frame.index, frame.name) is None:
@@ -208,12 +213,15 @@ def matte_clip(
                 try:
                     backdrop_frame = backdrop.next() if backdrop is not None else None
                     guide = guidance.guide(frame.index, frame.name)
-                    if guide is not None:
+                    if guide is not None and guide.prompts is not None:
+                        trimap = propagator.prompt(frame.index, frame.image, guide.prompts)
+                        anchored = True
+                    elif guide is not None:
                         trimap, mask = guidance.load(guide, shape)
-                        propagator.anchor(trimap, mask)
+                        propagator.anchor(frame.index, frame.image, trimap, mask)
                         anchored = True
                     elif anchored:
-                        trimap = propagator.propagate(frame.image, flow)
+                        trimap = propagator.propagate(frame.index, frame.image, flow)
                     else:
                         raise BadSampleError(
                             source.path,
@@ -240,7 +248,8 @@ def matte_clip(
                     report.fail(exc.path, exc.reason)
                     previous = None
                     continue
-                except RuntimeError as exc:  # out of memory, or another failure of the forward
+                # Out of memory, another failure of the forward or the segmenter, bad prompts.
+                except (RuntimeError, ValueError) as exc:
                     report.fail(source.path, f"frame {frame.index} ({frame.name}): {exc}")
                     previous = None
                     continue

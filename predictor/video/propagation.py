@@ -22,20 +22,29 @@ flow (:mod:`predictor.video.flow`):
 
 It is good for slow, smooth motion of a subject that stays in view; it drifts with fast motion,
 motion blur and long gaps between keyframes, and cannot know what an occlusion hid: give more
-keyframes there. New propagators register in :data:`PROPAGATORS`.
+keyframes there. Prompts on the first frame (``--box`` / ``--point``) become its mask with the
+image segmenter (:mod:`predictor.segmenter`) first.
+
+:mod:`predictor.video.sam2_propagation` is the other propagator (SAM 2's video model); the
+``--propagate`` choices are in :mod:`predictor.video.propagators`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from data.trimap import TRIMAP_FG, TRIMAP_UNKNOWN, trimap_from_mask, unknown_width_pixels
+from predictor.prompts import Prompts
 from predictor.video.flow import FlowPair, warp
 
-__all__ = ["DEFAULT_PROPAGATOR", "PROPAGATORS", "FlowPropagator", "Propagator", "mask_from_trimap"]
+if TYPE_CHECKING:
+    from predictor.segmenter import Segmenter
+
+__all__ = ["FlowPropagator", "Propagator", "mask_from_trimap"]
 
 # Carried mask values strictly between these are "fractional": their neighbourhood is unknown.
 FRACTIONAL_LOW, FRACTIONAL_HIGH = 0.02, 0.98
@@ -79,28 +88,45 @@ def _disk(radius: float) -> np.ndarray:
 class Propagator(ABC):
     """Makes the trimaps of the frames between keyframes.
 
-    The pipeline calls :meth:`anchor` at each keyframe and :meth:`propagate` at every other
-    frame, in frame order, from the first keyframe on.
+    The pipeline calls :meth:`anchor` (or :meth:`prompt`) at each keyframe and :meth:`propagate`
+    at every other frame, in frame order, from the first keyframe on.
     """
 
     #: Whether :meth:`propagate` needs the :class:`FlowPair` of each frame.
     needs_flow: bool = False
 
     @abstractmethod
-    def anchor(self, trimap: np.ndarray, mask: np.ndarray | None) -> None:
+    def anchor(
+        self, index: int, image: np.ndarray, trimap: np.ndarray, mask: np.ndarray | None
+    ) -> None:
         """Restart from a keyframe.
 
         Args:
+            index: the frame's position in the clip.
+            image: ``[H, W, 3]`` RGB levels of the frame.
             trimap: ``[H, W]`` uint8, the keyframe's trimap.
             mask: ``[H, W]`` bool, the keyframe's mask when its guidance is a mask (None for a
                 trimap).
         """
 
     @abstractmethod
-    def propagate(self, image: np.ndarray, flow: FlowPair | None) -> np.ndarray:
+    def prompt(self, index: int, image: np.ndarray, prompts: Prompts) -> np.ndarray:
+        """Restart from a keyframe given by prompts (a box and/or points) instead of a file.
+
+        Returns:
+            ``[H, W]`` uint8 trimap of the frame, made from the mask the prompts give.
+
+        Raises:
+            PromptError: prompts outside the frame.
+            ValueError: the propagator has no segmenter for prompts.
+        """
+
+    @abstractmethod
+    def propagate(self, index: int, image: np.ndarray, flow: FlowPair | None) -> np.ndarray:
         """The trimap of the next frame.
 
         Args:
+            index: the frame's position in the clip.
             image: ``[H, W, 3]`` RGB levels of the frame.
             flow: its flow from the previous frame (when :attr:`needs_flow`).
 
@@ -115,17 +141,22 @@ class FlowPropagator(Propagator):
     Args:
         unknown_width: the band on each side of the carried mask's edge, as
             :func:`data.trimap.trimap_from_mask` takes it (px, fraction or ``"auto"``).
+        segmenter: the image segmenter that turns prompts into the keyframe's mask (needed only
+            for :meth:`prompt`).
     """
 
     needs_flow = True
 
-    def __init__(self, unknown_width: float | str) -> None:
+    def __init__(self, unknown_width: float | str, segmenter: Segmenter | None = None) -> None:
         self.unknown_width = unknown_width
+        self.segmenter = segmenter
         self._mask: np.ndarray | None = None  # [H, W] float32, the keyframe's mask
         self._unknown: np.ndarray | None = None  # [H, W] float32, the keyframe's unknown band
         self._map: np.ndarray | None = None  # [H, W, 2] float32: frame pixel -> keyframe pixel
 
-    def anchor(self, trimap: np.ndarray, mask: np.ndarray | None) -> None:
+    def anchor(
+        self, index: int, image: np.ndarray, trimap: np.ndarray, mask: np.ndarray | None
+    ) -> None:
         keyframe_mask = mask_from_trimap(trimap) if mask is None else mask
         self._mask = keyframe_mask.astype(np.float32)
         unknown = trimap == TRIMAP_UNKNOWN if mask is None else np.zeros(trimap.shape, bool)
@@ -134,12 +165,19 @@ class FlowPropagator(Propagator):
         grid = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
         self._map = np.dstack(grid)
 
+    def prompt(self, index: int, image: np.ndarray, prompts: Prompts) -> np.ndarray:
+        if self.segmenter is None:
+            raise ValueError("flow propagation from prompts needs an image segmenter")
+        guidance = self.segmenter.guidance(image, prompts, self.unknown_width)
+        self.anchor(index, image, guidance.trimap, guidance.mask)
+        return guidance.trimap
+
     @staticmethod
     def _sample(keyframe: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
         """A keyframe map seen through the frame -> keyframe map (edges replicated)."""
         return cv2.remap(keyframe, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
-    def propagate(self, image: np.ndarray, flow: FlowPair | None) -> np.ndarray:
+    def propagate(self, index: int, image: np.ndarray, flow: FlowPair | None) -> np.ndarray:
         if self._map is None or flow is None:
             raise RuntimeError("FlowPropagator.propagate needs a keyframe and the frame's flow")
         self._map = warp(self._map, flow.backward)
@@ -157,8 +195,3 @@ class FlowPropagator(Propagator):
         band |= near & ~flow.consistent
         trimap[band] = TRIMAP_UNKNOWN
         return trimap
-
-
-#: ``--propagate`` choices: name -> the class, built with the unknown width.
-PROPAGATORS: dict[str, type[Propagator]] = {"flow": FlowPropagator}
-DEFAULT_PROPAGATOR = "flow"

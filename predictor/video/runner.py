@@ -6,8 +6,10 @@ and exit status.
 
 ``--video`` takes video files, folders of frames, and folders of clips (their sub-folders of
 frames and video files, sorted by name). Guidance folders of a run with several clips hold one
-sub-folder per clip (``DIR/<clip>/``); ``--trimap`` / ``--mask`` (the first frame's) need a single
-clip.
+sub-folder per clip (``DIR/<clip>/``); ``--trimap`` / ``--mask`` and ``--box`` / ``--point``
+(the first frame's) need a single clip, and prompts are checked against its first frame's size
+before any model loads. ``--segmenter`` is loaded once per process, as the propagator uses it
+(:func:`predictor.video.propagators.load_propagation_segmenter`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tqdm import tqdm
 from data.clips import list_frames
 from data.image_io import IMAGE_EXTENSIONS, BadSampleError
 from predictor.items import check_not_an_input
+from predictor.prompts import Prompts
 from predictor.runner import (
     Summary,
     UsageError,
@@ -36,6 +39,7 @@ from predictor.video.frames import ClipOutputs
 from predictor.video.guidance import ClipGuidance
 from predictor.video.io import DEFAULT_FOLDER_FPS, ClipSource, open_clip
 from predictor.video.pipeline import VideoSettings, matte_clip
+from predictor.video.propagators import load_propagation_segmenter
 from utils import comm
 from utils.memory import peak_memory_bytes
 
@@ -86,7 +90,16 @@ def _guidance(args: argparse.Namespace, name: str, single: bool) -> ClipGuidance
         raise UsageError(f"{folder}: no sub-folder {name}/ with the guidance of clip {name}")
     first = args.trimap or args.mask
     is_mask = bool(args.mask or args.mask_dir)
-    return ClipGuidance(folder, Path(first[0]) if first else None, is_mask, args.unknown_width)
+    return ClipGuidance(
+        folder, Path(first[0]) if first else None, is_mask, args.unknown_width, _prompts(args)
+    )
+
+
+def _prompts(args: argparse.Namespace) -> Prompts | None:
+    """The first frame's ``--box`` / ``--point``, or None."""
+    if args.box is None and not args.point:
+        return None
+    return Prompts(box=args.box, points=tuple(args.point or ()))
 
 
 def _outputs(args: argparse.Namespace, name: str) -> ClipOutputs:
@@ -111,11 +124,12 @@ def _background(args: argparse.Namespace) -> object:
     return value
 
 
-def _settings(args: argparse.Namespace) -> VideoSettings:
+def _settings(args: argparse.Namespace, segmenter: object) -> VideoSettings:
     return VideoSettings(
         temporal=args.temporal,
         strength=args.temporal_strength,
         propagate=args.propagate,
+        segmenter=segmenter,
         unknown_width=args.unknown_width,
         videos=args.save_video,
         overwrite=args.overwrite,
@@ -136,8 +150,11 @@ def run_video(args: argparse.Namespace) -> tuple[Summary, list[Summary]]:
     setup_error = None
     try:
         predictor = build_predictor(args) if share else None
+        segmenter = None
+        if predictor is not None and args.segmenter is not None:
+            segmenter = load_propagation_segmenter(args.propagate, args.segmenter, predictor.device)
         background = _background(args)
-        settings = _settings(args)
+        settings = _settings(args, segmenter)
         for path in share:
             name = _clip_name(path)
             try:
@@ -183,6 +200,15 @@ def _check_setup(args: argparse.Namespace) -> None:
         raise UsageError(
             "--trimap / --mask give the first frame of one clip: use --trimap-dir or --mask-dir"
         )
+    prompts = _prompts(args)
+    if prompts is not None:
+        if len(clips) > 1:
+            raise UsageError("--box / --point give the first frame of one clip, not of several")
+        try:
+            source = open_clip(clips[0], args.fps or DEFAULT_FOLDER_FPS)
+        except BadSampleError as exc:
+            raise UsageError(f"{exc.path}: {exc.reason}") from exc
+        prompts.check_inside((source.height, source.width), f"the first frame of {clips[0]}")
     for path in [*(args.trimap or ()), *(args.mask or ())]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such file")

@@ -61,14 +61,14 @@ def test_a_trimap_keyframe_keeps_its_band_on_still_frames():
     trimap = trimap_from_mask(mask, 3)
     trimap[0:6, 0:6] = TRIMAP_UNKNOWN  # a user's extra unknown region
     propagator = FlowPropagator(3)
-    propagator.anchor(trimap, None)
+    propagator.anchor(0, np.zeros((48, 64, 3), np.uint8), trimap, None)
     still = FlowPair(
         np.zeros((48, 64, 2), np.float32),
         np.zeros((48, 64, 2), np.float32),
         np.ones((48, 64), bool),
     )
     for _ in range(3):
-        propagated = propagator.propagate(np.zeros((48, 64, 3), np.uint8), still)
+        propagated = propagator.propagate(1, np.zeros((48, 64, 3), np.uint8), still)
     assert np.array_equal(propagated, trimap)
 
 
@@ -76,14 +76,14 @@ def test_flow_failures_near_the_band_become_unknown():
     mask = np.zeros((48, 64), bool)
     mask[12:36, 16:48] = True
     propagator = FlowPropagator(2)
-    propagator.anchor(trimap_from_mask(mask, 2), mask)
+    propagator.anchor(0, np.zeros((48, 64, 3), np.uint8), trimap_from_mask(mask, 2), mask)
     consistent = np.ones((48, 64), bool)
     consistent[20:24, 10:14] = False  # near the left edge of the subject
     consistent[40:44, 58:62] = False  # far from it
     flow = FlowPair(
         np.zeros((48, 64, 2), np.float32), np.zeros((48, 64, 2), np.float32), consistent
     )
-    trimap = propagator.propagate(np.zeros((48, 64, 3), np.uint8), flow)
+    trimap = propagator.propagate(1, np.zeros((48, 64, 3), np.uint8), flow)
     assert (trimap[20:24, 10:14] == TRIMAP_UNKNOWN).all()
     assert (trimap[40:44, 58:62] == 0).all()
 

@@ -1,5 +1,5 @@
 """tools/video_benchmark.py: each measurement runs and reports (tiny runs; no timing asserted),
-and the pipeline's memory stays flat over a long clip (slow)."""
+and the pipeline's memory stays flat over a long clip, propagated by flow or by SAM 2 (slow)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, save_tiny_video_segmenter
 
 TOOL = REPO_ROOT / "tools" / "video_benchmark.py"
 
@@ -46,5 +46,24 @@ def test_quality_and_propagation_report_each_mode(tmp_path):
 @pytest.mark.slow
 def test_memory_stays_flat_over_a_long_clip(tmp_path):
     _, record = _run(tmp_path, "memory", "--model", "tiny", "--size", "72x96", "--frames", "300")
+    assert set(record["rss_mib"]) == {"50", "299"}
+    assert record["growth_mib"] < 64
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_a_long_clip_propagated_by_sam2(tmp_path):
+    folder = save_tiny_video_segmenter(tmp_path / "sam2_video")
+    _, record = _run(
+        tmp_path,
+        "memory",
+        "--model",
+        "tiny",
+        "--size",
+        "72x96",
+        "--frames",
+        "300",
+        "--segmenter",
+        str(folder),
+    )
     assert set(record["rss_mib"]) == {"50", "299"}
     assert record["growth_mib"] < 64

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,7 +23,13 @@ from data.image_io import read_map_levels, read_rgb_levels, write_image
 from data.synthetic_clips import ClipMotion, iter_clip, write_clip
 from data.trimap import trimap_from_mask
 from evaluation.clips import evaluate_clips, match_clips
-from tests.helpers import DEMO_CHECKPOINT, REPO_ROOT, TINY_CONFIG, write_test_video
+from tests.helpers import (
+    DEMO_CHECKPOINT,
+    REPO_ROOT,
+    TINY_CONFIG,
+    kill_when_written,
+    write_test_video,
+)
 
 MODEL = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
 SIZE = (72, 96)
@@ -247,17 +250,7 @@ def test_a_killed_run_resumes_with_identical_outputs(clips, tmp_path):
     reference = tmp_path / "reference"
     subprocess.run([*argv, "--output-dir", str(reference)], check=True, capture_output=True)
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [*argv, "--output-dir", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if len(list((killed / "long" / "pha").glob("*.png"))) >= 8:
-            break
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    done = len(list((killed / "long" / "pha").glob("*.png")))
+    done = kill_when_written([*argv, "--output-dir", str(killed)], killed / "long" / "pha", 8)
     assert 0 < done < 24 and not (killed / "long" / "alpha.mkv").exists()
     subprocess.run([*argv, "--output-dir", str(killed)], check=True, capture_output=True)
     for path in killed.rglob(".*.tmp"):  # what the kill left half-written is not an output
