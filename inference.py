@@ -77,10 +77,10 @@ from pathlib import Path
 from data.pixel_limits import DEFAULT_MAX_PIXELS, max_pixels_argument
 from data.readers import FOLDER_LAYOUTS
 from data.trimap import add_snap_trimap_argument, unknown_width_argument
+from predictor import video  # its modules load on first use: PyAV only for videos
 from predictor.prediction import AUTO
 from predictor.prompts import add_prompt_arguments, check_prompt_arguments
 from predictor.runner import run_command
-from predictor.video import add_video_arguments, check_video_arguments, run_video_command
 from utils.arguments import add_checkpoint_arguments, add_config_argument, add_device_arguments
 
 
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the run's summary as JSON: done/skipped/failed items, time per image, peak "
         "memory, routed share per block, and per-rank records in sharded runs",
     )
-    add_video_arguments(parser)
+    video.add_video_arguments(parser)
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num-gpus must be at least 1")
     if args.workers < 0:
         parser.error("--workers must be >= 0")
-    check_video_arguments(parser, args)
+    video.check_video_arguments(parser, args)
     if args.onnx is None and (args.config_file is None or args.checkpoint is None):
         parser.error("--config-file and --checkpoint are required (or --onnx)")
     if args.onnx is not None:
@@ -316,7 +316,7 @@ def _check_onnx_options(parser: argparse.ArgumentParser, args: argparse.Namespac
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (0, 1 or 2, see the module docstring)."""
     args = parse_args(argv)
-    return run_video_command(args) if args.video is not None else run_command(args)
+    return video.run_video_command(args) if args.video is not None else run_command(args)
 
 
 if __name__ == "__main__":

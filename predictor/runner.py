@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
+import importlib.util
 import itertools
 import json
 import logging
@@ -582,10 +583,40 @@ def check_model_options(args: argparse.Namespace) -> None:
     """
     if args.onnx is not None:
         onnx_providers(args.device)
+        check_torch_for(args)
         return
     check_predictor_options = _torch_module("predictor.matting").check_predictor_options
     check_predictor_options(args.device, args.precision, args.max_number_token)
     _torch_module("predictor.weights").inference_config(args.config_file, args.opts)
+
+
+def _torch_importable() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ImportError:  # an import hook that refuses it
+        return False
+
+
+def check_torch_for(args: argparse.Namespace) -> None:
+    """An ``--onnx`` run without PyTorch: refuse the options whose code needs it (foreground
+    colours, prompts, several processes) before anything starts.
+
+    Raises:
+        UsageError: naming the options.
+    """
+    needing = {
+        "--save-foreground": args.save_foreground,
+        "--save-rgba": args.save_rgba,
+        "--composite": args.composite is not None,
+        "--segmenter": args.segmenter is not None,
+        "--num-gpus": args.num_gpus > 1,
+    }
+    named = [option for option, given in needing.items() if given]
+    if named and not _torch_importable():
+        raise UsageError(
+            f"{', '.join(named)}: PyTorch is not installed, and these run PyTorch code (foreground "
+            "colours, the segmenter, sharded processes); install torch or run without them"
+        )
 
 
 def check_setup(args: argparse.Namespace) -> None:

@@ -167,27 +167,30 @@ def save_untrusted_checkpoint(path: Path, state_dict: dict, marker: Path) -> Non
     torch.save({"model": state_dict, "payload": _CreateMarker(marker)}, path)
 
 
-# A sitecustomize module that makes ``import torch`` (and its submodules) fail.
-_NO_TORCH_SITE = """import sys
+# A sitecustomize module that makes importing some packages (and their submodules) fail.
+_BLOCKING_SITE = """import sys
+
+BLOCKED = {blocked!r}
 
 
-class _NoTorch:
+class _Blocked:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"{name} cannot be imported in this process (a test without PyTorch)")
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} cannot be imported in this process (a test without it)")
         return None
 
 
-sys.meta_path.insert(0, _NoTorch())
+sys.meta_path.insert(0, _Blocked())
 """
 
 
 def run_without_torch(
-    args: list[str], folder: Path, timeout: float = 600
+    args: list[str], folder: Path, timeout: float = 600, blocked: tuple[str, ...] = ("torch",)
 ) -> subprocess.CompletedProcess:
-    """``python args`` from the repository root in a process where ``import torch`` fails: a
-    ``sitecustomize`` written to ``folder`` (put first on PYTHONPATH) refuses it."""
-    (folder / "sitecustomize.py").write_text(_NO_TORCH_SITE)
+    """``python args`` from the repository root in a process where importing the ``blocked``
+    packages (PyTorch by default) fails: a ``sitecustomize`` written to ``folder`` (put first on
+    PYTHONPATH) refuses them."""
+    (folder / "sitecustomize.py").write_text(_BLOCKING_SITE.format(blocked=tuple(sorted(blocked))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO_ROOT)])}
     return subprocess.run(
         [sys.executable, *args],

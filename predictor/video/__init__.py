@@ -1,7 +1,7 @@
 """Video: clips in, temporally stable mattes out (``inference.py --video``, docs/video.md).
 
-- ``io.py``: clips read with PyAV (video files) or from folders of frames; ``encode.py``: the
-  output videos; ``frames.py``: the per-frame files of a clip;
+- ``io.py``: clips read with PyAV (video files) or from folders of frames; ``kinds.py``: the
+  kinds of output video, ``encode.py``: their encoding; ``frames.py``: a clip's per-frame files;
 - ``guidance.py``: each frame's trimap or mask; ``flow.py``: DIS optical flow and its
   forward-backward check; ``propagation.py``: keyframes carried to the frames without guidance
   by flow, ``sam2_propagation.py``: by SAM 2's video model, ``propagators.py``: the choices;
@@ -10,10 +10,7 @@
   ``arguments.py``: the command-line options; ``benchmark.py``: speed and memory measurements.
 """
 
-from predictor.video.arguments import add_video_arguments, check_video_arguments
-from predictor.video.io import open_clip
-from predictor.video.pipeline import VideoSettings, matte_clip
-from predictor.video.runner import run_video_command
+from utils.lazy import lazy_exports
 
 __all__ = [
     "VideoSettings",
@@ -23,3 +20,16 @@ __all__ = [
     "open_clip",
     "run_video_command",
 ]
+
+# Imported on first use: the options' module imports without PyAV and PyTorch.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "VideoSettings": "predictor.video.pipeline",
+        "add_video_arguments": "predictor.video.arguments",
+        "check_video_arguments": "predictor.video.arguments",
+        "matte_clip": "predictor.video.pipeline",
+        "open_clip": "predictor.video.io",
+        "run_video_command": "predictor.video.runner",
+    },
+)

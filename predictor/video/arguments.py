@@ -14,8 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from data.trimap import AUTO_WIDTH
-from predictor.video.encode import VIDEO_KINDS
-from predictor.video.frames import ALPHA_BITS
+from predictor.video.kinds import ALPHA_BITS, VIDEO_KINDS
 from predictor.video.propagators import DEFAULT_PROPAGATOR, PROPAGATORS, SEGMENTER_PROPAGATOR
 from predictor.video.temporal import DEFAULT_STRENGTH, TEMPORAL_MODES
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import IO
@@ -33,21 +31,13 @@ from typing import IO
 import av
 import numpy as np
 
+from predictor.video.kinds import VideoKind
 from utils.file_io import atomic_write
 
-__all__ = ["VIDEO_KINDS", "VideoEncoder", "VideoKind"]
+__all__ = ["VideoEncoder"]
 
 # Frames waiting for an encoder (each holds one frame's arrays).
 ENCODER_QUEUE_FRAMES = 4
-# H.264 constant rate factor: visually lossless for mattes and composites.
-H264_CRF = "16"
-# x264 threads: one, so that the same frames give the same bytes (a resumed run's video equals
-# an uninterrupted run's; multi-threaded x264 was seen to differ between runs on a busy machine).
-H264_THREADS = "1"
-# VP9: constant quality (b:v 0 with a crf).
-VP9_CRF = "20"
-# ProRes profile 4 is 4444 (with alpha).
-PRORES_4444 = "4"
 _BITEXACT = {"fflags": "+bitexact"}
 
 
@@ -58,88 +48,12 @@ class _AbortedError(Exception):
     """The video is abandoned (atomic_write removes its temporary file)."""
 
 
-def _h264_format(width: int, height: int) -> str:
-    return "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-
-
-@dataclass(frozen=True)
-class VideoKind:
-    """One kind of output video.
-
-    Attributes:
-        file: its file name in the clip's output folder.
-        container: FFmpeg muxer name.
-        codec: FFmpeg encoder name.
-        pixel_format: the encoder's pixel format for a frame size (and deep alpha).
-        input_format: the PyAV format of the arrays it is given (``gray``, ``gray16le``,
-            ``rgb24``, ``rgba``) for deep alpha or not.
-        options: encoder options.
-        needs_foreground: built from foreground colours (and alpha).
-        needs_composite: built from the composite.
-    """
-
-    file: str
-    container: str
-    codec: str
-    pixel_format: Callable[[int, int, bool], str]
-    input_format: Callable[[bool], str]
-    options: dict[str, str] = field(default_factory=dict)
-    needs_foreground: bool = False
-    needs_composite: bool = False
-
-
-VIDEO_KINDS: dict[str, VideoKind] = {
-    "alpha": VideoKind(
-        "alpha.mp4",
-        "mp4",
-        "libx264",
-        lambda w, h, deep: _h264_format(w, h),
-        lambda deep: "gray",
-        {"crf": H264_CRF, "threads": H264_THREADS},
-    ),
-    "composite": VideoKind(
-        "composite.mp4",
-        "mp4",
-        "libx264",
-        lambda w, h, deep: _h264_format(w, h),
-        lambda deep: "rgb24",
-        {"crf": H264_CRF, "threads": H264_THREADS},
-        needs_composite=True,
-    ),
-    "prores": VideoKind(
-        "rgba.mov",
-        "mov",
-        "prores_ks",
-        lambda w, h, deep: "yuva444p10le",
-        lambda deep: "rgba",
-        {"profile": PRORES_4444},
-        needs_foreground=True,
-    ),
-    "webm": VideoKind(
-        "rgba.webm",
-        "webm",
-        "libvpx-vp9",
-        lambda w, h, deep: "yuva420p",
-        lambda deep: "rgba",
-        {"crf": VP9_CRF, "b": "0"},
-        needs_foreground=True,
-    ),
-    "lossless": VideoKind(
-        "alpha.mkv",
-        "matroska",
-        "ffv1",
-        lambda w, h, deep: "gray16le" if deep else "gray",
-        lambda deep: "gray16le" if deep else "gray",
-    ),
-}
-
-
 class VideoEncoder:
     """Encodes one output video in a background thread.
 
     Args:
         path: the video file.
-        kind: what it holds (:data:`VIDEO_KINDS`).
+        kind: what it holds (:data:`predictor.video.kinds.VIDEO_KINDS`).
         width, height: frame size.
         rate: nominal frame rate.
         deep: 16-bit alpha (only the lossless kind keeps it; the others take 8 bits).

@@ -22,9 +22,8 @@ from predictor.outputs import alpha_to_uint8
 from predictor.video.io import ClipSource
 from utils.levels import UINT8_MAX, UINT16_MAX, UINT16_PER_UINT8
 
-__all__ = ["ALPHA_BITS", "Background", "ClipOutputs", "composite_over", "to_uint8"]
+__all__ = ["Background", "ClipOutputs", "composite_over", "to_uint8"]
 
-ALPHA_BITS = (8, 16)
 PHA_DIR, FGR_DIR, RGBA_DIR, COM_DIR, TRIMAP_DIR = "pha", "fgr", "rgba", "com", "trimap"
 SIXTEEN_BITS = 16
 

@@ -36,11 +36,12 @@ from data.image_io import BadSampleError
 from data.trimap import AUTO_WIDTH
 from predictor.prediction import BatchPrediction, ImagePredictor
 from predictor.runner import Summary
-from predictor.video.encode import VIDEO_KINDS, VideoEncoder
+from predictor.video.encode import VideoEncoder
 from predictor.video.flow import FlowEstimator, FlowPair, to_gray
 from predictor.video.frames import Background, ClipOutputs, composite_over, to_uint8
 from predictor.video.guidance import ClipGuidance
 from predictor.video.io import ClipSource, Frame
+from predictor.video.kinds import VIDEO_KINDS
 from predictor.video.propagators import DEFAULT_PROPAGATOR, propagator_class
 from predictor.video.temporal import DEFAULT_STRENGTH, temporal_blend, temporal_weight
 

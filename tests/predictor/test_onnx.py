@@ -451,6 +451,32 @@ def test_onnx_predictor_and_inference_run_where_torch_cannot_be_imported(demo_on
         assert difference.max() <= PNG_LEVELS and (difference > 0).mean() <= PNG_SHARE, name
 
 
+# What the documented deployment (onnxruntime, OpenCV, numpy, Pillow, tqdm) does not install.
+NOT_IN_THE_DEPLOYMENT = ("torch", "torchvision", "av", "transformers", "timm", "fvcore", "onnx")
+
+
+def test_a_minimal_deployment_runs_and_refuses_what_needs_pytorch_before_any_output(
+    demo_onnx, tmp_path
+):
+    image, trimap = DEMO_DATA / "merged" / "test_001.png", DEMO_DATA / "trimaps" / "test_001.png"
+    argv = ["inference.py", "--onnx", str(demo_onnx), "--image", str(image), "--trimap"]
+    argv += [str(trimap), "--max-number-token", "40"]
+    out = tmp_path / "out"
+    plain = run_without_torch(
+        [*argv, "--output-dir", str(out)], tmp_path, 600, NOT_IN_THE_DEPLOYMENT
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert (out / "test_001.png").is_file()
+    for extra in (["--save-rgba"], ["--composite", "#00ff00"], ["--num-gpus", "2"]):
+        refused = tmp_path / "refused"
+        run = run_without_torch(
+            [*argv, *extra, "--output-dir", str(refused)], tmp_path, 600, NOT_IN_THE_DEPLOYMENT
+        )
+        assert run.returncode == 2, (extra, run.stderr)
+        assert f"{extra[0]}: PyTorch is not installed" in run.stderr
+        assert not refused.exists()
+
+
 @pytest.mark.parametrize(
     "extra",
     [

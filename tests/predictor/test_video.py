@@ -14,9 +14,10 @@ from data.image_io import BadSampleError, write_image
 from data.synthetic_clips import ClipMotion
 from data.trimap import TRIMAP_UNKNOWN, trimap_from_mask
 from evaluation.video_quality import propagation_recall
-from predictor.video.encode import VIDEO_KINDS, VideoEncoder
+from predictor.video.encode import VideoEncoder
 from predictor.video.flow import FlowEstimator, FlowPair, to_gray, warp
 from predictor.video.guidance import ClipGuidance
+from predictor.video.kinds import VIDEO_KINDS
 from predictor.video.propagation import FlowPropagator, mask_from_trimap
 from predictor.video.temporal import temporal_blend, temporal_weight
 
