@@ -407,6 +407,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def served_web_demo(root: Path, *args: str) -> Iterator[str]:
     """tools/web_demo.py on the demo model and the CPU, with ``args``, in a subprocess on a free
@@ -424,7 +428,16 @@ def served_web_demo(root: Path, *args: str) -> Iterator[str]:
     command += ["--device", "cpu", "--port", str(port), *args]
     log = root / "server.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+            # A test run started in the background (`cmd &` in a script) ignores SIGINT, and a
+            # child inherits that: Ctrl-C's default action, so that the SIGINT below stops it.
+            preexec_fn=_default_sigint,
+        )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + WEB_DEMO_START_SECONDS
     while True:
