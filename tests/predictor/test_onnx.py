@@ -456,6 +456,7 @@ def test_onnx_predictor_and_inference_run_where_torch_cannot_be_imported(demo_on
 NOT_IN_THE_DEPLOYMENT = ("torch", "torchvision", "av", "transformers", "timm", "fvcore", "onnx")
 
 
+@pytest.mark.slow
 def test_a_minimal_deployment_runs_and_refuses_what_needs_pytorch_before_any_output(
     demo_onnx, tmp_path
 ):
