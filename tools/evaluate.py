@@ -40,6 +40,7 @@ import logging
 import os
 import runpy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "_bootstrap.py"))
@@ -69,6 +70,29 @@ from evaluation.metrics import Region
 logger = logging.getLogger(__name__)
 
 
+def _matched(
+    match: Callable[..., list],
+    pred_dir: Path,
+    label_dir: Path,
+    trimap_dir: Path | None,
+    csv_path: Path | None,
+    allow_missing: bool,
+) -> list | int:
+    """The CSV path checked, then ``match``'s predictions paired with their labels (images or
+    clips); or the exit status of what stopped it (2: a usage error, 1: missing files or
+    nothing to evaluate), logged."""
+    try:
+        if csv_path is not None:
+            check_csv_path(csv_path)
+        return match(pred_dir, label_dir, trimap_dir, allow_missing=allow_missing)
+    except (FileNotFoundError, CsvPathError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except ValueError as exc:  # missing files, clips or frames, or nothing to evaluate
+        logger.error("%s", exc)
+        return EXIT_FAILURE
+
+
 def run(
     pred_dir: Path,
     label_dir: Path,
@@ -80,16 +104,9 @@ def run(
     snap_trimap: bool = False,
 ) -> int:
     """Evaluate, print the mean table, then write the CSV; return the exit status."""
-    try:
-        if csv_path is not None:
-            check_csv_path(csv_path)
-        items = match_files(pred_dir, label_dir, trimap_dir, allow_missing=allow_missing)
-    except (FileNotFoundError, CsvPathError) as exc:
-        logger.error("%s", exc)
-        return EXIT_USAGE
-    except ValueError as exc:  # missing files, or nothing to evaluate
-        logger.error("%s", exc)
-        return EXIT_FAILURE
+    items = _matched(match_files, pred_dir, label_dir, trimap_dir, csv_path, allow_missing)
+    if isinstance(items, int):
+        return items
     per_image, failures = evaluate_items(
         items, region=region, workers=workers, progress=True, snap_trimap=snap_trimap
     )
@@ -122,16 +139,9 @@ def run_clips(
 ) -> int:
     """Evaluate folders of clips, print the per-clip table, then write the CSV; return the exit
     status."""
-    try:
-        if csv_path is not None:
-            check_csv_path(csv_path)
-        clips = match_clips(pred_dir, label_dir, trimap_dir, allow_missing=allow_missing)
-    except (FileNotFoundError, CsvPathError) as exc:
-        logger.error("%s", exc)
-        return EXIT_USAGE
-    except ValueError as exc:  # missing clips or frames, or nothing to evaluate
-        logger.error("%s", exc)
-        return EXIT_FAILURE
+    clips = _matched(match_clips, pred_dir, label_dir, trimap_dir, csv_path, allow_missing)
+    if isinstance(clips, int):
+        return clips
     results, failures = evaluate_clips(
         clips, region, workers=workers, progress=True, snap_trimap=snap_trimap
     )
