@@ -25,6 +25,7 @@ from predictor.segmenter import Segmenter, as_segmenter
 from predictor.token_budget import auto_max_number_token
 from predictor.weights import build_inference_model, load_inference_weights
 from utils.device import autocast, resolve_device, to_unit_float
+from utils.memory import bound_onednn_primitive_cache
 
 __all__ = [
     "AUTO",
@@ -112,6 +113,7 @@ class MattingPredictor(ImagePredictor):
         segmenter: Segmenter | str | Path | None = None,
     ) -> None:
         self.device = check_predictor_options(device, precision, max_number_token)
+        bound_onednn_primitive_cache()
         if not (max_number_token is None or max_number_token == AUTO):
             model.backbone.max_number_token = max_number_token
         self.model = model.to(self.device).eval()

@@ -28,6 +28,7 @@ from .constants import (
     EMBED_STRIP_PATCH_ROWS,
     MAX_BIAS_ELEMENTS,
     MLP_CHUNK_TOKENS,
+    QUERY_CHUNK_TOKENS,
     ROUTER_CHUNK_TOKENS,
     STRIP_TOKENS,
     WINDOW_CHUNK_TOKENS,
@@ -48,7 +49,27 @@ def _add_into(branch: Tensor, x: Tensor) -> Tensor:
 
 @lean_variant(Attention)
 class LeanAttention(Attention):
-    """Rel-pos attention over (batch, query-row) chunks: no bias above ``MAX_BIAS_ELEMENTS``."""
+    """Global attention (no rel-pos) over query chunks, keys and values projected on their own;
+    rel-pos attention over (batch, query-row) chunks: no bias above ``MAX_BIAS_ELEMENTS``."""
+
+    def forward(self, x: Tensor, policy: Tensor | None = None) -> Tensor:
+        if not lean_active(self) or policy is not None or self.use_rel_pos:
+            return super().forward(x, policy)
+        shape = x.shape
+        tokens = x.reshape(shape[0], -1, shape[-1])  # [B, N, C]
+        B, N, C = tokens.shape
+        heads, weight, bias = self.num_heads, self.qkv.weight, self.qkv.bias
+        # keys and values only: [B, N, 2C] -> [B, N, 2, heads, d] -> 2 x [B, heads, N, d] views
+        kv = F.linear(tokens, weight[C:], None if bias is None else bias[C:])
+        k, v = kv.view(B, N, 2, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+        def attend(a: int, b: int) -> Tensor:
+            q = F.linear(tokens[:, a:b], weight[:C], None if bias is None else bias[:C])
+            q = q.view(B, b - a, heads, C // heads).transpose(1, 2)  # [B, heads, n, d]
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, n, heads, d]
+            return self.proj(out.reshape(B, b - a, C))
+
+        return map_strips(attend, N, QUERY_CHUNK_TOKENS, dim=1).reshape(shape)
 
     def rel_pos_attention(self, q: Tensor, k: Tensor, v: Tensor, hw: tuple[int, int]) -> Tensor:
         if not lean_active(self):

@@ -7,6 +7,11 @@ at a time (and so its peak memory and its speed). Sizes are per image of the bat
 # Tokens per chunk of the MLP: its 4C-wide hidden state is 1024 x 1536 floats (6 MiB) for ViT-S;
 # small, equal-sized chunk buffers are reused by the allocator instead of fragmenting it.
 MLP_CHUNK_TOKENS = 1024
+# Queries per chunk of global attention: with the query projection and the attention output
+# of one chunk at a time, the routed tokens' attention holds their keys and values (2C per token)
+# instead of the whole q/k/v projection and its head-major copy (18500 routed tokens: 57 MiB
+# instead of about 200 MiB for ViT-S).
+QUERY_CHUNK_TOKENS = 2**12
 # Tokens (window padding included) per strip of window rows in window attention.
 WINDOW_CHUNK_TOKENS = 2**12
 # Tokens per row strip of the spatially local ops (LTRM, the conv residual block): the LTRM's

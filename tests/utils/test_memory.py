@@ -55,3 +55,52 @@ def test_reset_peak_memory_forgets_an_earlier_peak():
         pytest.skip("/proc/self/clear_refs cannot be written here")
     assert peak_memory_bytes("cpu") <= high - 3 * BLOCK_BYTES
     assert peak_memory_bytes("cpu") >= current_memory_bytes("cpu") - COUNTER_LAG_BYTES
+
+
+def test_the_onednn_cache_bound_is_set_unless_the_user_set_one(monkeypatch):
+    import os
+
+    from utils.memory import (
+        ONEDNN_CACHE_CAPACITY,
+        ONEDNN_CACHE_VARIABLE,
+        bound_onednn_primitive_cache,
+    )
+
+    monkeypatch.delenv(ONEDNN_CACHE_VARIABLE, raising=False)
+    bound_onednn_primitive_cache()
+    assert os.environ[ONEDNN_CACHE_VARIABLE] == str(ONEDNN_CACHE_CAPACITY)
+    monkeypatch.setenv(ONEDNN_CACHE_VARIABLE, "7")
+    bound_onednn_primitive_cache()
+    assert os.environ[ONEDNN_CACHE_VARIABLE] == "7"
+
+
+@pytest.mark.slow
+def test_building_a_predictor_bounds_onednn_before_its_first_primitive(tmp_path):
+    """In a fresh process the predictor sets the bound before any oneDNN op has run (the
+    variable is read at the first primitive), and leaves a value of the user's alone."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+    from utils.memory import ONEDNN_CACHE_CAPACITY, ONEDNN_CACHE_VARIABLE
+
+    code = (
+        "import os\n"
+        "from tests.helpers import build_tiny_mematte\n"
+        "from predictor import MattingPredictor\n"
+        "MattingPredictor(build_tiny_mematte(), device='cpu')\n"
+        f"print(os.environ[{ONEDNN_CACHE_VARIABLE!r}])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != ONEDNN_CACHE_VARIABLE}
+    for preset, expected in ((None, str(ONEDNN_CACHE_CAPACITY)), ("5", "5")):
+        run_env = env if preset is None else {**env, ONEDNN_CACHE_VARIABLE: preset}
+        child = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO_ROOT,
+            env=run_env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert child.stdout.split()[-1] == expected
