@@ -138,15 +138,30 @@ def _in_chunks(fn: Callable[[Tensor], Tensor], x: Tensor, dim: int, chunks: int)
     return torch.cat(parts, dim)[(*lead, slice(0, size))]
 
 
+def _in_slices(fn: Callable[..., Tensor], xs: Sequence[Tensor], dim: int, chunks: int) -> Tensor:
+    """``fn`` over ``chunks`` slices along ``dim`` of the equally long ``xs`` (rows
+    ``[i * size // chunks, (i + 1) * size // chunks)``), concatenated: no padding, so the graph
+    copies each input once into its slices and the outputs once into the result. ``fn`` gets
+    one slice of each of ``xs`` and must accept empty ones (``size < chunks``; every per-token
+    op does)."""
+    size = xs[0].shape[dim]
+    lead = (slice(None),) * dim
+    parts = []
+    for i in range(chunks):
+        rows = slice(i * size // chunks, (i + 1) * size // chunks)
+        parts.append(fn(*(x[(*lead, rows)] for x in xs)))
+    return torch.cat(parts, dim)
+
+
 def _global_attention(attn: Attention, x: Tensor) -> Tensor:
     """``attn`` (no rel-pos) over ``x [1, k, C]``, queries in ``QUERY_CHUNKS`` chunks."""
     _, k, C = x.shape
     heads = attn.num_heads
     # [1, k, 3C] -> [1, k, 3, heads, d] -> 3 x [1, heads, k, d]
     q, key, value = attn.qkv(x).reshape(1, k, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
-    out = _in_chunks(
+    out = _in_slices(
         lambda queries: F.scaled_dot_product_attention(queries, key, value),
-        q,
+        [q],
         dim=2,
         chunks=QUERY_CHUNKS,
     )
@@ -259,12 +274,15 @@ def _routed_update(block: Block, x: Tensor, index: Tensor, valid: Tensor) -> Ten
 
 
 def _block(block: Block, x: Tensor, attention: Tensor) -> Tensor:
-    """:meth:`Block.forward` given its attention branch ``[1, H, W, C]``; the MLP and the conv
-    residual block run over ``ROW_CHUNKS`` strips of token rows."""
-    x = x + attention
-    x = x + _in_chunks(
-        lambda rows: block.drop_path(block.mlp(block.norm2(rows))), x, dim=1, chunks=ROW_CHUNKS
-    )
+    """:meth:`Block.forward` given its attention branch ``[1, H, W, C]``; the two residual
+    additions and the MLP, then the conv residual block, run over ``ROW_CHUNKS`` strips of token
+    rows (no whole-map sum exists between them)."""
+
+    def mlp_residual(rows: Tensor, attended: Tensor) -> Tensor:
+        rows = rows + attended
+        return rows + block.drop_path(block.mlp(block.norm2(rows)))
+
+    x = _in_slices(mlp_residual, [x, attention], dim=1, chunks=ROW_CHUNKS)
     return _residual(block.residual, x) if block.use_residual_block else x
 
 
