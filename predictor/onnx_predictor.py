@@ -309,7 +309,9 @@ class OnnxMattingPredictor(ImagePredictor):
             )
         providers = onnx_providers(device)
 
-        def session(name: str, arena: bool) -> ort.InferenceSession:
+        def session(name: str, whole_map: bool) -> ort.InferenceSession:
+            """The session of one graph: ``whole_map`` for the blocks graph, run once per
+            image on the whole token map; else a graph run per strip or per box."""
             options = ort.SessionOptions()
             # Memory patterns plan one block for all activations of an input shape, allocated
             # next to the arena's: they more than double the peak from the second call on and
@@ -318,13 +320,12 @@ class OnnxMattingPredictor(ImagePredictor):
             # Each session has an arena of its own that keeps the most it ever held: the
             # blocks graph reuses its arena, the small graphs called per strip or per box
             # return their memory instead (nine arenas at their peaks would add up).
-            options.enable_cpu_mem_arena = arena
-            if not arena:
-                # Every session has a thread pool of its own whose threads spin after each run;
-                # the stage graphs run in turn, many times per image, and the spinning pools
-                # took the cores from the one at work (decoder 3.0 s instead of 1.3 s at 2048 x
-                # 2048). The blocks graph, one run of many small ops, keeps its spinning.
-                options.add_session_config_entry(_ALLOW_SPINNING, "0")
+            options.enable_cpu_mem_arena = whole_map
+            # Each session also has a thread pool of its own, whose threads spin after a run.
+            # The small graphs run in turn, many times per image, and their spinning pools
+            # took the cores from the one at work (decoder 3.0 s instead of 1.3 s at 2048 x
+            # 2048); the blocks graph, one run of many small ops, keeps its spinning.
+            options.add_session_config_entry(_ALLOW_SPINNING, "1" if whole_map else "0")
             if threads is not None:
                 options.intra_op_num_threads = threads
             try:
@@ -332,9 +333,11 @@ class OnnxMattingPredictor(ImagePredictor):
             except Exception as exc:  # onnxruntime's errors derive from Exception only
                 raise ValueError(f"{folder / name}: onnxruntime cannot load it ({exc})") from exc
 
-        self.embed = session(manifest["embed"], arena=False)
-        self.blocks = session(manifest["blocks"], arena=True)
-        stages = {stage: session(name, arena=False) for stage, name in manifest["decoder"].items()}
+        self.embed = session(manifest["embed"], whole_map=False)
+        self.blocks = session(manifest["blocks"], whole_map=True)
+        stages = {
+            stage: session(name, whole_map=False) for stage, name in manifest["decoder"].items()
+        }
         self.stages = _OrtStages(stages)
         self.spec = DecoderSpec.from_dict(manifest["decoder_spec"])
         self.pixel_mean = np.array(manifest["pixel_mean"], np.float32).reshape(-1, 1, 1)

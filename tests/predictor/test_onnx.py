@@ -156,6 +156,15 @@ def test_decoder_stage_graphs_compute_the_lean_stages(tmp_path):
         np.testing.assert_allclose(ours.head(x.numpy(), pads), theirs.head(x, pads), atol=1e-6)
 
 
+@pytest.mark.parametrize("hw", [(14, 14), (128, 128), (77, 130), (300, 20)])
+def test_position_embedding_as_products_equals_the_bicubic_resize(hw):
+    from modeling.backbone.vit import get_abs_pos
+
+    abs_pos = torch.randn(1, 1 + 14 * 14, 24, generator=torch.Generator().manual_seed(0))
+    expected = get_abs_pos(abs_pos, True, hw)
+    torch.testing.assert_close(onnx_graph._abs_pos(abs_pos, True, hw), expected, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("cap", [0, 1, 5, 40, 10_000])
 def test_topk_routing_equals_argmax_and_cap(cap):
     gen = torch.Generator().manual_seed(cap)
@@ -244,6 +253,19 @@ def demo_onnx(tmp_path_factory) -> Path:
     argv = ["--config-file", str(TINY_CONFIG), "--checkpoint", str(DEMO_CHECKPOINT)]
     assert export_onnx.main([*argv, "--output", str(path)]) == 0
     return path
+
+
+def test_only_the_blocks_session_spins_between_runs(demo_onnx):
+    """The stage sessions run in turn, many times per image: idle threads spinning in their
+    pools would take the cores from the one at work."""
+    predictor = OnnxMattingPredictor(demo_onnx, device="cpu")
+    spinning = "session.intra_op.allow_spinning"
+
+    def spins(session) -> bool:
+        return session.get_session_options().get_session_config_entry(spinning) == "1"
+
+    assert spins(predictor.blocks)
+    assert not any(spins(s) for s in (predictor.embed, *predictor.stages.sessions.values()))
 
 
 @pytest.mark.slow
