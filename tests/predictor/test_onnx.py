@@ -255,6 +255,7 @@ def demo_onnx(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_only_the_blocks_session_spins_between_runs(demo_onnx):
     """The stage sessions run in turn, many times per image: idle threads spinning in their
     pools would take the cores from the one at work."""
