@@ -290,7 +290,7 @@ def _abs_pos(abs_pos: Tensor, has_cls_token: bool, hw: tuple[int, int]) -> Tenso
     """:func:`get_abs_pos` as two matrix products (``[1, h, w, C]``): bicubic resizing is linear
     and separable, ``R_h @ grid @ R_w^T`` with ``R_h`` ``[h, s]`` and ``R_w^T`` ``[s, w]`` the
     same resize of the ``[s, s]`` identity along one axis. onnxruntime's ``Resize`` of the whole
-    ``[1, C, h, w]`` map took 0.4 s at 2048 x 2048, a tenth of the backbone graph's non-matmul
+    ``[1, C, h, w]`` map took 0.4 s at 2048 x 2048, a seventh of the backbone graph's non-matmul
     time; the identities' resizes and the products cost milliseconds (equal within float
     round-off)."""
     h, w = hw

@@ -70,10 +70,10 @@ def configure_malloc() -> bool:
 
 
 # oneDNN keeps every primitive it creates (a JIT-compiled kernel with its buffers, about 1 MiB for
-# a decoder conv) in a cache of 1024 entries by default. The lean decoder's boxes
-# come in many shapes, one primitive each, rarely met again: with the default the cache grew by
-# about 120 MiB over one 4872 x 6017 image. Its steady working set (the backbone's and the current
-# box's kernels) fits ONEDNN_CACHE_CAPACITY entries, at the same speed.
+# a decoder conv) in a cache of 1024 entries by default. The lean decoder's boxes come in many
+# shapes, one primitive each, rarely met again: with the default the cache grew by about 120 MiB
+# over one 4872 x 6017 image. Its steady working set (the backbone's and the current box's
+# kernels) fits ONEDNN_CACHE_CAPACITY entries, at the same speed.
 ONEDNN_CACHE_VARIABLE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 ONEDNN_CACHE_CAPACITY = 32
 
@@ -83,7 +83,7 @@ def bound_onednn_primitive_cache() -> None:
     ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is already set (yours wins).
 
     oneDNN reads the variable when it creates its first primitive, so this takes effect in a
-    process that has not yet run a oneDNN op (the predictors call it when they are built);
+    process that has not yet run a oneDNN op (``MattingPredictor`` calls it when it is built);
     later it changes nothing.
     """
     os.environ.setdefault(ONEDNN_CACHE_VARIABLE, str(ONEDNN_CACHE_CAPACITY))
