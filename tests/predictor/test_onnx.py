@@ -202,6 +202,13 @@ def test_deployment_graphs_are_valid_with_dynamic_sizes_and_a_cap_input(tiny_onn
     assert manifest["routed_blocks"] == [1, 3] and manifest["opset"] == OPSET == 17
     for name in [manifest["embed"], manifest["blocks"], *manifest["decoder"].values()]:
         onnx.checker.check_model(onnx.load(str(folder / name)), full_check=True)
+    # the routed tokens attend in onnxruntime's fused attention, one node per routed block
+    fused = [
+        node
+        for node in onnx.load(str(folder / manifest["blocks"])).graph.node
+        if (node.domain, node.op_type) == ("com.microsoft", "MultiHeadAttention")
+    ]
+    assert len(fused) == len(manifest["routed_blocks"])
     blocks = ort.InferenceSession(str(folder / manifest["blocks"]))
     inputs = {value.name: value for value in blocks.get_inputs()}
     assert inputs["tokens"].shape == [1, "grid_h", "grid_w", TINY_DIM]
