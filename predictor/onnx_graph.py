@@ -12,7 +12,7 @@ run one image (batch 1) at dynamic sizes, in float32:
 - ``blocks.onnx``: the position embedding and every block, with the official inference routing
   (argmax of each router, then the ``max_number_token`` tokens of largest margin ``s0 - s1``,
   as ``TopK``); ``tokens`` and ``max_number_token`` (int64 scalar) -> ``features``
-  ``[1, C, h, w]`` and per routed block ``i`` ``keep_block{i}`` ``[1, h, w, 1]`` and
+  ``[1, h, w, C]`` (channels last) and per routed block ``i`` ``keep_block{i}`` ``[1, h, w, 1]`` and
   ``router_scores_block{i}`` ``[1, h, w, 2]`` (log-probabilities). The routed tokens attend
   among themselves in one onnxruntime ``com.microsoft`` ``MultiHeadAttention`` (a flash
   attention on CPU: no scores matrix exists). Token maps are processed in chunks: window
@@ -170,7 +170,9 @@ class _FusedAttention(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, q, k, v, heads: int):  # noqa: ANN001, ANN205 (the exporter's graph values)
-        return g.op(f"{MS_DOMAIN}::MultiHeadAttention", q, k, v, num_heads_i=heads)
+        out = g.op(f"{MS_DOMAIN}::MultiHeadAttention", q, k, v, num_heads_i=heads)
+        out.setType(q.type())  # the query's type and shape: the exporter cannot infer them
+        return out
 
 
 def _global_attention(attn: Attention, x: Tensor) -> Tensor:
@@ -355,7 +357,9 @@ class _BlocksGraph(nn.Module):
                 x = _block(block, x, block.drop_path(_window_attention(block, block.norm1(x))))
             else:
                 x = _block(block, x, block.drop_path(block.attend(block.norm1(x))))
-        return (x.permute(0, 3, 1, 2), *keeps, *scores)  # features [1, h, w, C] -> [1, C, h, w]
+        # Channels last, as the blocks leave it: a transposed copy would be one more token map
+        # at the graph's end (the runtime transposes each decoder tile's crop instead).
+        return (x, *keeps, *scores)
 
 
 def export_input_size(model: MEMatte) -> tuple[int, int]:
@@ -383,8 +387,16 @@ def export_input_size(model: MEMatte) -> tuple[int, int]:
     return tuple(g * patch - patch // 2 for g in grids)  # off the padding grid: padded up
 
 
-def _trace(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], axes: dict):
-    """One graph, traced with the TorchScript exporter, as an ``onnx.ModelProto``."""
+def _trace(
+    module: nn.Module,
+    args: tuple,
+    inputs: list[str],
+    outputs: list[str],
+    axes: dict,
+    custom_opsets: dict[str, int] | None = None,
+) -> onnx.ModelProto:
+    """One graph, traced with the TorchScript exporter, as an ``onnx.ModelProto``;
+    ``custom_opsets`` names the operator domains besides ONNX's that it uses."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # Expected: the exporter's deprecation notice and tracer warnings on the shape branches
@@ -399,7 +411,7 @@ def _trace(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str]
             input_names=inputs,
             output_names=outputs,
             dynamic_axes=axes,
-            custom_opsets={MS_DOMAIN: MS_OPSET},
+            custom_opsets=custom_opsets,
         )
     return onnx.load_from_string(buffer.getvalue())
 
@@ -439,9 +451,10 @@ def _backbone_graphs(model: MEMatte) -> tuple[onnx.ModelProto, onnx.ModelProto]:
             [_FEATURES, *routing],
             {
                 _TOKENS: {1: "grid_h", 2: "grid_w"},
-                _FEATURES: {2: "grid_h", 3: "grid_w"},
+                _FEATURES: {1: "grid_h", 2: "grid_w"},
                 **{name: {1: "grid_h", 2: "grid_w"} for name in routing},
             },
+            {MS_DOMAIN: MS_OPSET},
         )
     return embed, blocks
 

@@ -61,7 +61,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # The deployment folder (written by predictor/onnx_graph.py): its manifest and graph files.
-FORMAT = "mematte-onnx/1"
+FORMAT = "mematte-onnx/2"
 MANIFEST_FILE = "mematte.json"
 EMBED_FILE, BLOCKS_FILE, STAGE_FILE = "embed.onnx", "blocks.onnx", "decoder_{}.onnx"
 # Graph interface names: the blocks graph's cap input and its routing outputs, formatted with
@@ -131,7 +131,10 @@ def read_manifest(folder: str | Path) -> dict:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: not a readable {FORMAT} manifest ({exc})") from exc
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise ValueError(
+            f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r} (export the model "
+            "again with this version's tools/export_onnx.py)"
+        )
     for name in graphs:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: missing (an incomplete export?)")
@@ -211,12 +214,16 @@ def normalized_crop(
     return out
 
 
-def _zero_padded(x: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-    """``x[..., rows, cols]`` as a contiguous array, zeros beyond ``x``."""
+def _tile_features(
+    features: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]
+) -> np.ndarray:
+    """``features[:, rows, cols]`` of ``[1, h, w, C]`` (channels last, as the blocks graph
+    leaves them) as a contiguous ``[1, C, rows, cols]`` (the decoder's layout), zeros beyond the
+    map."""
     (y0, y1), (x0, x1) = rows, cols
-    H, W = x.shape[-2:]
-    out = np.zeros((*x.shape[:-2], y1 - y0, x1 - x0), x.dtype)
-    out[..., : min(y1, H) - y0, : min(x1, W) - x0] = x[..., y0:y1, x0:x1]
+    out = np.zeros((1, features.shape[-1], y1 - y0, x1 - x0), features.dtype)
+    crop = features[0, y0:y1, x0:x1]  # [rows', cols', C], clipped to the map
+    out[0, :, : crop.shape[0], : crop.shape[1]] = crop.transpose(2, 0, 1)
     return out
 
 
@@ -393,7 +400,7 @@ class OnnxMattingPredictor(ImagePredictor):
         )
 
     def _backbone(self, image: np.ndarray, trimap: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Features ``[1, C, h, w]`` of one image and its routing outputs by name."""
+        """Features ``[1, h, w, C]`` (channels last) of one image, its routing outputs by name."""
         Hp, Wp = padded_size(trimap.shape, self.size_divisibility)
         p = self.patch_size
         tokens = None
@@ -428,7 +435,7 @@ class OnnxMattingPredictor(ImagePredictor):
             if not wanted.any():
                 continue  # the clamp sets every pixel of the tile
             y0, y1, x0, x1 = tile.crop
-            tile_features = _zero_padded(
+            tile_features = _tile_features(
                 features, (y0 // stride, y1 // stride), (x0 // stride, x1 // stride)
             )
             tile_input = normalized_crop(
