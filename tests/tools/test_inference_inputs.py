@@ -400,7 +400,8 @@ def _deployment_folder(folder: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(
-    "content", ["a file", "empty", "text", "random", "another graph", "no manifest", "missing"]
+    "content",
+    ["a file", "empty", "text", "random", "another graph", "no manifest", "missing", "older"],
 )
 def test_a_bad_onnx_deployment_is_a_setup_error_before_any_folder(
     tmp_path, caplog, monkeypatch, content
@@ -425,6 +426,10 @@ def test_a_bad_onnx_deployment_is_a_setup_error_before_any_folder(
         (folder / "mematte.json").unlink()
     elif content == "missing":
         graph_file.unlink()
+    elif content == "older":  # an export of the first folder format: features channels first
+        named = folder / "mematte.json"
+        manifest = json.loads(named.read_text())
+        named.write_text(json.dumps({**manifest, "format": "mematte-onnx/1"}))
     else:
         payload = {"empty": b"", "text": b"not a graph\n", "random": os.urandom(4096)}[content]
         graph_file.write_bytes(payload)
@@ -436,6 +441,8 @@ def test_a_bad_onnx_deployment_is_a_setup_error_before_any_folder(
     assert not (tmp_path / "new").exists()
     (message,) = errors(caplog)
     assert str(named) in message and "\n" not in message
+    if content == "older":
+        assert "export the model again" in message
 
 
 def test_an_output_folder_inside_the_onnx_deployment_is_refused(tmp_path, caplog):
