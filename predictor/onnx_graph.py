@@ -12,13 +12,13 @@ run one image (batch 1) at dynamic sizes, in float32:
 - ``blocks.onnx``: the position embedding and every block, with the official inference routing
   (argmax of each router, then the ``max_number_token`` tokens of largest margin ``s0 - s1``,
   as ``TopK``); ``tokens`` and ``max_number_token`` (int64 scalar) -> ``features``
-  ``[1, h, w, C]`` (channels last) and per routed block ``i`` ``keep_block{i}`` ``[1, h, w, 1]`` and
-  ``router_scores_block{i}`` ``[1, h, w, 2]`` (log-probabilities). The routed tokens attend
-  among themselves in one onnxruntime ``com.microsoft`` ``MultiHeadAttention`` (a flash
-  attention on CPU: no scores matrix exists). Token maps are processed in chunks: window
-  attention in ``WINDOW_CHUNKS`` chunks of windows, the MLPs, routers, LTRMs and residual conv
-  blocks in ``ROW_CHUNKS`` strips of token rows (with the rows their convs read above and
-  below), so that no wide intermediate exists for the whole map;
+  ``[1, h, w, C]`` (channels last) and per routed block ``i`` ``keep_block{i}``
+  ``[1, h, w, 1]`` and ``router_scores_block{i}`` ``[1, h, w, 2]`` (log-probabilities). The
+  routed tokens attend among themselves in one onnxruntime ``com.microsoft``
+  ``MultiHeadAttention`` (a flash attention on CPU: no scores matrix exists). Token maps are
+  processed in chunks: window attention in ``WINDOW_CHUNKS`` chunks of windows, the MLPs,
+  routers, LTRMs and residual conv blocks in ``ROW_CHUNKS`` strips of token rows (with the rows
+  their convs read above and below), so that no wide intermediate exists for the whole map;
 - ``decoder_*.onnx``: one graph per decoder stage, called per box of the block-sparse plan
   (:mod:`modeling.lean.blocks`), exactly the per-box computations of the PyTorch lean decoder
   (:class:`modeling.lean.block_decode.DecoderStages`, BatchNorm folded in): ``convstream{k}``
