@@ -162,14 +162,14 @@ class _FusedAttention(torch.autograd.Function):
     for the PyTorch layer (outputs within 1e-7 of it)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:  # noqa: ARG004
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
         n, C = q.shape[1], q.shape[2]
         # [1, n, C] -> [1, heads, n, d] per input -> [1, n, C]
         q, k, v = (t.reshape(1, n, heads, C // heads).transpose(1, 2) for t in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, n, C)
 
     @staticmethod
-    def symbolic(g, q, k, v, heads: int):  # noqa: ANN001, ANN205 (the exporter's graph values)
+    def symbolic(g, q, k, v, heads: int):  # g, q, k, v: the TorchScript exporter's graph values
         out = g.op(f"{MS_DOMAIN}::MultiHeadAttention", q, k, v, num_heads_i=heads)
         out.setType(q.type())  # the query's type and shape: the exporter cannot infer them
         return out
