@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -165,6 +166,19 @@ def test_position_embedding_as_products_equals_the_bicubic_resize(hw):
     torch.testing.assert_close(onnx_graph._abs_pos(abs_pos, True, hw), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("size", "windows"), [(14, 3), (4, 1), (7, 5)])
+def test_rel_pos_bias_folded_into_the_product_equals_the_reference_attention(size, windows):
+    from modeling.backbone.attention import Attention
+
+    torch.manual_seed(size)
+    attn = Attention(48, 3, use_rel_pos=True, rel_pos_zero_init=False, input_size=(size, size))
+    x = torch.randn(windows, size, size, 48)
+    with torch.no_grad():
+        expected = attn.eval()(x)
+        got = onnx_graph._rel_pos_attention(attn, x, size)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("cap", [0, 1, 5, 40, 10_000])
 def test_topk_routing_equals_argmax_and_cap(cap):
     gen = torch.Generator().manual_seed(cap)
@@ -209,6 +223,9 @@ def test_deployment_graphs_are_valid_with_dynamic_sizes_and_a_cap_input(tiny_onn
         if (node.domain, node.op_type) == ("com.microsoft", "MultiHeadAttention")
     ]
     assert len(fused) == len(manifest["routed_blocks"])
+    # routed rows gathered and scattered whole: no per-element int64 index of the routed tokens
+    ops = Counter(node.op_type for node in onnx.load(str(folder / manifest["blocks"])).graph.node)
+    assert ops["ScatterND"] == len(manifest["routed_blocks"]) and not ops["GatherElements"]
     blocks = ort.InferenceSession(str(folder / manifest["blocks"]))
     inputs = {value.name: value for value in blocks.get_inputs()}
     assert inputs["tokens"].shape == [1, "grid_h", "grid_w", TINY_DIM]
