@@ -15,7 +15,8 @@ run one image (batch 1) at dynamic sizes, in float32:
   ``[1, h, w, C]`` (channels last) and per routed block ``i`` ``keep_block{i}``
   ``[1, h, w, 1]`` and ``router_scores_block{i}`` ``[1, h, w, 2]`` (log-probabilities). The
   routed tokens attend among themselves in one onnxruntime ``com.microsoft``
-  ``MultiHeadAttention`` (a flash attention on CPU: no scores matrix exists). Token maps are
+  ``MultiHeadAttention`` (a flash attention on CPU: no scores matrix exists); window attention
+  folds its rel-pos bias into the query-key product (:func:`_rel_pos_attention`). Token maps are
   processed in chunks: window attention in ``WINDOW_CHUNKS`` chunks of windows, the MLPs,
   routers, LTRMs and residual conv blocks in ``ROW_CHUNKS`` strips of token rows (with the rows
   their convs read above and below), so that no wide intermediate exists for the whole map;
@@ -364,8 +365,8 @@ def _abs_pos(abs_pos: Tensor, has_cls_token: bool, hw: tuple[int, int]) -> Tenso
     rows = F.interpolate(eye, size=(h, side), mode="bicubic", align_corners=False)[0, 0]
     cols = F.interpolate(eye, size=(side, w), mode="bicubic", align_corners=False)[0, 0]
     resized = (rows @ grid.reshape(side, -1)).reshape(h, side, -1)  # [h, s, C]
-    # [h, s, C] -> [h, C, s] @ [s, w] -> [h, C, w] -> [1, h, w, C]
-    return (resized.transpose(1, 2) @ cols).transpose(1, 2).unsqueeze(0)
+    # [w, s] @ [h, s, C] (broadcast over h) -> [h, w, C]: channels last without a transpose
+    return (cols.t() @ resized).unsqueeze(0)
 
 
 class _EmbedGraph(nn.Module):
