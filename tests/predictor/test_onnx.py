@@ -294,6 +294,32 @@ def test_only_the_blocks_session_spins_between_runs(demo_onnx):
 
 
 @pytest.mark.slow
+def test_large_token_maps_give_the_blocks_arena_back_after_the_run(demo_onnx, monkeypatch):
+    """From ``SHRINK_ARENA_FROM_BYTES`` of tokens up, the blocks run returns its arena's free
+    memory before the decoder runs; smaller maps keep it (no re-faulting per call)."""
+    from predictor import onnx_predictor
+
+    predictor = OnnxMattingPredictor(demo_onnx, device="cpu")
+    blocks, shrinks = predictor.blocks, []
+
+    class Recorder:
+        def run(self, names, feeds, options):
+            try:
+                shrinks.append(options.get_run_config_entry("memory.enable_memory_arena_shrinkage"))
+            except RuntimeError:  # not set
+                shrinks.append(None)
+            return blocks.run(names, feeds, options)
+
+    monkeypatch.setattr(predictor, "blocks", Recorder())
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)
+    trimap = np.full((64, 96), 128, np.uint8)
+    kept = predictor(image, trimap)
+    monkeypatch.setattr(onnx_predictor, "SHRINK_ARENA_FROM_BYTES", 0)
+    np.testing.assert_array_equal(predictor(image, trimap), kept)
+    assert shrinks == [None, "cpu:0"]
+
+
+@pytest.mark.slow
 def test_predictor_reproduces_the_pytorch_pngs_of_the_demo_model(demo_onnx):
     model = build_inference_model(TINY_CONFIG)
     load_inference_weights(model, DEMO_CHECKPOINT)
