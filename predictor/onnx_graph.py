@@ -299,26 +299,22 @@ def _residual(block: ResBottleneckBlock, x: Tensor) -> Tensor:
 
 
 def _router(router: Router, x: Tensor) -> Tensor:
-    """:meth:`Router.forward` of ``[1, N, C]`` in two passes over token chunks (as the lean
-    router): the local halves and the sum of the global halves, then the MLP."""
+    """:meth:`Router.forward` of ``[1, N, C]`` in two passes over ``ROW_CHUNKS`` token chunks
+    (tokens ``[i * N // chunks, (i + 1) * N // chunks)``, as the lean router): the local halves
+    and the sum of the global halves, then the MLP. The chunks are slices of ``x`` itself (a
+    padded copy of the map was the largest allocation of a 4872 x 6017 call)."""
     size = x.shape[1]
-    pad = (-size) % ROW_CHUNKS
-    padded = F.pad(x, (0, 0, 0, pad))
-    valid = (torch.arange(padded.shape[1]) < size).to(x.dtype).reshape(1, -1, 1)
-    step = padded.shape[1] // ROW_CHUNKS
     locals_, global_sum = [], 0.0
     for i in range(ROW_CHUNKS):
-        h = router.in_conv(padded[:, i * step : (i + 1) * step])
+        h = router.in_conv(x[:, i * size // ROW_CHUNKS : (i + 1) * size // ROW_CHUNKS])
         half = h.shape[-1] // 2
         locals_.append(h[..., :half])
-        global_sum = global_sum + (h[..., half:] * valid[:, i * step : (i + 1) * step]).sum(
-            1, keepdim=True
-        )
+        global_sum = global_sum + h[..., half:].sum(1, keepdim=True)
     global_x = global_sum / size  # [1, 1, C/2] image context
     scores = [
         router.out_conv(torch.cat([local, global_x.expand_as(local)], dim=-1)) for local in locals_
     ]
-    return torch.cat(scores, 1)[:, :size]
+    return torch.cat(scores, 1)
 
 
 def _routed_update(block: Block, x: Tensor, index: Tensor, valid: Tensor) -> Tensor:

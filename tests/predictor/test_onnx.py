@@ -63,8 +63,9 @@ GOLDEN_OVERRIDES = [
 ]
 # Sizes not seen at export (that is 472 x 504 for every model here): off and on the 32 px grid,
 # one side divisible only, a grid equal to the position-embedding grid (224 = 14 x 16), grids that
-# need no window padding (448, 256), several decoder tiles.
-TINY_SIZES = [(64, 64), (224, 224), (256, 448), (100, 150), (600, 530)]
+# need no window padding (448, 256), several decoder tiles, fewer tokens than chunks (32 x 48:
+# 6 tokens, so that some of the 16 token chunks are empty).
+TINY_SIZES = [(32, 48), (64, 64), (224, 224), (256, 448), (100, 150), (600, 530)]
 # Odd sizes (padding), one of several strips and windows per row; each size costs ~12 s.
 GOLDEN_SIZES = [(512, 700), (333, 517), (1024, 640)]
 CAPS = (600, 18500)
