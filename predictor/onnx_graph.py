@@ -301,8 +301,8 @@ def _residual(block: ResBottleneckBlock, x: Tensor) -> Tensor:
 def _router(router: Router, x: Tensor) -> Tensor:
     """:meth:`Router.forward` of ``[1, N, C]`` in two passes over ``ROW_CHUNKS`` token chunks
     (tokens ``[i * N // chunks, (i + 1) * N // chunks)``, as the lean router): the local halves
-    and the sum of the global halves, then the MLP. The chunks are slices of ``x`` itself (a
-    padded copy of the map was the largest allocation of a 4872 x 6017 call)."""
+    and the sum of the global halves, then the MLP. The chunks are slices of ``x`` itself, not
+    of a padded copy of the whole map (176 MB at 4872 x 6017)."""
     size = x.shape[1]
     locals_, global_sum = [], 0.0
     for i in range(ROW_CHUNKS):
