@@ -43,6 +43,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -227,12 +228,10 @@ def _window_attention(block: Block, x: Tensor) -> Tensor:
     H, W = x.shape[1], x.shape[2]
     size = block.window_size
     windows, pad_hw = window_partition(x, size)
-    if block.attn.use_rel_pos:
-        out = _in_chunks(
-            lambda chunk: _rel_pos_attention(block.attn, chunk, size), windows, 0, WINDOW_CHUNKS
-        )
-    else:
-        out = _in_chunks(block.attn, windows, dim=0, chunks=WINDOW_CHUNKS)
+    attend = (
+        partial(_rel_pos_attention, block.attn, size=size) if block.attn.use_rel_pos else block.attn
+    )
+    out = _in_chunks(attend, windows, dim=0, chunks=WINDOW_CHUNKS)
     return window_unpartition(out, size, pad_hw, (H, W))
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "MAX_NUMBER_TOKEN_INPUT",
     "NO_CAP",
     "SCORES_OUTPUT",
+    "SHRINK_ARENA_FROM_BYTES",
     "STAGE_FILE",
     "OnnxMattingPredictor",
     "check_deployment",
