@@ -145,6 +145,7 @@ class _Split(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, sizes, dim: int, chunks: int):  # g, x, sizes: the exporter's values
         parts = g.op("Split", x, sizes, axis_i=dim, outputs=chunks)
+        parts = parts if chunks > 1 else (parts,)  # one output comes as a value, not a tuple
         for part in parts:  # the rank of x, its sizes known only at run time
             part.setType(x.type().with_sizes([None] * x.type().dim()))
         return parts

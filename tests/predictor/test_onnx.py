@@ -184,6 +184,27 @@ def test_window_attention_with_rel_pos_folded_into_the_product_equals_the_refere
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
 
 
+class _TwoChunkings(torch.nn.Module):
+    """``2 x`` over one chunk plus ``x + 1`` over three chunks of the token rows."""
+
+    def forward(self, x):
+        twice = onnx_graph._in_slices(lambda rows: rows * 2, [x], dim=1, chunks=1)
+        return twice + onnx_graph._in_slices(lambda rows: rows + 1, [x], dim=1, chunks=3)
+
+
+def test_chunks_are_cut_at_the_run_size_with_empty_pieces_where_it_is_small():
+    import onnxruntime as ort
+
+    graph = onnx_graph._trace(
+        _TwoChunkings(), (torch.randn(1, 5, 3),), ["x"], ["y"], {"x": {1: "rows"}}
+    )
+    assert Counter(node.op_type for node in graph.graph.node)["Split"] == 2  # no Slice per piece
+    session = ort.InferenceSession(graph.SerializeToString())
+    for rows in (1, 2, 7):  # 1 and 2 rows: some of the three pieces are empty
+        x = np.random.default_rng(rows).standard_normal((1, rows, 3)).astype(np.float32)
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], 3 * x + 1, atol=1e-6)
+
+
 @pytest.mark.parametrize("cap", [0, 1, 5, 40, 10_000])
 def test_topk_routing_equals_argmax_and_cap(cap):
     gen = torch.Generator().manual_seed(cap)
